@@ -1,0 +1,10 @@
+// The subcommands of the hybridlm binary: each file in cli/ adds one to the app.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace hlm::cli {
+
+void add_version_command(CLI::App& app);
+
+}  // namespace hlm::cli
