@@ -16,7 +16,7 @@ void cuda_check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) fail(ErrorKind::Cuda, "{}: {}", what, cudaGetErrorString(e));
 }
 #endif
-[[noreturn]] void no_cuda() {
+[[maybe_unused, noreturn]] void no_cuda() {
   fail(ErrorKind::Unsupported, "this hybridlm was built without CUDA (use the 'cuda' preset)");
 }
 }  // namespace
