@@ -345,10 +345,8 @@ void Model::layer_forward(int l, const ModelInput& in, Tensor out, InferenceStat
       if (st) {
         LayerState& s = st->layers[static_cast<size_t>(l)];
         const int64_t T = a.k.size(1);
-        for (int64_t b = 0; b < a.k.size(0); ++b) {
-          copy_tensor(s.k_cache.select(0, b).slice(0, 0, T), p.k.select(0, b));
-          copy_tensor(s.v_cache.select(0, b).slice(0, 0, T), p.v.select(0, b));
-        }
+        copy_tensor(s.k_cache.slice(1, 0, T), p.k);
+        copy_tensor(s.v_cache.slice(1, 0, T), p.v);
       }
       linear_forward(a.att, W(l, "mixer.o_proj.weight"), W(l, "mixer.o_proj.bias"), out);
       break;
