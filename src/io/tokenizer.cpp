@@ -315,7 +315,7 @@ class Regex {
   bool jit_ = false;
 };
 
-// Per-call PCRE2 scratch: match data for each regex and a JIT stack big enough for long inputs.
+// PCRE2 scratch of one thread: match data for each regex and a JIT stack big enough for long inputs.
 struct RegexScratch {
   std::vector<pcre2_match_data*> match_data;
   pcre2_jit_stack* jit_stack = nullptr;
@@ -523,15 +523,17 @@ class WordCache {
   size_t size_ = 0, mask_ = 0;
 };
 
-// The calling thread's cache for one tokenizer (a thread that switches tokenizers starts afresh).
-WordCache& thread_cache(uint64_t tokenizer_serial) {
-  thread_local uint64_t owner = 0;
-  thread_local WordCache cache;
-  if (owner != tokenizer_serial) {
-    cache.clear();
-    owner = tokenizer_serial;
-  }
-  return cache;
+// What each thread keeps for the tokenizer it last used: its word cache and PCRE2 scratch (a
+// thread that switches tokenizers starts afresh; tokenizers are told apart by a serial number).
+struct ThreadState {
+  uint64_t owner = 0;
+  WordCache cache;
+  std::unique_ptr<RegexScratch> scratch;
+};
+
+ThreadState& thread_state() {
+  thread_local ThreadState state;
+  return state;
 }
 
 std::atomic<uint64_t> g_tokenizer_serial{0};
@@ -567,7 +569,17 @@ struct Tokenizer::Impl {
   std::vector<AddedToken> added;
   std::unordered_map<std::string, int32_t> added_by_content;
   TokenTrie raw_trie, normalized_trie;
-  uint64_t serial = ++g_tokenizer_serial;  // names this tokenizer's per-thread word caches
+  uint64_t serial = ++g_tokenizer_serial;  // names this tokenizer's per-thread state
+
+  ThreadState& local() const {
+    ThreadState& s = thread_state();
+    if (s.owner != serial) {
+      s.cache.clear();
+      s.scratch = std::make_unique<RegexScratch>(regexes());
+      s.owner = serial;
+    }
+    return s;
+  }
 
   std::vector<const Regex*> regexes() const {
     std::vector<const Regex*> r;
@@ -605,7 +617,7 @@ struct Tokenizer::Impl {
   // BPE of one pre-token (raw bytes); appends ids.
   void bpe_word(std::string_view word, std::vector<int32_t>& ids) const {
     if (word.empty()) return;
-    WordCache& cache = thread_cache(serial);
+    WordCache& cache = local().cache;
     uint64_t h = WordCache::hash(word);
     if (cache.lookup(word, h, ids)) return;
     size_t first = ids.size();
@@ -753,7 +765,7 @@ struct Tokenizer::Impl {
     if (!is_valid_utf8(text, &bad)) {
       fail(ErrorKind::InvalidArgument, "text is not valid UTF-8 (byte {} of {})", bad, text.size());
     }
-    RegexScratch scratch(regexes());
+    RegexScratch& scratch = *local().scratch;
     split_added(text, raw_trie, ids, [&](std::string_view piece) {
       if (norms.empty()) {
         split_added(piece, normalized_trie, ids,
