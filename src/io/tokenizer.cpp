@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <queue>
@@ -1044,7 +1045,7 @@ Tokenizer Tokenizer::from_json_text(std::string_view json_text, const std::strin
     try {
       root = json::parse(json_text);
     } catch (const json::parse_error& e) {
-      fail(ErrorKind::Format, "not a valid tokenizer.json ({} bytes): {}", json_text.size(), e.what());
+      fail(ErrorKind::Format, "not valid JSON, truncated or corrupt ({} bytes): {}", json_text.size(), e.what());
     }
     std::unique_ptr<Impl> impl;
     try {
@@ -1058,6 +1059,8 @@ Tokenizer Tokenizer::from_json_text(std::string_view json_text, const std::strin
 }
 
 Tokenizer Tokenizer::load(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) fail(ErrorKind::Io, "{}: is a directory, not a tokenizer.json", path);
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(ErrorKind::Io, "{}: cannot open tokenizer file: {}", path, std::strerror(errno));
   std::ostringstream ss;
