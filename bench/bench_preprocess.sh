@@ -2,7 +2,7 @@
 # `hybridlm preprocess` on the whole SOTU corpus, end to end (tokenizer load, tokenizing, writing,
 # fsync, rename): median wall time and CPU time (user + sys; steadier on a shared machine) of RUNS
 # runs for each worker count.
-#   bench/preprocess_bench.sh [RUNS] [WORKERS...]    (defaults: 7 runs; 1 and all cores)
+#   bench/bench_preprocess.sh [RUNS] [WORKERS...]    (defaults: 7 runs; 1 and all cores)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${HLM_BIN:-$root/build/cpu/hybridlm}"

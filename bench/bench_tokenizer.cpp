@@ -1,6 +1,6 @@
 // Tokenizer throughput on a corpus of text files (default: the SOTU speeches), one thread and with
 // OpenMP threads over documents; a fresh tokenizer per run (cold word cache) and a warm rerun.
-//   tokenizer_bench [TOKENIZER_JSON] [CORPUS_DIR] [RUNS]
+//   bench_tokenizer [TOKENIZER_JSON] [CORPUS_DIR] [RUNS]
 #include <fmt/format.h>
 #include <omp.h>
 
