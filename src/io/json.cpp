@@ -1,7 +1,8 @@
-// JSON with Python's non-finite number tokens.
+// JSON with Python's non-finite number tokens (and transformers 5's {"__float__": "Infinity"}).
 #include "io/json.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -66,6 +67,12 @@ void placeholders_to_floats(nlohmann::json& j) {
     if (s == kPosInf) j = std::numeric_limits<double>::infinity();
     else if (s == kNegInf) j = -std::numeric_limits<double>::infinity();
     else if (s == kNaN) j = std::numeric_limits<double>::quiet_NaN();
+  } else if (j.is_object() && j.size() == 1 && j.begin().key() == "__float__" && j.begin()->is_string()) {
+    // transformers 5 writes non-finite floats as {"__float__": "Infinity"}.
+    const std::string& s = j.begin()->get_ref<const std::string&>();
+    char* end = nullptr;
+    double v = std::strtod(s.c_str(), &end);
+    if (!s.empty() && end == s.c_str() + s.size()) j = v;
   } else if (j.is_structured()) {
     for (auto& v : j) placeholders_to_floats(v);
   }

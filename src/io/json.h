@@ -7,8 +7,9 @@
 
 namespace hlm {
 
-// Parses JSON text, accepting the bare tokens Infinity, -Infinity and NaN (outside strings) as
-// non-finite floats. Throws Format naming `what` and the parser's reason.
+// Parses JSON text, accepting the bare tokens Infinity, -Infinity and NaN (outside strings) and
+// transformers 5's {"__float__": "Infinity"} objects as floats. Throws Format naming `what` and
+// the parser's reason.
 nlohmann::json parse_json(const std::string& text, const std::string& what);
 // read_file + parse_json.
 nlohmann::json read_json_file(const std::string& path);

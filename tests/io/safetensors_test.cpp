@@ -330,6 +330,12 @@ TEST(Json, ReadsAndWritesPythonsNonFiniteNumbers) {
   EXPECT_NE(out.find("-Infinity"), std::string::npos);
   EXPECT_NE(out.find("NaN"), std::string::npos);
   EXPECT_TRUE(std::isinf(parse_json(out, "again")["limit"][1].get<double>()));
+  // transformers 5.17 writes time_step_limit as [0.0, {"__float__": "Infinity"}].
+  auto t5 = parse_json(R"({"time_step_limit": [0.0, {"__float__": "Infinity"}], "x": {"__float__": "-Infinity"},
+                          "keep": {"__float__": "words"}})", "t5");
+  EXPECT_TRUE(std::isinf(t5["time_step_limit"][1].get<double>()));
+  EXPECT_LT(t5["x"].get<double>(), 0);
+  EXPECT_TRUE(t5["keep"].is_object());
   expect_error([] { parse_json("{\"a\": }", "cfg.json"); }, {"cfg.json", "invalid JSON"});
 }
 
