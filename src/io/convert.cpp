@@ -55,11 +55,11 @@ void convert_range(unsigned char* d, const unsigned char* s, int64_t begin, int6
 }
 
 template <DType S, DType D>
-void convert_pair(void* dst, const void* src, int64_t n) {
+void convert_pair(void* dst, const void* src, int64_t n, bool threaded) {
   auto* d = static_cast<unsigned char*>(dst);
   const auto* s = static_cast<const unsigned char*>(src);
   constexpr int64_t kBlock = int64_t{1} << 16;
-  if (n < 4 * kBlock) {
+  if (!threaded || n < 4 * kBlock) {
     convert_range<S, D>(d, s, 0, n);
     return;
   }
@@ -70,19 +70,19 @@ void convert_pair(void* dst, const void* src, int64_t n) {
 }
 
 template <DType S>
-void convert_from(void* dst, DType dst_type, const void* src, int64_t n) {
+void convert_from(void* dst, DType dst_type, const void* src, int64_t n, bool threaded) {
   switch (dst_type) {
-    case DType::F32: return convert_pair<S, DType::F32>(dst, src, n);
-    case DType::F64: return convert_pair<S, DType::F64>(dst, src, n);
-    case DType::BF16: return convert_pair<S, DType::BF16>(dst, src, n);
-    case DType::F16: return convert_pair<S, DType::F16>(dst, src, n);
+    case DType::F32: return convert_pair<S, DType::F32>(dst, src, n, threaded);
+    case DType::F64: return convert_pair<S, DType::F64>(dst, src, n, threaded);
+    case DType::BF16: return convert_pair<S, DType::BF16>(dst, src, n, threaded);
+    case DType::F16: return convert_pair<S, DType::F16>(dst, src, n, threaded);
     default: break;
   }
 }
 
-void copy_bytes(void* dst, const void* src, size_t bytes) {
+void copy_bytes(void* dst, const void* src, size_t bytes, bool threaded) {
   constexpr size_t kBlock = size_t{1} << 20;
-  if (bytes < 8 * kBlock) {
+  if (!threaded || bytes < 8 * kBlock) {
     std::memcpy(dst, src, bytes);
     return;
   }
@@ -99,19 +99,19 @@ void copy_bytes(void* dst, const void* src, size_t bytes) {
 
 bool can_convert(DType from, DType to) { return from == to || (is_float(from) && is_float(to)); }
 
-void convert_elements(void* dst, DType dst_type, const void* src, DType src_type, int64_t n) {
+void convert_elements(void* dst, DType dst_type, const void* src, DType src_type, int64_t n, bool threaded) {
   if (n <= 0) return;
   if (dst_type == src_type) {
-    copy_bytes(dst, src, static_cast<size_t>(n) * dtype_size(src_type));
+    copy_bytes(dst, src, static_cast<size_t>(n) * dtype_size(src_type), threaded);
     return;
   }
   HLM_REQUIRE(can_convert(src_type, dst_type), ErrorKind::Unsupported, "cannot convert {} to {}",
               dtype_name(src_type), dtype_name(dst_type));
   switch (src_type) {
-    case DType::F32: return convert_from<DType::F32>(dst, dst_type, src, n);
-    case DType::F64: return convert_from<DType::F64>(dst, dst_type, src, n);
-    case DType::BF16: return convert_from<DType::BF16>(dst, dst_type, src, n);
-    case DType::F16: return convert_from<DType::F16>(dst, dst_type, src, n);
+    case DType::F32: return convert_from<DType::F32>(dst, dst_type, src, n, threaded);
+    case DType::F64: return convert_from<DType::F64>(dst, dst_type, src, n, threaded);
+    case DType::BF16: return convert_from<DType::BF16>(dst, dst_type, src, n, threaded);
+    case DType::F16: return convert_from<DType::F16>(dst, dst_type, src, n, threaded);
     default: break;
   }
 }

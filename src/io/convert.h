@@ -11,7 +11,9 @@ namespace hlm {
 
 // True when convert_elements can go from `from` to `to` (equal types always can).
 bool can_convert(DType from, DType to);
-// Converts n elements; large n runs on the OpenMP threads. Throws Unsupported for other pairs.
-void convert_elements(void* dst, DType dst_type, const void* src, DType src_type, int64_t n);
+// Converts n elements; large n runs on the OpenMP threads unless `threaded` is false (callers that
+// already split work over threads). Throws Unsupported for other pairs.
+void convert_elements(void* dst, DType dst_type, const void* src, DType src_type, int64_t n,
+                      bool threaded = true);
 
 }  // namespace hlm

@@ -145,8 +145,18 @@ CheckpointLoadInfo load_checkpoint_weights(const std::string& path, const ModelC
          msg);
   }
 
-  // Copy, converting to the arena dtype; zero the alignment padding between tensors.
+  // Copy, converting to the arena dtype, in chunks spread over the threads in one parallel region
+  // (one barrier for the whole load, and dynamic scheduling copes with a busy machine); zero the
+  // alignment padding between tensors.
+  struct Piece {
+    void* dst;
+    const void* src;
+    DType src_type;
+    int64_t n;
+  };
+  constexpr int64_t kPiece = int64_t{1} << 20;  // elements
   const size_t es = dtype_size(arena.dtype);
+  std::vector<Piece> pieces;
   int64_t filled = 0;
   for (const auto& p : table) {
     if (p.offset > filled)
@@ -154,13 +164,23 @@ CheckpointLoadInfo load_checkpoint_weights(const std::string& path, const ModelC
     const std::string& key = key_of.at(p.name);
     const SafetensorsFile& f = files.file_of(key);
     const SafetensorsInfo& e = *f.find(key);
-    convert_elements(arena.at_offset(p.offset), arena.dtype, f.data_of(e), e.dtype, p.numel());
+    const size_t src_es = dtype_size(e.dtype);
+    for (int64_t i = 0; i < p.numel(); i += kPiece)
+      pieces.push_back({arena.at_offset(p.offset + i), static_cast<const char*>(f.data_of(e)) + static_cast<size_t>(i) * src_es,
+                        e.dtype, std::min(kPiece, p.numel() - i)});
     filled = p.offset + p.numel();
     info.tensors += 1;
     info.bytes += static_cast<int64_t>(e.end - e.begin);
   }
   int64_t total = param_arena_numel(table);
   if (total > filled) std::memset(arena.at_offset(filled), 0, static_cast<size_t>(total - filled) * es);
+  const int64_t n_pieces = static_cast<int64_t>(pieces.size());
+  const DType dst_type = arena.dtype;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t i = 0; i < n_pieces; ++i) {
+    const Piece& pc = pieces[static_cast<size_t>(i)];
+    convert_elements(pc.dst, dst_type, pc.src, pc.src_type, pc.n, /*threaded=*/false);
+  }
 
   if (tied_head_in_file) {
     const std::string& key = key_of.at("lm_head.weight");
