@@ -16,6 +16,10 @@ int main(int argc, char** argv) {
   hlm::cli::add_version_command(app);
   hlm::cli::add_tokenize_command(app);
   hlm::cli::add_preprocess_command(app);
+  hlm::cli::add_train_command(app);
+  hlm::cli::add_generate_command(app);
+  hlm::cli::add_logits_command(app);
+  hlm::cli::add_grads_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
