@@ -35,7 +35,7 @@ struct PreprocessStats {
   int64_t bytes = 0;          // text bytes read
   double seconds = 0;
   TokenDType dtype = TokenDType::U16;
-  int32_t eod = -1;           // the appended id, -1 when none
+  int32_t eod = -1;  // the appended id, -1 when none
 };
 
 // Callbacks for the CLI: the temporary files exist between on_writer_open and on_commit_end.
