@@ -49,9 +49,9 @@ struct PreprocessHooks {
 // Inputs: a directory stands for the regular files below it (recursively, sorted by path, hidden
 // ones skipped); a pattern with * ? [ that names no file is expanded by glob(3). A file ending in
 // .jsonl holds one JSON object per line (blank lines skipped), any other file is one document.
-// Empty documents are skipped (counted in the stats). Errors name the
-// file (and line): a missing input, a line that is not JSON, a missing or non-string key, text
-// that is not UTF-8; nothing is left behind then.
+// Empty documents are skipped (counted in the stats). Errors name the file (and line): a missing
+// input, a line that is not JSON, a missing or non-string key, text that is not UTF-8; nothing is
+// left behind then. Two runs must not share an output prefix at the same time (same temp names).
 PreprocessStats preprocess(const Tokenizer& tokenizer, const PreprocessOptions& options,
                            const PreprocessHooks& hooks = {});
 
