@@ -13,6 +13,8 @@
 int main(int argc, char** argv) {
   CLI::App app{"hybridlm: train, fine-tune and serve hybrid Mamba-2 / attention language models"};
   app.require_subcommand(1);
+  // A flag given twice takes its last value (scripts append overrides).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   hlm::cli::add_version_command(app);
   hlm::cli::add_tokenize_command(app);
   hlm::cli::add_preprocess_command(app);

@@ -37,6 +37,22 @@ struct Flags {
 std::atomic<bool> g_interrupted{false};
 extern "C" void on_signal(int) { g_interrupted = true; }
 
+// Every token id of a dataset must index the model's vocabulary.
+void check_token_range(const IndexedDataset& d, int64_t vocab) {
+  int32_t worst = -1;
+  std::vector<int32_t> buf;
+  for (int64_t doc = 0; doc < d.num_documents(); ++doc) {
+    buf.resize(static_cast<size_t>(d.document_length(doc)));
+    d.read_document(doc, 0, d.document_length(doc), buf.data());
+    for (int32_t t : buf) {
+      HLM_CHECK_ARG(t >= 0, "{}: document {} holds a negative token id {}", d.prefix(), doc, t);
+      worst = std::max(worst, t);
+    }
+  }
+  HLM_CHECK_ARG(worst < vocab, "{}: holds token id {} but the model's vocabulary has {} ids (0..{})", d.prefix(),
+                worst, vocab, vocab - 1);
+}
+
 ModelConfig build_config(const Flags& f) {
   if (!f.init_from.empty()) return load_checkpoint_config(resolve_model_dir(f.init_from));
   if (!f.config.empty()) return read_hf_config(f.config);
@@ -84,6 +100,10 @@ void run(Flags f) {
   IndexedDataset train(f.data);
   std::unique_ptr<IndexedDataset> val;
   if (!f.val_data.empty()) val = std::make_unique<IndexedDataset>(f.val_data);
+  check_token_range(train, cfg.vocab_size);
+  if (val) check_token_range(*val, cfg.vocab_size);
+  // Fail now, not at the first checkpoint, if the config cannot be written as an HF config.json.
+  config_to_hf_json(cfg);
 
   Model model(cfg, device, device == Device::CPU ? DType::F32 : DType::BF16);
   if (!f.init_from.empty() && !f.t.resume) {
