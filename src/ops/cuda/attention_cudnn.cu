@@ -23,6 +23,7 @@
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/handles.cuh"
+#include "ops/elementwise.h"
 
 namespace hlm::cuda::cudnn_attention {
 
@@ -233,16 +234,17 @@ class Graph {
 
 // The sequences cuDNN sees: dense rows (b = B, s = T) or packed documents (b = N, s = S).
 struct Layout {
-  bool ragged = false;
+  bool ragged = false;  // packed documents: ragged offsets (implies padded)
+  bool padded = false;  // per-sequence lengths + padding mask
   int64_t b = 0, s = 0;
   int64_t Hq = 0, Hkv = 0, E = 0;
   // token strides of q, k, v, o, dO, dQ, dK, dV (elements)
   int64_t ldq = 0, ldk = 0, ldv = 0, ldo = 0, lddo = 0, lddq = 0, lddk = 0, lddv = 0;
   int64_t T = 0, B = 0;
   bool operator<(const Layout& o) const {
-    return std::tie(ragged, b, s, Hq, Hkv, E, ldq, ldk, ldv, ldo, lddo, lddq, lddk, lddv, T, B) <
-           std::tie(o.ragged, o.b, o.s, o.Hq, o.Hkv, o.E, o.ldq, o.ldk, o.ldv, o.ldo, o.lddo, o.lddq,
-                    o.lddk, o.lddv, o.T, o.B);
+    return std::tie(ragged, padded, b, s, Hq, Hkv, E, ldq, ldk, ldv, ldo, lddo, lddq, lddk, lddv, T, B) <
+           std::tie(o.ragged, o.padded, o.b, o.s, o.Hq, o.Hkv, o.E, o.ldq, o.ldk, o.ldv, o.ldo,
+                    o.lddo, o.lddq, o.lddk, o.lddv, o.T, o.B);
   }
 };
 
@@ -283,7 +285,7 @@ cudnnBackendDescriptor_t apply_masks(Graph& g, const Layout& L, cudnnBackendDesc
                                      cudnnBackendDescriptor_t neg_inf, cudnnBackendDescriptor_t seq_q,
                                      cudnnBackendDescriptor_t seq_kv) {
   const Dims sd = score_dims(L), ss = score_strides(L);
-  if (L.ragged) {
+  if (L.padded) {
     auto row = g.virt(CUDNN_DATA_INT32, sd, ss);
     g.pointwise(CUDNN_POINTWISE_GEN_INDEX, s, nullptr, nullptr, row, CUDNN_DATA_INT32, 2);
     auto col = g.virt(CUDNN_DATA_INT32, sd, ss);
@@ -322,6 +324,8 @@ std::unique_ptr<Graph> build_forward(const Layout& L, cudnnHandle_t handle) {
     off_v = g->index_vector(kOffV, L.b + 1);
     off_o = g->index_vector(kOffO, L.b + 1);
     off_s = g->index_vector(kOffStats, L.b + 1);
+  }
+  if (L.padded) {
     seq_q = g->index_vector(kSeqQ, L.b);
     seq_kv = g->index_vector(kSeqKV, L.b);
   }
@@ -377,6 +381,8 @@ std::unique_ptr<Graph> build_backward(const Layout& L, bool deterministic, cudnn
     off_dq = g->index_vector(kOffDQ, L.b + 1);
     off_dk = g->index_vector(kOffDK, L.b + 1);
     off_dv = g->index_vector(kOffDV, L.b + 1);
+  }
+  if (L.padded) {
     seq_q = g->index_vector(kSeqQ, L.b);
     seq_kv = g->index_vector(kSeqKV, L.b);
   }
@@ -628,6 +634,7 @@ bool prepare(const AttentionParams& p, const Tensor& out, Common* c, std::string
   if (p.doc.defined()) {
     c->sg = segments_from_doc(p.doc, L.B, L.T);
     L.ragged = true;
+    L.padded = true;
     L.b = next_pow2(std::max<int64_t>(c->sg.n, 1));
     L.s = std::min(next_pow2(std::max<int64_t>(c->sg.max_len, 64)), L.T);
   } else {
@@ -692,6 +699,15 @@ bool backward(const AttentionParams& p, const Tensor& out, const Tensor& lse, co
     *why = "gradients exceed 2^31 elements (int32 offsets)";
     return false;
   }
+  // cuDNN up to 9.15 needs an explicit padding mask in the backward when T is not a multiple of
+  // 128 (what cudnn-frontend adds as its "workaround padding mask"): lengths T for every row.
+  int32_t* full_lengths = nullptr;
+  if (!L.ragged && L.T % 128 != 0 && cudnn_runtime_version() <= 91500) {
+    L.padded = true;
+    full_lengths = scratch_as<int32_t>(Scratch::Misc, static_cast<size_t>(L.B));
+    Tensor lens(full_lengths, DType::I32, Device::CUDA, {L.B});
+    cuda::fill(lens, static_cast<double>(L.T));
+  }
   if (deterministic) {
     // cuDNN's deterministic backward keeps dP for all (query, key) pairs in its workspace.
     const double need = static_cast<double>(L.b) * static_cast<double>(L.Hq) *
@@ -743,6 +759,11 @@ bool backward(const AttentionParams& p, const Tensor& out, const Tensor& lse, co
     ptrs.push_back(r.seq);
     uids.push_back(kSeqKV);
     ptrs.push_back(r.seq);
+  } else if (L.padded) {
+    uids.push_back(kSeqQ);
+    ptrs.push_back(full_lengths);
+    uids.push_back(kSeqKV);
+    ptrs.push_back(full_lengths);
   }
   execute(g, uids, ptrs);
   return true;

@@ -41,7 +41,7 @@ bool env_flag(const char* name, bool dflt) {
   if (!v || !*v) return dflt;
   return !(v[0] == '0' || v[0] == 'n' || v[0] == 'N' || v[0] == 'f' || v[0] == 'F');
 }
-bool g_deterministic = env_flag("HLM_DETERMINISTIC", true);
+int g_deterministic = -1;  // -1: follow HLM_DETERMINISTIC (read on every call), else 0 / 1
 
 struct ScratchBuf {
   void* p = nullptr;
@@ -53,8 +53,10 @@ std::mutex g_mutex;
 unsigned long long* g_index_flag = nullptr;
 }  // namespace
 
-bool deterministic() { return g_deterministic; }
-void set_deterministic(bool on) { g_deterministic = on; }
+bool deterministic() {
+  return g_deterministic < 0 ? env_flag("HLM_DETERMINISTIC", true) : g_deterministic != 0;
+}
+void set_deterministic(bool on) { g_deterministic = on ? 1 : 0; }
 
 void* scratch(Scratch slot, size_t bytes) {
   std::lock_guard<std::mutex> lock(g_mutex);

@@ -90,9 +90,9 @@ void dispatch_float(DType dtype, const char* what, F&& f) {
 
 namespace hlm::cuda {
 
-// Deterministic mode (default on; HLM_DETERMINISTIC=0 in the environment turns it off): ops that
-// have a faster non-deterministic path (cuDNN's attention backward accumulates dQ with float
-// atomics) take the deterministic one.
+// Deterministic mode (default on; HLM_DETERMINISTIC=0 in the environment turns it off, read on
+// every call until set_deterministic() fixes it): ops that have a faster non-deterministic path
+// (cuDNN's attention backward accumulates dQ with float atomics) take the deterministic one.
 bool deterministic();
 void set_deterministic(bool on);
 
