@@ -180,14 +180,21 @@ class Graph {
     cudnnBackendDescriptor_t graph = create(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "operation graph");
     set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
         static_cast<int64_t>(ops_.size()), ops_.data(), "graph ops");
-    set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle, "graph handle");
+    // The handle attributes are deprecated in cuDNN 9 but still read: set them, ignore refusals.
+    (void)cudnnBackendSetAttribute(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
     finalize(graph, "operation graph");
     std::string tried;
     for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
       cudnnBackendDescriptor_t heur = create(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, "heuristics");
       link(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph, "heuristics graph");
       set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode, "heuristics mode");
-      if (cudnnBackendFinalize(heur) != CUDNN_STATUS_SUCCESS) continue;
+      if (cudnnStatus_t st = cudnnBackendFinalize(heur); st != CUDNN_STATUS_SUCCESS) {
+        char detail[256] = {0};
+        cudnnGetLastErrorString(detail, sizeof(detail));
+        tried += fmt::format("{}heuristics mode {}: {} {}", tried.empty() ? "" : "; ",
+                             static_cast<int>(mode), cudnnGetErrorString(st), detail);
+        continue;
+      }
       int64_t count = 0;
       if (cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
                                    0, &count, nullptr) != CUDNN_STATUS_SUCCESS || count <= 0)
@@ -200,7 +207,7 @@ class Graph {
         continue;
       for (int64_t i = 0; i < got; ++i) {
         cudnnBackendDescriptor_t plan = create(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, "execution plan");
-        set(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle, "plan handle");
+        (void)cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
         link(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfgs[static_cast<size_t>(i)], "plan engine config");
         cudnnStatus_t st = cudnnBackendFinalize(plan);
         if (st == CUDNN_STATUS_SUCCESS) {
@@ -212,11 +219,14 @@ class Graph {
           workspace_ = static_cast<size_t>(ws);
           return;
         }
-        tried += fmt::format("{}{}", tried.empty() ? "" : ", ", cudnnGetErrorString(st));
+        char detail[256] = {0};
+        cudnnGetLastErrorString(detail, sizeof(detail));
+        if (tried.size() < 600)
+          tried += fmt::format("{}plan: {} {}", tried.empty() ? "" : "; ", cudnnGetErrorString(st), detail);
       }
     }
-    throw BuildFailure{fmt::format("no engine finalizes for this graph ({} ops{}{})", ops_.size(),
-                                   tried.empty() ? "" : "; plan errors: ", tried)};
+    throw BuildFailure{fmt::format("no engine finalizes for this graph ({} ops){}{}", ops_.size(),
+                                   tried.empty() ? "" : ": ", tried)};
   }
 
   cudnnBackendDescriptor_t plan() const { return plan_; }
