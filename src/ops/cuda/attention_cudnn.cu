@@ -270,6 +270,10 @@ struct Plan {
 };
 
 std::mutex g_plan_mutex;
+// The first failure to build a ragged (document-masked) plan, per kind: later calls with documents
+// fall back at once instead of reading the doc ids to the host first.
+std::string g_ragged_failure[3];
+
 std::map<PlanKey, std::unique_ptr<Plan>>& plan_cache() {
   static auto* cache = new std::map<PlanKey, std::unique_ptr<Plan>>();
   return *cache;
@@ -583,6 +587,7 @@ Graph* get_plan(const PlanKey& key, std::string* why) {
   }
   if (!it->second->error.empty()) {
     *why = it->second->error;
+    if (key.L.ragged && g_ragged_failure[key.kind].empty()) g_ragged_failure[key.kind] = *why;
     return nullptr;
   }
   return it->second->graph.get();
@@ -656,7 +661,17 @@ bool prepare(const AttentionParams& p, const Tensor& out, Common* c, std::string
 
 }  // namespace
 
+// True (with *why) when documents are present and a ragged plan of this kind already failed.
+bool ragged_known_broken(const AttentionParams& p, int kind, std::string* why) {
+  if (!p.doc.defined()) return false;
+  std::lock_guard<std::mutex> lock(g_plan_mutex);
+  if (g_ragged_failure[kind].empty()) return false;
+  *why = "document-masked (ragged) graph failed before: " + g_ragged_failure[kind];
+  return true;
+}
+
 bool forward(const AttentionParams& p, const Tensor& out, const Tensor& lse, std::string* why) {
+  if (ragged_known_broken(p, 0, why)) return false;
   Common c;
   if (!prepare(p, out, &c, why)) return false;
   const Layout& L = c.L;
@@ -692,6 +707,7 @@ bool forward(const AttentionParams& p, const Tensor& out, const Tensor& lse, std
 bool backward(const AttentionParams& p, const Tensor& out, const Tensor& lse, const Tensor& dout,
               const Tensor& dq, const Tensor& dk, const Tensor& dv, bool deterministic,
               size_t max_workspace, std::string* why) {
+  if (ragged_known_broken(p, deterministic ? 2 : 1, why)) return false;
   Common c;
   if (!prepare(p, out, &c, why)) return false;
   Layout& L = c.L;
