@@ -8,7 +8,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 run="${1:-$root/runs/main}"
-steps="${STEPS:-400}"
+steps="${STEPS:-600}"
 
 scripts/setup.sh
 scripts/fetch_data.sh

@@ -101,6 +101,7 @@ void run(const Flags& f) {
     for (size_t i = 0; i < out.size(); ++i) fmt::print("{}{}", i ? " " : "", out[i]);
     fmt::print("\n");
   }
+  std::fflush(stdout);
   const double tps = res.decode_steps > 0 ? static_cast<double>(res.decode_steps) / res.decode_seconds : 0;
   fmt::print(stderr, "[{} prompt tokens, prefill {:.1f} ms; {} new tokens, {:.1f} tokens/s]\n", prompt.size(),
              res.prefill_seconds * 1e3, out.size(), tps);

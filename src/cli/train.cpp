@@ -129,7 +129,7 @@ void run(Flags f) {
   f.t.schedule.warmup_steps = f.warmup;
   f.t.schedule.total_steps = f.t.steps;
   f.t.schedule.decay_fraction = f.decay_fraction;
-  if (tok) f.t.extra_files.push_back(f.tokenizer);
+  if (tok) f.t.extra_files.emplace_back(f.tokenizer, "tokenizer.json");
   f.t.interrupted = &g_interrupted;
 
   struct sigaction sa {};

@@ -49,7 +49,7 @@ Tensor on_host(const Tensor& t, Buffer& keep) {
 
 std::string save_training_checkpoint(const std::string& out_dir, int64_t step, const Model& model,
                                      const AdamW& adamw, const nlohmann::json& trainer_state,
-                                     const std::vector<std::string>& extra_files) {
+                                     const std::vector<std::pair<std::string, std::string>>& extra_files) {
   const std::string root = out_dir + "/checkpoints";
   make_dirs(root);
   const std::string name = fmt::format("{}{:08}", kPrefix, step);
@@ -65,8 +65,8 @@ std::string save_training_checkpoint(const std::string& out_dir, int64_t step, c
                        SafetensorsItem("exp_avg_sq", on_host(adamw.v(), v_buf))},
                       {{"format", "hybridlm-adamw"}, {"step", std::to_string(adamw.steps_done())}});
     write_file_atomic(tmp + "/trainer_state.json", dump_json(trainer_state));
-    for (const std::string& f : extra_files) {
-      fs::copy_file(f, tmp + "/" + fs::path(f).filename().string(), fs::copy_options::overwrite_existing, ec);
+    for (const auto& [f, name] : extra_files) {
+      fs::copy_file(f, tmp + "/" + name, fs::copy_options::overwrite_existing, ec);
       HLM_REQUIRE(!ec, ErrorKind::Io, "{}: cannot copy into the checkpoint: {}", f, ec.message());
     }
     fsync_dir(tmp);

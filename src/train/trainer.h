@@ -37,7 +37,8 @@ struct TrainOptions {
   bool resume = false;
   int64_t stop_at = 0;        // testing: stop (after saving) once this step is done
   bool quiet = false;         // no progress line on stderr
-  std::vector<std::string> extra_files;        // copied into every checkpoint (tokenizer.json)
+  // (source path, name in the checkpoint) copied into every checkpoint, e.g. the tokenizer.
+  std::vector<std::pair<std::string, std::string>> extra_files;
   const std::atomic<bool>* interrupted = nullptr;  // set by a signal: save and stop after this step
 };
 
