@@ -121,7 +121,7 @@ void attention_forward(const AttentionParams& p, const Tensor& out, const Tensor
           T* s = S.data() + (i - i0) * nk;
           T mx = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : mx)
-          for (int64_t j = 0; j < nk; ++j) mx = std::max(mx, s[j]);
+          for (int64_t j = 0; j < nk; ++j) mx = mx > s[j] ? mx : s[j];
           T sum = 0;
 #pragma omp simd reduction(+ : sum)
           for (int64_t j = 0; j < nk; ++j) {

@@ -75,13 +75,33 @@ inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha
               blas_int(std::max<int64_t>(ldc, 1), "gemm"));
 }
 
+// B[M,N] := alpha · op(A) · B with A [M,M] lower triangular (non-unit diagonal), in place.
+inline void trmm_lower_left(bool trans_a, int64_t M, int64_t N, float alpha, const float* A,
+                            int64_t lda, float* B, int64_t ldb) {
+  if (M == 0 || N == 0) return;
+  cblas_strmm(CblasRowMajor, CblasLeft, CblasLower, trans_a ? CblasTrans : CblasNoTrans,
+              CblasNonUnit, blas_int(M, "trmm"), blas_int(N, "trmm"), alpha, A,
+              blas_int(std::max<int64_t>(lda, 1), "trmm"), B,
+              blas_int(std::max<int64_t>(ldb, 1), "trmm"));
+}
+inline void trmm_lower_left(bool trans_a, int64_t M, int64_t N, double alpha, const double* A,
+                            int64_t lda, double* B, int64_t ldb) {
+  if (M == 0 || N == 0) return;
+  cblas_dtrmm(CblasRowMajor, CblasLeft, CblasLower, trans_a ? CblasTrans : CblasNoTrans,
+              CblasNonUnit, blas_int(M, "trmm"), blas_int(N, "trmm"), alpha, A,
+              blas_int(std::max<int64_t>(lda, 1), "trmm"), B,
+              blas_int(std::max<int64_t>(ldb, 1), "trmm"));
+}
+
 // exp that GCC vectorises inside `omp simd` loops (std::exp is a library call it will not
-// vectorise without -ffast-math). Float: Cephes expf (range reduction by ln 2, degree-6
-// polynomial), within 2 ulp of std::exp; 0 below -87. Double: std::exp (the gradient checks).
+// vectorise without -ffast-math). Float: Cephes expf (x = n·ln2 + r by the 1.5·2²³ rounding trick,
+// degree-6 polynomial in r), within 1.4·2⁻²⁴ relative of exp over [-87, 88.37]; 0 below, +inf
+// above, NaN for NaN. Written without branches: under GCC's default -ftrapping-math a conditional
+// FP operation blocks if-conversion and so vectorisation. Double: std::exp (the gradient checks).
 inline float vexp(float x) {
-  const float xc = x > 88.37626f ? 88.37626f : (x < -87.0f ? -87.0f : x);
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
-  float r = xc - n * 0.693359375f;
+  const float z = x * 1.44269504088896341f + 12582912.0f;
+  const float n = z - 12582912.0f;
+  float r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
   const float r2 = r * r;
   float p = 1.9875691500e-4f;
@@ -91,12 +111,38 @@ inline float vexp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r2 + r + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  uint32_t zb;
+  std::memcpy(&zb, &z, sizeof(zb));  // the low mantissa bits of z hold n
+  const uint32_t sb = (zb - 0x4B400000u + 127u) << 23;
   float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.0f ? 0.0f : p * scale;
+  std::memcpy(&scale, &sb, sizeof(scale));
+  const float v = p * scale;
+  uint32_t vb;
+  std::memcpy(&vb, &v, sizeof(vb));
+  // Outside [-87, 88.37] the bits above are garbage: mask them (0 below, +inf above) with
+  // integer masks rather than selects, so the computation stays unconditional.
+  const bool below = x < -87.0f, above = x > 88.37626f;
+  const uint32_t keep = (below || above) ? 0u : 0xFFFFFFFFu;
+  vb = (vb & keep) | (above ? 0x7F800000u : 0u);
+  float out;
+  std::memcpy(&out, &vb, sizeof(out));
+  return out;
 }
 inline double vexp(double x) { return std::exp(x); }
+
+// exp(min(x, 0)): every SSD decay. The min is done on the result bits (a select on x would have
+// GCC fold vexp(0) into one arm and move the exp into a branch, which stops vectorisation).
+inline float vexp_decay(float x) {
+  const float v = vexp(x);
+  uint32_t vb;
+  std::memcpy(&vb, &v, sizeof(vb));
+  const bool pos = x > 0.0f;
+  vb = (vb & (pos ? 0u : 0xFFFFFFFFu)) | (pos ? 0x3F800000u : 0u);
+  float out;
+  std::memcpy(&out, &vb, sizeof(out));
+  return out;
+}
+inline double vexp_decay(double x) { return std::exp(std::min(x, 0.0)); }
 
 template <typename T>
 inline T sigmoid(T x) {
@@ -106,6 +152,15 @@ inline T sigmoid(T x) {
 template <typename T>
 inline T softplus(T x) {
   return x > T(20) ? x : std::log1p(std::exp(x));
+}
+
+// Reusable, uninitialised scratch owned by the calling thread: slot k (0..7) grows to the
+// largest size asked for and is kept for the next call, so big per-call buffers (SSD chunk states)
+// do not fault in fresh pages every call. A slot must not be used twice at once.
+void* thread_workspace(int slot, size_t bytes);
+template <typename T>
+T* workspace(int slot, size_t count) {
+  return static_cast<T*>(thread_workspace(slot, count * sizeof(T)));
 }
 
 // Reductions over rows are done per fixed block of rows and the block partials are summed in

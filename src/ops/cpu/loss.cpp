@@ -50,7 +50,7 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, int32_t 
       const T* x = L.row<T>(m);
       T mx = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : mx)
-      for (int64_t v = 0; v < V; ++v) mx = std::max(mx, x[v]);
+      for (int64_t v = 0; v < V; ++v) mx = mx > x[v] ? mx : x[v];
       T sum = 0;
 #pragma omp simd reduction(+ : sum)
       for (int64_t v = 0; v < V; ++v) sum += vexp(x[v] - mx);
