@@ -106,8 +106,9 @@ void attention_forward(const AttentionParams& p, const Tensor& out, const Tensor
     HLM_REQUIRE(lse.is_contiguous(), ErrorKind::Internal, "{}: lse {} must be contiguous", op,
                 lse.describe());
     RowView O = as_rows(out, 2, "attention out");
+    const bool par = a.B * a.Hq * a.T_ * a.T_ * a.E > kParallelWork;
     const int64_t nqb = num_blocks(a.T_, kQueryBlock), ntasks = a.B * a.Hq * nqb;
-#pragma omp parallel
+#pragma omp parallel if (par)
     {
       std::vector<T> S(static_cast<size_t>(kQueryBlock * a.T_));
 #pragma omp for schedule(dynamic)
@@ -173,7 +174,8 @@ void attention_backward(const AttentionParams& p, const Tensor& out, const Tenso
     std::vector<T> dkh(static_cast<size_t>(B * Hq) * per_head),
         dvh(static_cast<size_t>(B * Hq) * per_head);
     const int64_t nqb = num_blocks(T_, kQueryBlock);
-#pragma omp parallel
+    const bool par = B * Hq * T_ * T_ * E > kParallelWork;
+#pragma omp parallel if (par)
     {
       const size_t blk = static_cast<size_t>(kQueryBlock * T_);
       std::vector<T> S(blk), dP(blk), dqs(static_cast<size_t>(kQueryBlock * E)),
@@ -220,7 +222,7 @@ void attention_backward(const AttentionParams& p, const Tensor& out, const Tenso
         }
       }
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (par)
     for (int64_t r = 0; r < B * T_; ++r) {
       const int64_t b = r / T_, t = r % T_;
       for (int64_t hk = 0; hk < Hkv; ++hk) {
@@ -258,9 +260,10 @@ void rope_apply(const Tensor& x, const Tensor& pos, float theta, int64_t rot_dim
     inv_freq[static_cast<size_t>(i)] =
         std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / static_cast<double>(rot_dim));
   const double sign = inverse ? -1.0 : 1.0;
+  const bool par = B * T * H * rot_dim > kParallelWork;
   with_float_type(x.dtype, op, [&](auto tag) {
     using Tt = decltype(tag);
-#pragma omp parallel
+#pragma omp parallel if (par)
     {
       std::vector<Tt> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
 #pragma omp for schedule(static)
@@ -317,7 +320,8 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
   with_float_type(dt, op, [&](auto tag) {
     using T = decltype(tag);
     const T sc = static_cast<T>(scale);
-#pragma omp parallel
+    const bool par = B * Hq * S * E > kParallelWork;
+#pragma omp parallel if (par)
     {
       std::vector<T> w(static_cast<size_t>(S));
 #pragma omp for schedule(static)

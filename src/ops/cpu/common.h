@@ -163,6 +163,10 @@ T* workspace(int slot, size_t count) {
   return static_cast<T*>(thread_workspace(slot, count * sizeof(T)));
 }
 
+// Below this many multiply-adds an op runs on one thread: a parallel region costs microseconds,
+// and far more when the cores are shared with other processes.
+constexpr int64_t kParallelWork = int64_t{1} << 16;
+
 // Reductions over rows are done per fixed block of rows and the block partials are summed in
 // order, so results are bitwise the same for any number of threads.
 constexpr int64_t kReduceBlock = 64;

@@ -246,7 +246,9 @@ void conv1d_state_from_sequence(const Tensor& x, const Tensor& doc, const Tensor
               state.describe(), B, C);
   check_doc(doc, B, T, op);
   const int64_t Km1 = state.size(2);
-  RowView X = as_rows(x, 1, op);
+  // Any batch and time strides (a prefix of a longer sequence is typical); channels packed.
+  HLM_REQUIRE(C <= 1 || x.stride[2] == 1, ErrorKind::Internal, "{}: x {} must have packed channels",
+              op, x.describe());
   with_float_type(x.dtype, op, [&](auto tag) {
     using Tt = decltype(tag);
     for (int64_t b = 0; b < B; ++b) {
@@ -262,7 +264,7 @@ void conv1d_state_from_sequence(const Tensor& x, const Tensor& doc, const Tensor
       for (int64_t j = 0; j < Km1; ++j) {
         const int64_t t = T - Km1 + j;
         const bool valid = t >= first && t >= 0;
-        const Tt* xr = valid ? X.row<Tt>(b * T + t) : nullptr;
+        const Tt* xr = valid ? x.ptr<Tt>() + b * x.stride[0] + t * x.stride[1] : nullptr;
         for (int64_t c = 0; c < C; ++c) st[c * Km1 + j] = valid ? xr[c] : Tt(0);
       }
     }

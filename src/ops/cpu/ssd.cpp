@@ -138,6 +138,12 @@ void fill_dt_table(SsdView<T>& v, T* dt, T* dsp) {
   v.dsp_tab = dsp;
 }
 
+// Whether a scan of this size is worth a parallel region.
+template <typename T>
+bool worth_parallel(const SsdView<T>& v) {
+  return v.B * v.T_ * v.H * v.P * v.N > kParallelWork;
+}
+
 template <typename T>
 struct SsdGradViews {
   RowView dx{}, ddt{}, dBm{}, dCm{};
@@ -211,8 +217,9 @@ inline void recurrence_step(T* state, int64_t P, int64_t N, T a, T dt, const T* 
 
 template <typename T>
 void sequential_forward(const SsdView<T>& v, const RowView& Y, T* h_final) {
+  const bool par = worth_parallel(v);
   const int64_t PN = v.P * v.N;
-#pragma omp parallel
+#pragma omp parallel if (par)
   {
     std::vector<T> state(static_cast<size_t>(PN));
 #pragma omp for schedule(static)
@@ -245,13 +252,14 @@ void sequential_forward(const SsdView<T>& v, const RowView& Y, T* h_final) {
 template <typename T>
 void sequential_backward(const SsdView<T>& v, const RowView& DY, const T* dh_final,
                          const SsdGradViews<T>& o) {
+  const bool par = worth_parallel(v);
   constexpr int64_t kSeg = 64;
   const int64_t B = v.B, T_ = v.T_, H = v.H, P = v.P, N = v.N, PN = P * N;
   const int64_t nseg = num_blocks(T_, kSeg);
   // Per-head dB, dC (heads of a group are summed afterwards) and parameter partials.
   std::vector<T> dBh(static_cast<size_t>(B * H * T_ * N)), dCh(dBh.size());
   std::vector<double> partial(static_cast<size_t>(B * H * H * 3), 0.0);
-#pragma omp parallel
+#pragma omp parallel if (par)
   {
     std::vector<T> ckpt(static_cast<size_t>(std::max<int64_t>(nseg, 1) * PN));
     std::vector<T> hs(static_cast<size_t>(kSeg * PN)), dh(static_cast<size_t>(PN));
@@ -351,7 +359,7 @@ void sequential_backward(const SsdView<T>& v, const RowView& DY, const T* dh_fin
     }
   }
   // Heads of a group share B and C: sum their gradients in head order.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (par)
   for (int64_t r = 0; r < B * T_; ++r) {
     const int64_t b = r / T_, t = r % T_;
     for (int64_t g = 0; g < v.G; ++g) {
@@ -538,13 +546,14 @@ void intra_matrices(const ChunkScalars<T>& s, const T* CB, int64_t Q, T* E, T* M
 
 template <typename T>
 void chunked_forward(const SsdView<T>& v, int64_t Q, const RowView& Y, T* h_final) {
+  const bool par = worth_parallel(v);
   const int64_t B = v.B, H = v.H, P = v.P, N = v.N, PN = P * N, nc = num_blocks(v.T_, Q);
   const int64_t ntasks = B * v.G * nc, W = v.hpg * P;
   const size_t nstate = static_cast<size_t>(B * nc * H);
   T* states = workspace<T>(0, nstate * static_cast<size_t>(PN));
   T* decay = workspace<T>(1, nstate);
   // 1. Chunk states and decays.
-#pragma omp parallel
+#pragma omp parallel if (par)
   {
     GroupChunk<T> gc(Q, v.hpg);
     std::vector<T> xs(static_cast<size_t>(Q * W));
@@ -557,7 +566,7 @@ void chunked_forward(const SsdView<T>& v, int64_t Q, const RowView& Y, T* h_fina
     }
   }
   // 2. State passing over chunks.
-#pragma omp parallel
+#pragma omp parallel if (par)
   {
     std::vector<T> run(static_cast<size_t>(PN));
 #pragma omp for schedule(static)
@@ -570,7 +579,7 @@ void chunked_forward(const SsdView<T>& v, int64_t Q, const RowView& Y, T* h_fina
     }
   }
   // 3. Outputs: intra-chunk (M X, M lower triangular), inter-chunk, D skip.
-#pragma omp parallel
+#pragma omp parallel if (par)
   {
     GroupChunk<T> gc(Q, v.hpg);
     std::vector<T> CB(static_cast<size_t>(Q * Q)), E(CB.size()), M(CB.size()),
@@ -625,6 +634,7 @@ void chunked_forward(const SsdView<T>& v, int64_t Q, const RowView& Y, T* h_fina
 template <typename T>
 void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T* dh_final,
                       const SsdGradViews<T>& o) {
+  const bool par = worth_parallel(v);
   const int64_t B = v.B, H = v.H, P = v.P, N = v.N, G = v.G, PN = P * N, nc = num_blocks(v.T_, Q);
   const int64_t ntasks = B * G * nc, W = v.hpg * P;
   const size_t nstate = static_cast<size_t>(B * nc * H);
@@ -633,7 +643,7 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
   T* decay = workspace<T>(1, nstate);
   T* gdec_grad = workspace<T>(3, nstate);
   // 1.
-#pragma omp parallel
+#pragma omp parallel if (par)
   {
     GroupChunk<T> gc(Q, v.hpg);
     std::vector<T> xs(static_cast<size_t>(Q * W));
@@ -655,7 +665,7 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
     }
   }
   // 2.
-#pragma omp parallel
+#pragma omp parallel if (par)
   {
     std::vector<T> run(static_cast<size_t>(PN));
 #pragma omp for schedule(static)
@@ -689,7 +699,7 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
   }
   // 3.
   std::vector<double> partial(static_cast<size_t>(ntasks * H * 3), 0.0);
-#pragma omp parallel
+#pragma omp parallel if (par)
   {
     GroupChunk<T> gc(Q, v.hpg);
     const size_t QQ = static_cast<size_t>(Q * Q), QN = static_cast<size_t>(Q * N),
