@@ -33,6 +33,14 @@ NormRows norm_rows(const Tensor& x, const Tensor& second, const char* second_nam
   return {X, S, X.rows, X.cols};
 }
 
+// A contiguous tensor of `count` elements, any shape ([M] or [B,T]).
+void require_vector(const Tensor& t, DType dtype, int64_t count, const char* op, const char* name) {
+  require_cpu(t, op, name);
+  require_dtype(t, dtype, op, name);
+  HLM_REQUIRE(t.is_contiguous() && t.numel() == count, ErrorKind::Internal,
+              "{}: {} {} must be contiguous with {} elements", op, name, t.describe(), count);
+}
+
 // Sums per-block partial weight gradients [nblocks, D] in block order into dw.
 template <typename T>
 void reduce_blocks_into(const std::vector<T>& partial, int64_t nblocks, int64_t D, T* dw) {
@@ -49,7 +57,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& 
                      const Tensor& rstd) {
   const char* op = "rmsnorm_forward";
   NormRows n = norm_rows(x, y, "y", w, op);
-  require(rstd, x.dtype, {n.M}, op, "rstd");
+  require_vector(rstd, x.dtype, n.M, op, "rstd");
   with_float_type(x.dtype, op, [&](auto tag) {
     using T = decltype(tag);
     const T* wp = w.ptr<T>();
@@ -73,7 +81,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
                       const Tensor& dx, const Tensor& dw) {
   const char* op = "rmsnorm_backward";
   NormRows n = norm_rows(x, dy, "dy", w, op);
-  require(rstd, x.dtype, {n.M}, op, "rstd");
+  require_vector(rstd, x.dtype, n.M, op, "rstd");
   RowView DX{};
   if (dx.defined()) {
     require_cpu(dx, op, "dx");

@@ -848,6 +848,12 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
   reduce_param_grads(partial, ntasks, H, o);
 }
 
+// A chunk longer than the sequence is one chunk of T tokens (same result, no Q² scratch).
+template <typename T>
+int64_t effective_chunk(const SsdView<T>& v, int64_t chunk) {
+  return std::max<int64_t>(1, std::min(chunk, v.T_));
+}
+
 // Output views shared by the forward entry points.
 template <typename T>
 void forward_outputs(const SsdView<T>& v, const Tensor& y, const Tensor& h_final, DType dt,
@@ -883,7 +889,7 @@ void ssd_forward(const SsdParams& p, const Tensor& y, const Tensor& h_final) {
     forward_outputs(v, y, h_final, p.x.dtype, op, &Y, &hf);
     const size_t n = static_cast<size_t>(v.B * v.T_ * v.H);
     fill_dt_table(v, workspace<T>(4, n), workspace<T>(5, n));
-    chunked_forward(v, p.chunk, Y, hf);
+    chunked_forward(v, effective_chunk(v, p.chunk), Y, hf);
   });
 }
 
@@ -899,7 +905,7 @@ void ssd_backward(const SsdParams& p, const Tensor& dy, const Tensor& dh_final,
     SsdGradViews<T> o = grad_views(v, g, p.x.dtype, op);
     const size_t n = static_cast<size_t>(v.B * v.T_ * v.H);
     fill_dt_table(v, workspace<T>(4, n), workspace<T>(5, n));
-    chunked_backward(v, p.chunk, DY, dhf, o);
+    chunked_backward(v, effective_chunk(v, p.chunk), DY, dhf, o);
   });
 }
 
