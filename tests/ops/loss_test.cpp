@@ -19,9 +19,9 @@ HostTensor targets_of(std::vector<int32_t> v) {
 
 TEST(Loss, CrossEntropyMatchesFormulaWithIgnoreIndex) {
   for (DType dtype : {DType::F32, DType::F64}) {
-    const int64_t M = 4, V = 37;
+    const int64_t M = 4, V = 4099;  // more than one 2048-wide block of the forward
     HostTensor logits = test::randn(dtype, {M, V}, 1, 2.0);
-    HostTensor tg = targets_of({5, kIgnoreIndex, 36, 0});
+    HostTensor tg = targets_of({5, kIgnoreIndex, 4098, 2050});
     HostTensor losses(dtype, {M}), lse(dtype, {M});
     cross_entropy_forward(logits.t, tg.t, kIgnoreIndex, losses.t, lse.t);
     for (int64_t m = 0; m < M; ++m) {
