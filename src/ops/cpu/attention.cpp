@@ -62,7 +62,7 @@ AttnView<T> attn_view(const AttentionParams& p, const char* op) {
   a.v = as_rows(p.v, 2, "attention v");
   a.monotone.assign(static_cast<size_t>(a.B), 1);
   if (p.doc.defined()) {
-    require(p.doc, DType::I32, {a.B, a.T_}, op, "doc");
+    require_doc(p.doc, a.B, a.T_, op);
     a.doc = p.doc;
     for (int64_t b = 0; b < a.B; ++b) {
       const int32_t* d = doc_row(p.doc, b);

@@ -57,6 +57,13 @@ void* thread_workspace(int slot, size_t bytes) {
   return ws.ptr[slot];
 }
 
+void require_doc(const Tensor& doc, int64_t B, int64_t T, const char* op) {
+  if (!doc.defined()) return;
+  require(doc, DType::I32, {B, T}, op, "doc");
+  HLM_REQUIRE(T <= 1 || doc.stride[1] == 1, ErrorKind::Internal,
+              "{}: doc ids {} must be contiguous in T", op, doc.describe());
+}
+
 const int32_t* doc_row(const Tensor& doc, int64_t b) {
   if (!doc.defined()) return nullptr;
   HLM_REQUIRE(doc.ndim == 2 && (doc.shape[1] <= 1 || doc.stride[1] == 1), ErrorKind::Internal,

@@ -40,7 +40,10 @@ inline void require(const Tensor& t, DType dtype, std::initializer_list<int64_t>
   require_dtype(t, dtype, op, name);
   require_shape(t, dims, op, name);
 }
-// A [B,T] I32 tensor of document ids, contiguous in T (a row stride is allowed).
+// Checks doc ids (when defined): a CPU [B,T] I32 tensor, contiguous in T (any row stride).
+// Ops call this before any parallel region, so doc_row cannot throw inside one.
+void require_doc(const Tensor& doc, int64_t B, int64_t T, const char* op);
+// Row b of a doc tensor, nullptr when undefined.
 const int32_t* doc_row(const Tensor& doc, int64_t b);
 // True when position t (> 0) of a doc row starts a new document.
 inline bool doc_boundary(const int32_t* doc_b, int64_t t) {

@@ -29,14 +29,6 @@ ConvShape conv_shape(const Tensor& x, const Tensor& w, const Tensor& bias, const
   return {B, T, C, w.size(1), as_rows(x, 1, op)};
 }
 
-void check_doc(const Tensor& doc, int64_t B, int64_t T, const char* op) {
-  if (doc.defined()) {
-    require_cpu(doc, op, "doc");
-    require_dtype(doc, DType::I32, op, "doc");
-    require_shape(doc, {B, T}, op, "doc");
-  }
-}
-
 RowView checked_rows(const Tensor& t, const ConvShape& s, const char* op, const char* name) {
   require_cpu(t, op, name);
   require_dtype(t, s.x.dtype, op, name);
@@ -91,7 +83,7 @@ void conv1d_silu_forward(const Tensor& x, const Tensor& w, const Tensor& bias, c
                          const Tensor& y) {
   const char* op = "conv1d_silu_forward";
   ConvShape s = conv_shape(x, w, bias, op);
-  check_doc(doc, s.B, s.T, op);
+  require_doc(doc, s.B, s.T, op);
   RowView Y = checked_rows(y, s, op, "y");
   std::vector<int64_t> start = doc_starts(doc, s.B, s.T);
   with_float_type(x.dtype, op, [&](auto tag) {
@@ -113,7 +105,7 @@ void conv1d_silu_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
                           const Tensor& dbias) {
   const char* op = "conv1d_silu_backward";
   ConvShape s = conv_shape(x, w, bias, op);
-  check_doc(doc, s.B, s.T, op);
+  require_doc(doc, s.B, s.T, op);
   RowView DY = checked_rows(dy, s, op, "dy");
   RowView DX{};
   if (dx.defined()) DX = checked_rows(dx, s, op, "dx");
@@ -244,7 +236,7 @@ void conv1d_state_from_sequence(const Tensor& x, const Tensor& doc, const Tensor
   HLM_REQUIRE(state.ndim == 3 && state.size(0) == B && state.size(1) == C && state.is_contiguous(),
               ErrorKind::Internal, "{}: state {} must be contiguous [{},{},K-1]", op,
               state.describe(), B, C);
-  check_doc(doc, B, T, op);
+  require_doc(doc, B, T, op);
   const int64_t Km1 = state.size(2);
   // Any batch and time strides (a prefix of a longer sequence is typical); channels packed.
   HLM_REQUIRE(C <= 1 || x.stride[2] == 1, ErrorKind::Internal, "{}: x {} must have packed channels",

@@ -100,7 +100,7 @@ SsdView<T> ssd_view(const SsdParams& p, const char* op) {
     v.dt_bias = p.dt_bias.ptr<T>();
   }
   if (p.doc.defined()) {
-    require(p.doc, DType::I32, {B, L}, op, "doc");
+    require_doc(p.doc, B, L, op);
     v.doc = p.doc;
   }
   if (p.h0.defined()) {
