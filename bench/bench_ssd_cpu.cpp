@@ -1,7 +1,8 @@
 // Benchmark: CPU chunked SSD (BLAS GEMMs) against the sequential recurrence, forward and
-// forward+backward, fp32. Prints medians, the speed-up and the max relative difference.
+// forward+backward, fp32. Prints medians, the speed-up, the max relative difference between the
+// two, and each one's distance from a float64 run.
 // Usage: bench_ssd_cpu [--T 4096] [--H 8] [--P 64] [--N 128] [--G 1] [--B 1] [--chunk 128]
-//                      [--runs 7] [--no-backward]
+//                      [--runs 11] [--no-backward] [--no-f64]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -9,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -21,39 +23,56 @@ using namespace hlm;
 
 namespace {
 
-struct Buf {
-  std::vector<float> v;
+template <typename F>
+struct BufT {
+  std::vector<F> v;
   Tensor t;
-  Buf(std::vector<int64_t> shape) {
+  explicit BufT(std::vector<int64_t> shape) {
     int64_t n = 1;
     for (int64_t s : shape) n *= s;
-    v.assign(static_cast<size_t>(n), 0.0f);
-    t = Tensor(v.data(), DType::F32, Device::CPU, Shape(shape.data(), shape.size()));
+    v.assign(static_cast<size_t>(n), F(0));
+    t = Tensor(v.data(), sizeof(F) == 4 ? DType::F32 : DType::F64, Device::CPU,
+               Shape(shape.data(), shape.size()));
   }
   void normal(uint64_t seed, float scale, float shift = 0.0f) {
     Rng r(seed);
-    for (float& x : v) x = shift + scale * r.normal();
+    for (F& x : v) x = static_cast<F>(shift + scale * r.normal());
+  }
+  template <typename G>
+  void copy_from(const BufT<G>& o) {
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<F>(o.v[i]);
   }
 };
+using Buf = BufT<float>;
+using Buf64 = BufT<double>;
 
-double median_ms(int runs, const std::function<void()>& fn) {
-  fn();  // warm-up
-  std::vector<double> ms;
-  for (int i = 0; i < runs; ++i) {
+// Median times of a and b over `runs` runs, a and b interleaved so that both see the same
+// background load (the CI / dev machine is shared).
+std::pair<double, double> median_ms_pair(int runs, const std::function<void()>& a,
+                                         const std::function<void()>& b) {
+  a();  // warm-up
+  b();
+  std::vector<double> ta, tb;
+  auto time = [](const std::function<void()>& fn) {
     auto t0 = std::chrono::steady_clock::now();
     fn();
-    auto t1 = std::chrono::steady_clock::now();
-    ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  };
+  for (int i = 0; i < runs; ++i) {
+    ta.push_back(time(a));
+    tb.push_back(time(b));
   }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
+  std::sort(ta.begin(), ta.end());
+  std::sort(tb.begin(), tb.end());
+  return {ta[ta.size() / 2], tb[tb.size() / 2]};
 }
 
-double max_rel(const Buf& a, const Buf& b) {
+template <typename A, typename B>
+double max_rel(const BufT<A>& a, const BufT<B>& b) {
   double worst = 0, scale = 0;
   for (size_t i = 0; i < a.v.size(); ++i) {
-    worst = std::max(worst, static_cast<double>(std::fabs(a.v[i] - b.v[i])));
-    scale = std::max(scale, static_cast<double>(std::fabs(b.v[i])));
+    worst = std::max(worst, std::fabs(static_cast<double>(a.v[i]) - static_cast<double>(b.v[i])));
+    scale = std::max(scale, std::fabs(static_cast<double>(b.v[i])));
   }
   return worst / std::max(scale, 1e-30);
 }
@@ -62,8 +81,8 @@ double max_rel(const Buf& a, const Buf& b) {
 
 int main(int argc, char** argv) {
   int64_t T = 4096, H = 8, P = 64, N = 128, G = 1, B = 1, Q = 128;
-  int runs = 7;
-  bool backward = true;
+  int runs = 11;
+  bool backward = true, f64_ref = true;
   for (int i = 1; i < argc; ++i) {
     auto next = [&] {
       if (i + 1 >= argc) {
@@ -82,6 +101,7 @@ int main(int argc, char** argv) {
     else if (a == "--chunk") Q = next();
     else if (a == "--runs") runs = static_cast<int>(next());
     else if (a == "--no-backward") backward = false;
+    else if (a == "--no-f64") f64_ref = false;
     else {
       std::fprintf(stderr, "unknown argument %s\n", argv[i]);
       return 2;
@@ -109,12 +129,13 @@ int main(int argc, char** argv) {
   p.chunk = Q;
 
   std::printf("SSD CPU fp32: B=%lld T=%lld H=%lld P=%lld N=%lld G=%lld chunk=%lld, %d threads, "
-              "median of %d runs\n",
+              "median of %d interleaved runs\n",
               (long long)B, (long long)T, (long long)H, (long long)P, (long long)N, (long long)G,
               (long long)Q, omp_get_max_threads(), runs);
   Buf y_seq({B, T, H, P}), y_chk({B, T, H, P}), hf_seq({B, H, P, N}), hf_chk({B, H, P, N});
-  double t_seq = median_ms(runs, [&] { cpu::ssd_forward_sequential(p, y_seq.t, hf_seq.t); });
-  double t_chk = median_ms(runs, [&] { cpu::ssd_forward(p, y_chk.t, hf_chk.t); });
+  auto [t_seq, t_chk] = median_ms_pair(
+      runs, [&] { cpu::ssd_forward_sequential(p, y_seq.t, hf_seq.t); },
+      [&] { cpu::ssd_forward(p, y_chk.t, hf_chk.t); });
   double err = std::max(max_rel(y_chk, y_seq), max_rel(hf_chk, hf_seq));
   std::printf("forward           sequential %9.2f ms   chunked %9.2f ms   speed-up %5.2fx   "
               "max rel diff %.2e\n",
@@ -147,16 +168,18 @@ int main(int argc, char** argv) {
     std::fill(g.dD.v.begin(), g.dD.v.end(), 0.0f);
     std::fill(g.dbias.v.begin(), g.dbias.v.end(), 0.0f);
   };
-  double tb_seq = median_ms(runs, [&] {
-    zero_params(gs);
-    cpu::ssd_forward_sequential(p, y_seq.t, Tensor());
-    cpu::ssd_backward_sequential(p, dy.t, Tensor(), view(gs));
-  });
-  double tb_chk = median_ms(runs, [&] {
-    zero_params(gc);
-    cpu::ssd_forward(p, y_chk.t, Tensor());
-    cpu::ssd_backward(p, dy.t, Tensor(), view(gc));
-  });
+  auto [tb_seq, tb_chk] = median_ms_pair(
+      runs,
+      [&] {
+        zero_params(gs);
+        cpu::ssd_forward_sequential(p, y_seq.t, Tensor());
+        cpu::ssd_backward_sequential(p, dy.t, Tensor(), view(gs));
+      },
+      [&] {
+        zero_params(gc);
+        cpu::ssd_forward(p, y_chk.t, Tensor());
+        cpu::ssd_backward(p, dy.t, Tensor(), view(gc));
+      });
   double gerr = 0;
   const char* names[] = {"dx", "ddt", "dA_log", "dB", "dC", "dD", "ddt_bias"};
   Buf* a[] = {&gc.dx, &gc.ddt, &gc.dA, &gc.dB, &gc.dC, &gc.dD, &gc.dbias};
@@ -171,5 +194,49 @@ int main(int argc, char** argv) {
   std::printf("forward+backward  sequential %9.2f ms   chunked %9.2f ms   speed-up %5.2fx   "
               "max rel diff %.2e\n",
               tb_seq, tb_chk, tb_seq / tb_chk, gerr);
+  if (!f64_ref) return 0;
+  // The same problem in float64 (sequential scan): how far is each fp32 algorithm from it?
+  Buf64 x64({B, T, H, P}), dt64({B, T, H}), A64({H}), B64({B, T, G, N}), C64({B, T, G, N}), D64({H}),
+      bias64({H}), y64({B, T, H, P}), dy64({B, T, H, P});
+  x64.copy_from(x);
+  dt64.copy_from(dt);
+  A64.copy_from(A_log);
+  B64.copy_from(Bm);
+  C64.copy_from(Cm);
+  D64.copy_from(D);
+  bias64.copy_from(dt_bias);
+  dy64.copy_from(dy);
+  SsdParams p64 = p;
+  p64.x = x64.t;
+  p64.dt = dt64.t;
+  p64.A_log = A64.t;
+  p64.Bm = B64.t;
+  p64.Cm = C64.t;
+  p64.D = D64.t;
+  p64.dt_bias = bias64.t;
+  struct G64 {
+    Buf64 dx, ddt, dA, dB, dC, dD, dbias;
+  };
+  G64 gr{Buf64({B, T, H, P}), Buf64({B, T, H}), Buf64({H}), Buf64({B, T, G, N}),
+         Buf64({B, T, G, N}), Buf64({H}), Buf64({H})};
+  SsdGrads v64;
+  v64.dx = gr.dx.t;
+  v64.ddt = gr.ddt.t;
+  v64.dA_log = gr.dA.t;
+  v64.dBm = gr.dB.t;
+  v64.dCm = gr.dC.t;
+  v64.dD = gr.dD.t;
+  v64.ddt_bias = gr.dbias.t;
+  cpu::ssd_forward_sequential(p64, y64.t, Tensor());
+  cpu::ssd_backward_sequential(p64, dy64.t, Tensor(), v64);
+  Buf64* r[] = {&gr.dx, &gr.ddt, &gr.dA, &gr.dB, &gr.dC, &gr.dD, &gr.dbias};
+  for (int which = 0; which < 2; ++which) {
+    G8& g = which == 0 ? gs : gc;
+    Buf* mine[] = {&g.dx, &g.ddt, &g.dA, &g.dB, &g.dC, &g.dD, &g.dbias};
+    double worst = max_rel(which == 0 ? y_seq : y_chk, y64);
+    std::printf("fp32 %-10s vs float64: y %.1e", which == 0 ? "sequential" : "chunked", worst);
+    for (int i = 0; i < 7; ++i) std::printf(" %s %.1e", names[i], max_rel(*mine[i], *r[i]));
+    std::printf("\n");
+  }
   return 0;
 }

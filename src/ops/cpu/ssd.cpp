@@ -628,9 +628,9 @@ void chunked_forward(const SsdView<T>& v, int64_t Q, const RowView& Y, T* h_fina
 //     dh0 = g_0 dHend_0 + U_0; the chunk-decay gradient g_c ⟨dHend_c, Hprev_c⟩;
 //  3. per (b, g, c): group-wide GEMMs Z = C Hprevᵀ, dC_inter = (e^{cs} dY) Hprev,
 //     T1 = B dHendᵀ, dB_state = (w X) dHend; then per head dM = dY Xᵀ, dX = Mᵀ dY + w T1 + D dY,
-//     dCB += dM ∘ E ∘ dt, the direct d(dt) from M and S, and the log-decay gradient dcs, which
-//     reaches dt and A through the reverse cumulative sum; finally dC = dCB B + dC_inter and
-//     dB = dCBᵀ C + dB_state.
+//     dCB += dM ∘ E ∘ dt, the direct d(dt) from M and S, and the gradient w.r.t. each log-decay
+//     dt_k·A, summed directly over the terms whose decay spans position k; finally
+//     dC = dCB B + dC_inter and dB = dCBᵀ C + dB_state.
 template <typename T>
 void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T* dh_final,
                       const SsdGradViews<T>& o) {
@@ -706,7 +706,7 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
                  QW = static_cast<size_t>(Q * W);
     std::vector<T> CB(QQ), E(QQ), M(QQ), dM(QQ), dCB(QQ);
     std::vector<T> dCacc(QN), dBacc(QN), Z(QW), T1(QW), xs(QW), dxs(static_cast<size_t>(Q * P));
-    std::vector<T> dcs(static_cast<size_t>(Q)), ddt(dcs.size()), colsum(dcs.size());
+    std::vector<T> dla(static_cast<size_t>(Q)), ddt(dla.size()), colsum(dla.size());
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < ntasks; ++task) {
       gc.prep(v, Q, task, nc);
@@ -737,40 +737,57 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
         const T* dY = DY.row<T>(b * v.T_ + t0) + h * P;
         T* dX = o.dx.data ? o.dx.template row<T>(b * v.T_ + t0) + h * P : dxs.data();
         const int64_t lddx = o.dx.data ? o.dx.ld : P;
-        std::fill(dcs.begin(), dcs.end(), T(0));
         std::fill(ddt.begin(), ddt.end(), T(0));
         // Intra-chunk: dM = dY Xᵀ, dX = Mᵀ dY.
         intra_matrices(s, CB.data(), Q, E.data(), M.data());
         gemm(false, true, L, L, P, T(1), dY, DY.ld, X, v.x.ld, T(0), dM.data(), Q);
         for (int64_t i = 0; i < L; ++i) std::copy(dY + i * DY.ld, dY + i * DY.ld + P, dX + i * lddx);
         trmm_lower_left(true, L, P, T(1), M.data(), Q, dX, lddx);
-        // F = dM ∘ CB ∘ E: its column sums are the direct d(dt_j); F_ij·dt_j is the gradient of
-        // the exponent cs_i − cs_j. dCB accumulates dM ∘ E ∘ dt_j over the group's heads.
+        // With F = dM ∘ CB ∘ E: column sums of F are the direct d(dt_j); F_ij·dt_j is the
+        // gradient of the exponent cs_i − cs_j and replaces dM; dCB accumulates dM ∘ E ∘ dt_j
+        // over the group's heads.
         std::fill(colsum.begin(), colsum.end(), T(0));
         for (int64_t i = 0; i < L; ++i) {
-          const T* dm = dM.data() + i * Q;
+          T* dm = dM.data() + i * Q;
           const T* e = E.data() + i * Q;
           const T* cb = CB.data() + i * Q;
           T* dcb = dCB.data() + i * Q;
-          T rowsum = 0;
-#pragma omp simd reduction(+ : rowsum)
+#pragma omp simd
           for (int64_t j = 0; j <= i; ++j) {
             const T de = dm[j] * e[j];
             const T f = de * cb[j];
             colsum[static_cast<size_t>(j)] += f;
-            rowsum += f * s.dt[static_cast<size_t>(j)];
             dcb[j] += de * s.dt[static_cast<size_t>(j)];
+            dm[j] = f * s.dt[static_cast<size_t>(j)];
           }
-          dcs[static_cast<size_t>(i)] += rowsum;
         }
-        for (int64_t j = 0; j < L; ++j) {
-          ddt[static_cast<size_t>(j)] += colsum[static_cast<size_t>(j)];
-          dcs[static_cast<size_t>(j)] -= colsum[static_cast<size_t>(j)] * s.dt[static_cast<size_t>(j)];
+        for (int64_t j = 0; j < L; ++j) ddt[static_cast<size_t>(j)] += colsum[static_cast<size_t>(j)];
+        // The log-decay gradient dla_k (w.r.t. dt_k·A) is assembled directly, not as a reverse
+        // cumulative sum of per-position terms (that form subtracts sums much larger than the
+        // result and loses ~1e-5 in fp32). Intra: Σ over pairs i ≥ k > j of the exponent
+        // gradients, by column suffix sums of dM.
+        for (int64_t i = L - 2; i >= 1; --i) {
+          T* g = dM.data() + i * Q;
+          const T* below = g + Q;
+#pragma omp simd
+          for (int64_t j = 0; j < i; ++j) g[j] += below[j];
         }
-        // State path: S = Σ_j w_j X_jᵀ B_j, w_j = e^{cs_{L−1}−cs_j} dt_j; T1_j = dHend B_j.
+        dla[0] = 0;
+        for (int64_t k = 1; k < L; ++k) {
+          const T* g = dM.data() + k * Q;
+          T acc = 0;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t j = 0; j < k; ++j) acc += g[j];
+          dla[static_cast<size_t>(k)] = acc;
+        }
+        // State path: S = Σ_j w_j X_jᵀ B_j, w_j = e^{cs_{L−1}−cs_j} dt_j, T1_j = dHend B_j:
+        // dla_k += Σ_{j0 ≤ j < k} w_j X_j·T1_j, plus the chunk decay's g·⟨dHend, Hprev⟩ for all k.
         const T cl = s.cs[static_cast<size_t>(L - 1)];
-        T dcl = gdec_grad[((b * nc + c) * H + h)];
-        for (int64_t j = j0; j < L; ++j) {
+        const T dchunk = gdec_grad[((b * nc + c) * H + h)];
+        T prefix = 0;
+        for (int64_t j = 0; j < L; ++j) {
+          dla[static_cast<size_t>(j)] += prefix + dchunk;
+          if (j < j0) continue;
           const T e = vexp_decay(cl - s.cs[static_cast<size_t>(j)]);
           const T w = e * s.dt[static_cast<size_t>(j)];
           const T* t1 = T1.data() + (j - j0) * W + hh * P;
@@ -783,20 +800,20 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
             dx[p] += w * t1[p];
           }
           ddt[static_cast<size_t>(j)] += e * q;
-          dcl += w * q;
-          dcs[static_cast<size_t>(j)] -= w * q;
+          prefix += w * q;
         }
-        dcs[static_cast<size_t>(L - 1)] += dcl;
-        // Inter-chunk: Y_i += e^{cs_i} Z_i, so d(cs_i) += e^{cs_i} dY_i·Z_i.
+        // Inter-chunk: Y_i += e^{cs_i} Z_i for i < Lc: dla_k += Σ_{k ≤ i < Lc} e^{cs_i} dY_i·Z_i.
         if (inter) {
-          for (int64_t i = 0; i < Lc; ++i) {
+          T suffix = 0;
+          for (int64_t i = Lc - 1; i >= 0; --i) {
             const T e = vexp_decay(s.cs[static_cast<size_t>(i)]);
             const T* z = Z.data() + i * W + hh * P;
             const T* dy = dY + i * DY.ld;
             T ds = 0;
 #pragma omp simd reduction(+ : ds)
             for (int64_t p = 0; p < P; ++p) ds += dy[p] * z[p];
-            dcs[static_cast<size_t>(i)] += e * ds;
+            suffix += e * ds;
+            dla[static_cast<size_t>(i)] += suffix;
           }
         }
         // D skip.
@@ -814,13 +831,12 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
           }
           dD += acc;
         }
-        // cs_i = Σ_{k≤i} dt_k A: reverse cumulative sum, then to dt and A, then the softplus.
-        T dla = 0;
+        // la_k = dt_k·A: to dt and A, then through the clamped softplus.
         double dA = 0, dbias = 0;
         for (int64_t k = L - 1; k >= 0; --k) {
-          dla += dcs[static_cast<size_t>(k)];
-          const T dpost = ddt[static_cast<size_t>(k)] + dla * s.A;
-          dA += static_cast<double>(dla * s.dt[static_cast<size_t>(k)]);
+          const T dl = dla[static_cast<size_t>(k)];
+          const T dpost = ddt[static_cast<size_t>(k)] + dl * s.A;
+          dA += static_cast<double>(dl * s.dt[static_cast<size_t>(k)]);
           const T draw = dpost * s.dsp[static_cast<size_t>(k)];
           if (o.ddt.data) o.ddt.template row<T>(b * v.T_ + t0 + k)[h] = draw;
           dbias += draw;
