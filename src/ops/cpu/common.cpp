@@ -34,7 +34,7 @@ void require_shape(const Tensor& t, std::initializer_list<int64_t> dims, const c
 
 namespace {
 struct Workspaces {
-  static constexpr int kSlots = 8;
+  static constexpr int kSlots = 12;
   void* ptr[kSlots] = {};
   size_t size[kSlots] = {};
   ~Workspaces() {

@@ -165,6 +165,35 @@ template <typename T>
 T* workspace(int slot, size_t count) {
   return static_cast<T*>(thread_workspace(slot, count * sizeof(T)));
 }
+// Slots 0..7 are for buffers of the calling thread outside parallel regions; slot
+// kRegionScratchSlot is for per-thread scratch inside them (OpenMP reuses its threads, so the
+// memory stays warm from call to call).
+constexpr int kRegionScratchSlot = 8;
+
+// Carves 64-byte aligned arrays, in order, out of one workspace slot of the current thread:
+//   ScratchCarver sc(kRegionScratchSlot, {n1 * sizeof(float), n2 * sizeof(float)});
+//   float* a = sc.take<float>(n1); float* b = sc.take<float>(n2);
+class ScratchCarver {
+ public:
+  ScratchCarver(int slot, std::initializer_list<size_t> sizes) {
+    size_t total = 0;
+    for (size_t s : sizes) total += round_up(s);
+    base_ = static_cast<char*>(thread_workspace(slot, total));
+    end_ = total;
+  }
+  template <typename T>
+  T* take(size_t count) {
+    T* p = reinterpret_cast<T*>(base_ + used_);
+    used_ += round_up(count * sizeof(T));
+    HLM_ASSERT(used_ <= end_);
+    return p;
+  }
+
+ private:
+  static size_t round_up(size_t b) { return (b + 63) / 64 * 64; }
+  char* base_ = nullptr;
+  size_t used_ = 0, end_ = 0;
+};
 
 // Below this many multiply-adds an op runs on one thread: a parallel region costs microseconds,
 // and far more when the cores are shared with other processes.

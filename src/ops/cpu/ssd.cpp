@@ -556,11 +556,12 @@ void chunked_forward(const SsdView<T>& v, int64_t Q, const RowView& Y, T* h_fina
 #pragma omp parallel if (par)
   {
     GroupChunk<T> gc(Q, v.hpg);
-    std::vector<T> xs(static_cast<size_t>(Q * W));
+    ScratchCarver sc(kRegionScratchSlot, {static_cast<size_t>(Q * W) * sizeof(T)});
+    T* xs = sc.take<T>(static_cast<size_t>(Q * W));
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < ntasks; ++task) {
       gc.prep(v, Q, task, nc);
-      group_chunk_states(v, gc, xs.data(), states + state_offset(gc.b, gc.c, gc.hfirst, nc, H, PN));
+      group_chunk_states(v, gc, xs, states + state_offset(gc.b, gc.c, gc.hfirst, nc, H, PN));
       for (int64_t hh = 0; hh < v.hpg; ++hh)
         decay[((gc.b * nc + gc.c) * H + gc.hfirst + hh)] = gc.s[static_cast<size_t>(hh)].chunk_decay();
     }
@@ -582,32 +583,36 @@ void chunked_forward(const SsdView<T>& v, int64_t Q, const RowView& Y, T* h_fina
 #pragma omp parallel if (par)
   {
     GroupChunk<T> gc(Q, v.hpg);
-    std::vector<T> CB(static_cast<size_t>(Q * Q)), E(CB.size()), M(CB.size()),
-        Z(static_cast<size_t>(Q * W));
+    const size_t QQ = static_cast<size_t>(Q * Q), QW = static_cast<size_t>(Q * W);
+    ScratchCarver sc(kRegionScratchSlot, {QQ * sizeof(T), QQ * sizeof(T), QQ * sizeof(T), QW * sizeof(T)});
+    T* CB = sc.take<T>(QQ);
+    T* E = sc.take<T>(QQ);
+    T* M = sc.take<T>(QQ);
+    T* Z = sc.take<T>(QW);
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < ntasks; ++task) {
       gc.prep(v, Q, task, nc);
       const int64_t L = gc.L, Lc = gc.Lc();
-      chunk_cb(v, gc, Q, CB.data());
+      chunk_cb(v, gc, Q, CB);
       const bool inter = Lc > 0 && (gc.c > 0 || v.h0);
       if (inter)  // Z [Lc, hpg·P] = C Hprevᵀ for all heads of the group
         gemm(false, true, Lc, W, N, T(1), v.cr(gc.b, gc.t0, gc.g), v.Cm.ld,
-             states + state_offset(gc.b, gc.c, gc.hfirst, nc, H, PN), N, T(0), Z.data(), W);
+             states + state_offset(gc.b, gc.c, gc.hfirst, nc, H, PN), N, T(0), Z, W);
       for (int64_t hh = 0; hh < v.hpg; ++hh) {
         const ChunkScalars<T>& s = gc.s[static_cast<size_t>(hh)];
         const int64_t h = gc.hfirst + hh;
-        intra_matrices(s, CB.data(), Q, E.data(), M.data());
+        intra_matrices(s, CB, Q, E, M);
         T* y0 = Y.row<T>(gc.b * v.T_ + gc.t0) + h * P;
         const T* x0 = v.xr(gc.b, gc.t0, h);
         for (int64_t i = 0; i < L; ++i) std::copy(x0 + i * v.x.ld, x0 + i * v.x.ld + P, y0 + i * Y.ld);
-        trmm_lower_left(false, L, P, T(1), M.data(), Q, y0, Y.ld);
+        trmm_lower_left(false, L, P, T(1), M, Q, y0, Y.ld);
         const T Dh = v.D ? v.D[h] : T(0);
         for (int64_t i = 0; i < L; ++i) {
           T* y = y0 + i * Y.ld;
           const T* x = x0 + i * v.x.ld;
           if (inter && i < Lc) {
             const T e = vexp_decay(s.cs[static_cast<size_t>(i)]);
-            const T* z = Z.data() + i * W + hh * P;
+            const T* z = Z + i * W + hh * P;
 #pragma omp simd
             for (int64_t p = 0; p < P; ++p) y[p] += e * z[p] + Dh * x[p];
           } else {
@@ -646,12 +651,13 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
 #pragma omp parallel if (par)
   {
     GroupChunk<T> gc(Q, v.hpg);
-    std::vector<T> xs(static_cast<size_t>(Q * W));
+    ScratchCarver sc(kRegionScratchSlot, {static_cast<size_t>(Q * W) * sizeof(T)});
+    T* xs = sc.take<T>(static_cast<size_t>(Q * W));
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < ntasks; ++task) {
       gc.prep(v, Q, task, nc);
       const int64_t off = state_offset(gc.b, gc.c, gc.hfirst, nc, H, PN);
-      group_chunk_states(v, gc, xs.data(), states + off);
+      group_chunk_states(v, gc, xs, states + off);
       for (int64_t hh = 0; hh < v.hpg; ++hh)
         decay[((gc.b * nc + gc.c) * H + gc.hfirst + hh)] = gc.s[static_cast<size_t>(hh)].chunk_decay();
       T* U = dstates + off;
@@ -659,9 +665,8 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
         std::fill(U, U + W * N, T(0));
         continue;
       }
-      scaled_inter_rows(v, gc, DY, xs.data());
-      gemm(true, false, W, N, gc.Lc(), T(1), xs.data(), W, v.cr(gc.b, gc.t0, gc.g), v.Cm.ld, T(0),
-           U, N);
+      scaled_inter_rows(v, gc, DY, xs);
+      gemm(true, false, W, N, gc.Lc(), T(1), xs, W, v.cr(gc.b, gc.t0, gc.g), v.Cm.ld, T(0), U, N);
     }
   }
   // 2.
@@ -702,10 +707,20 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
 #pragma omp parallel if (par)
   {
     GroupChunk<T> gc(Q, v.hpg);
-    const size_t QQ = static_cast<size_t>(Q * Q), QN = static_cast<size_t>(Q * N),
-                 QW = static_cast<size_t>(Q * W);
-    std::vector<T> CB(QQ), E(QQ), M(QQ), dM(QQ), dCB(QQ);
-    std::vector<T> dCacc(QN), dBacc(QN), Z(QW), T1(QW), xs(QW), dxs(static_cast<size_t>(Q * P));
+    const size_t QQ = static_cast<size_t>(Q * Q) * sizeof(T), QN = static_cast<size_t>(Q * N) * sizeof(T),
+                 QW = static_cast<size_t>(Q * W) * sizeof(T), QP = static_cast<size_t>(Q * P) * sizeof(T);
+    ScratchCarver sc(kRegionScratchSlot, {QQ, QQ, QQ, QQ, QQ, QN, QN, QW, QW, QW, QP});
+    T* CB = sc.take<T>(QQ / sizeof(T));
+    T* E = sc.take<T>(QQ / sizeof(T));
+    T* M = sc.take<T>(QQ / sizeof(T));
+    T* dM = sc.take<T>(QQ / sizeof(T));
+    T* dCB = sc.take<T>(QQ / sizeof(T));
+    T* dCacc = sc.take<T>(QN / sizeof(T));
+    T* dBacc = sc.take<T>(QN / sizeof(T));
+    T* Z = sc.take<T>(QW / sizeof(T));
+    T* T1 = sc.take<T>(QW / sizeof(T));
+    T* xs = sc.take<T>(QW / sizeof(T));
+    T* dxs = sc.take<T>(QP / sizeof(T));
     std::vector<T> dla(static_cast<size_t>(Q)), ddt(dla.size()), colsum(dla.size());
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < ntasks; ++task) {
@@ -714,44 +729,44 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
       const int64_t off = state_offset(b, c, gc.hfirst, nc, H, PN);
       const T* Bc = v.br(b, t0, gc.g);
       const T* Cc = v.cr(b, t0, gc.g);
-      chunk_cb(v, gc, Q, CB.data());
-      std::fill(dCB.begin(), dCB.end(), T(0));
-      std::fill(dCacc.begin(), dCacc.end(), T(0));
-      std::fill(dBacc.begin(), dBacc.end(), T(0));
+      chunk_cb(v, gc, Q, CB);
+      std::fill(dCB, dCB + QQ / sizeof(T), T(0));
+      std::fill(dCacc, dCacc + QN / sizeof(T), T(0));
+      std::fill(dBacc, dBacc + QN / sizeof(T), T(0));
       // Group-wide GEMMs of the inter-chunk and state terms.
       const bool inter = Lc > 0 && (c > 0 || v.h0);
       if (inter) {
         const T* Hprev = states + off;
-        gemm(false, true, Lc, W, N, T(1), Cc, v.Cm.ld, Hprev, N, T(0), Z.data(), W);
-        scaled_inter_rows(v, gc, DY, xs.data());
-        gemm(false, false, Lc, N, W, T(1), xs.data(), W, Hprev, N, T(0), dCacc.data(), N);
+        gemm(false, true, Lc, W, N, T(1), Cc, v.Cm.ld, Hprev, N, T(0), Z, W);
+        scaled_inter_rows(v, gc, DY, xs);
+        gemm(false, false, Lc, N, W, T(1), xs, W, Hprev, N, T(0), dCacc, N);
       }
       const T* dHend = dstates + off;
-      gemm(false, true, L - j0, W, N, T(1), Bc + j0 * v.Bm.ld, v.Bm.ld, dHend, N, T(0), T1.data(), W);
-      scaled_state_inputs(v, gc, xs.data());
-      gemm(false, false, L - j0, N, W, T(1), xs.data(), W, dHend, N, T(0), dBacc.data() + j0 * N, N);
+      gemm(false, true, L - j0, W, N, T(1), Bc + j0 * v.Bm.ld, v.Bm.ld, dHend, N, T(0), T1, W);
+      scaled_state_inputs(v, gc, xs);
+      gemm(false, false, L - j0, N, W, T(1), xs, W, dHend, N, T(0), dBacc + j0 * N, N);
       for (int64_t hh = 0; hh < v.hpg; ++hh) {
         const ChunkScalars<T>& s = gc.s[static_cast<size_t>(hh)];
         const int64_t h = gc.hfirst + hh;
         const T* X = v.xr(b, t0, h);
         const T* dY = DY.row<T>(b * v.T_ + t0) + h * P;
-        T* dX = o.dx.data ? o.dx.template row<T>(b * v.T_ + t0) + h * P : dxs.data();
+        T* dX = o.dx.data ? o.dx.template row<T>(b * v.T_ + t0) + h * P : dxs;
         const int64_t lddx = o.dx.data ? o.dx.ld : P;
         std::fill(ddt.begin(), ddt.end(), T(0));
         // Intra-chunk: dM = dY Xᵀ, dX = Mᵀ dY.
-        intra_matrices(s, CB.data(), Q, E.data(), M.data());
-        gemm(false, true, L, L, P, T(1), dY, DY.ld, X, v.x.ld, T(0), dM.data(), Q);
+        intra_matrices(s, CB, Q, E, M);
+        gemm(false, true, L, L, P, T(1), dY, DY.ld, X, v.x.ld, T(0), dM, Q);
         for (int64_t i = 0; i < L; ++i) std::copy(dY + i * DY.ld, dY + i * DY.ld + P, dX + i * lddx);
-        trmm_lower_left(true, L, P, T(1), M.data(), Q, dX, lddx);
+        trmm_lower_left(true, L, P, T(1), M, Q, dX, lddx);
         // With F = dM ∘ CB ∘ E: column sums of F are the direct d(dt_j); F_ij·dt_j is the
         // gradient of the exponent cs_i − cs_j and replaces dM; dCB accumulates dM ∘ E ∘ dt_j
         // over the group's heads.
         std::fill(colsum.begin(), colsum.end(), T(0));
         for (int64_t i = 0; i < L; ++i) {
-          T* dm = dM.data() + i * Q;
-          const T* e = E.data() + i * Q;
-          const T* cb = CB.data() + i * Q;
-          T* dcb = dCB.data() + i * Q;
+          T* dm = dM + i * Q;
+          const T* e = E + i * Q;
+          const T* cb = CB + i * Q;
+          T* dcb = dCB + i * Q;
 #pragma omp simd
           for (int64_t j = 0; j <= i; ++j) {
             const T de = dm[j] * e[j];
@@ -767,14 +782,14 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
         // result and loses ~1e-5 in fp32). Intra: Σ over pairs i ≥ k > j of the exponent
         // gradients, by column suffix sums of dM.
         for (int64_t i = L - 2; i >= 1; --i) {
-          T* g = dM.data() + i * Q;
+          T* g = dM + i * Q;
           const T* below = g + Q;
 #pragma omp simd
           for (int64_t j = 0; j < i; ++j) g[j] += below[j];
         }
         dla[0] = 0;
         for (int64_t k = 1; k < L; ++k) {
-          const T* g = dM.data() + k * Q;
+          const T* g = dM + k * Q;
           T acc = 0;
 #pragma omp simd reduction(+ : acc)
           for (int64_t j = 0; j < k; ++j) acc += g[j];
@@ -790,7 +805,7 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
           if (j < j0) continue;
           const T e = vexp_decay(cl - s.cs[static_cast<size_t>(j)]);
           const T w = e * s.dt[static_cast<size_t>(j)];
-          const T* t1 = T1.data() + (j - j0) * W + hh * P;
+          const T* t1 = T1 + (j - j0) * W + hh * P;
           const T* x = X + j * v.x.ld;
           T* dx = dX + j * lddx;
           T q = 0;
@@ -807,7 +822,7 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
           T suffix = 0;
           for (int64_t i = Lc - 1; i >= 0; --i) {
             const T e = vexp_decay(s.cs[static_cast<size_t>(i)]);
-            const T* z = Z.data() + i * W + hh * P;
+            const T* z = Z + i * W + hh * P;
             const T* dy = dY + i * DY.ld;
             T ds = 0;
 #pragma omp simd reduction(+ : ds)
@@ -850,14 +865,14 @@ void chunked_backward(const SsdView<T>& v, int64_t Q, const RowView& DY, const T
       if (o.dCm.data) {
         T* dC0 = o.dCm.template row<T>(b * v.T_ + t0) + gc.g * N;
         for (int64_t i = 0; i < L; ++i)
-          std::copy(dCacc.data() + i * N, dCacc.data() + (i + 1) * N, dC0 + i * o.dCm.ld);
-        gemm(false, false, L, N, L, T(1), dCB.data(), Q, Bc, v.Bm.ld, T(1), dC0, o.dCm.ld);
+          std::copy(dCacc + i * N, dCacc + (i + 1) * N, dC0 + i * o.dCm.ld);
+        gemm(false, false, L, N, L, T(1), dCB, Q, Bc, v.Bm.ld, T(1), dC0, o.dCm.ld);
       }
       if (o.dBm.data) {
         T* dB0 = o.dBm.template row<T>(b * v.T_ + t0) + gc.g * N;
         for (int64_t i = 0; i < L; ++i)
-          std::copy(dBacc.data() + i * N, dBacc.data() + (i + 1) * N, dB0 + i * o.dBm.ld);
-        gemm(true, false, L, N, L, T(1), dCB.data(), Q, Cc, v.Cm.ld, T(1), dB0, o.dBm.ld);
+          std::copy(dBacc + i * N, dBacc + (i + 1) * N, dB0 + i * o.dBm.ld);
+        gemm(true, false, L, N, L, T(1), dCB, Q, Cc, v.Cm.ld, T(1), dB0, o.dBm.ld);
       }
     }
   }
