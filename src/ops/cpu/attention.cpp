@@ -110,16 +110,18 @@ void attention_forward(const AttentionParams& p, const Tensor& out, const Tensor
     const int64_t nqb = num_blocks(a.T_, kQueryBlock), ntasks = a.B * a.Hq * nqb;
 #pragma omp parallel if (par)
     {
-      std::vector<T> S(static_cast<size_t>(kQueryBlock * a.T_));
+      const size_t blk = static_cast<size_t>(kQueryBlock * a.T_);
+      ScratchCarver sc(kRegionScratchSlot, {blk * sizeof(T)});
+      T* S = sc.take<T>(blk);
 #pragma omp for schedule(dynamic)
       for (int64_t task = 0; task < ntasks; ++task) {
         const int64_t b = task / (a.Hq * nqb), h = (task / nqb) % a.Hq, qb = task % nqb;
         const int64_t i0 = qb * kQueryBlock, i1 = std::min(a.T_, i0 + kQueryBlock);
         const int64_t klo = a.key_start(b, i0), nk = i1 - klo;
-        block_scores(a, b, h, i0, i1, klo, S.data());
+        block_scores(a, b, h, i0, i1, klo, S);
         T* lrow = lse.ptr<T>() + (b * a.Hq + h) * a.T_;
         for (int64_t i = i0; i < i1; ++i) {
-          T* s = S.data() + (i - i0) * nk;
+          T* s = S + (i - i0) * nk;
           T mx = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : mx)
           for (int64_t j = 0; j < nk; ++j) mx = mx > s[j] ? mx : s[j];
@@ -134,7 +136,7 @@ void attention_forward(const AttentionParams& p, const Tensor& out, const Tensor
           for (int64_t j = 0; j < nk; ++j) s[j] *= inv;
           lrow[i] = mx + std::log(sum);
         }
-        gemm(false, false, i1 - i0, a.E, nk, T(1), S.data(), nk, a.vr(b, klo, h / a.group), a.v.ld,
+        gemm(false, false, i1 - i0, a.E, nk, T(1), S, nk, a.vr(b, klo, h / a.group), a.v.ld,
              T(0), O.row<T>(b * a.T_ + i0) + h * a.E, O.ld);
       }
     }
@@ -171,29 +173,33 @@ void attention_backward(const AttentionParams& p, const Tensor& out, const Tenso
     }
     // Per query head dK, dV (summed over the KV group afterwards, in head order).
     const size_t per_head = static_cast<size_t>(T_ * E);
-    std::vector<T> dkh(static_cast<size_t>(B * Hq) * per_head),
-        dvh(static_cast<size_t>(B * Hq) * per_head);
+    T* dkh = workspace<T>(0, static_cast<size_t>(B * Hq) * per_head);
+    T* dvh = workspace<T>(1, static_cast<size_t>(B * Hq) * per_head);
     const int64_t nqb = num_blocks(T_, kQueryBlock);
     const bool par = B * Hq * T_ * T_ * E > kParallelWork;
 #pragma omp parallel if (par)
     {
       const size_t blk = static_cast<size_t>(kQueryBlock * T_);
-      std::vector<T> S(blk), dP(blk), dqs(static_cast<size_t>(kQueryBlock * E)),
-          Di(static_cast<size_t>(kQueryBlock));
+      const size_t qe = static_cast<size_t>(kQueryBlock * E), qb = static_cast<size_t>(kQueryBlock);
+      ScratchCarver sc(kRegionScratchSlot, {blk * sizeof(T), blk * sizeof(T), qe * sizeof(T), qb * sizeof(T)});
+      T* S = sc.take<T>(blk);
+      T* dP = sc.take<T>(blk);
+      T* dqs = sc.take<T>(qe);
+      T* Di = sc.take<T>(qb);
 #pragma omp for schedule(dynamic)
       for (int64_t bh = 0; bh < B * Hq; ++bh) {
         const int64_t b = bh / Hq, h = bh % Hq, hk = h / a.group;
-        T* dK = dkh.data() + static_cast<size_t>(bh) * per_head;
-        T* dV = dvh.data() + static_cast<size_t>(bh) * per_head;
+        T* dK = dkh + static_cast<size_t>(bh) * per_head;
+        T* dV = dvh + static_cast<size_t>(bh) * per_head;
         std::fill(dK, dK + per_head, T(0));
         std::fill(dV, dV + per_head, T(0));
         const T* lrow = lse.ptr<T>() + bh * T_;
         for (int64_t qb = 0; qb < nqb; ++qb) {
           const int64_t i0 = qb * kQueryBlock, i1 = std::min(T_, i0 + kQueryBlock);
           const int64_t nq = i1 - i0, klo = a.key_start(b, i0), nk = i1 - klo;
-          block_scores(a, b, h, i0, i1, klo, S.data());
+          block_scores(a, b, h, i0, i1, klo, S);
           const T* dO = DO.row<T>(b * T_ + i0) + h * E;
-          gemm(false, true, nq, nk, E, T(1), dO, DO.ld, a.vr(b, klo, hk), a.v.ld, T(0), dP.data(),
+          gemm(false, true, nq, nk, E, T(1), dO, DO.ld, a.vr(b, klo, hk), a.v.ld, T(0), dP,
                nk);
           for (int64_t i = 0; i < nq; ++i) {
             const T* o = O.row<T>(b * T_ + i0 + i) + h * E;
@@ -201,24 +207,24 @@ void attention_backward(const AttentionParams& p, const Tensor& out, const Tenso
             T d = 0;
 #pragma omp simd reduction(+ : d)
             for (int64_t e = 0; e < E; ++e) d += g[e] * o[e];
-            Di[static_cast<size_t>(i)] = d;
+            Di[i] = d;
           }
           for (int64_t i = 0; i < nq; ++i) {
-            T* s = S.data() + i * nk;
-            T* dp = dP.data() + i * nk;
-            const T l = lrow[i0 + i], d = Di[static_cast<size_t>(i)];
+            T* s = S + i * nk;
+            T* dp = dP + i * nk;
+            const T l = lrow[i0 + i], d = Di[i];
 #pragma omp simd
             for (int64_t j = 0; j < nk; ++j) {
               s[j] = vexp(s[j] - l);        // P
               dp[j] = s[j] * (dp[j] - d);  // dS (unscaled)
             }
           }
-          T* dQ = DQ.data ? DQ.row<T>(b * T_ + i0) + h * E : dqs.data();
-          gemm(false, false, nq, E, nk, a.scale, dP.data(), nk, a.kr(b, klo, hk), a.k.ld, T(0), dQ,
+          T* dQ = DQ.data ? DQ.row<T>(b * T_ + i0) + h * E : dqs;
+          gemm(false, false, nq, E, nk, a.scale, dP, nk, a.kr(b, klo, hk), a.k.ld, T(0), dQ,
                DQ.data ? DQ.ld : E);
-          gemm(true, false, nk, E, nq, a.scale, dP.data(), nk, a.qr(b, i0, h), a.q.ld, T(1),
+          gemm(true, false, nk, E, nq, a.scale, dP, nk, a.qr(b, i0, h), a.q.ld, T(1),
                dK + klo * E, E);
-          gemm(true, false, nk, E, nq, T(1), S.data(), nk, dO, DO.ld, T(1), dV + klo * E, E);
+          gemm(true, false, nk, E, nq, T(1), S, nk, dO, DO.ld, T(1), dV + klo * E, E);
         }
       }
     }

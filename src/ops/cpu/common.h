@@ -147,6 +147,28 @@ inline float vexp_decay(float x) {
 }
 inline double vexp_decay(double x) { return std::exp(std::min(x, 0.0)); }
 
+// max(x, 0) by clearing the bits of negative values: a select would become a branch around the
+// arithmetic that uses it (see vexp), which GCC then neither if-converts nor vectorises.
+inline float relu(float x) {
+  int32_t b;
+  std::memcpy(&b, &x, sizeof(b));
+  b &= ~(b >> 31);
+  float out;
+  std::memcpy(&out, &b, sizeof(out));
+  return out;
+}
+inline double relu(double x) {
+  int64_t b;
+  std::memcpy(&b, &x, sizeof(b));
+  b &= ~(b >> 63);
+  double out;
+  std::memcpy(&out, &b, sizeof(out));
+  return out;
+}
+// tanh through vexp for float (vectorisable; absolute error ~1e-7); std::tanh for double.
+inline float vtanh(float x) { return 1.0f - 2.0f / (1.0f + vexp(2.0f * x)); }
+inline double vtanh(double x) { return std::tanh(x); }
+
 template <typename T>
 inline T sigmoid(T x) {
   return T(1) / (T(1) + vexp(-x));

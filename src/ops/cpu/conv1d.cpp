@@ -118,10 +118,10 @@ void conv1d_silu_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
     std::vector<T> wt = transpose_weights<T>(w, C, K);
     const T* bp = bias.defined() ? bias.ptr<T>() : nullptr;
     // du = dy · silu'(u), u recomputed.
-    std::vector<T> du(static_cast<size_t>(rows * C));
+    T* du = workspace<T>(0, static_cast<size_t>(rows * C));
 #pragma omp parallel for schedule(static) if (rows * C > 16384)
     for (int64_t r = 0; r < rows; ++r) {
-      T* dur = du.data() + r * C;
+      T* dur = du + r * C;
       conv_preact(s, wt.data(), bp, r / s.T, r % s.T, start[static_cast<size_t>(r)], dur);
       const T* g = DY.row<T>(r);
 #pragma omp simd
@@ -139,7 +139,7 @@ void conv1d_silu_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
         std::fill(dxr, dxr + C, T(0));
         for (int64_t j = 0; j < K && t + j < s.T; ++j) {
           if (start[static_cast<size_t>(b * s.T + t + j)] > t) break;
-          const T* dur = du.data() + (r + j) * C;
+          const T* dur = du + (r + j) * C;
           const T* wk = wt.data() + (K - 1 - j) * C;
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) dxr[c] += dur[c] * wk[c];
@@ -150,14 +150,15 @@ void conv1d_silu_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
     // Weight and bias gradients: per fixed row block, [K,C] then [C], summed in block order.
     const int64_t nblocks = num_blocks(rows);
     const int64_t stride = (K + 1) * C;
-    std::vector<T> partial(static_cast<size_t>(nblocks * stride), T(0));
+    T* partial = workspace<T>(1, static_cast<size_t>(nblocks * stride));
 #pragma omp parallel for schedule(static) if (rows * C > 16384)
     for (int64_t blk = 0; blk < nblocks; ++blk) {
-      T* pw = partial.data() + blk * stride;
+      T* pw = partial + blk * stride;
       T* pb = pw + K * C;
+      std::fill(pw, pw + stride, T(0));
       for (int64_t r = blk * kReduceBlock; r < std::min(rows, (blk + 1) * kReduceBlock); ++r) {
         const int64_t b = r / s.T, t = r % s.T;
-        const T* dur = du.data() + r * C;
+        const T* dur = du + r * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) pb[c] += dur[c];
         for (int64_t k = std::max<int64_t>(0, start[static_cast<size_t>(r)] - t + K - 1); k < K;
@@ -171,7 +172,7 @@ void conv1d_silu_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
     }
     std::vector<T> total(static_cast<size_t>(stride), T(0));
     for (int64_t blk = 0; blk < nblocks; ++blk) {
-      const T* p = partial.data() + blk * stride;
+      const T* p = partial + blk * stride;
 #pragma omp simd
       for (int64_t i = 0; i < stride; ++i) total[static_cast<size_t>(i)] += p[i];
     }

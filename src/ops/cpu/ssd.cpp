@@ -257,13 +257,20 @@ void sequential_backward(const SsdView<T>& v, const RowView& DY, const T* dh_fin
   const int64_t B = v.B, T_ = v.T_, H = v.H, P = v.P, N = v.N, PN = P * N;
   const int64_t nseg = num_blocks(T_, kSeg);
   // Per-head dB, dC (heads of a group are summed afterwards) and parameter partials.
-  std::vector<T> dBh(static_cast<size_t>(B * H * T_ * N)), dCh(dBh.size());
+  T* dBh = workspace<T>(0, static_cast<size_t>(B * H * T_ * N));
+  T* dCh = workspace<T>(1, static_cast<size_t>(B * H * T_ * N));
   std::vector<double> partial(static_cast<size_t>(B * H * H * 3), 0.0);
 #pragma omp parallel if (par)
   {
-    std::vector<T> ckpt(static_cast<size_t>(std::max<int64_t>(nseg, 1) * PN));
-    std::vector<T> hs(static_cast<size_t>(kSeg * PN)), dh(static_cast<size_t>(PN));
-    std::vector<T> dxs(static_cast<size_t>(P));
+    const size_t nck = static_cast<size_t>(std::max<int64_t>(nseg, 1) * PN),
+                 nhs = static_cast<size_t>(kSeg * PN);
+    ScratchCarver sc(kRegionScratchSlot, {nck * sizeof(T), nhs * sizeof(T),
+                                          static_cast<size_t>(PN) * sizeof(T),
+                                          static_cast<size_t>(P) * sizeof(T)});
+    T* ckpt = sc.take<T>(nck);
+    T* hs = sc.take<T>(nhs);
+    T* dh = sc.take<T>(static_cast<size_t>(PN));
+    T* dxs = sc.take<T>(static_cast<size_t>(P));
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * H; ++bh) {
       const int64_t b = bh / H, h = bh % H, g = h / v.hpg;
@@ -274,14 +281,14 @@ void sequential_backward(const SsdView<T>& v, const RowView& DY, const T* dh_fin
         return doc_boundary(doc, t) ? T(0) : std::exp(std::min(*dtv * A, T(0)));
       };
       // Pass 1: checkpoints h_{t0−1} at each segment start.
-      T* state = hs.data();
+      T* state = hs;
       if (v.h0) {
         std::copy(v.h0 + bh * PN, v.h0 + (bh + 1) * PN, state);
       } else {
         std::fill(state, state + PN, T(0));
       }
       for (int64_t t = 0; t < T_; ++t) {
-        if (t % kSeg == 0) std::copy(state, state + PN, ckpt.data() + (t / kSeg) * PN);
+        if (t % kSeg == 0) std::copy(state, state + PN, ckpt + (t / kSeg) * PN);
         T dt, dsp;
         const T a = step_at(t, &dt, &dsp);
         recurrence_step<T>(state, P, N, a, dt, v.xr(b, t, h), v.br(b, t, g), v.cr(b, t, g), T(0),
@@ -289,18 +296,18 @@ void sequential_backward(const SsdView<T>& v, const RowView& DY, const T* dh_fin
       }
       // Pass 2: segments in reverse, states recomputed, then the reverse-time recurrence.
       if (dh_final) {
-        std::copy(dh_final + bh * PN, dh_final + (bh + 1) * PN, dh.begin());
+        std::copy(dh_final + bh * PN, dh_final + (bh + 1) * PN, dh);
       } else {
-        std::fill(dh.begin(), dh.end(), T(0));
+        std::fill(dh, dh + PN, T(0));
       }
-      T* dB_head = dBh.data() + bh * T_ * N;
-      T* dC_head = dCh.data() + bh * T_ * N;
+      T* dB_head = dBh + bh * T_ * N;
+      T* dC_head = dCh + bh * T_ * N;
       double dA = 0, dD = 0, dbias = 0;
       for (int64_t sgi = nseg - 1; sgi >= 0; --sgi) {
         const int64_t t0 = sgi * kSeg, t1 = std::min(T_, t0 + kSeg);
-        const T* prev = ckpt.data() + sgi * PN;
+        const T* prev = ckpt + sgi * PN;
         for (int64_t t = t0; t < t1; ++t) {
-          T* cur = hs.data() + (t - t0) * PN;
+          T* cur = hs + (t - t0) * PN;
           std::copy(prev, prev + PN, cur);
           T dt, dsp;
           const T a = step_at(t, &dt, &dsp);
@@ -309,8 +316,8 @@ void sequential_backward(const SsdView<T>& v, const RowView& DY, const T* dh_fin
           prev = cur;
         }
         for (int64_t t = t1 - 1; t >= t0; --t) {
-          const T* ht = hs.data() + (t - t0) * PN;
-          const T* hprev = t > t0 ? ht - PN : ckpt.data() + sgi * PN;
+          const T* ht = hs + (t - t0) * PN;
+          const T* hprev = t > t0 ? ht - PN : ckpt + sgi * PN;
           T dt, dsp;
           const T a = step_at(t, &dt, &dsp);
           const T* x = v.xr(b, t, h);
@@ -323,7 +330,7 @@ void sequential_backward(const SsdView<T>& v, const RowView& DY, const T* dh_fin
           std::fill(dCt, dCt + N, T(0));
           T ddt_in = 0, dalpha = 0, dDt = 0;
           for (int64_t p = 0; p < P; ++p) {
-            T* dhr = dh.data() + p * N;
+            T* dhr = dh + p * N;
             const T* hr = ht + p * N;
             const T* hpr = hprev + p * N;
             const T dyp = dy[p], xdt = dt * x[p];
@@ -337,12 +344,12 @@ void sequential_backward(const SsdView<T>& v, const RowView& DY, const T* dh_fin
               da += dhr[n] * hpr[n];
               dhr[n] *= a;
             }
-            dxs[static_cast<size_t>(p)] = dt * vp + Dh * dyp;
+            dxs[p] = dt * vp + Dh * dyp;
             ddt_in += x[p] * vp;
             dalpha += da;
             dDt += dyp * x[p];
           }
-          if (o.dx.data) std::copy(dxs.begin(), dxs.end(), o.dx.template row<T>(b * T_ + t) + h * P);
+          if (o.dx.data) std::copy(dxs, dxs + P, o.dx.template row<T>(b * T_ + t) + h * P);
           const T ddt_post = ddt_in + dalpha * a * A;
           dA += static_cast<double>(dalpha * a * dt);
           dD += static_cast<double>(dDt);
@@ -351,7 +358,7 @@ void sequential_backward(const SsdView<T>& v, const RowView& DY, const T* dh_fin
           dbias += ddt_raw;
         }
       }
-      if (o.dh0) std::copy(dh.begin(), dh.end(), o.dh0 + bh * PN);
+      if (o.dh0) std::copy(dh, dh + PN, o.dh0 + bh * PN);
       double* pp = partial.data() + (bh * H + h) * 3;
       pp[0] = dA * static_cast<double>(A);
       pp[1] = dD;
@@ -368,8 +375,8 @@ void sequential_backward(const SsdView<T>& v, const RowView& DY, const T* dh_fin
       if (dB) std::fill(dB, dB + N, T(0));
       if (dC) std::fill(dC, dC + N, T(0));
       for (int64_t h = g * v.hpg; h < (g + 1) * v.hpg; ++h) {
-        const T* sb = dBh.data() + ((b * H + h) * T_ + t) * N;
-        const T* sc = dCh.data() + ((b * H + h) * T_ + t) * N;
+        const T* sb = dBh + ((b * H + h) * T_ + t) * N;
+        const T* sc = dCh + ((b * H + h) * T_ + t) * N;
         for (int64_t n = 0; n < N; ++n) {
           if (dB) dB[n] += sb[n];
           if (dC) dC[n] += sc[n];
