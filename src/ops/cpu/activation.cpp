@@ -19,13 +19,13 @@ template <typename T>
 inline T act_value(Activation a, T x) {
   switch (a) {
     case Activation::ReluSquared: {
-      const T r = x > T(0) ? x : T(0);
+      const T r = relu(x);
       return r * r;
     }
     case Activation::Gelu: return x * T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2)));
     case Activation::GeluTanh: {
       const T u = T(kSqrt2OverPi) * (x + T(kGeluCoeff) * x * x * x);
-      return T(0.5) * x * (T(1) + std::tanh(u));
+      return T(0.5) * x * (T(1) + vtanh(u));
     }
     default: return x * sigmoid(x);  // Silu (and SwiGlu's gate)
   }
@@ -33,13 +33,13 @@ inline T act_value(Activation a, T x) {
 template <typename T>
 inline T act_derivative(Activation a, T x) {
   switch (a) {
-    case Activation::ReluSquared: return x > T(0) ? T(2) * x : T(0);
+    case Activation::ReluSquared: return T(2) * relu(x);
     case Activation::Gelu:
       return T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2))) +
              x * T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
     case Activation::GeluTanh: {
       const T u = T(kSqrt2OverPi) * (x + T(kGeluCoeff) * x * x * x);
-      const T th = std::tanh(u);
+      const T th = vtanh(u);
       return T(0.5) * (T(1) + th) +
              T(0.5) * x * (T(1) - th * th) * T(kSqrt2OverPi) * (T(1) + T(3 * kGeluCoeff) * x * x);
     }

@@ -62,7 +62,7 @@ AttnView<T> attn_view(const AttentionParams& p, const char* op) {
   a.v = as_rows(p.v, 2, "attention v");
   a.monotone.assign(static_cast<size_t>(a.B), 1);
   if (p.doc.defined()) {
-    require(p.doc, DType::I32, {a.B, a.T_}, op, "doc");
+    require_doc(p.doc, a.B, a.T_, op);
     a.doc = p.doc;
     for (int64_t b = 0; b < a.B; ++b) {
       const int32_t* d = doc_row(p.doc, b);
@@ -106,22 +106,25 @@ void attention_forward(const AttentionParams& p, const Tensor& out, const Tensor
     HLM_REQUIRE(lse.is_contiguous(), ErrorKind::Internal, "{}: lse {} must be contiguous", op,
                 lse.describe());
     RowView O = as_rows(out, 2, "attention out");
+    const bool par = a.B * a.Hq * a.T_ * a.T_ * a.E > kParallelWork;
     const int64_t nqb = num_blocks(a.T_, kQueryBlock), ntasks = a.B * a.Hq * nqb;
-#pragma omp parallel
+#pragma omp parallel if (par)
     {
-      std::vector<T> S(static_cast<size_t>(kQueryBlock * a.T_));
+      const size_t blk = static_cast<size_t>(kQueryBlock * a.T_);
+      ScratchCarver sc(kRegionScratchSlot, {blk * sizeof(T)});
+      T* S = sc.take<T>(blk);
 #pragma omp for schedule(dynamic)
       for (int64_t task = 0; task < ntasks; ++task) {
         const int64_t b = task / (a.Hq * nqb), h = (task / nqb) % a.Hq, qb = task % nqb;
         const int64_t i0 = qb * kQueryBlock, i1 = std::min(a.T_, i0 + kQueryBlock);
         const int64_t klo = a.key_start(b, i0), nk = i1 - klo;
-        block_scores(a, b, h, i0, i1, klo, S.data());
+        block_scores(a, b, h, i0, i1, klo, S);
         T* lrow = lse.ptr<T>() + (b * a.Hq + h) * a.T_;
         for (int64_t i = i0; i < i1; ++i) {
-          T* s = S.data() + (i - i0) * nk;
+          T* s = S + (i - i0) * nk;
           T mx = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : mx)
-          for (int64_t j = 0; j < nk; ++j) mx = std::max(mx, s[j]);
+          for (int64_t j = 0; j < nk; ++j) mx = mx > s[j] ? mx : s[j];
           T sum = 0;
 #pragma omp simd reduction(+ : sum)
           for (int64_t j = 0; j < nk; ++j) {
@@ -133,7 +136,7 @@ void attention_forward(const AttentionParams& p, const Tensor& out, const Tensor
           for (int64_t j = 0; j < nk; ++j) s[j] *= inv;
           lrow[i] = mx + std::log(sum);
         }
-        gemm(false, false, i1 - i0, a.E, nk, T(1), S.data(), nk, a.vr(b, klo, h / a.group), a.v.ld,
+        gemm(false, false, i1 - i0, a.E, nk, T(1), S, nk, a.vr(b, klo, h / a.group), a.v.ld,
              T(0), O.row<T>(b * a.T_ + i0) + h * a.E, O.ld);
       }
     }
@@ -170,28 +173,33 @@ void attention_backward(const AttentionParams& p, const Tensor& out, const Tenso
     }
     // Per query head dK, dV (summed over the KV group afterwards, in head order).
     const size_t per_head = static_cast<size_t>(T_ * E);
-    std::vector<T> dkh(static_cast<size_t>(B * Hq) * per_head),
-        dvh(static_cast<size_t>(B * Hq) * per_head);
+    T* dkh = workspace<T>(0, static_cast<size_t>(B * Hq) * per_head);
+    T* dvh = workspace<T>(1, static_cast<size_t>(B * Hq) * per_head);
     const int64_t nqb = num_blocks(T_, kQueryBlock);
-#pragma omp parallel
+    const bool par = B * Hq * T_ * T_ * E > kParallelWork;
+#pragma omp parallel if (par)
     {
       const size_t blk = static_cast<size_t>(kQueryBlock * T_);
-      std::vector<T> S(blk), dP(blk), dqs(static_cast<size_t>(kQueryBlock * E)),
-          Di(static_cast<size_t>(kQueryBlock));
+      const size_t qe = static_cast<size_t>(kQueryBlock * E), qb = static_cast<size_t>(kQueryBlock);
+      ScratchCarver sc(kRegionScratchSlot, {blk * sizeof(T), blk * sizeof(T), qe * sizeof(T), qb * sizeof(T)});
+      T* S = sc.take<T>(blk);
+      T* dP = sc.take<T>(blk);
+      T* dqs = sc.take<T>(qe);
+      T* Di = sc.take<T>(qb);
 #pragma omp for schedule(dynamic)
       for (int64_t bh = 0; bh < B * Hq; ++bh) {
         const int64_t b = bh / Hq, h = bh % Hq, hk = h / a.group;
-        T* dK = dkh.data() + static_cast<size_t>(bh) * per_head;
-        T* dV = dvh.data() + static_cast<size_t>(bh) * per_head;
+        T* dK = dkh + static_cast<size_t>(bh) * per_head;
+        T* dV = dvh + static_cast<size_t>(bh) * per_head;
         std::fill(dK, dK + per_head, T(0));
         std::fill(dV, dV + per_head, T(0));
         const T* lrow = lse.ptr<T>() + bh * T_;
         for (int64_t qb = 0; qb < nqb; ++qb) {
           const int64_t i0 = qb * kQueryBlock, i1 = std::min(T_, i0 + kQueryBlock);
           const int64_t nq = i1 - i0, klo = a.key_start(b, i0), nk = i1 - klo;
-          block_scores(a, b, h, i0, i1, klo, S.data());
+          block_scores(a, b, h, i0, i1, klo, S);
           const T* dO = DO.row<T>(b * T_ + i0) + h * E;
-          gemm(false, true, nq, nk, E, T(1), dO, DO.ld, a.vr(b, klo, hk), a.v.ld, T(0), dP.data(),
+          gemm(false, true, nq, nk, E, T(1), dO, DO.ld, a.vr(b, klo, hk), a.v.ld, T(0), dP,
                nk);
           for (int64_t i = 0; i < nq; ++i) {
             const T* o = O.row<T>(b * T_ + i0 + i) + h * E;
@@ -199,28 +207,28 @@ void attention_backward(const AttentionParams& p, const Tensor& out, const Tenso
             T d = 0;
 #pragma omp simd reduction(+ : d)
             for (int64_t e = 0; e < E; ++e) d += g[e] * o[e];
-            Di[static_cast<size_t>(i)] = d;
+            Di[i] = d;
           }
           for (int64_t i = 0; i < nq; ++i) {
-            T* s = S.data() + i * nk;
-            T* dp = dP.data() + i * nk;
-            const T l = lrow[i0 + i], d = Di[static_cast<size_t>(i)];
+            T* s = S + i * nk;
+            T* dp = dP + i * nk;
+            const T l = lrow[i0 + i], d = Di[i];
 #pragma omp simd
             for (int64_t j = 0; j < nk; ++j) {
               s[j] = vexp(s[j] - l);        // P
               dp[j] = s[j] * (dp[j] - d);  // dS (unscaled)
             }
           }
-          T* dQ = DQ.data ? DQ.row<T>(b * T_ + i0) + h * E : dqs.data();
-          gemm(false, false, nq, E, nk, a.scale, dP.data(), nk, a.kr(b, klo, hk), a.k.ld, T(0), dQ,
+          T* dQ = DQ.data ? DQ.row<T>(b * T_ + i0) + h * E : dqs;
+          gemm(false, false, nq, E, nk, a.scale, dP, nk, a.kr(b, klo, hk), a.k.ld, T(0), dQ,
                DQ.data ? DQ.ld : E);
-          gemm(true, false, nk, E, nq, a.scale, dP.data(), nk, a.qr(b, i0, h), a.q.ld, T(1),
+          gemm(true, false, nk, E, nq, a.scale, dP, nk, a.qr(b, i0, h), a.q.ld, T(1),
                dK + klo * E, E);
-          gemm(true, false, nk, E, nq, T(1), S.data(), nk, dO, DO.ld, T(1), dV + klo * E, E);
+          gemm(true, false, nk, E, nq, T(1), S, nk, dO, DO.ld, T(1), dV + klo * E, E);
         }
       }
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (par)
     for (int64_t r = 0; r < B * T_; ++r) {
       const int64_t b = r / T_, t = r % T_;
       for (int64_t hk = 0; hk < Hkv; ++hk) {
@@ -258,9 +266,10 @@ void rope_apply(const Tensor& x, const Tensor& pos, float theta, int64_t rot_dim
     inv_freq[static_cast<size_t>(i)] =
         std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / static_cast<double>(rot_dim));
   const double sign = inverse ? -1.0 : 1.0;
+  const bool par = B * T * H * rot_dim > kParallelWork;
   with_float_type(x.dtype, op, [&](auto tag) {
     using Tt = decltype(tag);
-#pragma omp parallel
+#pragma omp parallel if (par)
     {
       std::vector<Tt> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
 #pragma omp for schedule(static)
@@ -317,7 +326,8 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
   with_float_type(dt, op, [&](auto tag) {
     using T = decltype(tag);
     const T sc = static_cast<T>(scale);
-#pragma omp parallel
+    const bool par = B * Hq * S * E > kParallelWork;
+#pragma omp parallel if (par)
     {
       std::vector<T> w(static_cast<size_t>(S));
 #pragma omp for schedule(static)

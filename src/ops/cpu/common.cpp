@@ -3,6 +3,8 @@
 
 #include <fmt/ranges.h>
 
+#include <cstdlib>
+
 namespace hlm::cpu::detail {
 
 void require_cpu(const Tensor& t, const char* op, const char* name) {
@@ -28,6 +30,38 @@ void require_shape(const Tensor& t, std::initializer_list<int64_t> dims, const c
     fail(ErrorKind::Internal, "{}: {} is {}, expected shape [{}]", op, name, t.describe(),
          fmt::join(dims, ","));
   }
+}
+
+namespace {
+struct Workspaces {
+  static constexpr int kSlots = 12;
+  void* ptr[kSlots] = {};
+  size_t size[kSlots] = {};
+  ~Workspaces() {
+    for (void* p : ptr) std::free(p);
+  }
+};
+}  // namespace
+
+void* thread_workspace(int slot, size_t bytes) {
+  thread_local Workspaces ws;
+  HLM_ASSERT(slot >= 0 && slot < Workspaces::kSlots);
+  if (ws.size[slot] < bytes) {
+    std::free(ws.ptr[slot]);
+    const size_t rounded = (bytes + 4095) / 4096 * 4096;
+    ws.ptr[slot] = std::aligned_alloc(64, rounded);
+    HLM_REQUIRE(ws.ptr[slot] != nullptr, ErrorKind::Io, "out of host memory allocating {} bytes",
+                bytes);
+    ws.size[slot] = rounded;
+  }
+  return ws.ptr[slot];
+}
+
+void require_doc(const Tensor& doc, int64_t B, int64_t T, const char* op) {
+  if (!doc.defined()) return;
+  require(doc, DType::I32, {B, T}, op, "doc");
+  HLM_REQUIRE(T <= 1 || doc.stride[1] == 1, ErrorKind::Internal,
+              "{}: doc ids {} must be contiguous in T", op, doc.describe());
 }
 
 const int32_t* doc_row(const Tensor& doc, int64_t b) {

@@ -29,14 +29,6 @@ ConvShape conv_shape(const Tensor& x, const Tensor& w, const Tensor& bias, const
   return {B, T, C, w.size(1), as_rows(x, 1, op)};
 }
 
-void check_doc(const Tensor& doc, int64_t B, int64_t T, const char* op) {
-  if (doc.defined()) {
-    require_cpu(doc, op, "doc");
-    require_dtype(doc, DType::I32, op, "doc");
-    require_shape(doc, {B, T}, op, "doc");
-  }
-}
-
 RowView checked_rows(const Tensor& t, const ConvShape& s, const char* op, const char* name) {
   require_cpu(t, op, name);
   require_dtype(t, s.x.dtype, op, name);
@@ -91,7 +83,7 @@ void conv1d_silu_forward(const Tensor& x, const Tensor& w, const Tensor& bias, c
                          const Tensor& y) {
   const char* op = "conv1d_silu_forward";
   ConvShape s = conv_shape(x, w, bias, op);
-  check_doc(doc, s.B, s.T, op);
+  require_doc(doc, s.B, s.T, op);
   RowView Y = checked_rows(y, s, op, "y");
   std::vector<int64_t> start = doc_starts(doc, s.B, s.T);
   with_float_type(x.dtype, op, [&](auto tag) {
@@ -113,7 +105,7 @@ void conv1d_silu_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
                           const Tensor& dbias) {
   const char* op = "conv1d_silu_backward";
   ConvShape s = conv_shape(x, w, bias, op);
-  check_doc(doc, s.B, s.T, op);
+  require_doc(doc, s.B, s.T, op);
   RowView DY = checked_rows(dy, s, op, "dy");
   RowView DX{};
   if (dx.defined()) DX = checked_rows(dx, s, op, "dx");
@@ -126,10 +118,10 @@ void conv1d_silu_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
     std::vector<T> wt = transpose_weights<T>(w, C, K);
     const T* bp = bias.defined() ? bias.ptr<T>() : nullptr;
     // du = dy · silu'(u), u recomputed.
-    std::vector<T> du(static_cast<size_t>(rows * C));
+    T* du = workspace<T>(0, static_cast<size_t>(rows * C));
 #pragma omp parallel for schedule(static) if (rows * C > 16384)
     for (int64_t r = 0; r < rows; ++r) {
-      T* dur = du.data() + r * C;
+      T* dur = du + r * C;
       conv_preact(s, wt.data(), bp, r / s.T, r % s.T, start[static_cast<size_t>(r)], dur);
       const T* g = DY.row<T>(r);
 #pragma omp simd
@@ -147,7 +139,7 @@ void conv1d_silu_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
         std::fill(dxr, dxr + C, T(0));
         for (int64_t j = 0; j < K && t + j < s.T; ++j) {
           if (start[static_cast<size_t>(b * s.T + t + j)] > t) break;
-          const T* dur = du.data() + (r + j) * C;
+          const T* dur = du + (r + j) * C;
           const T* wk = wt.data() + (K - 1 - j) * C;
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) dxr[c] += dur[c] * wk[c];
@@ -158,14 +150,15 @@ void conv1d_silu_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
     // Weight and bias gradients: per fixed row block, [K,C] then [C], summed in block order.
     const int64_t nblocks = num_blocks(rows);
     const int64_t stride = (K + 1) * C;
-    std::vector<T> partial(static_cast<size_t>(nblocks * stride), T(0));
+    T* partial = workspace<T>(1, static_cast<size_t>(nblocks * stride));
 #pragma omp parallel for schedule(static) if (rows * C > 16384)
     for (int64_t blk = 0; blk < nblocks; ++blk) {
-      T* pw = partial.data() + blk * stride;
+      T* pw = partial + blk * stride;
       T* pb = pw + K * C;
+      std::fill(pw, pw + stride, T(0));
       for (int64_t r = blk * kReduceBlock; r < std::min(rows, (blk + 1) * kReduceBlock); ++r) {
         const int64_t b = r / s.T, t = r % s.T;
-        const T* dur = du.data() + r * C;
+        const T* dur = du + r * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) pb[c] += dur[c];
         for (int64_t k = std::max<int64_t>(0, start[static_cast<size_t>(r)] - t + K - 1); k < K;
@@ -179,7 +172,7 @@ void conv1d_silu_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
     }
     std::vector<T> total(static_cast<size_t>(stride), T(0));
     for (int64_t blk = 0; blk < nblocks; ++blk) {
-      const T* p = partial.data() + blk * stride;
+      const T* p = partial + blk * stride;
 #pragma omp simd
       for (int64_t i = 0; i < stride; ++i) total[static_cast<size_t>(i)] += p[i];
     }
@@ -244,9 +237,11 @@ void conv1d_state_from_sequence(const Tensor& x, const Tensor& doc, const Tensor
   HLM_REQUIRE(state.ndim == 3 && state.size(0) == B && state.size(1) == C && state.is_contiguous(),
               ErrorKind::Internal, "{}: state {} must be contiguous [{},{},K-1]", op,
               state.describe(), B, C);
-  check_doc(doc, B, T, op);
+  require_doc(doc, B, T, op);
   const int64_t Km1 = state.size(2);
-  RowView X = as_rows(x, 1, op);
+  // Any batch and time strides (a prefix of a longer sequence is typical); channels packed.
+  HLM_REQUIRE(C <= 1 || x.stride[2] == 1, ErrorKind::Internal, "{}: x {} must have packed channels",
+              op, x.describe());
   with_float_type(x.dtype, op, [&](auto tag) {
     using Tt = decltype(tag);
     for (int64_t b = 0; b < B; ++b) {
@@ -262,7 +257,7 @@ void conv1d_state_from_sequence(const Tensor& x, const Tensor& doc, const Tensor
       for (int64_t j = 0; j < Km1; ++j) {
         const int64_t t = T - Km1 + j;
         const bool valid = t >= first && t >= 0;
-        const Tt* xr = valid ? X.row<Tt>(b * T + t) : nullptr;
+        const Tt* xr = valid ? x.ptr<Tt>() + b * x.stride[0] + t * x.stride[1] : nullptr;
         for (int64_t c = 0; c < C; ++c) st[c * Km1 + j] = valid ? xr[c] : Tt(0);
       }
     }

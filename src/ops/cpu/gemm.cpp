@@ -56,7 +56,7 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
     T beta = 0;
     if (bias.defined()) {
       const T* bp = bias.ptr<T>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * N > 65536)
       for (int64_t r = 0; r < M; ++r) std::copy(bp, bp + N, Y.row<T>(r));
       beta = 1;
     }
@@ -111,7 +111,7 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
       // Column sums: each thread owns a slice of columns and adds rows in order (deterministic).
       T* db = dbias.ptr<T>();
       constexpr int64_t kCols = 256;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * N > 65536)
       for (int64_t c0 = 0; c0 < N; c0 += kCols) {
         const int64_t c1 = std::min(N, c0 + kCols);
         T acc[kCols] = {};

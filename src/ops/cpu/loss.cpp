@@ -11,6 +11,8 @@ namespace hlm::cpu {
 using namespace detail;
 
 namespace {
+constexpr int64_t kVocabBlock = 2048;  // 8 KiB of fp32 logits: stays in L1 between the two passes
+
 const int32_t* checked_targets(const Tensor& targets, int64_t M, int64_t V, int32_t ignore_index,
                                const char* op) {
   require_cpu(targets, op, "targets");
@@ -47,13 +49,24 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, int32_t 
     T* ls = lse.ptr<T>();
 #pragma omp parallel for schedule(static) if (M * V > 16384)
     for (int64_t m = 0; m < M; ++m) {
+      // Blockwise: max and Σ exp of each block while it is in L1, merged into a running
+      // (max, sum), so the row is read from memory once.
       const T* x = L.row<T>(m);
-      T mx = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : mx)
-      for (int64_t v = 0; v < V; ++v) mx = std::max(mx, x[v]);
-      T sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t v = 0; v < V; ++v) sum += vexp(x[v] - mx);
+      T mx = -std::numeric_limits<T>::infinity(), sum = 0;
+      for (int64_t v0 = 0; v0 < V; v0 += kVocabBlock) {
+        const int64_t v1 = std::min(V, v0 + kVocabBlock);
+        T bm = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : bm)
+        for (int64_t v = v0; v < v1; ++v) bm = bm > x[v] ? bm : x[v];
+        if (bm > mx) {
+          sum *= vexp(mx - bm);
+          mx = bm;
+        }
+        T bs = 0;
+#pragma omp simd reduction(+ : bs)
+        for (int64_t v = v0; v < v1; ++v) bs += vexp(x[v] - mx);
+        sum += bs;
+      }
       const T l = mx + std::log(sum);
       ls[m] = l;
       lo[m] = tg[m] == ignore_index ? T(0) : l - x[tg[m]];

@@ -33,6 +33,14 @@ NormRows norm_rows(const Tensor& x, const Tensor& second, const char* second_nam
   return {X, S, X.rows, X.cols};
 }
 
+// A contiguous tensor of `count` elements, any shape ([M] or [B,T]).
+void require_vector(const Tensor& t, DType dtype, int64_t count, const char* op, const char* name) {
+  require_cpu(t, op, name);
+  require_dtype(t, dtype, op, name);
+  HLM_REQUIRE(t.is_contiguous() && t.numel() == count, ErrorKind::Internal,
+              "{}: {} {} must be contiguous with {} elements", op, name, t.describe(), count);
+}
+
 // Sums per-block partial weight gradients [nblocks, D] in block order into dw.
 template <typename T>
 void reduce_blocks_into(const std::vector<T>& partial, int64_t nblocks, int64_t D, T* dw) {
@@ -49,7 +57,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& 
                      const Tensor& rstd) {
   const char* op = "rmsnorm_forward";
   NormRows n = norm_rows(x, y, "y", w, op);
-  require(rstd, x.dtype, {n.M}, op, "rstd");
+  require_vector(rstd, x.dtype, n.M, op, "rstd");
   with_float_type(x.dtype, op, [&](auto tag) {
     using T = decltype(tag);
     const T* wp = w.ptr<T>();
@@ -73,7 +81,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
                       const Tensor& dx, const Tensor& dw) {
   const char* op = "rmsnorm_backward";
   NormRows n = norm_rows(x, dy, "dy", w, op);
-  require(rstd, x.dtype, {n.M}, op, "rstd");
+  require_vector(rstd, x.dtype, n.M, op, "rstd");
   RowView DX{};
   if (dx.defined()) {
     require_cpu(dx, op, "dx");
@@ -143,7 +151,7 @@ void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, in
 #pragma omp simd reduction(+ : ss)
         for (int64_t i = i0; i < i1; ++i) {
           const T gate = xr[i] * zr[i] * sigmoid(zr[i]);
-          yr[i] = gate;  // y holds g until the group's rstd is known
+          yr[i] = gate;  // y holds the gate until the group's rstd is known
           ss += gate * gate;
         }
         const T r = T(1) / std::sqrt(ss / static_cast<T>(group_size) + static_cast<T>(eps));
@@ -155,6 +163,8 @@ void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, in
   });
 }
 
+// With g = x·silu(z), r the group's rstd and u = w·dy:  dg = r·(u − g·r²·mean(u·g)),
+// dx = dg·silu(z), dz = dg·x·silu'(z), dw += dy·g·r.
 void gated_rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& z, const Tensor& w,
                             const Tensor& rstd, int64_t group_size, const Tensor& dx,
                             const Tensor& dz, const Tensor& dw) {
@@ -163,7 +173,7 @@ void gated_rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& z, 
   NormRows nz = norm_rows(x, z, "z", w, op);
   HLM_REQUIRE(group_size > 0 && n.D % group_size == 0, ErrorKind::InvalidArgument,
               "{}: group size {} does not divide the width {}", op, group_size, n.D);
-  const int64_t ng = n.D / group_size;
+  const int64_t ng = n.D / group_size, D = n.D;
   require_cpu(rstd, op, "rstd");
   require_dtype(rstd, x.dtype, op, "rstd");
   RowView RS = as_rows(rstd, 1, op);
@@ -172,47 +182,52 @@ void gated_rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& z, 
   RowView DX{}, DZ{};
   if (dx.defined()) DX = norm_rows(x, dx, "dx", w, op).y;
   if (dz.defined()) DZ = norm_rows(x, dz, "dz", w, op).y;
-  if (dw.defined()) require(dw, x.dtype, {n.D}, op, "dw");
+  if (dw.defined()) require(dw, x.dtype, {D}, op, "dw");
   with_float_type(x.dtype, op, [&](auto tag) {
     using T = decltype(tag);
     const T* wp = w.ptr<T>();
     const int64_t nblocks = num_blocks(n.M);
-    std::vector<T> partial(dw.defined() ? static_cast<size_t>(nblocks * n.D) : 0, T(0));
-#pragma omp parallel
+    std::vector<T> partial(dw.defined() ? static_cast<size_t>(nblocks * D) : 0, T(0));
+#pragma omp parallel if (n.M * D > 16384)
     {
-      std::vector<T> gate(static_cast<size_t>(group_size)), sg(static_cast<size_t>(group_size));
+      // per-row scratch: sigmoid(z), the gate g, and sinks for gradients not asked for
+      std::vector<T> sg(static_cast<size_t>(D)), gate(sg.size()), sink(sg.size());
 #pragma omp for schedule(static)
       for (int64_t blk = 0; blk < nblocks; ++blk) {
-        T* pdw = dw.defined() ? partial.data() + blk * n.D : nullptr;
+        T* pdw = dw.defined() ? partial.data() + blk * D : sink.data();
         for (int64_t m = blk * kReduceBlock; m < std::min(n.M, (blk + 1) * kReduceBlock); ++m) {
           const T* xr = n.x.row<T>(m);
           const T* zr = nz.y.row<T>(m);
           const T* g = n.y.row<T>(m);
           const T* rr = RS.row<T>(m);
+          T* dxr = dx.defined() ? DX.row<T>(m) : sink.data();
+          T* dzr = dz.defined() ? DZ.row<T>(m) : sink.data();
+          T* sgp = sg.data();
+          T* gp = gate.data();
           for (int64_t gi = 0; gi < ng; ++gi) {
-            const int64_t i0 = gi * group_size;
+            const int64_t i0 = gi * group_size, i1 = i0 + group_size;
             const T r = rr[gi];
             T dot = 0;
-            for (int64_t k = 0; k < group_size; ++k) {
-              const int64_t i = i0 + k;
-              sg[static_cast<size_t>(k)] = sigmoid(zr[i]);
-              gate[static_cast<size_t>(k)] = xr[i] * zr[i] * sg[static_cast<size_t>(k)];
-              dot += wp[i] * g[i] * gate[static_cast<size_t>(k)];
+#pragma omp simd reduction(+ : dot)
+            for (int64_t i = i0; i < i1; ++i) {
+              sgp[i] = sigmoid(zr[i]);
+              gp[i] = xr[i] * zr[i] * sgp[i];
+              dot += wp[i] * g[i] * gp[i];
             }
             const T c = r * r * dot / static_cast<T>(group_size);
-            for (int64_t k = 0; k < group_size; ++k) {
-              const int64_t i = i0 + k;
-              const T s = sg[static_cast<size_t>(k)], gt = gate[static_cast<size_t>(k)];
-              const T dgate = r * (wp[i] * g[i] - gt * c);
-              if (dx.defined()) DX.row<T>(m)[i] = dgate * zr[i] * s;
-              if (dz.defined()) DZ.row<T>(m)[i] = dgate * xr[i] * s * (T(1) + zr[i] * (T(1) - s));
-              if (pdw) pdw[i] += g[i] * gt * r;
+#pragma omp simd
+            for (int64_t i = i0; i < i1; ++i) {
+              const T s = sgp[i];
+              const T dgate = r * (wp[i] * g[i] - gp[i] * c);
+              dxr[i] = dgate * zr[i] * s;
+              dzr[i] = dgate * xr[i] * s * (T(1) + zr[i] * (T(1) - s));
+              pdw[i] += g[i] * gp[i] * r;
             }
           }
         }
       }
     }
-    if (dw.defined()) reduce_blocks_into(partial, nblocks, n.D, dw.ptr<T>());
+    if (dw.defined()) reduce_blocks_into(partial, nblocks, D, dw.ptr<T>());
   });
 }
 
