@@ -543,7 +543,8 @@ InferenceState Model::new_state(int64_t batch, int64_t capacity) const {
       st.layers[l].v_cache = carve();
     }
   }
-  st.small = Buffer(device_, static_cast<size_t>(3 * batch) * sizeof(int32_t));
+  st.small = Buffer(device_, static_cast<size_t>(4 * batch) * sizeof(int32_t));
+  st.use_graph = device_ == Device::CUDA;
   return st;
 }
 
@@ -584,46 +585,70 @@ Tensor Model::decode(const Tensor& ids, InferenceState& st) {
                 ids.describe());
   HLM_CHECK_ARG(st.length < st.capacity, "the sequence reached the state's capacity of {} tokens",
                 st.capacity);
-  // Small per-step vectors: start, length after this token, and this token's position.
+  // Everything a step reads that changes per token sits at fixed device addresses: the ids, and per
+  // row the document start, the length after this token and this token's position.
   std::vector<int32_t> small(static_cast<size_t>(3 * B));
   for (int64_t b = 0; b < B; ++b) {
     small[static_cast<size_t>(b)] = st.start[static_cast<size_t>(b)];
     small[static_cast<size_t>(B + b)] = static_cast<int32_t>(st.length + 1);
     small[static_cast<size_t>(2 * B + b)] = static_cast<int32_t>(st.length - st.start[static_cast<size_t>(b)]);
   }
-  device_copy(st.small.data(), device_, small.data(), Device::CPU, small.size() * sizeof(int32_t));
-  Tensor start(st.small.data(), DType::I32, device_, {B});
-  Tensor len(static_cast<int32_t*>(st.small.data()) + B, DType::I32, device_, {B});
-  Tensor pos(static_cast<int32_t*>(st.small.data()) + 2 * B, DType::I32, device_, {B, 1});
+  int32_t* io = static_cast<int32_t*>(st.small.data());
+  device_copy(io, device_, small.data(), Device::CPU, small.size() * sizeof(int32_t));
+  copy_tensor(Tensor(io + 3 * B, DType::I32, device_, {B}), ids.reshape({B}));
 
-  // Decode scratch lives in the activation arena (re-carved on the next forward).
+  if (st.scratch.capacity() == 0) {
+    const DType a = act_dtype_, sd = stat_dtype(a);
+    auto bytes = [B](DType d, int64_t cols) { return Arena::bytes_for(d, {B, cols}); };
+    size_t mamba = bytes(a, c.in_proj_dim()) + bytes(a, c.conv_dim()) + 2 * bytes(a, c.d_inner()) +
+                   bytes(sd, c.d_inner() / std::max<int64_t>(c.norm_group_size(), 1));
+    size_t attn = 2 * bytes(a, c.attn_heads * c.head_dim()) + 2 * bytes(a, c.kv_heads * c.head_dim());
+    size_t mlp = bytes(a, activation_input_width(c.mlp_activation, c.mlp_hidden)) + bytes(a, c.mlp_hidden);
+    size_t need = 3 * bytes(a, c.d_model) + bytes(sd, 1) + std::max({mamba, attn, mlp}) + bytes(a, c.vocab_size);
+    st.scratch = Arena(device_, need);
+  }
+  // The first step runs plainly (libraries set up their plans and workspaces), the second is
+  // recorded, later ones replay the recording: one launch per token on CUDA.
+  if (st.use_graph && st.graph.recorded()) {
+    st.graph.replay();
+  } else if (st.use_graph && st.steps > 0) {
+    st.graph.record(device_, [this, &st] { decode_body(st); });
+  } else {
+    decode_body(st);
+  }
+  st.steps += 1;
+  st.length += 1;
+  return st.logits;
+}
+
+void Model::decode_body(InferenceState& st) {
+  const ModelConfig& c = cfg_;
+  const int64_t B = st.batch;
   const DType a = act_dtype_, sd = stat_dtype(a);
   const int64_t D = c.d_model;
-  auto bytes = [B](DType d, int64_t cols) { return Arena::bytes_for(d, {B, cols}); };
-  size_t mamba = bytes(a, c.in_proj_dim()) + bytes(a, c.conv_dim()) + 2 * bytes(a, c.d_inner()) +
-                 bytes(sd, c.d_inner() / std::max<int64_t>(c.norm_group_size(), 1));
-  size_t attn = 2 * bytes(a, c.attn_heads * c.head_dim()) + 2 * bytes(a, c.kv_heads * c.head_dim());
-  size_t mlp = bytes(a, activation_input_width(c.mlp_activation, c.mlp_hidden)) + bytes(a, c.mlp_hidden);
-  size_t need = 3 * bytes(a, D) + bytes(sd, 1) + std::max({mamba, attn, mlp}) + bytes(a, c.vocab_size);
-  if (acts_.capacity() < need) acts_ = Arena(device_, need);
-  acts_.reset();
-  la_.clear();  // activations of any earlier forward are gone
-  Tensor x = acts_.alloc(a, {B, D});
-  Tensor xn = acts_.alloc(a, {B, D});
-  Tensor out = acts_.alloc(a, {B, D});
-  Tensor rstd = acts_.alloc(sd, {B});
-  embedding_forward(ids.reshape({B}), Wg("backbone.embeddings.weight"), x);
+  int32_t* io = static_cast<int32_t*>(st.small.data());
+  Tensor start(io, DType::I32, device_, {B});
+  Tensor len(io + B, DType::I32, device_, {B});
+  Tensor pos(io + 2 * B, DType::I32, device_, {B, 1});
+  Tensor ids(io + 3 * B, DType::I32, device_, {B});
+  Arena& scratch = st.scratch;
+  scratch.reset();
+  Tensor x = scratch.alloc(a, {B, D});
+  Tensor xn = scratch.alloc(a, {B, D});
+  Tensor out = scratch.alloc(a, {B, D});
+  Tensor rstd = scratch.alloc(sd, {B});
+  embedding_forward(ids, Wg("backbone.embeddings.weight"), x);
   for (size_t li = 0; li < kinds_.size(); ++li) {
     const int l = static_cast<int>(li);
     LayerState& s = st.layers[li];
-    size_t mark = acts_.mark();
+    size_t mark = scratch.mark();
     rmsnorm_forward(x, W(l, "norm.weight"), c.norm_eps, xn, rstd);
     switch (kinds_[li]) {
       case LayerKind::Mamba: {
         const int64_t Di = c.d_inner(), Cd = c.conv_dim(), GN = c.n_groups * c.ssm_state;
-        Tensor zx = acts_.alloc(a, {B, c.in_proj_dim()});
+        Tensor zx = scratch.alloc(a, {B, c.in_proj_dim()});
         linear_forward(xn, W(l, "mixer.in_proj.weight"), W(l, "mixer.in_proj.bias"), zx);
-        Tensor xbc = acts_.alloc(a, {B, Cd});
+        Tensor xbc = scratch.alloc(a, {B, Cd});
         conv1d_silu_update(zx.slice(1, Di, Cd), conv2d_view(W(l, "mixer.conv1d.weight")),
                            W(l, "mixer.conv1d.bias"), s.conv, xbc);
         SsdStepParams p;
@@ -638,10 +663,10 @@ Tensor Model::decode(const Tensor& ids, InferenceState& st) {
           p.dt_min = c.dt_limit_min;
           p.dt_max = c.dt_limit_max;
         }
-        Tensor y = acts_.alloc(a, {B, Di});
+        Tensor y = scratch.alloc(a, {B, Di});
         ssd_step(p, s.ssm, y.split_last({c.mamba_heads, c.mamba_head_dim}));
-        Tensor yn = acts_.alloc(a, {B, Di});
-        Tensor grstd = acts_.alloc(sd, {B, Di / c.norm_group_size()});
+        Tensor yn = scratch.alloc(a, {B, Di});
+        Tensor grstd = scratch.alloc(sd, {B, Di / c.norm_group_size()});
         gated_rmsnorm_forward(y, zx.slice(1, 0, Di), W(l, "mixer.norm.weight"), c.norm_group_size(),
                               c.norm_eps, yn, grstd);
         linear_forward(yn, W(l, "mixer.out_proj.weight"), W(l, "mixer.out_proj.bias"), out);
@@ -649,9 +674,9 @@ Tensor Model::decode(const Tensor& ids, InferenceState& st) {
       }
       case LayerKind::Attention: {
         const int64_t E = c.head_dim();
-        Tensor q = acts_.alloc(a, {B, 1, c.attn_heads, E});
-        Tensor k = acts_.alloc(a, {B, 1, c.kv_heads, E});
-        Tensor v = acts_.alloc(a, {B, 1, c.kv_heads, E});
+        Tensor q = scratch.alloc(a, {B, 1, c.attn_heads, E});
+        Tensor k = scratch.alloc(a, {B, 1, c.kv_heads, E});
+        Tensor v = scratch.alloc(a, {B, 1, c.kv_heads, E});
         linear_forward(xn, W(l, "mixer.q_proj.weight"), W(l, "mixer.q_proj.bias"), q.reshape({B, -1}));
         linear_forward(xn, W(l, "mixer.k_proj.weight"), W(l, "mixer.k_proj.bias"), k.reshape({B, -1}));
         linear_forward(xn, W(l, "mixer.v_proj.weight"), W(l, "mixer.v_proj.bias"), v.reshape({B, -1}));
@@ -659,17 +684,17 @@ Tensor Model::decode(const Tensor& ids, InferenceState& st) {
           rope_apply(q, pos, c.rope_theta, c.rope_dim(), false);
           rope_apply(k, pos, c.rope_theta, c.rope_dim(), false);
         }
-        copy_tensor(s.k_cache.slice(1, st.length, 1), k);
-        copy_tensor(s.v_cache.slice(1, st.length, 1), v);
-        Tensor att = acts_.alloc(a, {B, c.attn_heads, E});
+        kv_cache_write(k.reshape({B, c.kv_heads, E}), s.k_cache, len);
+        kv_cache_write(v.reshape({B, c.kv_heads, E}), s.v_cache, len);
+        Tensor att = scratch.alloc(a, {B, c.attn_heads, E});
         attention_decode(q.reshape({B, c.attn_heads, E}), s.k_cache, s.v_cache, start, len,
                          static_cast<float>(1.0 / std::sqrt(static_cast<double>(E))), att);
         linear_forward(att.reshape({B, -1}), W(l, "mixer.o_proj.weight"), W(l, "mixer.o_proj.bias"), out);
         break;
       }
       case LayerKind::Mlp: {
-        Tensor up = acts_.alloc(a, {B, activation_input_width(c.mlp_activation, c.mlp_hidden)});
-        Tensor act = acts_.alloc(a, {B, c.mlp_hidden});
+        Tensor up = scratch.alloc(a, {B, activation_input_width(c.mlp_activation, c.mlp_hidden)});
+        Tensor act = scratch.alloc(a, {B, c.mlp_hidden});
         linear_forward(xn, W(l, "mixer.up_proj.weight"), W(l, "mixer.up_proj.bias"), up);
         activation_forward(c.mlp_activation, up, act);
         linear_forward(act, W(l, "mixer.down_proj.weight"), W(l, "mixer.down_proj.bias"), out);
@@ -677,14 +702,12 @@ Tensor Model::decode(const Tensor& ids, InferenceState& st) {
       }
     }
     add_scaled(out, 1.0f, x);
-    acts_.release_to(mark);
+    scratch.release_to(mark);
   }
   rmsnorm_forward(x, Wg("backbone.norm_f.weight"), c.norm_eps, xn, rstd);
-  Tensor logits = acts_.alloc(a, {B, c.vocab_size});
+  st.logits = scratch.alloc(a, {B, c.vocab_size});
   Tensor head = c.tie_embeddings ? Wg("backbone.embeddings.weight") : Wg("lm_head.weight");
-  linear_forward(xn, head, Tensor{}, logits);
-  st.length += 1;
-  return logits;
+  linear_forward(xn, head, Tensor{}, st.logits);
 }
 
 }  // namespace hlm

@@ -11,6 +11,7 @@
 #include "core/tensor.h"
 #include "model/config.h"
 #include "model/params.h"
+#include "ops/graph.h"
 
 namespace hlm {
 
@@ -40,7 +41,12 @@ struct InferenceState {
   std::vector<int32_t> start;       // per row: first position of its (last) document
   std::vector<LayerState> layers;   // one per layer (unused fields undefined)
   Buffer memory;                    // owns every state tensor
-  Buffer small;                     // device copies of start / length / positions
+  Buffer small;                     // device copies of start / length / positions / ids
+  Arena scratch;                    // decode activations (fixed addresses across steps)
+  Tensor logits;                    // [B,V] of the last decode step, in scratch
+  OpGraph graph;                    // the recorded decode step (CUDA graph on CUDA)
+  bool use_graph = false;           // record and replay decode steps (default on CUDA)
+  int64_t steps = 0;                // decode steps run
 };
 
 class Model {
@@ -124,6 +130,7 @@ class Model {
   void ensure_activation_arena(int64_t B, int64_t T);
   void layer_forward(int l, const ModelInput& in, Tensor out, InferenceState* st);
   void layer_backward(int l, const ModelInput& in, Tensor dout, Tensor dnormed);
+  void decode_body(InferenceState& st);
 
   ModelConfig cfg_;
   std::vector<LayerKind> kinds_;

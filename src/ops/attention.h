@@ -35,4 +35,9 @@ HLM_DECLARE_OP(void, attention_decode,
                (const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& start,
                 const Tensor& len, float scale, const Tensor& out))
 
+// Decode: appends one token's keys or values to a cache: cache[b, len[b]-1] = x[b] for x [B,H,E],
+// cache [B,S,H,E], len [B] I32 (the length after the append, as attention_decode takes it). The
+// position is read on the device, so a captured decode step replays correctly at every length.
+HLM_DECLARE_OP(void, kv_cache_write, (const Tensor& x, const Tensor& cache, const Tensor& len))
+
 }  // namespace hlm

@@ -112,6 +112,10 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
   HLM_DISPATCH(q.device, attention_decode, q, k_cache, v_cache, start, len, scale, out);
 }
 
+void kv_cache_write(const Tensor& x, const Tensor& cache, const Tensor& len) {
+  HLM_DISPATCH(cache.device, kv_cache_write, x, cache, len);
+}
+
 void activation_forward(Activation act, const Tensor& in, const Tensor& out) {
   HLM_DISPATCH(in.device, activation_forward, act, in, out);
 }

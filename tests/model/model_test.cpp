@@ -214,6 +214,7 @@ TEST(Model, DecodeReproducesFullForwardAtEveryPosition) {
         prompt.doc.push_back(full.doc[static_cast<size_t>(r * T + t)]);
       }
     InferenceState st = m.new_state(B, T);
+    st.use_graph = variant;  // the recorded-step path (on the CPU: the recorded function re-runs)
     std::vector<double> got0, got1;
     auto take = [&](const Tensor& lg) {
       int64_t V = cfg.vocab_size;

@@ -3,6 +3,7 @@
 // over a KV cache. Scores and products go through BLAS per (batch, head, block of queries).
 #include "ops/attention.h"
 
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -362,6 +363,29 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
       }
     }
   });
+}
+
+}  // namespace hlm::cpu
+
+namespace hlm::cpu {
+
+void kv_cache_write(const Tensor& x, const Tensor& cache, const Tensor& len) {
+  const char* op = "kv_cache_write";
+  HLM_REQUIRE(x.ndim == 3 && cache.ndim == 4 && x.dtype == cache.dtype && x.size(0) == cache.size(0) &&
+                  x.size(1) == cache.size(2) && x.size(2) == cache.size(3),
+              ErrorKind::Internal, "{}: x {} does not fit cache {}", op, x.describe(), cache.describe());
+  HLM_REQUIRE(len.dtype == DType::I32 && len.numel() == x.size(0), ErrorKind::Internal, "{}: len {}", op,
+              len.describe());
+  const int64_t B = x.size(0), S = cache.size(1), HE = x.size(1) * x.size(2);
+  const size_t es = dtype_size(x.dtype);
+  RowView xr = as_rows(x, 2, "kv_cache_write x");
+  RowView cr = as_rows(cache, 2, "kv_cache_write cache");  // rows = B·S
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t p = len.ptr<int32_t>()[b] - 1;
+    HLM_CHECK_ARG(p >= 0 && p < S, "{}: position {} outside the cache of {}", op, p, S);
+    std::memcpy(static_cast<char*>(cr.data) + static_cast<size_t>((b * S + p) * cr.ld) * es,
+                static_cast<const char*>(xr.data) + static_cast<size_t>(b * xr.ld) * es, static_cast<size_t>(HE) * es);
+  }
 }
 
 }  // namespace hlm::cpu

@@ -1,0 +1,65 @@
+// OpGraph: CUDA graphs on CUDA, re-running the function on the CPU.
+#include "ops/graph.h"
+
+#include "ops/dispatch.h"
+
+namespace hlm {
+
+OpGraph::~OpGraph() { reset(); }
+OpGraph::OpGraph(OpGraph&& o) noexcept
+    : device_(o.device_), work_(std::move(o.work_)), exec_(o.exec_), recorded_(o.recorded_) {
+  o.exec_ = nullptr;
+  o.recorded_ = false;
+}
+OpGraph& OpGraph::operator=(OpGraph&& o) noexcept {
+  if (this != &o) {
+    reset();
+    device_ = o.device_;
+    work_ = std::move(o.work_);
+    exec_ = o.exec_;
+    recorded_ = o.recorded_;
+    o.exec_ = nullptr;
+    o.recorded_ = false;
+  }
+  return *this;
+}
+
+void OpGraph::reset() {
+#ifdef HLM_CUDA
+  if (exec_) cuda::graph_destroy(exec_);
+#endif
+  exec_ = nullptr;
+  work_ = nullptr;
+  recorded_ = false;
+}
+
+void OpGraph::record(Device device, std::function<void()> work) {
+  reset();
+  device_ = device;
+  if (device == Device::CPU) {
+    work_ = std::move(work);
+    work_();
+  } else {
+#ifdef HLM_CUDA
+    // Capture records without running: run the captured graph once for the effects.
+    exec_ = cuda::graph_capture(work);
+    cuda::graph_replay(exec_);
+#else
+    no_cuda_backend("OpGraph::record");
+#endif
+  }
+  recorded_ = true;
+}
+
+void OpGraph::replay() {
+  HLM_ASSERT(recorded_);
+  if (device_ == Device::CPU) {
+    work_();
+    return;
+  }
+#ifdef HLM_CUDA
+  cuda::graph_replay(exec_);
+#endif
+}
+
+}  // namespace hlm

@@ -1,0 +1,42 @@
+// Recorded op sequences: on CUDA a CUDA graph captured from the op stream and replayed with one
+// launch (decode runs one per token); on the CPU the recorded function simply runs again. The ops
+// inside must use fixed addresses and read anything that changes per replay from device memory.
+#pragma once
+
+#include <functional>
+
+#include "core/tensor.h"
+
+namespace hlm {
+
+class OpGraph {
+ public:
+  OpGraph() = default;
+  ~OpGraph();
+  OpGraph(const OpGraph&) = delete;
+  OpGraph& operator=(const OpGraph&) = delete;
+  OpGraph(OpGraph&& o) noexcept;
+  OpGraph& operator=(OpGraph&& o) noexcept;
+
+  // Runs `work` once while recording it (the ops' effects happen, as in a plain call).
+  void record(Device device, std::function<void()> work);
+  // Replays the recorded ops.
+  void replay();
+  bool recorded() const { return recorded_; }
+  void reset();
+
+ private:
+  Device device_ = Device::CPU;
+  std::function<void()> work_;
+  void* exec_ = nullptr;  // cudaGraphExec_t on CUDA
+  bool recorded_ = false;
+};
+
+namespace cuda {
+// CUDA graph capture of `work` on the op stream; returns a cudaGraphExec_t. Replay / destroy it.
+void* graph_capture(const std::function<void()>& work);
+void graph_replay(void* exec);
+void graph_destroy(void* exec) noexcept;
+}  // namespace cuda
+
+}  // namespace hlm
