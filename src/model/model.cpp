@@ -612,7 +612,14 @@ Tensor Model::decode(const Tensor& ids, InferenceState& st) {
   if (st.use_graph && st.graph.recorded()) {
     st.graph.replay();
   } else if (st.use_graph && st.steps > 0) {
-    st.graph.record(device_, [this, &st] { decode_body(st); });
+    try {
+      st.graph.record(device_, [this, &st] { decode_body(st); });
+    } catch (const Error& e) {
+      // Some op on the path cannot be captured: decode step by step from now on.
+      fmt::print(stderr, "hybridlm: warning: decode step not recordable ({}); running it op by op\n", e.what());
+      st.use_graph = false;
+      decode_body(st);
+    }
   } else {
     decode_body(st);
   }

@@ -5,10 +5,23 @@ namespace hlm::cuda {
 
 namespace {
 cudaStream_t g_stream = nullptr;
-}
+bool g_stream_set = false;
+}  // namespace
 
-cudaStream_t stream() { return g_stream; }
-void set_stream(cudaStream_t s) { g_stream = s; }
+// The op stream is a created, blocking stream: unlike the legacy default stream it can be captured
+// into CUDA graphs, and being blocking it still orders against the synchronous cudaMemcpy /
+// cudaMemset that core/memory uses for host transfers.
+cudaStream_t stream() {
+  if (!g_stream_set) {
+    HLM_CUDA_CHECK(cudaStreamCreate(&g_stream));
+    g_stream_set = true;
+  }
+  return g_stream;
+}
+void set_stream(cudaStream_t s) {
+  g_stream = s;
+  g_stream_set = true;
+}
 
 const cudaDeviceProp& device_props() {
   static cudaDeviceProp props = [] {
