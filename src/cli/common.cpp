@@ -69,10 +69,10 @@ std::string resolve_model_dir(const std::string& path) {
   return latest;
 }
 
-std::unique_ptr<Model> load_model(const std::string& dir, Device device) {
+std::unique_ptr<Model> load_model(const std::string& dir, Device device, bool training) {
   return with_context(dir, [&] {
     ModelConfig cfg = load_checkpoint_config(dir);
-    auto m = std::make_unique<Model>(cfg, device, device == Device::CPU ? DType::F32 : DType::BF16);
+    auto m = std::make_unique<Model>(cfg, device, device == Device::CPU ? DType::F32 : DType::BF16, training);
     if (device == Device::CPU) {
       load_checkpoint_weights(dir, cfg, m->table(), m->params());
     } else {

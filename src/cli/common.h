@@ -30,8 +30,9 @@ std::vector<int32_t> parse_token_list(const std::string& text, int64_t vocab = 0
 // DIR/checkpoints (what `train --out DIR` writes).
 std::string resolve_model_dir(const std::string& path);
 
-// Loads config.json + weights of a model folder onto the device (F32 on the CPU, BF16 on CUDA).
-std::unique_ptr<Model> load_model(const std::string& dir, Device device);
+// Loads config.json + weights of a model folder onto the device (F32 on the CPU, BF16 on CUDA);
+// training = false allocates no gradients.
+std::unique_ptr<Model> load_model(const std::string& dir, Device device, bool training = false);
 
 // The tokenizer of a model folder: --tokenizer when given, else DIR/tokenizer.json when present.
 std::optional<std::string> find_tokenizer(const std::string& model_dir, const std::string& flag);

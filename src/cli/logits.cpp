@@ -39,7 +39,7 @@ Loaded prepare(const Flags& f, bool with_targets) {
   Device device = f.rt.apply();
   Loaded L;
   std::string dir = resolve_model_dir(f.model);
-  L.model = load_model(dir, device);
+  L.model = load_model(dir, device, /*training=*/with_targets);
   const int64_t V = L.model->config().vocab_size;
   L.ids = parse_token_list(f.tokens, V);
   const int64_t T = static_cast<int64_t>(L.ids.size());

@@ -53,8 +53,8 @@ Tensor conv2d_view(const Tensor& w) { return w.defined() ? w.reshape({w.size(0),
 
 }  // namespace
 
-Model::Model(ModelConfig cfg, Device device, DType act_dtype)
-    : cfg_(std::move(cfg)), device_(device), act_dtype_(act_dtype) {
+Model::Model(ModelConfig cfg, Device device, DType act_dtype, bool training)
+    : cfg_(std::move(cfg)), device_(device), act_dtype_(act_dtype), training_(training) {
   cfg_.validate();
   kinds_ = cfg_.layers();
   table_ = param_table(cfg_);
@@ -74,11 +74,13 @@ Model::Model(ModelConfig cfg, Device device, DType act_dtype)
   int64_t n = param_arena_numel(table_);
   size_t mb = static_cast<size_t>(n) * dtype_size(master_dtype_);
   params_buf_ = Buffer(device_, mb);
-  grads_buf_ = Buffer(device_, mb);
   flat_params_ = params_buf_.as(master_dtype_, {n});
-  flat_grads_ = grads_buf_.as(master_dtype_, {n});
   fill(flat_params_, 0.0);
-  fill(flat_grads_, 0.0);
+  if (training_) {
+    grads_buf_ = Buffer(device_, mb);
+    flat_grads_ = grads_buf_.as(master_dtype_, {n});
+    fill(flat_grads_, 0.0);
+  }
   if (device_ == Device::CUDA) {
     lowp_buf_ = Buffer(device_, static_cast<size_t>(n) * dtype_size(DType::BF16));
     flat_lowp_ = lowp_buf_.as(DType::BF16, {n});
@@ -93,7 +95,9 @@ int Model::find(const std::string& hub_name) const {
 }
 
 Tensor Model::param(size_t i) const { return view_of(flat_params_, table_.at(i)); }
-Tensor Model::grad(size_t i) const { return view_of(flat_grads_, table_.at(i)); }
+Tensor Model::grad(size_t i) const {
+  return training_ ? view_of(flat_grads_, table_.at(i)) : Tensor{};
+}
 
 Tensor Model::W(int layer, const char* suffix) const {
   std::string name = fmt::format("backbone.layers.{}.{}", layer, suffix);
@@ -127,54 +131,52 @@ Tensor Model::Gg(const char* name) const {
 }
 
 void Model::init_weights(uint64_t seed) {
-  const int64_t n = flat_params_.numel();
-  std::vector<double> host(static_cast<size_t>(n), 0.0);
   const double range = cfg_.initializer_range;
   const double out_scale =
       cfg_.rescale_prenorm_residual ? 1.0 / std::sqrt(2.0 * static_cast<double>(cfg_.num_layers())) : 1.0;
+  fill(flat_params_, 0.0);  // padding between tensors, and biases
+  std::vector<double> host;
   for (size_t i = 0; i < table_.size(); ++i) {
     const ParamSpec& s = table_[i];
-    Rng rng(seed, /*stream=*/i + 1);
-    double* p = host.data() + s.offset;
-    const int64_t m = s.numel();
+    const Tensor dst = param(i);
+    const uint64_t stream = i + 1;  // one RNG stream per tensor: values do not depend on the device
     switch (s.role) {
       case ParamRole::Embedding:
       case ParamRole::Linear:
-        for (int64_t j = 0; j < m; ++j) p[j] = range * rng.normal();
-        break;
+        fill_normal(dst, seed, stream, 0.0f, static_cast<float>(range));
+        continue;
       case ParamRole::OutProj:
-        for (int64_t j = 0; j < m; ++j) p[j] = range * out_scale * rng.normal();
-        break;
+        fill_normal(dst, seed, stream, 0.0f, static_cast<float>(range * out_scale));
+        continue;
       case ParamRole::Norm:
       case ParamRole::D:
-        for (int64_t j = 0; j < m; ++j) p[j] = 1.0;
-        break;
+        fill(dst, 1.0);
+        continue;
       case ParamRole::Bias:
+        continue;
+      default:
         break;
-      case ParamRole::ConvWeight:
-      case ParamRole::ConvBias: {
-        double bound = 1.0 / std::sqrt(static_cast<double>(cfg_.conv_kernel));
-        for (int64_t j = 0; j < m; ++j) p[j] = bound * (2.0 * rng.uniform() - 1.0);
-        break;
-      }
-      case ParamRole::ALog:
-        for (int64_t j = 0; j < m; ++j) p[j] = std::log(1.0 + 15.0 * rng.uniform());
-        break;
-      case ParamRole::DtBias: {
+    }
+    // Small tensors drawn on the host: conv weights and biases, A_log, dt_bias.
+    Rng rng(seed, stream);
+    host.assign(static_cast<size_t>(s.numel()), 0.0);
+    for (double& v : host) {
+      if (s.role == ParamRole::ConvWeight || s.role == ParamRole::ConvBias) {
+        v = (2.0 * rng.uniform() - 1.0) / std::sqrt(static_cast<double>(cfg_.conv_kernel));
+      } else if (s.role == ParamRole::ALog) {
+        v = std::log(1.0 + 15.0 * rng.uniform());
+      } else {  // DtBias: inverse softplus of dt ~ log-uniform [dt_min, dt_max], floored
         double lo = std::log(cfg_.dt_min), hi = std::log(cfg_.dt_max);
-        for (int64_t j = 0; j < m; ++j) {
-          double dt = std::max(std::exp(lo + (hi - lo) * rng.uniform()), double(cfg_.dt_init_floor));
-          p[j] = dt + std::log(-std::expm1(-dt));  // inverse softplus
-        }
-        break;
+        double dt = std::max(std::exp(lo + (hi - lo) * rng.uniform()), double(cfg_.dt_init_floor));
+        v = dt + std::log(-std::expm1(-dt));
       }
     }
-  }
-  if (master_dtype_ == DType::F64) {
-    device_copy(flat_params_.data, device_, host.data(), Device::CPU, host.size() * sizeof(double));
-  } else {
-    std::vector<float> f(host.begin(), host.end());
-    device_copy(flat_params_.data, device_, f.data(), Device::CPU, f.size() * sizeof(float));
+    if (master_dtype_ == DType::F64) {
+      device_copy(dst.data, device_, host.data(), Device::CPU, host.size() * sizeof(double));
+    } else {
+      std::vector<float> f(host.begin(), host.end());
+      device_copy(dst.data, device_, f.data(), Device::CPU, f.size() * sizeof(float));
+    }
   }
   sync_working_copy();
 }
@@ -183,7 +185,9 @@ void Model::sync_working_copy() {
   if (flat_lowp_.defined()) convert(flat_params_, flat_lowp_);
 }
 
-void Model::zero_grads() { fill(flat_grads_, 0.0); }
+void Model::zero_grads() {
+  if (training_) fill(flat_grads_, 0.0);
+}
 
 // Activation layout: one table of tensors per layer kind, carved in order. `take(dtype, shape)`
 // either allocates from the arena or just counts bytes.
@@ -479,6 +483,7 @@ void Model::layer_backward(int l, const ModelInput& in, Tensor dres, Tensor dnor
 }
 
 void Model::backward(float loss_scale) {
+  HLM_CHECK_ARG(training_, "backward on a model built for inference only");
   HLM_CHECK_ARG(have_targets_, "backward needs a forward with targets");
   HLM_ASSERT(!la_.empty() || kinds_.empty());
   const int64_t B = B_, T = T_;

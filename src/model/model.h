@@ -54,7 +54,8 @@ class Model {
   // CPU: act_dtype F32 (training, inference) or F64 (gradient checks); master weights and
   // gradients in the same dtype. CUDA: act_dtype BF16, master weights / gradients F32 with a BF16
   // working copy.
-  Model(ModelConfig cfg, Device device, DType act_dtype);
+  // training = false: no gradient buffer (inference only).
+  Model(ModelConfig cfg, Device device, DType act_dtype, bool training = true);
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
@@ -138,6 +139,7 @@ class Model {
   std::vector<std::vector<int>> layer_params_;  // per layer: indices into table_
   Device device_;
   DType act_dtype_, master_dtype_;
+  bool training_ = true;
   Buffer params_buf_, grads_buf_, lowp_buf_;
   Tensor flat_params_, flat_grads_, flat_lowp_;
 

@@ -40,6 +40,9 @@ void add_scaled(const Tensor& x, float alpha, const Tensor& y) {
   HLM_DISPATCH(y.device, add_scaled, x, alpha, y);
 }
 void fill(const Tensor& t, double value) { HLM_DISPATCH(t.device, fill, t, value); }
+void fill_normal(const Tensor& t, uint64_t seed, uint64_t stream, float mean, float stddev) {
+  HLM_DISPATCH(t.device, fill_normal, t, seed, stream, mean, stddev);
+}
 void scale_inplace(const Tensor& t, float s) { HLM_DISPATCH(t.device, scale_inplace, t, s); }
 double sum_squares(const Tensor& t) { HLM_DISPATCH(t.device, sum_squares, t); }
 

@@ -11,6 +11,9 @@ HLM_DECLARE_OP(void, convert, (const Tensor& src, const Tensor& dst))
 HLM_DECLARE_OP(void, add_scaled, (const Tensor& x, float alpha, const Tensor& y))
 // Every element = value.
 HLM_DECLARE_OP(void, fill, (const Tensor& t, double value))
+// Element i (flat index, contiguous t) = mean + stddev · rng_normal(seed, stream, i): the same
+// values on every device (core/rng.h), so weights initialised on the GPU equal the CPU's.
+HLM_DECLARE_OP(void, fill_normal, (const Tensor& t, uint64_t seed, uint64_t stream, float mean, float stddev))
 // t *= s.
 HLM_DECLARE_OP(void, scale_inplace, (const Tensor& t, float s))
 // Σ t², accumulated in double, returned to the host; deterministic.

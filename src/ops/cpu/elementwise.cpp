@@ -1,8 +1,10 @@
 // CPU whole-tensor glue ops: dtype conversion, fills, scaled adds, scaling and the sum of squares.
 #include "ops/elementwise.h"
 
+#include <type_traits>
 #include <vector>
 
+#include "core/rng.h"
 #include "ops/cpu/common.h"
 
 namespace hlm::cpu {
@@ -139,6 +141,31 @@ void fill(const Tensor& t, double value) {
     case DType::I32: run(static_cast<int32_t>(value)); break;
     case DType::I64: run(static_cast<int64_t>(value)); break;
     default: fail(ErrorKind::Internal, "fill: dtype {} not supported", dtype_name(t.dtype));
+  }
+}
+
+void fill_normal(const Tensor& t, uint64_t seed, uint64_t stream, float mean, float stddev) {
+  const char* op = "fill_normal";
+  require_cpu(t, op, "t");
+  HLM_REQUIRE(t.is_contiguous(), ErrorKind::Internal, "{}: {} must be contiguous", op, t.describe());
+  const int64_t n = t.numel();
+  auto run = [&](auto* p) {
+    using T = std::remove_pointer_t<decltype(p)>;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i)
+      p[i] = static_cast<T>(mean + stddev * rng_normal(seed, stream, static_cast<uint64_t>(i)));
+  };
+  switch (t.dtype) {
+    case DType::F32: run(t.ptr<float>()); break;
+    case DType::F64: run(t.ptr<double>()); break;
+    case DType::BF16: {
+      uint16_t* p = t.ptr<uint16_t>();
+#pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i)
+        p[i] = f32_to_bf16_bits(mean + stddev * rng_normal(seed, stream, static_cast<uint64_t>(i)));
+      break;
+    }
+    default: fail(ErrorKind::Internal, "{}: dtype {} not supported", op, dtype_name(t.dtype));
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include <type_traits>
 
+#include "core/rng.h"
 #include "ops/cuda/common.cuh"
 
 namespace hlm::cuda {
@@ -195,6 +196,27 @@ void add_scaled(const Tensor& x, float alpha, const Tensor& y) {
           ry.ld, n);
       HLM_CUDA_CHECK_LAUNCH();
     });
+  });
+}
+
+namespace {
+template <typename T>
+__global__ void fill_normal_kernel(T* p, int64_t n, uint64_t seed, uint64_t stream_id, float mean, float stddev) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    p[i] = from_f32<T>(mean + stddev * rng_normal(seed, stream_id, static_cast<uint64_t>(i)));
+}
+}  // namespace
+
+void fill_normal(const Tensor& t, uint64_t seed, uint64_t stream_id, float mean, float stddev) {
+  const char* op = "fill_normal";
+  HLM_REQUIRE(t.is_contiguous(), ErrorKind::Internal, "{}: {} must be contiguous", op, t.describe());
+  const int64_t n = t.numel();
+  if (n == 0) return;
+  dispatch_float(t.dtype, op, [&]<typename T>() {
+    const unsigned grid = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, int64_t{num_sms()} * 32));
+    fill_normal_kernel<T><<<grid, 256, 0, stream()>>>(static_cast<T*>(t.data), n, seed, stream_id, mean, stddev);
+    HLM_CUDA_CHECK_LAUNCH();
   });
 }
 
