@@ -1,0 +1,357 @@
+// Whole-model GPU benchmarks (the seed's claims, measured with our own code):
+//   --train   the 1.43B hybrid of gpu.md's training-step reference at T = 8192: step time,
+//             tokens/s, MFU (gpu.md's formula), memory; then the longest T that trains
+//   --layers  our Mamba-2 layer vs our attention layer at the 8B shape, forward L = 2K..256K and
+//             forward + backward L = 2K..32K; one Mamba-2 decode step at batch 1 / 32
+//   --decode  an 8B-shaped hybrid (Mamba-2-Hybrid 8B pattern and sizes) vs an all-attention model of
+//             the same width, random bf16 weights: time per decoded token at contexts 4K..128K and
+//             batch 1..64, against weight bytes / 4.2 TB/s
+//   --json FILE  writes every number as JSON.
+// Times are medians of timed repeats after warm-up; the device is synchronised around each one.
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/memory.h"
+#include "core/rng.h"
+#include "model/model.h"
+#include "ops/elementwise.h"
+#include "ops/loss.h"
+#include "train/optimizer.h"
+
+using namespace hlm;
+
+namespace {
+
+nlohmann::json g_json;
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Median seconds of `reps` timed calls after `warm` untimed ones.
+double time_median(const std::function<void()>& f, int warm, int reps) {
+  for (int i = 0; i < warm; ++i) f();
+  device_synchronize(Device::CUDA);
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    double t0 = now_s();
+    f();
+    device_synchronize(Device::CUDA);
+    t.push_back(now_s() - t0);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+size_t free_bytes() {
+  size_t f = 0, total = 0;
+  cudaMemGetInfo(&f, &total);
+  return f;
+}
+
+struct DeviceTokens {
+  Buffer buf;
+  ModelInput in;
+  DeviceTokens(int64_t B, int64_t T, int64_t V, bool targets) {
+    std::vector<int32_t> ids(static_cast<size_t>(B * T)), tg(static_cast<size_t>(B * T)), pos(static_cast<size_t>(B * T));
+    Rng rng(5);
+    for (auto& v : ids) v = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
+    for (int64_t i = 0; i < B * T; ++i) {
+      tg[static_cast<size_t>(i)] = (i + 1) % T ? ids[static_cast<size_t>(i + 1)] : kIgnoreIndex;
+      pos[static_cast<size_t>(i)] = static_cast<int32_t>(i % T);
+    }
+    buf = Buffer(Device::CUDA, static_cast<size_t>(3 * B * T) * 4);
+    int32_t* p = static_cast<int32_t*>(buf.data());
+    device_copy(p, Device::CUDA, ids.data(), Device::CPU, ids.size() * 4);
+    device_copy(p + B * T, Device::CUDA, tg.data(), Device::CPU, tg.size() * 4);
+    device_copy(p + 2 * B * T, Device::CUDA, pos.data(), Device::CPU, pos.size() * 4);
+    in.ids = Tensor(p, DType::I32, Device::CUDA, {B, T});
+    if (targets) in.targets = Tensor(p + B * T, DType::I32, Device::CUDA, {B, T});
+    in.pos = Tensor(p + 2 * B * T, DType::I32, Device::CUDA, {B, T});
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+ModelConfig hybrid_1p4b() {
+  ModelConfig c;
+  c.pattern = "M-M-M--M-M*-M-M-M-M--M*-M-M-M-M-M*--M-M-M-M-M*-M--M-M-M-M-";
+  c.vocab_size = 50304;
+  c.d_model = 2048;
+  c.mamba_heads = 64;
+  c.mamba_head_dim = 64;
+  c.n_groups = 8;
+  c.ssm_state = 128;
+  c.chunk_size = 128;
+  c.attn_heads = 16;
+  c.kv_heads = 8;
+  c.attn_head_dim = 128;
+  c.mlp_hidden = 4096;
+  c.mlp_activation = Activation::ReluSquared;
+  c.norm_eps = 1e-5f;
+  c.validate();
+  return c;
+}
+
+void bench_train(int steps) {
+  ModelConfig c = hybrid_1p4b();
+  const double peak = 774e12;  // gpu.md: bf16 GEMM 8192³ through cuBLAS on this H200
+  auto run_at = [&](int64_t T, int reps, nlohmann::json& out) {
+    size_t free0 = free_bytes();
+    Model m(c, Device::CUDA, DType::BF16);
+    m.init_weights(1);
+    AdamWConfig ac;
+    AdamW opt(m.table(), Device::CUDA, DType::F32, ac);
+    DeviceTokens tok(1, T, c.vocab_size, true);
+    auto step = [&] {
+      m.zero_grads();
+      m.forward(tok.in);
+      m.backward(1.0f);
+      double gn = std::sqrt(sum_squares(m.grads()));
+      opt.step(m.params(), m.grads(), m.params_lowp(), 1e-4, gn > 1.0 ? 1.0 / gn : 1.0);
+    };
+    double t = time_median(step, 2, reps);
+    size_t used = free0 - free_bytes();
+    const int64_t nonemb = count_non_embedding_params(m.table());
+    const double flops_per_token =
+        6.0 * static_cast<double>(nonemb) + static_cast<double>(c.count(LayerKind::Attention)) * 6.0 *
+                                                static_cast<double>(T) * 16 * 128;
+    const double tps = static_cast<double>(T) / t;
+    out = {{"T", T}, {"step_ms", t * 1e3}, {"tokens_per_s", tps}, {"mfu", tps * flops_per_token / peak},
+           {"memory_gb", static_cast<double>(used) / 1e9}, {"non_embedding_params", nonemb}};
+    return t;
+  };
+  nlohmann::json main;
+  run_at(8192, steps, main);
+  fmt::print("\n## Training step, 1.43B hybrid (56 layers, d_model 2048), B = 1, T = 8192\n");
+  fmt::print("non-embedding parameters {:.3f}B (gpu.md: 1.332B)\n", main["non_embedding_params"].get<double>() / 1e9);
+  fmt::print("| | ours | PyTorch + fused reference kernels (gpu.md) | target |\n|---|---|---|---|\n");
+  fmt::print("| step | {:.1f} ms | 212 ms | |\n", main["step_ms"].get<double>());
+  fmt::print("| tokens/s | {:.1f}K | 38.6K | ≥ 46K |\n", main["tokens_per_s"].get<double>() / 1e3);
+  fmt::print("| MFU | {:.1f}% | 41.9% | ≥ 50% |\n", 100 * main["mfu"].get<double>());
+  fmt::print("| memory | {:.1f} GB | 44 GB | |\n", main["memory_gb"].get<double>());
+  g_json["train"] = main;
+
+  fmt::print("\n### Longest sequence that trains (one step forward + backward + AdamW)\n| T | step | memory |\n|---|---|---|\n");
+  nlohmann::json longest = nlohmann::json::array();
+  for (int64_t T = 16384; T <= (int64_t{1} << 20); T *= 2) {
+    nlohmann::json r;
+    try {
+      run_at(T, 1, r);
+    } catch (const Error& e) {
+      fmt::print("| {}K | does not fit: {} |  |\n", T / 1024, e.what());
+      longest.push_back({{"T", T}, {"error", e.what()}});
+      break;
+    }
+    fmt::print("| {}K | {:.0f} ms | {:.1f} GB |\n", T / 1024, r["step_ms"].get<double>(), r["memory_gb"].get<double>());
+    longest.push_back(r);
+    if (r["step_ms"].get<double>() > 30000) break;
+  }
+  g_json["train_longest"] = longest;
+}
+
+// ---------------------------------------------------------------------------------------------
+ModelConfig layer_8b(const std::string& pattern) {
+  ModelConfig c;
+  c.pattern = pattern;
+  c.vocab_size = 256;
+  c.d_model = 4096;
+  c.mamba_heads = 128;
+  c.mamba_head_dim = 64;
+  c.n_groups = 8;
+  c.ssm_state = 128;
+  c.chunk_size = 128;
+  c.attn_heads = 32;
+  c.kv_heads = 8;
+  c.attn_head_dim = 128;
+  c.mlp_hidden = 16384;
+  c.mlp_activation = Activation::Gelu;
+  c.validate();
+  return c;
+}
+
+void bench_layers() {
+  const int64_t Ls[] = {2048, 8192, 32768, 131072, 262144};
+  const double ref_mamba_fwd[] = {1.06, 3.40, 13.7, 55.4, 110};
+  const double ref_attn_fwd[] = {0.32, 2.02, 18.9, 274, 1101};
+  const double ref_mamba_fb[] = {7.93, 11.5, 45.7};
+  const double ref_attn_fb[] = {1.23, 7.06, 69.0};
+  nlohmann::json out = nlohmann::json::array();
+  fmt::print("\n## One layer at the 8B shape, batch 1 (bf16): our Mamba-2 layer vs our attention layer\n");
+  fmt::print("| L | Mamba-2 fwd | ref (fused) | attention fwd | ref | ratio attn/Mamba | Mamba-2 fwd+bwd | ref | attention fwd+bwd | ref |\n");
+  fmt::print("|---|---|---|---|---|---|---|---|---|---|\n");
+  Model mamba(layer_8b("M"), Device::CUDA, DType::BF16);
+  Model attn(layer_8b("*"), Device::CUDA, DType::BF16);
+  mamba.init_weights(1);
+  attn.init_weights(1);
+  for (int i = 0; i < 5; ++i) {
+    const int64_t L = Ls[i];
+    nlohmann::json r{{"L", L}};
+    DeviceTokens tok(1, L, 256, true);
+    ModelInput fwd_in = tok.in;
+    fwd_in.targets = Tensor{};
+    int reps = L >= 131072 ? 3 : 10;
+    double tm = time_median([&] { mamba.forward(fwd_in); }, 1, reps);
+    double ta = time_median([&] { attn.forward(fwd_in); }, 1, reps);
+    r["mamba_fwd_ms"] = tm * 1e3;
+    r["attn_fwd_ms"] = ta * 1e3;
+    std::string fb = "| — | — | — | — |";
+    if (i < 3) {
+      double tmb = time_median([&] { mamba.zero_grads(); mamba.forward(tok.in); mamba.backward(1.0f); }, 1, reps);
+      double tab = time_median([&] { attn.zero_grads(); attn.forward(tok.in); attn.backward(1.0f); }, 1, reps);
+      r["mamba_fwd_bwd_ms"] = tmb * 1e3;
+      r["attn_fwd_bwd_ms"] = tab * 1e3;
+      fb = fmt::format("| {:.2f} | {:.2f} | {:.2f} | {:.2f} |", tmb * 1e3, ref_mamba_fb[i], tab * 1e3, ref_attn_fb[i]);
+    }
+    fmt::print("| {}K | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.1f}× {}\n", L / 1024, tm * 1e3, ref_mamba_fwd[i], ta * 1e3,
+               ref_attn_fwd[i], ta / tm, fb);
+    out.push_back(r);
+  }
+  g_json["layers"] = out;
+
+  // One decode step of the Mamba-2 layer (mixer + its norm; the model's embedding / head are tiny).
+  fmt::print("\n## One decode step of the 8B Mamba-2 layer (CUDA graph replay)\n| batch | ours | reference (gpu.md, CUDA graph) | target |\n|---|---|---|---|\n");
+  nlohmann::json dec = nlohmann::json::array();
+  for (int64_t B : {1, 32}) {
+    InferenceState st = mamba.new_state(B, 8);
+    fill(st.layers[0].ssm, 0.01);
+    fill(st.layers[0].conv, 0.01);
+    Buffer ids(Device::CUDA, static_cast<size_t>(B) * 4);
+    std::vector<int32_t> host_ids(static_cast<size_t>(B), 3);
+    device_copy(ids.data(), Device::CUDA, host_ids.data(), Device::CPU, host_ids.size() * 4);
+    Tensor idt(ids.data(), DType::I32, Device::CUDA, {B});
+    double t = time_median([&] {
+      st.length = 0;  // the state's length only bounds the KV caches, which a Mamba layer has none of
+      mamba.decode(idt, st);
+    }, 3, 50);
+    fmt::print("| {} | {:.1f} µs | {} µs | {} |\n", B, t * 1e6, B == 1 ? 86 : 166, B == 1 ? "≤ 60 µs" : "");
+    dec.push_back({{"batch", B}, {"step_us", t * 1e6}, {"graph", st.use_graph}});
+  }
+  g_json["mamba_decode_step"] = dec;
+}
+
+// ---------------------------------------------------------------------------------------------
+ModelConfig decode_model(bool hybrid) {
+  ModelConfig c = layer_8b(hybrid ? "M-M-M--M-M*-M-M-M-M--M*-M-M-M-M-M*--M-M-M-M-M*-M--M-M-M-M-"
+                                  : std::string("*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-*-"));
+  c.vocab_size = 50304;
+  return c;
+}
+
+void bench_decode(const std::vector<int64_t>& contexts, const std::vector<int64_t>& batches) {
+  nlohmann::json out = nlohmann::json::array();
+  std::map<std::pair<int64_t, int64_t>, double> hybrid_ms;
+  for (bool hybrid : {true, false}) {
+    ModelConfig c = decode_model(hybrid);
+    Model m(c, Device::CUDA, DType::BF16, /*training=*/false);
+    m.init_weights(2);
+    const double weight_bytes = static_cast<double>(param_arena_numel(m.table())) * 2;
+    const double floor_ms = weight_bytes / 4.2e12 * 1e3;
+    fmt::print("\n## Decode, {} ({} layers: {} Mamba-2, {} attention, {} MLP; {:.2f}B parameters)\n",
+               hybrid ? "8B-shaped hybrid" : "all-attention model of the same width", c.num_layers(),
+               c.count(LayerKind::Mamba), c.count(LayerKind::Attention), c.count(LayerKind::Mlp), weight_bytes / 2e9);
+    fmt::print("weight bytes / 4.2 TB/s = {:.2f} ms per step\n", floor_ms);
+    fmt::print("| context | batch | ms / step | tokens/s | step / weight floor |{}\n|---|---|---|---|---|{}\n",
+               hybrid ? "" : " hybrid speed-up |", hybrid ? "" : "---|");
+    for (int64_t ctx : contexts) {
+      for (int64_t B : batches) {
+        nlohmann::json r{{"model", hybrid ? "hybrid" : "attention"}, {"context", ctx}, {"batch", B}};
+        const double kv = static_cast<double>(c.count(LayerKind::Attention)) * 2 * static_cast<double>(B) *
+                          static_cast<double>(ctx + 64) * static_cast<double>(c.kv_heads * c.head_dim()) * 2;
+        const double ssm = static_cast<double>(c.count(LayerKind::Mamba)) * static_cast<double>(B) *
+                           static_cast<double>(c.d_inner() * c.ssm_state) * 4;
+        if (kv + ssm > static_cast<double>(free_bytes()) * 0.9) {
+          fmt::print("| {}K | {} | — (state {:.0f} GB does not fit) | | |{}\n", ctx / 1024, B, (kv + ssm) / 1e9,
+                     hybrid ? "" : " |");
+          r["error"] = "does not fit";
+          out.push_back(r);
+          continue;
+        }
+        InferenceState st = m.new_state(B, ctx + 64);
+        for (auto& ls : st.layers) {
+          if (ls.k_cache.defined()) {
+            fill(ls.k_cache, 0.01);
+            fill(ls.v_cache, 0.02);
+          }
+          if (ls.ssm.defined()) fill(ls.ssm, 0.01);
+          if (ls.conv.defined()) fill(ls.conv, 0.01);
+        }
+        Buffer ids(Device::CUDA, static_cast<size_t>(B) * 4);
+        Tensor idt(ids.data(), DType::I32, Device::CUDA, {B});
+        std::vector<int32_t> host_ids(static_cast<size_t>(B), 7);
+        device_copy(ids.data(), Device::CUDA, host_ids.data(), Device::CPU, host_ids.size() * 4);
+        st.length = ctx;
+        double t = time_median([&] { m.decode(idt, st); }, 3, 20);
+        r["step_ms"] = t * 1e3;
+        r["tokens_per_s"] = static_cast<double>(B) / t;
+        r["floor_ratio"] = t * 1e3 / floor_ms;
+        r["graph"] = st.use_graph;
+        std::string extra;
+        if (hybrid) {
+          hybrid_ms[{ctx, B}] = t * 1e3;
+        } else if (hybrid_ms.count({ctx, B})) {
+          extra = fmt::format(" {:.2f}× |", t * 1e3 / hybrid_ms[{ctx, B}]);
+          r["hybrid_speedup"] = t * 1e3 / hybrid_ms[{ctx, B}];
+        } else {
+          extra = " |";
+        }
+        fmt::print("| {}K | {} | {:.2f} | {:.0f} | {:.2f} |{}\n", ctx / 1024, B, t * 1e3, static_cast<double>(B) / t,
+                   t * 1e3 / floor_ms, extra);
+        out.push_back(r);
+      }
+    }
+  }
+  g_json["decode"] = out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool train = false, layers = false, decode = false;
+  std::string json_path;
+  int steps = 5;
+  std::vector<int64_t> contexts = {4096, 16384, 32768, 65536, 131072}, batches = {1, 8, 32, 64};
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--train") train = true;
+    else if (a == "--layers") layers = true;
+    else if (a == "--decode") decode = true;
+    else if (a == "--json" && i + 1 < argc) json_path = argv[++i];
+    else if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
+    else if (a == "--quick") {
+      contexts = {4096, 32768};
+      batches = {1, 32};
+    } else {
+      fmt::print(stderr, "usage: bench_model_cuda [--train] [--layers] [--decode] [--quick] [--steps N] [--json FILE]\n");
+      return 2;
+    }
+  }
+  if (!cuda_available()) {
+    fmt::print("skipped: no GPU\n");
+    return 0;
+  }
+  cudaDeviceProp p{};
+  cudaGetDeviceProperties(&p, 0);
+  fmt::print("device: {} ({} SMs)\n", p.name, p.multiProcessorCount);
+  g_json["device"] = p.name;
+  try {
+    if (train) bench_train(steps);
+    if (layers) bench_layers();
+    if (decode) bench_decode(contexts, batches);
+  } catch (const Error& e) {
+    fmt::print(stderr, "bench_model_cuda: error: {}\n", e.what());
+    if (!json_path.empty()) std::ofstream(json_path) << g_json.dump(2);
+    return 1;
+  }
+  if (!json_path.empty()) std::ofstream(json_path) << g_json.dump(2);
+  return 0;
+}
