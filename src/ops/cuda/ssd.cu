@@ -59,10 +59,12 @@ void require(const Tensor& t, std::initializer_list<int64_t> shape, const char* 
   int d = 0;
   for (int64_t s : shape) ok = ok && t.shape[static_cast<size_t>(d++)] == s;
   if (!ok) {
-    std::string want = "[";
-    d = 0;
-    for (int64_t s : shape) want += (d++ ? "," : "") + std::to_string(s);
-    fail(ErrorKind::InvalidArgument, "ssd (CUDA): {} has shape {}, expected {}]", what, t.shape_str(), want);
+    std::string want;
+    for (int64_t s : shape) {
+      if (!want.empty()) want += ',';
+      want += std::to_string(s);
+    }
+    fail(ErrorKind::InvalidArgument, "ssd (CUDA): {} has shape {}, expected [{}]", what, t.shape_str(), want);
   }
 }
 void require_opt(const Tensor& t, std::initializer_list<int64_t> shape, const char* what) {

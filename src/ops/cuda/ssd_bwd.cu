@@ -31,7 +31,7 @@ struct SweepLayout {
 };
 
 template <int Q, int P, int N>
-__global__ void __launch_bounds__(256, 2) ssd_state_sweep_kernel(const SsdArgs a) {
+__global__ void __launch_bounds__(256, P <= 64 ? 2 : 1) ssd_state_sweep_kernel(const SsdArgs a) {
   using Cfg = FastCfg<Q, P, N>;
   using L = SweepLayout<Cfg>;
   constexpr int LDX = Cfg::LDX, LDN = Cfg::LDN;
@@ -140,7 +140,11 @@ struct ChunkLayout {
   static constexpr size_t kM = size_t{Cfg::Q} * Cfg::LDQ * 2;
   static constexpr size_t kH = size_t{Cfg::P} * Cfg::LDN * 2;
   // Per-head tiles are double-buffered (next head prefetched during this one) when that fits.
-  static constexpr size_t kRest = 2 * kN + kM + 3 * Cfg::Q * 4 + sizeof(ChunkScan<Cfg::Q>) + sizeof(ChunkReduce<Cfg>);
+  // G and the head sum of dG live in shared memory in accumulator order, one column per thread
+  // (conflict-free), to keep the kernel within 255 registers.
+  static constexpr size_t kPriv = size_t{Cfg::kQTiles} * 4 * Cfg::kThreads * 4;
+  static constexpr size_t kRest =
+      2 * kN + kM + 3 * Cfg::Q * 4 + sizeof(ChunkScan<Cfg::Q>) + sizeof(ChunkReduce<Cfg>) + 2 * kPriv;
   static constexpr int kHeadBufs = kRest + 2 * (2 * kX + 2 * kH) <= 227 * 1024 ? 2 : 1;
   static constexpr size_t bs = 0;
   static constexpr size_t cs = bs + kN;
@@ -153,7 +157,9 @@ struct ChunkLayout {
   static constexpr size_t bnd = raw + 2 * Cfg::Q * 4;
   static constexpr size_t scan = bnd + Cfg::Q * 4;
   static constexpr size_t red = scan + sizeof(ChunkScan<Cfg::Q>);
-  static constexpr size_t total = red + sizeof(ChunkReduce<Cfg>);
+  static constexpr size_t gp = red + sizeof(ChunkReduce<Cfg>);
+  static constexpr size_t dgp = gp + kPriv;
+  static constexpr size_t total = dgp + kPriv;
   static_assert(total <= 227 * 1024, "chunk kernel shared memory");
 };
 
@@ -176,6 +182,8 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
   auto* bnd = reinterpret_cast<int*>(sm + L::bnd);
   auto& sc = *reinterpret_cast<ChunkScan<Q>*>(sm + L::scan);
   auto& red = *reinterpret_cast<ChunkReduce<Cfg>*>(sm + L::red);
+  auto* Gp = reinterpret_cast<float*>(sm + L::gp);    // [kQTiles*4][256]: G = C Bᵀ
+  auto* dGp = reinterpret_cast<float*>(sm + L::dgp);  // [kQTiles*4][256]: sum over heads of dG
 
   const int c = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
   const int hpg = a.H / a.G;
@@ -215,11 +223,12 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
   __syncthreads();
 
   // G = C Bᵀ (this warp's [16, kQCols] tile), kept for all heads.
-  float G[kQT][4], dGs[kQT][4];
+  {
+  float G[kQT][4];
 #pragma unroll
   for (int j = 0; j < kQT; ++j)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) G[j][i] = dGs[j][i] = 0.f;
+    for (int i = 0; i < 4; ++i) G[j][i] = 0.f;
   if (diag_tiles) {
 #pragma unroll
     for (int kk = 0; kk < N / 16; ++kk) {
@@ -233,6 +242,14 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
           mma::mma_bf16(G[j], af, bfr[0], bfr[1]);
           mma::mma_bf16(G[j + 1], af, bfr[2], bfr[3]);
         }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kQT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      Gp[(4 * j + i) * Cfg::kThreads + tid] = G[j][i];
+      dGp[(4 * j + i) * Cfg::kThreads + tid] = 0.f;
     }
   }
   float dCa[kNT][4], dBa[kNT][4];
@@ -325,11 +342,12 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
             const int ss = s + e, i = 2 * half + e;
             const float Lm = (ss <= t && sc.seg[ss] == sc.seg[t]) ? __expf(fminf(sc.cum[t] - sc.cum[ss], 0.f)) : 0.f;
             const float dg = dyx[j][i] * sc.dt[ss] * Lm;
-            dGs[j][i] += dg;
-            const float z = dg * G[j][i];
+            const float gv = Gp[(4 * j + i) * Cfg::kThreads + tid];
+            dGp[(4 * j + i) * Cfg::kThreads + tid] += dg;
+            const float z = dg * gv;
             zr[half] += z;
             zc[j][e] += z;
-            m[e] = G[j][i] * Lm;
+            m[e] = gv * Lm;
             if (ss == t) red.ddiag[t] = dyx[j][i];
           }
           *reinterpret_cast<uint32_t*>(Ms + t * LDQ + s) = mma::pack_bf16x2(m[0], m[1]);
@@ -524,7 +542,8 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int t = mma::acc_row(r0, 2 * half), s = mma::acc_col(q0 + 8 * j, 0);
-      *reinterpret_cast<uint32_t*>(Ms + t * LDQ + s) = mma::pack_bf16x2(dGs[j][2 * half], dGs[j][2 * half + 1]);
+      *reinterpret_cast<uint32_t*>(Ms + t * LDQ + s) = mma::pack_bf16x2(
+          dGp[(4 * j + 2 * half) * Cfg::kThreads + tid], dGp[(4 * j + 2 * half + 1) * Cfg::kThreads + tid]);
     }
   __syncthreads();
   for (int ks = 0; ks <= wr; ++ks) {
