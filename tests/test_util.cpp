@@ -78,6 +78,46 @@ double norm_rel_error(const HostTensor& a, const HostTensor& b) {
   return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
 }
 
+HostTensor randn(DType dtype, std::vector<int64_t> shape, uint64_t seed, double stddev) {
+  HostTensor h(dtype, std::move(shape));
+  fill_normal(h, seed, stddev);
+  return h;
+}
+
+HostTensor copy_of(const HostTensor& h) {
+  HostTensor c(h.t.dtype, std::vector<int64_t>(h.t.shape.begin(), h.t.shape.begin() + h.t.ndim));
+  c.storage = h.storage;
+  c.t.data = c.storage.data();
+  return c;
+}
+
+double dot(const HostTensor& a, const HostTensor& b) {
+  double s = 0;
+  for (int64_t i = 0; i < b.t.numel(); ++i) s += a.get(i) * b.get(i);
+  return s;
+}
+
+double fd_direction_error(HostTensor& x, const HostTensor& grad,
+                          const std::function<double()>& loss, uint64_t seed, double eps) {
+  const int64_t n = x.t.numel();
+  std::vector<double> u(static_cast<size_t>(n)), x0(static_cast<size_t>(n));
+  Rng rng(seed, 13);
+  double analytic = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    u[static_cast<size_t>(i)] = rng.normal();
+    x0[static_cast<size_t>(i)] = x.get(i);
+    analytic += grad.get(i) * u[static_cast<size_t>(i)];
+  }
+  auto shifted = [&](double s) {
+    for (int64_t i = 0; i < n; ++i) x.set(i, x0[static_cast<size_t>(i)] + s * u[static_cast<size_t>(i)]);
+    return loss();
+  };
+  const double fd = (shifted(eps) - shifted(-eps)) / (2 * eps);
+  for (int64_t i = 0; i < n; ++i) x.set(i, x0[static_cast<size_t>(i)]);
+  const double scale = std::max(std::fabs(fd), std::fabs(analytic));
+  return scale == 0 ? 0.0 : std::fabs(fd - analytic) / scale;
+}
+
 std::string source_path(const std::string& rel) { return std::string(HLM_SOURCE_DIR) + "/" + rel; }
 
 }  // namespace hlm::test

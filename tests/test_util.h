@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,20 @@ void fill_normal(HostTensor& h, uint64_t seed, double stddev);
 double max_rel_error(const HostTensor& a, const HostTensor& b);
 // ‖a − b‖₂ / ‖b‖₂; NaN gives +inf.
 double norm_rel_error(const HostTensor& a, const HostTensor& b);
+// A host tensor of the given dtype and shape filled with normal values (stddev) from seed.
+HostTensor randn(DType dtype, std::vector<int64_t> shape, uint64_t seed, double stddev = 1.0);
+// A deep copy (HostTensor itself is move-only).
+HostTensor copy_of(const HostTensor& h);
+// Σ a·b over all elements (as doubles).
+double dot(const HostTensor& a, const HostTensor& b);
+
+// Directional central-difference check of an analytic gradient. u is a random normal direction
+// (from seed); fd = (loss(x + εu) − loss(x − εu)) / 2ε, analytic = Σ grad·u. loss() must recompute
+// the scalar from the current contents of x. Returns |fd − analytic| / max(|fd|, |analytic|);
+// x is restored. Use float64 tensors.
+double fd_direction_error(HostTensor& x, const HostTensor& grad,
+                          const std::function<double()>& loss, uint64_t seed, double eps = 1e-6);
+
 // Path of a file under the source tree.
 std::string source_path(const std::string& rel);
 

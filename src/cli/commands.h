@@ -6,5 +6,7 @@
 namespace hlm::cli {
 
 void add_version_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
+void add_preprocess_command(CLI::App& app);
 
 }  // namespace hlm::cli

@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
   CLI::App app{"hybridlm: train, fine-tune and serve hybrid Mamba-2 / attention language models"};
   app.require_subcommand(1);
   hlm::cli::add_version_command(app);
+  hlm::cli::add_tokenize_command(app);
+  hlm::cli::add_preprocess_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

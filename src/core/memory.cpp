@@ -102,31 +102,61 @@ void device_synchronize(Device device) {
 #endif
 }
 
+namespace {
+// Length of the packed suffix (in elements) shared by both tensors, and the dims it covers.
+int packed_suffix(const Tensor& a, const Tensor& b, int64_t* block) {
+  int64_t n = 1;
+  int d = a.ndim - 1;
+  for (; d >= 0; --d) {
+    const size_t k = static_cast<size_t>(d);
+    if (a.shape[k] != 1 && (a.stride[k] != n || b.stride[k] != n)) break;
+    n *= a.shape[k];
+  }
+  *block = n;
+  return d + 1;  // dims [0, d+1) remain to iterate
+}
+}  // namespace
+
 void copy_tensor(const Tensor& dst, const Tensor& src) {
-  HLM_REQUIRE(dst.dtype == src.dtype && dst.numel() == src.numel(), ErrorKind::Internal,
+  HLM_REQUIRE(dst.dtype == src.dtype && same_shape(dst, src), ErrorKind::Internal,
               "copy_tensor: {} from {}", dst.describe(), src.describe());
   if (src.numel() == 0) return;
-  if (dst.is_contiguous() && src.is_contiguous()) {
-    device_copy(dst.data, dst.device, src.data, src.device, src.nbytes());
+  const size_t es = dtype_size(src.dtype);
+  int64_t block = 1;
+  const int outer = packed_suffix(dst, src, &block);
+  if (outer == 0) {
+    device_copy(dst.data, dst.device, src.data, src.device, static_cast<size_t>(block) * es);
     return;
   }
-  RowView d = as_rows(dst, 1, "copy_tensor dst");
-  RowView s = as_rows(src, 1, "copy_tensor src");
-  HLM_ASSERT(d.rows == s.rows && d.cols == s.cols);
-  size_t es = dtype_size(src.dtype);
+  // The innermost outer dim becomes the row count of a 2-D copy; the rest are looped.
+  const size_t k = static_cast<size_t>(outer - 1);
+  const int64_t rows = src.shape[k];
+  int64_t count = 1;
+  for (size_t d = 0; d < k; ++d) count *= src.shape[d];
+  for (int64_t i = 0; i < count; ++i) {
+    int64_t rem = i, so = 0, dof = 0;
+    for (int d = static_cast<int>(k) - 1; d >= 0; --d) {
+      const size_t u = static_cast<size_t>(d);
+      const int64_t idx = rem % src.shape[u];
+      rem /= src.shape[u];
+      so += idx * src.stride[u];
+      dof += idx * dst.stride[u];
+    }
+    char* dp = static_cast<char*>(dst.data) + dof * static_cast<int64_t>(es);
+    const char* sp = static_cast<const char*>(src.data) + so * static_cast<int64_t>(es);
 #ifdef HLM_CUDA
-  if (dst.device == Device::CUDA || src.device == Device::CUDA) {
-    cuda_check(cudaMemcpy2D(d.data, static_cast<size_t>(d.ld) * es, s.data,
-                            static_cast<size_t>(s.ld) * es, static_cast<size_t>(s.cols) * es,
-                            static_cast<size_t>(s.rows), cudaMemcpyDefault),
-               "cudaMemcpy2D");
-    return;
-  }
+    if (dst.device == Device::CUDA || src.device == Device::CUDA) {
+      cuda_check(cudaMemcpy2D(dp, static_cast<size_t>(dst.stride[k]) * es, sp,
+                              static_cast<size_t>(src.stride[k]) * es, static_cast<size_t>(block) * es,
+                              static_cast<size_t>(rows), cudaMemcpyDefault),
+                 "cudaMemcpy2D");
+      continue;
+    }
 #endif
-  for (int64_t r = 0; r < s.rows; ++r)
-    device_copy(static_cast<char*>(d.data) + static_cast<size_t>(r * d.ld) * es, dst.device,
-                static_cast<const char*>(s.data) + static_cast<size_t>(r * s.ld) * es, src.device,
-                static_cast<size_t>(s.cols) * es);
+    for (int64_t r = 0; r < rows; ++r)
+      std::memmove(dp + r * dst.stride[k] * static_cast<int64_t>(es),
+                   sp + r * src.stride[k] * static_cast<int64_t>(es), static_cast<size_t>(block) * es);
+  }
 }
 
 Buffer::Buffer(Device device, size_t bytes)

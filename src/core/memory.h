@@ -65,6 +65,9 @@ class Arena {
   Arena() = default;
   Arena(Device device, size_t capacity) : buffer_(device, capacity) {}
   static size_t bytes_for(DType dtype, Shape shape);
+  static size_t bytes_for(DType dtype, std::initializer_list<int64_t> s) {
+    return bytes_for(dtype, Shape(s.begin(), s.size()));
+  }
 
   Tensor alloc(DType dtype, Shape shape);
   Tensor alloc(DType dtype, std::initializer_list<int64_t> s) {

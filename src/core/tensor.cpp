@@ -77,6 +77,37 @@ Tensor Tensor::select(int dim, int64_t i) const {
   return t;
 }
 
+Tensor Tensor::split_last(Shape inner) const {
+  HLM_ASSERT(ndim >= 1 && stride[static_cast<size_t>(ndim - 1)] == 1);
+  HLM_ASSERT(ndim - 1 + static_cast<int>(inner.size()) <= kMaxDims);
+  int64_t n = 1;
+  for (int64_t s : inner) n *= s;
+  HLM_REQUIRE(n == shape[static_cast<size_t>(ndim - 1)], ErrorKind::Internal,
+              "split_last: {} into {} elements", shape_str(), n);
+  Tensor t = *this;
+  t.ndim = ndim - 1 + static_cast<int>(inner.size());
+  int64_t st = 1;
+  for (int d = t.ndim - 1, k = static_cast<int>(inner.size()) - 1; k >= 0; --d, --k) {
+    t.shape[static_cast<size_t>(d)] = inner[static_cast<size_t>(k)];
+    t.stride[static_cast<size_t>(d)] = st;
+    st *= inner[static_cast<size_t>(k)];
+  }
+  return t;
+}
+
+Tensor Tensor::rows2d() const {
+  RowView r = as_rows(*this, 1, "rows2d");
+  Tensor t = *this;
+  t.ndim = 2;
+  t.shape = {};
+  t.stride = {};
+  t.shape[0] = r.rows;
+  t.shape[1] = r.cols;
+  t.stride[0] = r.ld;
+  t.stride[1] = 1;
+  return t;
+}
+
 std::string Tensor::shape_str() const {
   std::string s = "[";
   for (int d = 0; d < ndim; ++d) {

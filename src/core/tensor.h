@@ -57,6 +57,12 @@ struct Tensor {
   Tensor slice(int dim, int64_t start, int64_t len) const;
   // Drops dimension dim at index i.
   Tensor select(int dim, int64_t i) const;
+  // Splits the (packed) last dimension into `inner` dims, keeping the leading strides: turns a
+  // column slice [B,T,H·P] of a wider activation into [B,T,H,P] without a copy.
+  Tensor split_last(Shape inner) const;
+  Tensor split_last(std::initializer_list<int64_t> s) const { return split_last(Shape(s.begin(), s.size())); }
+  // Merges all but the last dimension (which must collapse to uniform rows): [B,T,C] → [B·T,C].
+  Tensor rows2d() const;
 
   std::string shape_str() const;  // "[2,3,4]"
   std::string describe() const;   // "F32[2,3,4] on CPU"

@@ -43,6 +43,10 @@ struct ModelConfig {
   float dt_min = 0.001f, dt_max = 0.1f, dt_init_floor = 1e-4f;  // initialisation of dt_bias
   float dt_limit_min = 0.0f;                                     // clamp of softplus(dt + bias)
   float dt_limit_max = std::numeric_limits<float>::infinity();
+  // Whether the one-token decode step clamps dt to the limits too. transformers (both models) and
+  // mamba_ssm clamp only in the chunked scan (prefill / training), never in the recurrent step:
+  // false reproduces them, and differs only where softplus(dt + bias) leaves the limits.
+  bool dt_limit_in_decode = false;
   int64_t mamba_norm_group_size = 0;  // gated RMSNorm group width; 0 = d_inner / n_groups
 
   // attention

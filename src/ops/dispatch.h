@@ -4,6 +4,7 @@
 #pragma once
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "core/tensor.h"
 
 #define HLM_DECLARE_OP(ret, fn, params) \
@@ -20,11 +21,14 @@ namespace hlm {
 [[noreturn]] void no_cuda_backend(const char* op);
 }  // namespace hlm
 
+// Every dispatched call is a profile scope (see core/profile.h; off by default).
 #ifdef HLM_CUDA
-#define HLM_DISPATCH(device, fn, ...) \
+#define HLM_DISPATCH(device, fn, ...)                                          \
+  ::hlm::ProfileScope hlm_scope_(#fn, (device) == ::hlm::Device::CUDA);        \
   return (device) == ::hlm::Device::CPU ? ::hlm::cpu::fn(__VA_ARGS__) : ::hlm::cuda::fn(__VA_ARGS__)
 #else
 #define HLM_DISPATCH(device, fn, ...)                              \
+  ::hlm::ProfileScope hlm_scope_(#fn);                             \
   if ((device) != ::hlm::Device::CPU) ::hlm::no_cuda_backend(#fn); \
   return ::hlm::cpu::fn(__VA_ARGS__)
 #endif

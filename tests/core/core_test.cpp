@@ -114,3 +114,24 @@ TEST(Arena, CarvesAlignedTensorsAndRejectsOverflow) {
 
 }  // namespace
 }  // namespace hlm
+
+namespace hlm {
+namespace {
+TEST(Memory, CopyTensorHandlesStridedViews) {
+  // A [2,3,2,4] slab copied into positions 1..3 of a [2,5,2,4] cache (the KV-cache write).
+  std::vector<float> src(2 * 3 * 2 * 4), cache(2 * 5 * 2 * 4, -1.0f);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<float>(i);
+  Tensor s(src.data(), DType::F32, Device::CPU, {2, 3, 2, 4});
+  Tensor c(cache.data(), DType::F32, Device::CPU, {2, 5, 2, 4});
+  copy_tensor(c.slice(1, 1, 3), s);
+  for (int b = 0; b < 2; ++b)
+    for (int t = 0; t < 5; ++t)
+      for (int j = 0; j < 8; ++j) {
+        float want = (t >= 1 && t < 4) ? src[static_cast<size_t>((b * 3 + t - 1) * 8 + j)] : -1.0f;
+        ASSERT_EQ(cache[static_cast<size_t>((b * 5 + t) * 8 + j)], want);
+      }
+  std::vector<float> back = to_host<float>(c.slice(1, 1, 3));
+  EXPECT_EQ(back, src);
+}
+}  // namespace
+}  // namespace hlm

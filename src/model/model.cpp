@@ -1,0 +1,688 @@
+// The hybrid model's forward, backward and inference steps, written once over device-neutral ops.
+#include "model/model.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/rng.h"
+#include "ops/activation.h"
+#include "ops/attention.h"
+#include "ops/conv1d.h"
+#include "ops/elementwise.h"
+#include "ops/embedding.h"
+#include "ops/gemm.h"
+#include "ops/loss.h"
+#include "ops/norm.h"
+#include "ops/ssd.h"
+
+namespace hlm {
+
+std::vector<int32_t> positions_from_docs(const int32_t* doc, int64_t B, int64_t T) {
+  std::vector<int32_t> pos(static_cast<size_t>(B * T));
+  for (int64_t b = 0; b < B; ++b) {
+    int32_t p = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      int64_t i = b * T + t;
+      if (t > 0 && doc && doc[i] != doc[i - 1]) p = 0;
+      pos[static_cast<size_t>(i)] = p++;
+    }
+  }
+  return pos;
+}
+
+namespace {
+
+DType stat_dtype(DType act) { return act == DType::F64 ? DType::F64 : DType::F32; }
+
+// Roles whose working copy stays in the master dtype on CUDA: tiny vectors that the SSD reads in
+// fp32 (design contract: dt, decays in fp32).
+bool keeps_master_precision(ParamRole r) {
+  return r == ParamRole::ALog || r == ParamRole::D || r == ParamRole::DtBias;
+}
+
+Tensor view_of(const Tensor& flat, const ParamSpec& s) {
+  Tensor t(flat.at_offset(s.offset), flat.dtype, flat.device,
+           Shape(s.shape.data(), s.shape.size()));
+  return t;
+}
+
+// Conv weights are [C,1,K] in HF layout; ops take [C,K].
+Tensor conv2d_view(const Tensor& w) { return w.defined() ? w.reshape({w.size(0), w.size(2)}) : w; }
+
+}  // namespace
+
+Model::Model(ModelConfig cfg, Device device, DType act_dtype)
+    : cfg_(std::move(cfg)), device_(device), act_dtype_(act_dtype) {
+  cfg_.validate();
+  kinds_ = cfg_.layers();
+  table_ = param_table(cfg_);
+  if (device_ == Device::CPU) {
+    HLM_CHECK_ARG(act_dtype == DType::F32 || act_dtype == DType::F64,
+                  "the CPU model runs in F32 or F64, not {}", dtype_name(act_dtype));
+    master_dtype_ = act_dtype;
+  } else {
+    HLM_CHECK_ARG(act_dtype == DType::BF16, "the CUDA model runs in BF16, not {}",
+                  dtype_name(act_dtype));
+    master_dtype_ = DType::F32;
+  }
+  layer_params_.resize(kinds_.size());
+  for (size_t i = 0; i < table_.size(); ++i)
+    if (table_[i].layer >= 0) layer_params_[static_cast<size_t>(table_[i].layer)].push_back(static_cast<int>(i));
+
+  int64_t n = param_arena_numel(table_);
+  size_t mb = static_cast<size_t>(n) * dtype_size(master_dtype_);
+  params_buf_ = Buffer(device_, mb);
+  grads_buf_ = Buffer(device_, mb);
+  flat_params_ = params_buf_.as(master_dtype_, {n});
+  flat_grads_ = grads_buf_.as(master_dtype_, {n});
+  fill(flat_params_, 0.0);
+  fill(flat_grads_, 0.0);
+  if (device_ == Device::CUDA) {
+    lowp_buf_ = Buffer(device_, static_cast<size_t>(n) * dtype_size(DType::BF16));
+    flat_lowp_ = lowp_buf_.as(DType::BF16, {n});
+    fill(flat_lowp_, 0.0);
+  }
+}
+
+int Model::find(const std::string& hub_name) const {
+  for (size_t i = 0; i < table_.size(); ++i)
+    if (table_[i].name == hub_name) return static_cast<int>(i);
+  return -1;
+}
+
+Tensor Model::param(size_t i) const { return view_of(flat_params_, table_.at(i)); }
+Tensor Model::grad(size_t i) const { return view_of(flat_grads_, table_.at(i)); }
+
+Tensor Model::W(int layer, const char* suffix) const {
+  std::string name = fmt::format("backbone.layers.{}.{}", layer, suffix);
+  for (int i : layer_params_[static_cast<size_t>(layer)]) {
+    const ParamSpec& s = table_[static_cast<size_t>(i)];
+    if (s.name == name) {
+      if (flat_lowp_.defined() && !keeps_master_precision(s.role)) return view_of(flat_lowp_, s);
+      return view_of(flat_params_, s);
+    }
+  }
+  return Tensor{};
+}
+
+Tensor Model::G(int layer, const char* suffix) const {
+  std::string name = fmt::format("backbone.layers.{}.{}", layer, suffix);
+  for (int i : layer_params_[static_cast<size_t>(layer)])
+    if (table_[static_cast<size_t>(i)].name == name) return grad(static_cast<size_t>(i));
+  return Tensor{};
+}
+
+Tensor Model::Wg(const char* name) const {
+  int i = find(name);
+  if (i < 0) return Tensor{};
+  const ParamSpec& s = table_[static_cast<size_t>(i)];
+  return flat_lowp_.defined() ? view_of(flat_lowp_, s) : view_of(flat_params_, s);
+}
+
+Tensor Model::Gg(const char* name) const {
+  int i = find(name);
+  return i < 0 ? Tensor{} : grad(static_cast<size_t>(i));
+}
+
+void Model::init_weights(uint64_t seed) {
+  const int64_t n = flat_params_.numel();
+  std::vector<double> host(static_cast<size_t>(n), 0.0);
+  const double range = cfg_.initializer_range;
+  const double out_scale =
+      cfg_.rescale_prenorm_residual ? 1.0 / std::sqrt(2.0 * static_cast<double>(cfg_.num_layers())) : 1.0;
+  for (size_t i = 0; i < table_.size(); ++i) {
+    const ParamSpec& s = table_[i];
+    Rng rng(seed, /*stream=*/i + 1);
+    double* p = host.data() + s.offset;
+    const int64_t m = s.numel();
+    switch (s.role) {
+      case ParamRole::Embedding:
+      case ParamRole::Linear:
+        for (int64_t j = 0; j < m; ++j) p[j] = range * rng.normal();
+        break;
+      case ParamRole::OutProj:
+        for (int64_t j = 0; j < m; ++j) p[j] = range * out_scale * rng.normal();
+        break;
+      case ParamRole::Norm:
+      case ParamRole::D:
+        for (int64_t j = 0; j < m; ++j) p[j] = 1.0;
+        break;
+      case ParamRole::Bias:
+        break;
+      case ParamRole::ConvWeight:
+      case ParamRole::ConvBias: {
+        double bound = 1.0 / std::sqrt(static_cast<double>(cfg_.conv_kernel));
+        for (int64_t j = 0; j < m; ++j) p[j] = bound * (2.0 * rng.uniform() - 1.0);
+        break;
+      }
+      case ParamRole::ALog:
+        for (int64_t j = 0; j < m; ++j) p[j] = std::log(1.0 + 15.0 * rng.uniform());
+        break;
+      case ParamRole::DtBias: {
+        double lo = std::log(cfg_.dt_min), hi = std::log(cfg_.dt_max);
+        for (int64_t j = 0; j < m; ++j) {
+          double dt = std::max(std::exp(lo + (hi - lo) * rng.uniform()), double(cfg_.dt_init_floor));
+          p[j] = dt + std::log(-std::expm1(-dt));  // inverse softplus
+        }
+        break;
+      }
+    }
+  }
+  if (master_dtype_ == DType::F64) {
+    device_copy(flat_params_.data, device_, host.data(), Device::CPU, host.size() * sizeof(double));
+  } else {
+    std::vector<float> f(host.begin(), host.end());
+    device_copy(flat_params_.data, device_, f.data(), Device::CPU, f.size() * sizeof(float));
+  }
+  sync_working_copy();
+}
+
+void Model::sync_working_copy() {
+  if (flat_lowp_.defined()) convert(flat_params_, flat_lowp_);
+}
+
+void Model::zero_grads() { fill(flat_grads_, 0.0); }
+
+// Activation layout: one table of tensors per layer kind, carved in order. `take(dtype, shape)`
+// either allocates from the arena or just counts bytes.
+template <typename Take>
+void Model::carve_activations(Take&& take, int64_t B, int64_t T) {
+  const ModelConfig& c = cfg_;
+  const int64_t D = c.d_model, M = B * T;
+  const DType a = act_dtype_, st = stat_dtype(a);
+  la_.assign(kinds_.size(), LayerActs{});
+  for (size_t l = 0; l < kinds_.size(); ++l) {
+    LayerActs& x = la_[l];
+    x.resid_in = take(a, {B, T, D});
+    x.normed = take(a, {B, T, D});
+    x.rstd = take(st, {M});
+    switch (kinds_[l]) {
+      case LayerKind::Mamba:
+        x.zxbcdt = take(a, {B, T, c.in_proj_dim()});
+        x.xbc = take(a, {B, T, c.conv_dim()});
+        x.y = take(a, {B, T, c.d_inner()});
+        x.gn_rstd = take(st, {M, c.d_inner() / c.norm_group_size()});
+        x.yn = take(a, {B, T, c.d_inner()});
+        break;
+      case LayerKind::Attention:
+        x.q = take(a, {B, T, c.attn_heads * c.head_dim()});
+        x.k = take(a, {B, T, c.kv_heads * c.head_dim()});
+        x.v = take(a, {B, T, c.kv_heads * c.head_dim()});
+        x.att = take(a, {B, T, c.attn_heads * c.head_dim()});
+        x.lse = take(st, {B, c.attn_heads, T});
+        break;
+      case LayerKind::Mlp:
+        x.up = take(a, {B, T, activation_input_width(c.mlp_activation, c.mlp_hidden)});
+        x.act = take(a, {B, T, c.mlp_hidden});
+        break;
+    }
+  }
+  resid_out_ = take(a, {B, T, D});
+  final_normed_ = take(a, {B, T, D});
+  final_rstd_ = take(st, {M});
+  logits_ = take(a, {B, T, c.vocab_size});
+  losses_ = take(st, {M});
+  lse_ = take(st, {M});
+}
+
+size_t Model::activation_bytes(int64_t B, int64_t T) const {
+  size_t bytes = 0;
+  auto count = [&bytes](DType d, std::initializer_list<int64_t> s) {
+    bytes += Arena::bytes_for(d, Shape(s.begin(), s.size()));
+    return Tensor{};
+  };
+  const_cast<Model*>(this)->carve_activations(count, B, T);
+  const_cast<Model*>(this)->la_.clear();
+  return bytes;
+}
+
+void Model::ensure_activation_arena(int64_t B, int64_t T) {
+  size_t need = activation_bytes(B, T);
+  if (acts_.capacity() < need) acts_ = Arena(device_, need);
+  acts_.reset();
+  carve_activations([this](DType d, std::initializer_list<int64_t> s) { return acts_.alloc(d, s); },
+                    B, T);
+  B_ = B;
+  T_ = T;
+  // Backward scratch: the residual gradient, two [B,T,D] temporaries, and the largest mixer's
+  // temporaries.
+  const ModelConfig& c = cfg_;
+  const int64_t M = B * T;
+  size_t per_kind = 0;
+  for (LayerKind k : kinds_) {
+    size_t s = 0;
+    auto add = [&s, this](int64_t cols, int64_t rows) {
+      s += Arena::bytes_for(act_dtype_, {rows, cols});
+    };
+    switch (k) {
+      case LayerKind::Mamba:
+        add(c.d_inner(), M);
+        add(c.in_proj_dim(), M);
+        add(c.d_inner(), M);
+        add(c.conv_dim(), M);
+        break;
+      case LayerKind::Attention:
+        add(c.attn_heads * c.head_dim(), M);
+        add(c.attn_heads * c.head_dim(), M);
+        add(c.kv_heads * c.head_dim(), M);
+        add(c.kv_heads * c.head_dim(), M);
+        break;
+      case LayerKind::Mlp:
+        add(c.mlp_hidden, M);
+        add(activation_input_width(c.mlp_activation, c.mlp_hidden), M);
+        break;
+    }
+    per_kind = std::max(per_kind, s);
+  }
+  size_t scratch = per_kind + 3 * Arena::bytes_for(act_dtype_, {M, c.d_model});
+  if (scratch_.capacity() < scratch) scratch_ = Arena(device_, scratch);
+  scratch_.reset();
+}
+
+namespace {
+
+SsdParams ssd_params(const ModelConfig& c, const Tensor& xbc, const Tensor& dt, const Tensor& A_log,
+                     const Tensor& D, const Tensor& dt_bias, const Tensor& doc) {
+  const int64_t Di = c.d_inner(), GN = c.n_groups * c.ssm_state;
+  SsdParams p;
+  p.x = xbc.slice(-1, 0, Di).split_last({c.mamba_heads, c.mamba_head_dim});
+  p.Bm = xbc.slice(-1, Di, GN).split_last({c.n_groups, c.ssm_state});
+  p.Cm = xbc.slice(-1, Di + GN, GN).split_last({c.n_groups, c.ssm_state});
+  p.dt = dt;
+  p.A_log = A_log;
+  p.D = D;
+  p.dt_bias = dt_bias;
+  p.doc = doc;
+  p.dt_min = c.dt_limit_min;
+  p.dt_max = c.dt_limit_max;
+  p.chunk = c.chunk_size;
+  return p;
+}
+
+}  // namespace
+
+void Model::layer_forward(int l, const ModelInput& in, Tensor out, InferenceState* st) {
+  const ModelConfig& c = cfg_;
+  LayerActs& a = la_[static_cast<size_t>(l)];
+  rmsnorm_forward(a.resid_in, W(l, "norm.weight"), c.norm_eps, a.normed, a.rstd);
+  switch (kinds_[static_cast<size_t>(l)]) {
+    case LayerKind::Mamba: {
+      const int64_t Di = c.d_inner(), Cd = c.conv_dim();
+      linear_forward(a.normed, W(l, "mixer.in_proj.weight"), W(l, "mixer.in_proj.bias"), a.zxbcdt);
+      Tensor z = a.zxbcdt.slice(-1, 0, Di);
+      Tensor xbc_raw = a.zxbcdt.slice(-1, Di, Cd);
+      Tensor dt = a.zxbcdt.slice(-1, Di + Cd, c.mamba_heads);
+      conv1d_silu_forward(xbc_raw, conv2d_view(W(l, "mixer.conv1d.weight")), W(l, "mixer.conv1d.bias"),
+                          in.doc, a.xbc);
+      SsdParams p = ssd_params(c, a.xbc, dt, W(l, "mixer.A_log"), W(l, "mixer.D"), W(l, "mixer.dt_bias"), in.doc);
+      Tensor h_final = st ? st->layers[static_cast<size_t>(l)].ssm : Tensor{};
+      ssd_forward(p, a.y.split_last({c.mamba_heads, c.mamba_head_dim}), h_final);
+      if (st) conv1d_state_from_sequence(xbc_raw, in.doc, st->layers[static_cast<size_t>(l)].conv);
+      gated_rmsnorm_forward(a.y, z, W(l, "mixer.norm.weight"), c.norm_group_size(), c.norm_eps, a.yn,
+                            a.gn_rstd);
+      linear_forward(a.yn, W(l, "mixer.out_proj.weight"), W(l, "mixer.out_proj.bias"), out);
+      break;
+    }
+    case LayerKind::Attention: {
+      const int64_t E = c.head_dim();
+      linear_forward(a.normed, W(l, "mixer.q_proj.weight"), W(l, "mixer.q_proj.bias"), a.q);
+      linear_forward(a.normed, W(l, "mixer.k_proj.weight"), W(l, "mixer.k_proj.bias"), a.k);
+      linear_forward(a.normed, W(l, "mixer.v_proj.weight"), W(l, "mixer.v_proj.bias"), a.v);
+      AttentionParams p;
+      p.q = a.q.split_last({c.attn_heads, E});
+      p.k = a.k.split_last({c.kv_heads, E});
+      p.v = a.v.split_last({c.kv_heads, E});
+      p.doc = in.doc;
+      p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(E)));
+      if (c.rope) {
+        HLM_ASSERT(in.pos.defined());
+        rope_apply(p.q, in.pos, c.rope_theta, c.rope_dim(), false);
+        rope_apply(p.k, in.pos, c.rope_theta, c.rope_dim(), false);
+      }
+      attention_forward(p, a.att.split_last({c.attn_heads, E}), a.lse);
+      if (st) {
+        LayerState& s = st->layers[static_cast<size_t>(l)];
+        const int64_t T = a.k.size(1);
+        copy_tensor(s.k_cache.slice(1, 0, T), p.k);
+        copy_tensor(s.v_cache.slice(1, 0, T), p.v);
+      }
+      linear_forward(a.att, W(l, "mixer.o_proj.weight"), W(l, "mixer.o_proj.bias"), out);
+      break;
+    }
+    case LayerKind::Mlp:
+      linear_forward(a.normed, W(l, "mixer.up_proj.weight"), W(l, "mixer.up_proj.bias"), a.up);
+      activation_forward(c.mlp_activation, a.up, a.act);
+      linear_forward(a.act, W(l, "mixer.down_proj.weight"), W(l, "mixer.down_proj.bias"), out);
+      break;
+  }
+  add_scaled(a.resid_in, 1.0f, out);
+}
+
+double Model::forward(const ModelInput& in) {
+  HLM_CHECK_ARG(in.ids.defined() && in.ids.ndim == 2 && in.ids.dtype == DType::I32,
+                "model input ids must be an I32 [B,T] tensor, got {}", in.ids.describe());
+  const int64_t B = in.ids.size(0), T = in.ids.size(1);
+  HLM_CHECK_ARG(B > 0 && T > 0, "model input is empty ({})", in.ids.shape_str());
+  if (cfg_.rope && cfg_.count(LayerKind::Attention) > 0)
+    HLM_CHECK_ARG(in.pos.defined(), "this model uses RoPE: the input needs positions");
+  ensure_activation_arena(B, T);
+  last_in_ = in;
+
+  embedding_forward(in.ids, Wg("backbone.embeddings.weight"), la_.empty() ? resid_out_ : la_[0].resid_in);
+  for (size_t l = 0; l < kinds_.size(); ++l) {
+    Tensor out = l + 1 < kinds_.size() ? la_[l + 1].resid_in : resid_out_;
+    layer_forward(static_cast<int>(l), in, out, nullptr);
+  }
+  rmsnorm_forward(resid_out_, Wg("backbone.norm_f.weight"), cfg_.norm_eps, final_normed_, final_rstd_);
+  Tensor head = cfg_.tie_embeddings ? Wg("backbone.embeddings.weight") : Wg("lm_head.weight");
+  linear_forward(final_normed_, head, Tensor{}, logits_);
+
+  have_targets_ = in.targets.defined();
+  target_count_ = 0;
+  if (!have_targets_) return 0.0;
+  std::vector<int32_t> tg = to_host<int32_t>(in.targets);
+  for (int32_t t : tg) target_count_ += t != kIgnoreIndex;
+  cross_entropy_forward(logits_.rows2d(), in.targets.reshape({-1}), kIgnoreIndex, losses_, lse_);
+  if (target_count_ == 0) return 0.0;
+  double sum = 0;
+  if (losses_.dtype == DType::F64) {
+    for (double v : to_host<double>(losses_)) sum += v;
+  } else {
+    for (float v : to_host<float>(losses_)) sum += v;
+  }
+  return sum / static_cast<double>(target_count_);
+}
+
+void Model::layer_backward(int l, const ModelInput& in, Tensor dres, Tensor dnormed) {
+  const ModelConfig& c = cfg_;
+  LayerActs& a = la_[static_cast<size_t>(l)];
+  const int64_t B = B_, T = T_;
+  const DType dt_act = act_dtype_;
+  size_t mark = scratch_.mark();
+  auto tmp = [&](int64_t cols) { return scratch_.alloc(dt_act, {B, T, cols}); };
+  switch (kinds_[static_cast<size_t>(l)]) {
+    case LayerKind::Mamba: {
+      const int64_t Di = c.d_inner(), Cd = c.conv_dim(), GN = c.n_groups * c.ssm_state;
+      Tensor dyn = tmp(Di);
+      linear_backward(dres, a.yn, W(l, "mixer.out_proj.weight"), dyn, G(l, "mixer.out_proj.weight"),
+                      G(l, "mixer.out_proj.bias"), false);
+      Tensor dzx = tmp(c.in_proj_dim());
+      Tensor dy = tmp(Di);
+      Tensor z = a.zxbcdt.slice(-1, 0, Di);
+      gated_rmsnorm_backward(dyn, a.y, z, W(l, "mixer.norm.weight"), a.gn_rstd, c.norm_group_size(), dy,
+                             dzx.slice(-1, 0, Di), G(l, "mixer.norm.weight"));
+      Tensor dxbc = tmp(Cd);
+      Tensor dt = a.zxbcdt.slice(-1, Di + Cd, c.mamba_heads);
+      SsdParams p = ssd_params(c, a.xbc, dt, W(l, "mixer.A_log"), W(l, "mixer.D"), W(l, "mixer.dt_bias"), in.doc);
+      SsdGrads g;
+      g.dx = dxbc.slice(-1, 0, Di).split_last({c.mamba_heads, c.mamba_head_dim});
+      g.dBm = dxbc.slice(-1, Di, GN).split_last({c.n_groups, c.ssm_state});
+      g.dCm = dxbc.slice(-1, Di + GN, GN).split_last({c.n_groups, c.ssm_state});
+      g.ddt = dzx.slice(-1, Di + Cd, c.mamba_heads);
+      g.dA_log = G(l, "mixer.A_log");
+      g.dD = G(l, "mixer.D");
+      g.ddt_bias = G(l, "mixer.dt_bias");
+      ssd_backward(p, dy.split_last({c.mamba_heads, c.mamba_head_dim}), Tensor{}, g);
+      conv1d_silu_backward(dxbc, a.zxbcdt.slice(-1, Di, Cd), conv2d_view(W(l, "mixer.conv1d.weight")),
+                           W(l, "mixer.conv1d.bias"), in.doc, dzx.slice(-1, Di, Cd),
+                           conv2d_view(G(l, "mixer.conv1d.weight")), G(l, "mixer.conv1d.bias"));
+      linear_backward(dzx, a.normed, W(l, "mixer.in_proj.weight"), dnormed, G(l, "mixer.in_proj.weight"),
+                      G(l, "mixer.in_proj.bias"), false);
+      break;
+    }
+    case LayerKind::Attention: {
+      const int64_t E = c.head_dim(), Q = c.attn_heads * E, KV = c.kv_heads * E;
+      Tensor datt = tmp(Q);
+      linear_backward(dres, a.att, W(l, "mixer.o_proj.weight"), datt, G(l, "mixer.o_proj.weight"),
+                      G(l, "mixer.o_proj.bias"), false);
+      Tensor dq = tmp(Q), dk = tmp(KV), dv = tmp(KV);
+      AttentionParams p;
+      p.q = a.q.split_last({c.attn_heads, E});
+      p.k = a.k.split_last({c.kv_heads, E});
+      p.v = a.v.split_last({c.kv_heads, E});
+      p.doc = in.doc;
+      p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(E)));
+      Tensor dq4 = dq.split_last({c.attn_heads, E}), dk4 = dk.split_last({c.kv_heads, E});
+      attention_backward(p, a.att.split_last({c.attn_heads, E}), a.lse, datt.split_last({c.attn_heads, E}),
+                         dq4, dk4, dv.split_last({c.kv_heads, E}));
+      if (c.rope) {
+        rope_apply(dq4, in.pos, c.rope_theta, c.rope_dim(), true);
+        rope_apply(dk4, in.pos, c.rope_theta, c.rope_dim(), true);
+      }
+      linear_backward(dq, a.normed, W(l, "mixer.q_proj.weight"), dnormed, G(l, "mixer.q_proj.weight"),
+                      G(l, "mixer.q_proj.bias"), false);
+      linear_backward(dk, a.normed, W(l, "mixer.k_proj.weight"), dnormed, G(l, "mixer.k_proj.weight"),
+                      G(l, "mixer.k_proj.bias"), true);
+      linear_backward(dv, a.normed, W(l, "mixer.v_proj.weight"), dnormed, G(l, "mixer.v_proj.weight"),
+                      G(l, "mixer.v_proj.bias"), true);
+      break;
+    }
+    case LayerKind::Mlp: {
+      Tensor dact = tmp(c.mlp_hidden);
+      linear_backward(dres, a.act, W(l, "mixer.down_proj.weight"), dact, G(l, "mixer.down_proj.weight"),
+                      G(l, "mixer.down_proj.bias"), false);
+      Tensor dup = tmp(activation_input_width(c.mlp_activation, c.mlp_hidden));
+      activation_backward(c.mlp_activation, a.up, dact, dup);
+      linear_backward(dup, a.normed, W(l, "mixer.up_proj.weight"), dnormed, G(l, "mixer.up_proj.weight"),
+                      G(l, "mixer.up_proj.bias"), false);
+      break;
+    }
+  }
+  scratch_.release_to(mark);
+  // Through the pre-norm: dres += d(rmsnorm input).
+  Tensor dx = scratch_.alloc(dt_act, {B, T, c.d_model});
+  rmsnorm_backward(dnormed, a.resid_in, W(l, "norm.weight"), a.rstd, dx, G(l, "norm.weight"));
+  add_scaled(dx, 1.0f, dres);
+  scratch_.release_to(mark);
+}
+
+void Model::backward(float loss_scale) {
+  HLM_CHECK_ARG(have_targets_, "backward needs a forward with targets");
+  HLM_ASSERT(!la_.empty() || kinds_.empty());
+  const int64_t B = B_, T = T_;
+  scratch_.reset();
+  if (target_count_ == 0) return;
+  const float scale = loss_scale / static_cast<float>(target_count_);
+  Tensor dlogits = logits_.rows2d();
+  cross_entropy_backward(dlogits, last_in_.targets.reshape({-1}), lse_, kIgnoreIndex, scale, dlogits);
+
+  Tensor dres = scratch_.alloc(act_dtype_, {B, T, cfg_.d_model});
+  Tensor dnormed = scratch_.alloc(act_dtype_, {B, T, cfg_.d_model});
+  const bool tied = cfg_.tie_embeddings;
+  linear_backward(logits_, final_normed_, tied ? Wg("backbone.embeddings.weight") : Wg("lm_head.weight"),
+                  dnormed, tied ? Gg("backbone.embeddings.weight") : Gg("lm_head.weight"), Tensor{}, false);
+  rmsnorm_backward(dnormed, resid_out_, Wg("backbone.norm_f.weight"), final_rstd_, dres,
+                   Gg("backbone.norm_f.weight"));
+  for (int l = static_cast<int>(kinds_.size()) - 1; l >= 0; --l) layer_backward(l, last_in_, dres, dnormed);
+  embedding_backward(last_in_.ids, dres, Gg("backbone.embeddings.weight"));
+  have_targets_ = false;  // the logits now hold their gradient
+}
+
+InferenceState Model::new_state(int64_t batch, int64_t capacity) const {
+  HLM_CHECK_ARG(batch > 0 && capacity > 0, "inference state needs batch > 0 and capacity > 0");
+  const ModelConfig& c = cfg_;
+  InferenceState st;
+  st.batch = batch;
+  st.capacity = capacity;
+  st.start.assign(static_cast<size_t>(batch), 0);
+  st.layers.resize(kinds_.size());
+  const DType a = act_dtype_;
+  const DType ssm_dtype = act_dtype_ == DType::F64 ? DType::F64 : DType::F32;
+  std::vector<std::pair<DType, std::vector<int64_t>>> plan;
+  size_t bytes = 0;
+  auto add = [&](DType d, std::vector<int64_t> s) {
+    bytes += Arena::bytes_for(d, Shape(s.data(), s.size()));
+    plan.emplace_back(d, std::move(s));
+  };
+  for (LayerKind k : kinds_) {
+    if (k == LayerKind::Mamba) {
+      add(a, {batch, c.conv_dim(), c.conv_kernel - 1});
+      add(ssm_dtype, {batch, c.mamba_heads, c.mamba_head_dim, c.ssm_state});
+    } else if (k == LayerKind::Attention) {
+      add(a, {batch, capacity, c.kv_heads, c.head_dim()});
+      add(a, {batch, capacity, c.kv_heads, c.head_dim()});
+    }
+  }
+  st.memory = Buffer(device_, std::max<size_t>(bytes, kAlignment));
+  device_memset(st.memory.data(), device_, 0, st.memory.size());
+  size_t off = 0, next = 0;
+  auto carve = [&]() {
+    auto& [d, s] = plan[next++];
+    Tensor t(static_cast<char*>(st.memory.data()) + off, d, device_, Shape(s.data(), s.size()));
+    off += Arena::bytes_for(d, Shape(s.data(), s.size()));
+    return t;
+  };
+  for (size_t l = 0; l < kinds_.size(); ++l) {
+    if (kinds_[l] == LayerKind::Mamba) {
+      st.layers[l].conv = carve();
+      st.layers[l].ssm = carve();
+    } else if (kinds_[l] == LayerKind::Attention) {
+      st.layers[l].k_cache = carve();
+      st.layers[l].v_cache = carve();
+    }
+  }
+  st.small = Buffer(device_, static_cast<size_t>(3 * batch) * sizeof(int32_t));
+  return st;
+}
+
+Tensor Model::prefill(const ModelInput& in, InferenceState& st) {
+  const int64_t B = in.ids.size(0), T = in.ids.size(1);
+  HLM_CHECK_ARG(B == st.batch, "prefill of {} rows into a state for {}", B, st.batch);
+  HLM_CHECK_ARG(T <= st.capacity, "prompt of {} tokens is longer than the {} the state holds", T,
+                st.capacity);
+  ensure_activation_arena(B, T);
+  last_in_ = in;
+  have_targets_ = false;
+  embedding_forward(in.ids, Wg("backbone.embeddings.weight"), la_.empty() ? resid_out_ : la_[0].resid_in);
+  for (size_t l = 0; l < kinds_.size(); ++l) {
+    Tensor out = l + 1 < kinds_.size() ? la_[l + 1].resid_in : resid_out_;
+    layer_forward(static_cast<int>(l), in, out, &st);
+  }
+  rmsnorm_forward(resid_out_, Wg("backbone.norm_f.weight"), cfg_.norm_eps, final_normed_, final_rstd_);
+  Tensor head = cfg_.tie_embeddings ? Wg("backbone.embeddings.weight") : Wg("lm_head.weight");
+  linear_forward(final_normed_, head, Tensor{}, logits_);
+  // Each row's live document is its last one (left padding is an earlier document).
+  std::vector<int32_t> doc = in.doc.defined() ? to_host<int32_t>(in.doc) : std::vector<int32_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t s = T - 1;
+    if (!doc.empty())
+      while (s > 0 && doc[static_cast<size_t>(b * T + s - 1)] == doc[static_cast<size_t>(b * T + T - 1)]) --s;
+    else
+      s = 0;
+    st.start[static_cast<size_t>(b)] = static_cast<int32_t>(s);
+  }
+  st.length = T;
+  return logits_.select(1, T - 1);
+}
+
+Tensor Model::decode(const Tensor& ids, InferenceState& st) {
+  const ModelConfig& c = cfg_;
+  const int64_t B = st.batch;
+  HLM_CHECK_ARG(ids.numel() == B && ids.dtype == DType::I32, "decode needs {} I32 ids, got {}", B,
+                ids.describe());
+  HLM_CHECK_ARG(st.length < st.capacity, "the sequence reached the state's capacity of {} tokens",
+                st.capacity);
+  // Small per-step vectors: start, length after this token, and this token's position.
+  std::vector<int32_t> small(static_cast<size_t>(3 * B));
+  for (int64_t b = 0; b < B; ++b) {
+    small[static_cast<size_t>(b)] = st.start[static_cast<size_t>(b)];
+    small[static_cast<size_t>(B + b)] = static_cast<int32_t>(st.length + 1);
+    small[static_cast<size_t>(2 * B + b)] = static_cast<int32_t>(st.length - st.start[static_cast<size_t>(b)]);
+  }
+  device_copy(st.small.data(), device_, small.data(), Device::CPU, small.size() * sizeof(int32_t));
+  Tensor start(st.small.data(), DType::I32, device_, {B});
+  Tensor len(static_cast<int32_t*>(st.small.data()) + B, DType::I32, device_, {B});
+  Tensor pos(static_cast<int32_t*>(st.small.data()) + 2 * B, DType::I32, device_, {B, 1});
+
+  // Decode scratch lives in the activation arena (re-carved on the next forward).
+  const DType a = act_dtype_, sd = stat_dtype(a);
+  const int64_t D = c.d_model;
+  auto bytes = [B](DType d, int64_t cols) { return Arena::bytes_for(d, {B, cols}); };
+  size_t mamba = bytes(a, c.in_proj_dim()) + bytes(a, c.conv_dim()) + 2 * bytes(a, c.d_inner()) +
+                 bytes(sd, c.d_inner() / std::max<int64_t>(c.norm_group_size(), 1));
+  size_t attn = 2 * bytes(a, c.attn_heads * c.head_dim()) + 2 * bytes(a, c.kv_heads * c.head_dim());
+  size_t mlp = bytes(a, activation_input_width(c.mlp_activation, c.mlp_hidden)) + bytes(a, c.mlp_hidden);
+  size_t need = 3 * bytes(a, D) + bytes(sd, 1) + std::max({mamba, attn, mlp}) + bytes(a, c.vocab_size);
+  if (acts_.capacity() < need) acts_ = Arena(device_, need);
+  acts_.reset();
+  la_.clear();  // activations of any earlier forward are gone
+  Tensor x = acts_.alloc(a, {B, D});
+  Tensor xn = acts_.alloc(a, {B, D});
+  Tensor out = acts_.alloc(a, {B, D});
+  Tensor rstd = acts_.alloc(sd, {B});
+  embedding_forward(ids.reshape({B}), Wg("backbone.embeddings.weight"), x);
+  for (size_t li = 0; li < kinds_.size(); ++li) {
+    const int l = static_cast<int>(li);
+    LayerState& s = st.layers[li];
+    size_t mark = acts_.mark();
+    rmsnorm_forward(x, W(l, "norm.weight"), c.norm_eps, xn, rstd);
+    switch (kinds_[li]) {
+      case LayerKind::Mamba: {
+        const int64_t Di = c.d_inner(), Cd = c.conv_dim(), GN = c.n_groups * c.ssm_state;
+        Tensor zx = acts_.alloc(a, {B, c.in_proj_dim()});
+        linear_forward(xn, W(l, "mixer.in_proj.weight"), W(l, "mixer.in_proj.bias"), zx);
+        Tensor xbc = acts_.alloc(a, {B, Cd});
+        conv1d_silu_update(zx.slice(1, Di, Cd), conv2d_view(W(l, "mixer.conv1d.weight")),
+                           W(l, "mixer.conv1d.bias"), s.conv, xbc);
+        SsdStepParams p;
+        p.x = xbc.slice(1, 0, Di).split_last({c.mamba_heads, c.mamba_head_dim});
+        p.Bm = xbc.slice(1, Di, GN).split_last({c.n_groups, c.ssm_state});
+        p.Cm = xbc.slice(1, Di + GN, GN).split_last({c.n_groups, c.ssm_state});
+        p.dt = zx.slice(1, Di + Cd, c.mamba_heads);
+        p.A_log = W(l, "mixer.A_log");
+        p.D = W(l, "mixer.D");
+        p.dt_bias = W(l, "mixer.dt_bias");
+        p.dt_min = c.dt_limit_min;
+        p.dt_max = c.dt_limit_max;
+        Tensor y = acts_.alloc(a, {B, Di});
+        ssd_step(p, s.ssm, y.split_last({c.mamba_heads, c.mamba_head_dim}));
+        Tensor yn = acts_.alloc(a, {B, Di});
+        Tensor grstd = acts_.alloc(sd, {B, Di / c.norm_group_size()});
+        gated_rmsnorm_forward(y, zx.slice(1, 0, Di), W(l, "mixer.norm.weight"), c.norm_group_size(),
+                              c.norm_eps, yn, grstd);
+        linear_forward(yn, W(l, "mixer.out_proj.weight"), W(l, "mixer.out_proj.bias"), out);
+        break;
+      }
+      case LayerKind::Attention: {
+        const int64_t E = c.head_dim();
+        Tensor q = acts_.alloc(a, {B, 1, c.attn_heads, E});
+        Tensor k = acts_.alloc(a, {B, 1, c.kv_heads, E});
+        Tensor v = acts_.alloc(a, {B, 1, c.kv_heads, E});
+        linear_forward(xn, W(l, "mixer.q_proj.weight"), W(l, "mixer.q_proj.bias"), q.reshape({B, -1}));
+        linear_forward(xn, W(l, "mixer.k_proj.weight"), W(l, "mixer.k_proj.bias"), k.reshape({B, -1}));
+        linear_forward(xn, W(l, "mixer.v_proj.weight"), W(l, "mixer.v_proj.bias"), v.reshape({B, -1}));
+        if (c.rope) {
+          rope_apply(q, pos, c.rope_theta, c.rope_dim(), false);
+          rope_apply(k, pos, c.rope_theta, c.rope_dim(), false);
+        }
+        copy_tensor(s.k_cache.slice(1, st.length, 1), k);
+        copy_tensor(s.v_cache.slice(1, st.length, 1), v);
+        Tensor att = acts_.alloc(a, {B, c.attn_heads, E});
+        attention_decode(q.reshape({B, c.attn_heads, E}), s.k_cache, s.v_cache, start, len,
+                         static_cast<float>(1.0 / std::sqrt(static_cast<double>(E))), att);
+        linear_forward(att.reshape({B, -1}), W(l, "mixer.o_proj.weight"), W(l, "mixer.o_proj.bias"), out);
+        break;
+      }
+      case LayerKind::Mlp: {
+        Tensor up = acts_.alloc(a, {B, activation_input_width(c.mlp_activation, c.mlp_hidden)});
+        Tensor act = acts_.alloc(a, {B, c.mlp_hidden});
+        linear_forward(xn, W(l, "mixer.up_proj.weight"), W(l, "mixer.up_proj.bias"), up);
+        activation_forward(c.mlp_activation, up, act);
+        linear_forward(act, W(l, "mixer.down_proj.weight"), W(l, "mixer.down_proj.bias"), out);
+        break;
+      }
+    }
+    add_scaled(out, 1.0f, x);
+    acts_.release_to(mark);
+  }
+  rmsnorm_forward(x, Wg("backbone.norm_f.weight"), c.norm_eps, xn, rstd);
+  Tensor logits = acts_.alloc(a, {B, c.vocab_size});
+  Tensor head = c.tie_embeddings ? Wg("backbone.embeddings.weight") : Wg("lm_head.weight");
+  linear_forward(xn, head, Tensor{}, logits);
+  st.length += 1;
+  return logits;
+}
+
+}  // namespace hlm
