@@ -84,8 +84,8 @@ void run(int B, int T, int C, int K, DType dt, bool slice, bool doc, double tol)
       int id = 0;
       for (int t = 0; t < T; ++t) {
         if (t == 5 || t == 64 || t == 65 || t == 100) ++id;
-        D[size_t(b) * T + t] = id;
-        docb.t.ptr<int32_t>()[size_t(b) * T + t] = id;
+        D[size_t(b) * T + t] = id;                               // segment (count of starts)
+        docb.t.ptr<int32_t>()[size_t(b) * T + t] = id % 2;        // ids repeat: starts decide
       }
     }
   // reference

@@ -68,7 +68,7 @@ Problem make_problem(int B, int T, int H, int G, int P, int N, bool doc, bool h0
           ++id;
           t_next = t + 1 + int(ud(rng) * 90);
         }
-        pr.doc[size_t(b) * T + t] = id;
+        pr.doc[size_t(b) * T + t] = id % 2;  // ids repeat: boundaries, not ids, separate documents
       }
     }
   }

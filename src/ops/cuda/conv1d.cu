@@ -76,18 +76,40 @@ struct ChannelParams {
   }
 };
 
-// The K-1 inputs before the current position, oldest first, with their documents.
+// Document starts: position t (> 0) starts a new document when its id differs from t-1's. Inputs
+// count for an output only with no document start in between (the CPU op's rule), tracked as a
+// running count of starts ("segment") per position.
+struct SegCounter {
+  const int32_t* doc;  // row b, or null
+  int seg = 0;
+  int32_t prev = 0;
+  bool has_prev = false;
+  // Segment of position t; successive calls must be for consecutive positions.
+  __device__ __forceinline__ int next(int t) {
+    if (doc) {
+      const int32_t d = doc[t];
+      if (has_prev && d != prev) ++seg;
+      prev = d;
+      has_prev = true;
+    }
+    return seg;
+  }
+};
+
+// The K-1 inputs before the current position, oldest first, with their segments.
 template <typename T, int K, int V>
 struct Window {
   float x[K > 1 ? K - 1 : 1][V];
-  int doc[K > 1 ? K - 1 : 1];
+  int doc[K > 1 ? K - 1 : 1];  // segment (SegCounter) of each entry
   bool ok[K > 1 ? K - 1 : 1];
-  __device__ __forceinline__ void init(const ConvArgs& a, int b, int t, int c0) {
+  // Loads positions t-K+1 .. t-1; sc then continues at t.
+  __device__ __forceinline__ void init(const ConvArgs& a, int b, int t, int c0, SegCounter& sc) {
 #pragma unroll
     for (int j = 0; j < K - 1; ++j) {
       const int pos = t - (K - 1) + j;
       ok[j] = pos >= 0;
-      doc[j] = ok[j] && a.doc ? a.doc[b * a.ld_doc + pos] : 0;
+      doc[j] = 0;
+      if (ok[j]) doc[j] = sc.next(pos);
       if (ok[j])
         load_vec<T, V>(static_cast<const T*>(a.x) + (static_cast<int64_t>(b) * a.T + pos) * a.ld_x + c0, x[j]);
       else
@@ -132,11 +154,11 @@ __global__ void __launch_bounds__(128) conv_fwd_kernel(const ConvArgs a) {
   const int t_begin = seg * a.seg_len, t_end = min(a.T, t_begin + a.seg_len);
   ChannelParams<K, V> cp;
   cp.load(a, c0);
+  SegCounter sc{a.doc ? a.doc + b * a.ld_doc : nullptr};
   Window<T, K, V> win;
-  win.init(a, b, t_begin, c0);
+  win.init(a, b, t_begin, c0, sc);
   const T* xg = static_cast<const T*>(a.x) + static_cast<int64_t>(b) * a.T * a.ld_x + c0;
   T* yg = static_cast<T*>(a.y) + static_cast<int64_t>(b) * a.T * a.ld_y + c0;
-  const int32_t* dg = a.doc ? a.doc + b * a.ld_doc : nullptr;
   constexpr int U = 4;  // rows loaded before use: independent 16-byte loads in flight
   for (int t = t_begin; t < t_end; t += U) {
     float cur[U][V];
@@ -145,7 +167,7 @@ __global__ void __launch_bounds__(128) conv_fwd_kernel(const ConvArgs a) {
     for (int u = 0; u < U; ++u)
       if (t + u < t_end) {
         load_vec<T, V>(xg + static_cast<int64_t>(t + u) * a.ld_x, cur[u]);
-        d[u] = dg ? dg[t + u] : 0;
+        d[u] = sc.next(t + u);
       }
 #pragma unroll
     for (int u = 0; u < U; ++u)
@@ -170,10 +192,10 @@ __global__ void __launch_bounds__(128) conv_bwd_kernel(const ConvArgs a) {
   const int t_begin = seg * a.seg_len, t_end = min(a.T, t_begin + a.seg_len);
   ChannelParams<K, V> cp;
   cp.load(a, c0);
+  SegCounter sc{a.doc ? a.doc + b * a.ld_doc : nullptr};
   Window<T, K, V> win;
-  win.init(a, b, t_begin, c0);
+  win.init(a, b, t_begin, c0, sc);
   const int64_t rb = static_cast<int64_t>(b) * a.T;
-  const int32_t* dg = a.doc ? a.doc + b * a.ld_doc : nullptr;
   float dzw[K][V];  // dz of positions t-K+1 .. t, oldest first
   int dzd[K];
 #pragma unroll
@@ -196,7 +218,7 @@ __global__ void __launch_bounds__(128) conv_bwd_kernel(const ConvArgs a) {
       float cur[V], g[V], z[V];
       load_vec<T, V>(static_cast<const T*>(a.x) + (rb + t) * a.ld_x + c0, cur);
       load_vec<T, V>(static_cast<const T*>(a.dy) + (rb + t) * a.ld_dy + c0, g);
-      d = dg ? dg[t] : 0;
+      d = sc.next(t);
       win.z(cp, cur, d, z);
 #pragma unroll
       for (int v = 0; v < V; ++v) {
@@ -299,7 +321,8 @@ __global__ void conv_state_kernel(const void* x, int64_t ld_x, const int32_t* do
   const int c = static_cast<int>(bc % C), b = static_cast<int>(bc / C);
   const int pos = T_len - km1 + j;
   bool ok = pos >= 0 && pos < T_len;
-  if (ok && doc) ok = doc[b * ld_doc + pos] == doc[b * ld_doc + T_len - 1];
+  if (ok && doc)  // no document start in (pos, T-1]
+    for (int r = pos + 1; r < T_len; ++r) ok = ok && doc[b * ld_doc + r] == doc[b * ld_doc + r - 1];
   const float v = ok ? to_f32<T>(static_cast<const T*>(x)[(static_cast<int64_t>(b) * T_len + pos) * ld_x + c]) : 0.f;
   store_any(state, state_type, i, v);
 }
