@@ -582,15 +582,23 @@ void launch_bwd_fast(const SsdArgs& a) {
   using LS = SweepLayout<Cfg>;
   using LC = ChunkLayout<Cfg>;
   auto sweep = ssd_state_sweep_kernel<Q, P, N>;
-  HLM_CUDA_CHECK(cudaFuncSetAttribute(sweep, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(LS::total)));
+  static const bool sweep_attr = [&] {
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(sweep, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(LS::total)));
+    return true;
+  }();
+  (void)sweep_attr;
   HLM_LAUNCH(sweep, dim3(static_cast<unsigned>(a.H), static_cast<unsigned>(a.B), 2), dim3(256), LS::total, a);
   HLM_CUDA_CHECK_LAUNCH();
   const bool chunk_outputs = a.dx || a.ddt || a.dBm || a.dCm || a.ws_part;
   if (!chunk_outputs) return;
   auto chunk = ssd_bwd_chunk_kernel<Q, P, N>;
-  HLM_CUDA_CHECK(cudaFuncSetAttribute(chunk, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(LC::total)));
+  static const bool chunk_attr = [&] {
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(chunk, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(LC::total)));
+    return true;
+  }();
+  (void)chunk_attr;
   HLM_LAUNCH(chunk, dim3(static_cast<unsigned>(a.nchunks), static_cast<unsigned>(a.G), static_cast<unsigned>(a.B)),
              dim3(256), LC::total, a);
   HLM_CUDA_CHECK_LAUNCH();

@@ -190,8 +190,12 @@ template <int Q, int P, int N>
 void launch_fwd_fast(const SsdArgs& a) {
   using L = FwdLayout<FastCfg<Q, P, N>>;
   auto kernel = ssd_fwd_fast_kernel<Q, P, N>;
-  HLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(L::total)));
+  static const bool attr_set = [&] {  // once per instantiation: keep host work off the hot path
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(L::total)));
+    return true;
+  }();
+  (void)attr_set;
   dim3 grid(static_cast<unsigned>(a.H), static_cast<unsigned>(a.B));
   HLM_LAUNCH(kernel, grid, dim3(256), L::total, a);
   HLM_CUDA_CHECK_LAUNCH();
