@@ -44,7 +44,8 @@ Timing encode_all(const hlm::Tokenizer& tok, const std::vector<std::string>& doc
   double c0 = process_cpu_seconds();
   auto t0 = std::chrono::steady_clock::now();
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(+ : total)
-  for (size_t i = 0; i < docs.size(); ++i) total += static_cast<int64_t>(tok.encode(docs[i]).size());
+  for (size_t i = 0; i < docs.size(); ++i)
+    total += static_cast<int64_t>(tok.encode(docs[i]).size());
   Timing t{seconds_since(t0), process_cpu_seconds() - c0};
   *tokens = total;
   return t;
@@ -71,8 +72,8 @@ int main(int argc, char** argv) {
     bytes += docs.back().size();
   }
   double mb = static_cast<double>(bytes) / 1e6;
-  fmt::print("corpus: {} documents, {:.2f} MB from {}; tokenizer {}; {} runs, median\n", docs.size(),
-             mb, dir, tok_path, runs);
+  fmt::print("corpus: {} documents, {:.2f} MB from {}; tokenizer {}; {} runs, median\n",
+             docs.size(), mb, dir, tok_path, runs);
 
   auto t0 = std::chrono::steady_clock::now();
   hlm::Tokenizer warm = hlm::Tokenizer::load(tok_path);
@@ -94,11 +95,12 @@ int main(int argc, char** argv) {
       hot_cpu.push_back(h.cpu);
     }
     double c = median(cold), h = median(hot), cc = median(cold_cpu), hc = median(hot_cpu);
-    fmt::print("threads {}: {} tokens ({:.2f} bytes/token)\n"
-               "  cold word cache: wall {:.3f} s = {:.1f} MB/s, CPU {:.3f} s = {:.1f} MB per CPU-second\n"
-               "  warm word cache: wall {:.3f} s = {:.1f} MB/s, CPU {:.3f} s = {:.1f} MB per CPU-second\n",
-               threads, tokens, static_cast<double>(bytes) / static_cast<double>(tokens), c, mb / c, cc,
-               mb / cc, h, mb / h, hc, mb / hc);
+    fmt::print(
+        "threads {}: {} tokens ({:.2f} bytes/token)\n"
+        "  cold word cache: wall {:.3f} s = {:.1f} MB/s, CPU {:.3f} s = {:.1f} MB per CPU-second\n"
+        "  warm word cache: wall {:.3f} s = {:.1f} MB/s, CPU {:.3f} s = {:.1f} MB per CPU-second\n",
+        threads, tokens, static_cast<double>(bytes) / static_cast<double>(tokens), c, mb / c, cc,
+        mb / cc, h, mb / h, hc, mb / hc);
   }
   return 0;
 }

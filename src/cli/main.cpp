@@ -13,9 +13,15 @@
 int main(int argc, char** argv) {
   CLI::App app{"hybridlm: train, fine-tune and serve hybrid Mamba-2 / attention language models"};
   app.require_subcommand(1);
+  // A flag given twice takes its last value (scripts append overrides).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   hlm::cli::add_version_command(app);
   hlm::cli::add_tokenize_command(app);
   hlm::cli::add_preprocess_command(app);
+  hlm::cli::add_train_command(app);
+  hlm::cli::add_generate_command(app);
+  hlm::cli::add_logits_command(app);
+  hlm::cli::add_grads_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -35,7 +35,8 @@ extern "C" void on_terminate_signal(int sig) {
   if (state == kWriting) {
     ::unlink(g_bin_tmp.c_str());
     ::unlink(g_idx_tmp.c_str());
-    write_stderr("\nhybridlm: preprocess interrupted: temporary files removed, no dataset written\n");
+    write_stderr(
+        "\nhybridlm: preprocess interrupted: temporary files removed, no dataset written\n");
   }
   ::_exit(128 + sig);
 }
@@ -70,9 +71,11 @@ void add_preprocess_command(CLI::App& app) {
       "Tokenize text files (one document each) or .jsonl files (one document per line) into a "
       "Megatron indexed dataset PREFIX.bin + PREFIX.idx");
   cmd->add_option("--tokenizer", opt->tokenizer, "HF tokenizer.json")->required();
-  cmd->add_option("--input", opt->pre.inputs, "Input files, directories or glob patterns (repeatable)")
+  cmd->add_option("--input", opt->pre.inputs,
+                  "Input files, directories or glob patterns (repeatable)")
       ->required();
-  cmd->add_option("--output-prefix", opt->pre.output_prefix, "Writes PREFIX.bin and PREFIX.idx")->required();
+  cmd->add_option("--output-prefix", opt->pre.output_prefix, "Writes PREFIX.bin and PREFIX.idx")
+      ->required();
   cmd->add_option("--jsonl-key", opt->pre.jsonl_key, "JSON field holding the text in .jsonl inputs")
       ->capture_default_str();
   cmd->add_flag("--append-eod,!--no-eod", opt->pre.append_eod,
@@ -97,10 +100,12 @@ void add_preprocess_command(CLI::App& app) {
       double mb = static_cast<double>(p.bytes) / 1e6, rate = mb / std::max(p.seconds, 1e-9);
       std::string eta = "?";
       if (p.total_bytes > 0 && p.bytes > 0) {
-        double left = static_cast<double>(std::max<int64_t>(p.total_bytes - p.bytes, 0)) / 1e6 / rate;
+        double left =
+            static_cast<double>(std::max<int64_t>(p.total_bytes - p.bytes, 0)) / 1e6 / rate;
         eta = format_duration(left);
       }
-      fmt::print(stderr, "\r\033[K[preprocess] {} documents | {:.1f} / {:.1f} MB | {:.1f} MB/s | ETA {}",
+      fmt::print(stderr,
+                 "\r\033[K[preprocess] {} documents | {:.1f} / {:.1f} MB | {:.1f} MB/s | ETA {}",
                  p.documents, mb, static_cast<double>(p.total_bytes) / 1e6, rate, eta);
       std::fflush(stderr);
     };
@@ -115,15 +120,18 @@ void add_preprocess_command(CLI::App& app) {
     }
     restore_signal_handlers();
     if (tty) fmt::print(stderr, "\r\033[K");
-    fmt::print(stderr,
-               "preprocess: {} documents ({} empty skipped), {} tokens, {:.2f} MB of text in {:.2f} s "
-               "({:.1f} MB/s) -> {}.bin/.idx ({}, eod {})\n",
-               s.documents, s.empty_skipped, s.tokens, static_cast<double>(s.bytes) / 1e6, s.seconds,
-               static_cast<double>(s.bytes) / 1e6 / std::max(s.seconds, 1e-9), opt->pre.output_prefix,
-               token_dtype_name(s.dtype), s.eod >= 0 ? std::to_string(s.eod) : "none");
+    fmt::print(
+        stderr,
+        "preprocess: {} documents ({} empty skipped), {} tokens, {:.2f} MB of text in {:.2f} s "
+        "({:.1f} MB/s) -> {}.bin/.idx ({}, eod {})\n",
+        s.documents, s.empty_skipped, s.tokens, static_cast<double>(s.bytes) / 1e6, s.seconds,
+        static_cast<double>(s.bytes) / 1e6 / std::max(s.seconds, 1e-9), opt->pre.output_prefix,
+        token_dtype_name(s.dtype), s.eod >= 0 ? std::to_string(s.eod) : "none");
     if (int sig = g_signal.load(); sig != 0) {
-      fail(ErrorKind::Io, "interrupted by signal {} while the dataset was being renamed into place; "
-                          "{}.bin/.idx are complete", sig, opt->pre.output_prefix);
+      fail(ErrorKind::Io,
+           "interrupted by signal {} while the dataset was being renamed into place; "
+           "{}.bin/.idx are complete",
+           sig, opt->pre.output_prefix);
     }
   });
 }

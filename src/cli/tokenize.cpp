@@ -1,4 +1,5 @@
-// `hybridlm tokenize`: stdin text -> token ids (or, with --decode, ids -> text) with a tokenizer.json.
+// `hybridlm tokenize`: stdin text -> token ids (or, with --decode, ids -> text) with a
+// tokenizer.json.
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
@@ -38,7 +39,8 @@ std::vector<int32_t> parse_ids(const std::string& text) {
       fail(ErrorKind::InvalidArgument, "stdin: not a JSON array of ids: {}", e.what());
     }
     for (const auto& v : j) {
-      if (!v.is_number_integer()) fail(ErrorKind::InvalidArgument, "stdin: '{}' is not a token id", v.dump());
+      if (!v.is_number_integer())
+        fail(ErrorKind::InvalidArgument, "stdin: '{}' is not a token id", v.dump());
       ids.push_back(v.get<int32_t>());
     }
     return ids;
@@ -71,14 +73,15 @@ void add_tokenize_command(CLI::App& app) {
     bool decode = false;
   };
   auto opt = std::make_shared<Options>();
-  auto* cmd = app.add_subcommand(
-      "tokenize",
-      "Encode all of stdin (UTF-8, taken as is) to token ids, or decode ids from stdin with --decode");
+  auto* cmd = app.add_subcommand("tokenize",
+                                 "Encode all of stdin (UTF-8, taken as is) to token ids, or decode "
+                                 "ids from stdin with --decode");
   cmd->add_option("--tokenizer", opt->tokenizer, "HF tokenizer.json")->required();
   cmd->add_flag("--json", opt->json, "Print the ids as a JSON array");
-  cmd->add_flag("--decode", opt->decode,
-                "Read ids (whitespace/comma separated, or a JSON array) and print the text, without "
-                "an added newline");
+  cmd->add_flag(
+      "--decode", opt->decode,
+      "Read ids (whitespace/comma separated, or a JSON array) and print the text, without "
+      "an added newline");
   cmd->callback([opt] {
     Tokenizer tok = Tokenizer::load(opt->tokenizer);
     std::string input = read_all_stdin();

@@ -37,10 +37,14 @@ bool valid_dtype_code(uint8_t c) { return c >= 1 && c <= 8; }
 
 size_t token_dtype_size(TokenDType t) {
   switch (t) {
-    case TokenDType::U8: case TokenDType::I8: return 1;
-    case TokenDType::I16: case TokenDType::U16: return 2;
-    case TokenDType::I32: case TokenDType::F32: return 4;
-    case TokenDType::I64: case TokenDType::F64: return 8;
+    case TokenDType::U8:
+    case TokenDType::I8: return 1;
+    case TokenDType::I16:
+    case TokenDType::U16: return 2;
+    case TokenDType::I32:
+    case TokenDType::F32: return 4;
+    case TokenDType::I64:
+    case TokenDType::F64: return 8;
   }
   return 0;
 }
@@ -76,7 +80,8 @@ IndexedDatasetWriter::IndexedDatasetWriter(std::string prefix, TokenDType dtype)
       dtype_(dtype) {
   if (dtype != TokenDType::U16 && dtype != TokenDType::I32 && dtype != TokenDType::I64 &&
       dtype != TokenDType::U8 && dtype != TokenDType::I16 && dtype != TokenDType::I8) {
-    fail(ErrorKind::InvalidArgument, "{}: token dtype {} is not an integer type", prefix_, token_dtype_name(dtype));
+    fail(ErrorKind::InvalidArgument, "{}: token dtype {} is not an integer type", prefix_,
+         token_dtype_name(dtype));
   }
   bin_ = std::fopen(bin_tmp_.c_str(), "wb");
   if (!bin_) fail(ErrorKind::Io, "{}: cannot create: {}", bin_tmp_, std::strerror(errno));
@@ -108,14 +113,24 @@ void IndexedDatasetWriter::flush_buffer() {
 void IndexedDatasetWriter::add_sequence(std::span<const int32_t> tokens) {
   HLM_REQUIRE(!done_ && bin_, ErrorKind::Internal, "{}: writer already finished", prefix_);
   HLM_REQUIRE(tokens.size() <= static_cast<size_t>(INT32_MAX), ErrorKind::InvalidArgument,
-              "{}: a sequence of {} tokens exceeds the format's int32 length", prefix_, tokens.size());
+              "{}: a sequence of {} tokens exceeds the format's int32 length", prefix_,
+              tokens.size());
   int64_t lo = 0, hi = 0;
   switch (dtype_) {
     case TokenDType::U8: hi = UINT8_MAX; break;
-    case TokenDType::I8: lo = INT8_MIN; hi = INT8_MAX; break;
-    case TokenDType::I16: lo = INT16_MIN; hi = INT16_MAX; break;
+    case TokenDType::I8:
+      lo = INT8_MIN;
+      hi = INT8_MAX;
+      break;
+    case TokenDType::I16:
+      lo = INT16_MIN;
+      hi = INT16_MAX;
+      break;
     case TokenDType::U16: hi = UINT16_MAX; break;
-    default: lo = INT32_MIN; hi = INT32_MAX; break;
+    default:
+      lo = INT32_MIN;
+      hi = INT32_MAX;
+      break;
   }
   const size_t item = token_dtype_size(dtype_);
   size_t at = buffer_.size();
@@ -125,12 +140,14 @@ void IndexedDatasetWriter::add_sequence(std::span<const int32_t> tokens) {
     int32_t t = tokens[i];
     if (t < lo || t > hi) {
       buffer_.resize(at);
-      fail(ErrorKind::InvalidArgument, "{}: token id {} does not fit the dataset dtype {}", prefix_, t,
-           token_dtype_name(dtype_));
+      fail(ErrorKind::InvalidArgument, "{}: token id {} does not fit the dataset dtype {}", prefix_,
+           t, token_dtype_name(dtype_));
     }
     switch (dtype_) {
-      case TokenDType::U8: case TokenDType::I8: out[i] = static_cast<char>(t); break;
-      case TokenDType::U16: case TokenDType::I16: {
+      case TokenDType::U8:
+      case TokenDType::I8: out[i] = static_cast<char>(t); break;
+      case TokenDType::U16:
+      case TokenDType::I16: {
         uint16_t v = static_cast<uint16_t>(t);
         std::memcpy(out + 2 * i, &v, 2);
         break;
@@ -248,10 +265,12 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
     bin_ = map_file(bpath, &bin_size_);
     with_context(ipath, [&] {
       if (idx_size_ < kHeaderBytes) {
-        fail(ErrorKind::Format, "truncated: {} bytes, the header alone needs {}", idx_size_, kHeaderBytes);
+        fail(ErrorKind::Format, "truncated: {} bytes, the header alone needs {}", idx_size_,
+             kHeaderBytes);
       }
       if (std::memcmp(idx_, kMagic, 9) != 0) {
-        fail(ErrorKind::Format, "not a Megatron indexed dataset index (bad magic; expected MMIDIDX)");
+        fail(ErrorKind::Format,
+             "not a Megatron indexed dataset index (bad magic; expected MMIDIDX)");
       }
       uint64_t version = load<uint64_t>(idx_ + 9);
       if (version != 1) fail(ErrorKind::Format, "unsupported version {} (expected 1)", version);
@@ -262,11 +281,13 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
       // Counts come from the file: bound them by its size before multiplying.
       uint64_t room = idx_size_ - kHeaderBytes;
       if (seqs > room / 12 || docs > room / 8 || seqs * 12 + docs * 8 != room) {
-        fail(ErrorKind::Format,
-             "size {} bytes does not match its header ({} sequences, {} document-index entries need "
-             "{} bytes): truncated or corrupt",
-             idx_size_, seqs, docs,
-             seqs <= room && docs <= room ? std::to_string(kHeaderBytes + seqs * 12 + docs * 8) : "more");
+        fail(
+            ErrorKind::Format,
+            "size {} bytes does not match its header ({} sequences, {} document-index entries need "
+            "{} bytes): truncated or corrupt",
+            idx_size_, seqs, docs,
+            seqs <= room && docs <= room ? std::to_string(kHeaderBytes + seqs * 12 + docs * 8)
+                                         : "more");
       }
       if (docs < 1) fail(ErrorKind::Format, "document index is empty (it must start with 0)");
       num_sequences_ = static_cast<int64_t>(seqs);
@@ -278,22 +299,26 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
       for (int64_t i = 0; i < num_sequences_; ++i) {
         int64_t len = sequence_length(i), ptr = sequence_pointer(i);
         if (len < 0) fail(ErrorKind::Format, "sequence {} has negative length {}", i, len);
-        if (ptr < 0 || static_cast<uint64_t>(ptr) % item != 0 || static_cast<uint64_t>(ptr) > bin_size_ ||
+        if (ptr < 0 || static_cast<uint64_t>(ptr) % item != 0 ||
+            static_cast<uint64_t>(ptr) > bin_size_ ||
             static_cast<uint64_t>(len) * item > bin_size_ - static_cast<uint64_t>(ptr)) {
-          fail(ErrorKind::Format,
-               "sequence {} ({} tokens at byte {}) lies outside {} ({} bytes): truncated or corrupt", i,
-               len, ptr, bpath, bin_size_);
+          fail(
+              ErrorKind::Format,
+              "sequence {} ({} tokens at byte {}) lies outside {} ({} bytes): truncated or corrupt",
+              i, len, ptr, bpath, bin_size_);
         }
         total += len;
       }
       num_tokens_ = total;
-      if (document_index(0) != 0) fail(ErrorKind::Format, "document index starts at {}, not 0", document_index(0));
+      if (document_index(0) != 0)
+        fail(ErrorKind::Format, "document index starts at {}, not 0", document_index(0));
       doc_tokens_.assign(static_cast<size_t>(num_documents()), 0);
       for (int64_t d = 0; d < num_documents(); ++d) {
         int64_t a = document_index(d), b = document_index(d + 1);
         if (b < a || b > num_sequences_) {
-          fail(ErrorKind::Format, "document index entry {} = {} after {} (sequence count {}): corrupt",
-               d + 1, b, a, num_sequences_);
+          fail(ErrorKind::Format,
+               "document index entry {} = {} after {} (sequence count {}): corrupt", d + 1, b, a,
+               num_sequences_);
         }
         int64_t n = 0;
         for (int64_t s = a; s < b; ++s) n += sequence_length(s);
@@ -321,54 +346,69 @@ int64_t IndexedDataset::sequence_length(int64_t i) const {
 }
 
 int64_t IndexedDataset::sequence_pointer(int64_t i) const {
-  return load<int64_t>(idx_ + kHeaderBytes + 4 * static_cast<size_t>(num_sequences_) + 8 * static_cast<size_t>(i));
+  return load<int64_t>(idx_ + kHeaderBytes + 4 * static_cast<size_t>(num_sequences_) +
+                       8 * static_cast<size_t>(i));
 }
 
 int64_t IndexedDataset::document_index(int64_t i) const {
-  return load<int64_t>(idx_ + kHeaderBytes + 12 * static_cast<size_t>(num_sequences_) + 8 * static_cast<size_t>(i));
+  return load<int64_t>(idx_ + kHeaderBytes + 12 * static_cast<size_t>(num_sequences_) +
+                       8 * static_cast<size_t>(i));
 }
 
 void IndexedDataset::read_sequence(int64_t seq, int64_t offset, int64_t count, int32_t* out) const {
-  HLM_CHECK_ARG(seq >= 0 && seq < num_sequences_, "{}: sequence {} out of range 0..{}", prefix_, seq, num_sequences_ - 1);
+  HLM_CHECK_ARG(seq >= 0 && seq < num_sequences_, "{}: sequence {} out of range 0..{}", prefix_,
+                seq, num_sequences_ - 1);
   int64_t len = sequence_length(seq);
   HLM_CHECK_ARG(offset >= 0 && count >= 0 && offset + count <= len,
-                "{}: tokens [{}, {}) outside sequence {} of length {}", prefix_, offset, offset + count, seq, len);
+                "{}: tokens [{}, {}) outside sequence {} of length {}", prefix_, offset,
+                offset + count, seq, len);
   const size_t item = token_dtype_size(dtype_);
-  const unsigned char* p = bin_ + static_cast<size_t>(sequence_pointer(seq)) + static_cast<size_t>(offset) * item;
+  const unsigned char* p =
+      bin_ + static_cast<size_t>(sequence_pointer(seq)) + static_cast<size_t>(offset) * item;
   const size_t n = static_cast<size_t>(count);
   switch (dtype_) {
     case TokenDType::U16:
       for (size_t i = 0; i < n; ++i) out[i] = load<uint16_t>(p + 2 * i);
       break;
     case TokenDType::I32: std::memcpy(out, p, n * 4); break;
-    case TokenDType::U8: for (size_t i = 0; i < n; ++i) out[i] = p[i]; break;
-    case TokenDType::I8: for (size_t i = 0; i < n; ++i) out[i] = static_cast<int8_t>(p[i]); break;
-    case TokenDType::I16: for (size_t i = 0; i < n; ++i) out[i] = load<int16_t>(p + 2 * i); break;
+    case TokenDType::U8:
+      for (size_t i = 0; i < n; ++i) out[i] = p[i];
+      break;
+    case TokenDType::I8:
+      for (size_t i = 0; i < n; ++i) out[i] = static_cast<int8_t>(p[i]);
+      break;
+    case TokenDType::I16:
+      for (size_t i = 0; i < n; ++i) out[i] = load<int16_t>(p + 2 * i);
+      break;
     case TokenDType::I64:
       for (size_t i = 0; i < n; ++i) {
         int64_t v = load<int64_t>(p + 8 * i);
-        HLM_REQUIRE(v >= INT32_MIN && v <= INT32_MAX, ErrorKind::Format, "{}: token {} of sequence {} does not fit int32",
-                    bin_path(prefix_), v, seq);
+        HLM_REQUIRE(v >= INT32_MIN && v <= INT32_MAX, ErrorKind::Format,
+                    "{}: token {} of sequence {} does not fit int32", bin_path(prefix_), v, seq);
         out[i] = static_cast<int32_t>(v);
       }
       break;
-    case TokenDType::F32: case TokenDType::F64:
-      fail(ErrorKind::Unsupported, "{}: dtype {} holds no token ids", idx_path(prefix_), token_dtype_name(dtype_));
+    case TokenDType::F32:
+    case TokenDType::F64:
+      fail(ErrorKind::Unsupported, "{}: dtype {} holds no token ids", idx_path(prefix_),
+           token_dtype_name(dtype_));
   }
 }
 
 std::vector<int32_t> IndexedDataset::sequence(int64_t seq) const {
-  HLM_CHECK_ARG(seq >= 0 && seq < num_sequences_, "{}: sequence {} out of range 0..{}", prefix_, seq, num_sequences_ - 1);
+  HLM_CHECK_ARG(seq >= 0 && seq < num_sequences_, "{}: sequence {} out of range 0..{}", prefix_,
+                seq, num_sequences_ - 1);
   std::vector<int32_t> v(static_cast<size_t>(sequence_length(seq)));
   read_sequence(seq, 0, static_cast<int64_t>(v.size()), v.data());
   return v;
 }
 
 void IndexedDataset::read_document(int64_t doc, int64_t offset, int64_t count, int32_t* out) const {
-  HLM_CHECK_ARG(doc >= 0 && doc < num_documents(), "{}: document {} out of range 0..{}", prefix_, doc, num_documents() - 1);
+  HLM_CHECK_ARG(doc >= 0 && doc < num_documents(), "{}: document {} out of range 0..{}", prefix_,
+                doc, num_documents() - 1);
   HLM_CHECK_ARG(offset >= 0 && count >= 0 && offset + count <= document_length(doc),
-                "{}: tokens [{}, {}) outside document {} of length {}", prefix_, offset, offset + count, doc,
-                document_length(doc));
+                "{}: tokens [{}, {}) outside document {} of length {}", prefix_, offset,
+                offset + count, doc, document_length(doc));
   for (int64_t s = document_index(doc); s < document_index(doc + 1) && count > 0; ++s) {
     int64_t len = sequence_length(s);
     if (offset >= len) {
@@ -384,7 +424,8 @@ void IndexedDataset::read_document(int64_t doc, int64_t offset, int64_t count, i
 }
 
 std::vector<int32_t> IndexedDataset::document(int64_t doc) const {
-  HLM_CHECK_ARG(doc >= 0 && doc < num_documents(), "{}: document {} out of range 0..{}", prefix_, doc, num_documents() - 1);
+  HLM_CHECK_ARG(doc >= 0 && doc < num_documents(), "{}: document {} out of range 0..{}", prefix_,
+                doc, num_documents() - 1);
   std::vector<int32_t> v(static_cast<size_t>(document_length(doc)));
   read_document(doc, 0, static_cast<int64_t>(v.size()), v.data());
   return v;

@@ -13,7 +13,16 @@
 namespace hlm {
 
 // Megatron's DType codes, as stored in the .idx header.
-enum class TokenDType : uint8_t { U8 = 1, I8 = 2, I16 = 3, I32 = 4, I64 = 5, F64 = 6, F32 = 7, U16 = 8 };
+enum class TokenDType : uint8_t {
+  U8 = 1,
+  I8 = 2,
+  I16 = 3,
+  I32 = 4,
+  I64 = 5,
+  F64 = 6,
+  F32 = 7,
+  U16 = 8
+};
 size_t token_dtype_size(TokenDType t);
 const char* token_dtype_name(TokenDType t);
 // u16 when every id of the vocabulary fits (vocab_size <= 65536), else i32.
@@ -60,10 +69,10 @@ class IndexedDatasetWriter {
   bool done_ = false;
 };
 
-// Read-only view of PREFIX.bin/.idx through mmap. Opening checks the magic, version, dtype, that the
-// counts match the file sizes exactly, that the document index runs from 0 to the sequence count
-// without going back, and that every sequence lies inside .bin: a truncated or corrupt file gives
-// one ErrorKind::Format error naming the file, never a crash later.
+// Read-only view of PREFIX.bin/.idx through mmap. Opening checks the magic, version, dtype, that
+// the counts match the file sizes exactly, that the document index runs from 0 to the sequence
+// count without going back, and that every sequence lies inside .bin: a truncated or corrupt file
+// gives one ErrorKind::Format error naming the file, never a crash later.
 class IndexedDataset {
  public:
   explicit IndexedDataset(const std::string& prefix);
@@ -79,7 +88,7 @@ class IndexedDataset {
 
   int64_t sequence_length(int64_t i) const;
   int64_t sequence_pointer(int64_t i) const;  // byte offset in .bin
-  int64_t document_index(int64_t i) const;     // i in [0, num_documents]: first sequence of doc i
+  int64_t document_index(int64_t i) const;    // i in [0, num_documents]: first sequence of doc i
   // Tokens of document d (all its sequences).
   int64_t document_length(int64_t d) const { return doc_tokens_[static_cast<size_t>(d)]; }
 
@@ -98,7 +107,7 @@ class IndexedDataset {
   size_t idx_size_ = 0;
   const unsigned char* bin_ = nullptr;  // mapped .bin (null when empty)
   size_t bin_size_ = 0;
-  std::vector<int64_t> doc_tokens_;     // tokens per document
+  std::vector<int64_t> doc_tokens_;  // tokens per document
 };
 
 }  // namespace hlm

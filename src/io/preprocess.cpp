@@ -36,7 +36,8 @@ struct Document {
 // Yields the documents of the inputs in order.
 class DocumentReader {
  public:
-  DocumentReader(std::vector<std::string> files, std::string key) : files_(std::move(files)), key_(std::move(key)) {}
+  DocumentReader(std::vector<std::string> files, std::string key)
+      : files_(std::move(files)), key_(std::move(key)) {}
 
   // Next document, or nullopt at the end; *bytes grows by the input bytes consumed.
   std::optional<Document> next(int64_t* bytes) {
@@ -71,10 +72,12 @@ class DocumentReader {
         } catch (const nlohmann::json::parse_error& e) {
           fail(ErrorKind::Format, "{}: invalid JSON: {}", where, e.what());
         }
-        if (!j.is_object()) fail(ErrorKind::Format, "{}: expected a JSON object, got {}", where, j.type_name());
+        if (!j.is_object())
+          fail(ErrorKind::Format, "{}: expected a JSON object, got {}", where, j.type_name());
         auto it = j.find(key_);
         if (it == j.end()) fail(ErrorKind::Format, "{}: no key '{}'", where, key_);
-        if (!it->is_string()) fail(ErrorKind::Format, "{}: '{}' is a {}, not a string", where, key_, it->type_name());
+        if (!it->is_string())
+          fail(ErrorKind::Format, "{}: '{}' is a {}, not a string", where, key_, it->type_name());
         return Document{it->get<std::string>(), where};
       }
       if (jsonl_->bad()) fail(ErrorKind::Io, "{}: read error", path);
@@ -88,7 +91,8 @@ class DocumentReader {
   static void check_utf8(const std::string& text, const std::string& path) {
     size_t bad = 0;
     if (!is_valid_utf8(text, &bad)) {
-      int64_t line = 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n');
+      int64_t line =
+          1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n');
       fail(ErrorKind::Format, "{}:{}: invalid UTF-8 (byte offset {})", path, line, bad);
     }
   }
@@ -143,7 +147,9 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
 PreprocessStats preprocess(const Tokenizer& tokenizer, const PreprocessOptions& options,
                            const PreprocessHooks& hooks) {
   auto t0 = std::chrono::steady_clock::now();
-  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
   HLM_CHECK_ARG(!options.output_prefix.empty(), "preprocess: an output prefix is required");
   std::vector<std::string> files = expand_inputs(options.inputs);
 
@@ -151,8 +157,8 @@ PreprocessStats preprocess(const Tokenizer& tokenizer, const PreprocessOptions& 
   if (options.append_eod) {
     std::optional<int32_t> eod = tokenizer.eod_id();
     if (!eod) {
-      fail(ErrorKind::InvalidArgument, "{}: no <|endoftext|> token to end documents with (use --no-eod)",
-           tokenizer.name());
+      fail(ErrorKind::InvalidArgument,
+           "{}: no <|endoftext|> token to end documents with (use --no-eod)", tokenizer.name());
     }
     stats.eod = *eod;
   }
@@ -167,7 +173,8 @@ PreprocessStats preprocess(const Tokenizer& tokenizer, const PreprocessOptions& 
 
   fs::path parent = fs::path(options.output_prefix).parent_path();
   if (!parent.empty() && !fs::is_directory(parent)) {
-    fail(ErrorKind::Io, "output prefix {}: directory {} does not exist", options.output_prefix, parent.string());
+    fail(ErrorKind::Io, "output prefix {}: directory {} does not exist", options.output_prefix,
+         parent.string());
   }
   IndexedDatasetWriter writer(options.output_prefix, stats.dtype);
   if (hooks.on_writer_open) hooks.on_writer_open(writer);
@@ -220,7 +227,8 @@ PreprocessStats preprocess(const Tokenizer& tokenizer, const PreprocessOptions& 
     if (hooks.on_progress) hooks.on_progress(progress);
   }
   if (stats.documents == 0) {
-    fail(ErrorKind::InvalidArgument, "no documents with text in the inputs ({} files)", files.size());
+    fail(ErrorKind::InvalidArgument, "no documents with text in the inputs ({} files)",
+         files.size());
   }
 
   if (hooks.on_commit_begin) hooks.on_commit_begin();

@@ -35,7 +35,7 @@ struct PreprocessStats {
   int64_t bytes = 0;          // text bytes read
   double seconds = 0;
   TokenDType dtype = TokenDType::U16;
-  int32_t eod = -1;           // the appended id, -1 when none
+  int32_t eod = -1;  // the appended id, -1 when none
 };
 
 // Callbacks for the CLI: the temporary files exist between on_writer_open and on_commit_end.
@@ -49,9 +49,9 @@ struct PreprocessHooks {
 // Inputs: a directory stands for the regular files below it (recursively, sorted by path, hidden
 // ones skipped); a pattern with * ? [ that names no file is expanded by glob(3). A file ending in
 // .jsonl holds one JSON object per line (blank lines skipped), any other file is one document.
-// Empty documents are skipped (counted in the stats). Errors name the
-// file (and line): a missing input, a line that is not JSON, a missing or non-string key, text
-// that is not UTF-8; nothing is left behind then.
+// Empty documents are skipped (counted in the stats). Errors name the file (and line): a missing
+// input, a line that is not JSON, a missing or non-string key, text that is not UTF-8; nothing is
+// left behind then. Two runs must not share an output prefix at the same time (same temp names).
 PreprocessStats preprocess(const Tokenizer& tokenizer, const PreprocessOptions& options,
                            const PreprocessHooks& hooks = {});
 

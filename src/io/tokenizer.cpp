@@ -1,6 +1,7 @@
-// HF tokenizer.json byte-level BPE. The pipeline follows `tokenizers` step by step so the ids agree:
-// split off raw added tokens -> normalise (NFC) -> split off normalised added tokens -> pre-tokenizer
-// regexes (PCRE2, Unicode) -> bytes to byte-level symbols -> BPE by merge rank (cached per word).
+// HF tokenizer.json byte-level BPE. The pipeline follows `tokenizers` step by step so the ids
+// agree: split off raw added tokens -> normalise (NFC) -> split off normalised added tokens ->
+// pre-tokenizer regexes (PCRE2, Unicode) -> bytes to byte-level symbols -> BPE by merge rank
+// (cached per word).
 #include "io/tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -91,21 +92,26 @@ void append_utf8(std::string& out, int32_t cp) {
 // Unicode White_Space (what Rust's char::is_whitespace and Oniguruma's \s match).
 bool is_unicode_whitespace(int32_t c) {
   return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
-         c == 0x205F || c == 0x3000;
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+         c == 0x3000;
 }
 
 // Rust regex's Unicode \w: letters, marks, decimal digits, connector punctuation, joiners.
 bool is_word_char(int32_t c) {
   if (c == 0x200C || c == 0x200D) return true;
   switch (utf8proc_category(c)) {
-    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
-    case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_NL:
-    case UTF8PROC_CATEGORY_MN: case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME:
-    case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_PC:
-      return true;
-    default:
-      return false;
+    case UTF8PROC_CATEGORY_LU:
+    case UTF8PROC_CATEGORY_LL:
+    case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO:
+    case UTF8PROC_CATEGORY_NL:
+    case UTF8PROC_CATEGORY_MN:
+    case UTF8PROC_CATEGORY_MC:
+    case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_ND:
+    case UTF8PROC_CATEGORY_PC: return true;
+    default: return false;
   }
 }
 
@@ -168,7 +174,8 @@ struct ByteLevelTable {
     for (int b = 0xA1; b <= 0xAC; ++b) direct[static_cast<size_t>(b)] = true;
     for (int b = 0xAE; b <= 0xFF; ++b) direct[static_cast<size_t>(b)] = true;
     int32_t n = 0;
-    for (int b = 0; b < 256; ++b) cp[static_cast<size_t>(b)] = direct[static_cast<size_t>(b)] ? b : 256 + n++;
+    for (int b = 0; b < 256; ++b)
+      cp[static_cast<size_t>(b)] = direct[static_cast<size_t>(b)] ? b : 256 + n++;
     for (int b = 0; b < 256; ++b) {
       append_utf8(byte_to_char[static_cast<size_t>(b)], cp[static_cast<size_t>(b)]);
       char_to_byte[cp[static_cast<size_t>(b)]] = static_cast<uint8_t>(b);
@@ -291,7 +298,8 @@ class Regex {
       if (rc < 0) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(rc, msg, sizeof msg);
-        fail(ErrorKind::Internal, "pre-tokenizer regex failed: {}", reinterpret_cast<const char*>(msg));
+        fail(ErrorKind::Internal, "pre-tokenizer regex failed: {}",
+             reinterpret_cast<const char*>(msg));
       }
       PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
       size_t start = ov[0], end = ov[1];
@@ -316,13 +324,15 @@ class Regex {
   bool jit_ = false;
 };
 
-// PCRE2 scratch of one thread: match data for each regex and a JIT stack big enough for long inputs.
+// PCRE2 scratch of one thread: match data for each regex and a JIT stack big enough for long
+// inputs.
 struct RegexScratch {
   std::vector<pcre2_match_data*> match_data;
   pcre2_jit_stack* jit_stack = nullptr;
   pcre2_match_context* context = nullptr;
   explicit RegexScratch(const std::vector<const Regex*>& regexes) {
-    for (const Regex* r : regexes) match_data.push_back(pcre2_match_data_create_from_pattern(r->code(), nullptr));
+    for (const Regex* r : regexes)
+      match_data.push_back(pcre2_match_data_create_from_pattern(r->code(), nullptr));
     context = pcre2_match_context_create(nullptr);
     jit_stack = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, nullptr);
     if (jit_stack) pcre2_jit_stack_assign(context, nullptr, jit_stack);
@@ -470,7 +480,8 @@ class WordCache {
            static_cast<uint16_t>(ids.size())};
     arena_.append(word);
     arena_.resize(s.offset + ids_offset(s.key_len) + ids.size() * sizeof(int32_t));
-    std::memcpy(arena_.data() + s.offset + ids_offset(s.key_len), ids.data(), ids.size() * sizeof(int32_t));
+    std::memcpy(arena_.data() + s.offset + ids_offset(s.key_len), ids.data(),
+                ids.size() * sizeof(int32_t));
     place(s);
     ++size_;
   }
@@ -666,8 +677,11 @@ struct Tokenizer::Impl {
       if (pos < 0) return;
       int32_t next = sym[static_cast<size_t>(pos)].next;
       if (next < 0) return;
-      const auto* m = merges.find(sym[static_cast<size_t>(pos)].id, sym[static_cast<size_t>(next)].id);
-      if (m) queue.push({m->rank, pos, sym[static_cast<size_t>(pos)].id, sym[static_cast<size_t>(next)].id});
+      const auto* m =
+          merges.find(sym[static_cast<size_t>(pos)].id, sym[static_cast<size_t>(next)].id);
+      if (m)
+        queue.push(
+            {m->rank, pos, sym[static_cast<size_t>(pos)].id, sym[static_cast<size_t>(next)].id});
     };
     for (int32_t i = 0; i + 1 < static_cast<int32_t>(sym.size()); ++i) consider(i);
     while (!queue.empty()) {
@@ -684,11 +698,13 @@ struct Tokenizer::Impl {
       consider(left.prev);
       consider(c.pos);
     }
-    for (int32_t i = 0; i >= 0; i = sym[static_cast<size_t>(i)].next) ids.push_back(sym[static_cast<size_t>(i)].id);
+    for (int32_t i = 0; i >= 0; i = sym[static_cast<size_t>(i)].next)
+      ids.push_back(sym[static_cast<size_t>(i)].id);
   }
 
   // Pre-tokenizer + model on one stretch of normalised text without added tokens.
-  void encode_segment(std::string_view seg, RegexScratch& scratch, std::vector<int32_t>& ids) const {
+  void encode_segment(std::string_view seg, RegexScratch& scratch,
+                      std::vector<int32_t>& ids) const {
     if (seg.empty()) return;
     std::string prefixed;
     if (add_prefix_space && seg[0] != ' ') {
@@ -709,8 +725,9 @@ struct Tokenizer::Impl {
       return;
     }
     if (byte_level_regex) {
-      byte_level_regex->split_isolated(text, scratch.match_data[stage], scratch.context,
-                                       [&](size_t b, size_t e) { bpe_word(text.substr(b, e - b), ids); });
+      byte_level_regex->split_isolated(
+          text, scratch.match_data[stage], scratch.context,
+          [&](size_t b, size_t e) { bpe_word(text.substr(b, e - b), ids); });
     } else {
       bpe_word(text, ids);
     }
@@ -733,7 +750,8 @@ struct Tokenizer::Impl {
       if (start < start_offset) continue;  // swallowed by the previous token's rstrip
       if (tok.single_word) {
         size_t len = 0;
-        bool start_ok = start == 0 || !is_word_char(decode_utf8(text, previous_char_start(text, start), &len));
+        bool start_ok =
+            start == 0 || !is_word_char(decode_utf8(text, previous_char_start(text, start), &len));
         bool stop_ok = stop == text.size() || !is_word_char(decode_utf8(text, stop, &len));
         if (!start_ok || !stop_ok) continue;
       }
@@ -794,7 +812,8 @@ const json& field(const json& obj, const char* key, const char* where) {
 bool opt_bool(const json& obj, const char* key, bool fallback, const char* where) {
   auto it = obj.find(key);
   if (it == obj.end() || it->is_null()) return fallback;
-  if (!it->is_boolean()) fail(ErrorKind::Format, "{}: field '{}' must be true or false", where, key);
+  if (!it->is_boolean())
+    fail(ErrorKind::Format, "{}: field '{}' must be true or false", where, key);
   return it->get<bool>();
 }
 
@@ -808,16 +827,21 @@ std::string type_of(const json& obj, const char* where) {
 void load_normalizer(const json& n, std::vector<NormForm>& out) {
   if (n.is_null()) return;
   std::string type = type_of(n, "normalizer");
-  if (type == "NFC") out.push_back(NormForm::NFC);
-  else if (type == "NFD") out.push_back(NormForm::NFD);
-  else if (type == "NFKC") out.push_back(NormForm::NFKC);
-  else if (type == "NFKD") out.push_back(NormForm::NFKD);
+  if (type == "NFC")
+    out.push_back(NormForm::NFC);
+  else if (type == "NFD")
+    out.push_back(NormForm::NFD);
+  else if (type == "NFKC")
+    out.push_back(NormForm::NFKC);
+  else if (type == "NFKD")
+    out.push_back(NormForm::NFKD);
   else if (type == "Sequence") {
     const json& list = field(n, "normalizers", "normalizer");
     if (!list.is_array()) fail(ErrorKind::Format, "normalizer: 'normalizers' must be an array");
     for (const json& item : list) load_normalizer(item, out);
   } else {
-    fail(ErrorKind::Unsupported, "normalizer type '{}' is not supported (NFC, NFD, NFKC, NFKD, Sequence are)", type);
+    fail(ErrorKind::Unsupported,
+         "normalizer type '{}' is not supported (NFC, NFD, NFKC, NFKD, Sequence are)", type);
   }
 }
 
@@ -832,17 +856,23 @@ void load_byte_level_pretokenizer(const json& p, Tokenizer::Impl& impl) {
 }
 
 void load_pretokenizer(const json& p, Tokenizer::Impl& impl) {
-  if (p.is_null()) fail(ErrorKind::Unsupported, "pre_tokenizer is null: only byte-level BPE tokenizers are supported");
+  if (p.is_null())
+    fail(ErrorKind::Unsupported,
+         "pre_tokenizer is null: only byte-level BPE tokenizers are supported");
   std::string type = type_of(p, "pre_tokenizer");
   if (type == "ByteLevel") {
     load_byte_level_pretokenizer(p, impl);
     return;
   }
   if (type != "Sequence") {
-    fail(ErrorKind::Unsupported, "pre_tokenizer type '{}' is not supported (ByteLevel, or a Sequence of Split then ByteLevel, is)", type);
+    fail(ErrorKind::Unsupported,
+         "pre_tokenizer type '{}' is not supported (ByteLevel, or a Sequence of Split then "
+         "ByteLevel, is)",
+         type);
   }
   const json& list = field(p, "pretokenizers", "pre_tokenizer");
-  if (!list.is_array() || list.empty()) fail(ErrorKind::Format, "pre_tokenizer: 'pretokenizers' must be a non-empty array");
+  if (!list.is_array() || list.empty())
+    fail(ErrorKind::Format, "pre_tokenizer: 'pretokenizers' must be a non-empty array");
   for (size_t i = 0; i < list.size(); ++i) {
     std::string where = fmt::format("pre_tokenizer {}", i);
     std::string t = type_of(list[i], where.c_str());
@@ -853,24 +883,31 @@ void load_pretokenizer(const json& p, Tokenizer::Impl& impl) {
       const json& pattern = field(list[i], "pattern", where.c_str());
       std::string behavior = field(list[i], "behavior", where.c_str()).get<std::string>();
       if (behavior != "Isolated" || opt_bool(list[i], "invert", false, where.c_str())) {
-        fail(ErrorKind::Unsupported, "{}: Split with behavior '{}' (or invert) is not supported (Isolated is)", where, behavior);
+        fail(ErrorKind::Unsupported,
+             "{}: Split with behavior '{}' (or invert) is not supported (Isolated is)", where,
+             behavior);
       }
       if (pattern.contains("Regex")) {
-        impl.splits.push_back({std::make_unique<Regex>(pattern["Regex"].get<std::string>(), false, where)});
+        impl.splits.push_back(
+            {std::make_unique<Regex>(pattern["Regex"].get<std::string>(), false, where)});
       } else if (pattern.contains("String")) {
-        impl.splits.push_back({std::make_unique<Regex>(pattern["String"].get<std::string>(), true, where)});
+        impl.splits.push_back(
+            {std::make_unique<Regex>(pattern["String"].get<std::string>(), true, where)});
       } else {
         fail(ErrorKind::Format, "{}: pattern must have 'Regex' or 'String'", where);
       }
     } else {
-      fail(ErrorKind::Unsupported, "{}: '{}' is not supported here (a Sequence must be Split... then ByteLevel)", where, t);
+      fail(ErrorKind::Unsupported,
+           "{}: '{}' is not supported here (a Sequence must be Split... then ByteLevel)", where, t);
     }
   }
-  if (impl.splits.size() + 1 != list.size()) fail(ErrorKind::Unsupported, "pre_tokenizer: a Sequence must end with ByteLevel");
+  if (impl.splits.size() + 1 != list.size())
+    fail(ErrorKind::Unsupported, "pre_tokenizer: a Sequence must end with ByteLevel");
 }
 
 void check_id(int64_t id, const std::string& what) {
-  if (id < 0 || id >= (int64_t{1} << 31) - 1) fail(ErrorKind::Format, "{}: id {} out of range", what, id);
+  if (id < 0 || id >= (int64_t{1} << 31) - 1)
+    fail(ErrorKind::Format, "{}: id {} out of range", what, id);
 }
 
 std::unique_ptr<Tokenizer::Impl> build(const json& root) {
@@ -887,14 +924,16 @@ std::unique_ptr<Tokenizer::Impl> build(const json& root) {
   if (!vocab.is_object()) fail(ErrorKind::Format, "model.vocab: expected an object of token -> id");
   int64_t size = 0;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    if (!it.value().is_number_integer()) fail(ErrorKind::Format, "model.vocab: token '{}' has a non-integer id", it.key());
+    if (!it.value().is_number_integer())
+      fail(ErrorKind::Format, "model.vocab: token '{}' has a non-integer id", it.key());
     int64_t id = it.value().get<int64_t>();
     check_id(id, fmt::format("model.vocab: token '{}'", it.key()));
     impl->vocab.emplace(it.key(), static_cast<int32_t>(id));
     size = std::max(size, id + 1);
   }
   const json& added = root.contains("added_tokens") ? root["added_tokens"] : json::array();
-  if (!added.is_null() && !added.is_array()) fail(ErrorKind::Format, "added_tokens: expected an array");
+  if (!added.is_null() && !added.is_array())
+    fail(ErrorKind::Format, "added_tokens: expected an array");
   for (size_t i = 0; i < added.size(); ++i) {
     std::string where = fmt::format("added_tokens[{}]", i);
     const json& a = added[i];
@@ -940,8 +979,10 @@ std::unique_ptr<Tokenizer::Impl> build(const json& root) {
   }
 
   // Options of the BPE model that change ids and that byte-level BPE does not use.
-  if (model.contains("dropout") && !model["dropout"].is_null() && model["dropout"].get<double>() != 0.0) {
-    fail(ErrorKind::Unsupported, "model.dropout is set: BPE dropout is not supported (encoding must be deterministic)");
+  if (model.contains("dropout") && !model["dropout"].is_null() &&
+      model["dropout"].get<double>() != 0.0) {
+    fail(ErrorKind::Unsupported,
+         "model.dropout is set: BPE dropout is not supported (encoding must be deterministic)");
   }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     if (model.contains(key) && !model[key].is_null() && model[key] != "") {
@@ -955,7 +996,9 @@ std::unique_ptr<Tokenizer::Impl> build(const json& root) {
   impl->fuse_unk = opt_bool(model, "fuse_unk", false, "model");
   if (model.contains("unk_token") && !model["unk_token"].is_null()) {
     auto it = impl->vocab.find(model["unk_token"].get<std::string>());
-    if (it == impl->vocab.end()) fail(ErrorKind::Format, "model.unk_token '{}' is not in the vocabulary", model["unk_token"].get<std::string>());
+    if (it == impl->vocab.end())
+      fail(ErrorKind::Format, "model.unk_token '{}' is not in the vocabulary",
+           model["unk_token"].get<std::string>());
     impl->unk_id = it->second;
   }
 
@@ -970,7 +1013,8 @@ std::unique_ptr<Tokenizer::Impl> build(const json& root) {
       const std::string& s = m.get_ref<const std::string&>();
       size_t space = s.find(' ');
       if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos) {
-        fail(ErrorKind::Format, "model.merges[{}]: '{}' is not two tokens separated by one space", rank, s);
+        fail(ErrorKind::Format, "model.merges[{}]: '{}' is not two tokens separated by one space",
+             rank, s);
       }
       a = s.substr(0, space);
       b = s.substr(space + 1);
@@ -982,8 +1026,11 @@ std::unique_ptr<Tokenizer::Impl> build(const json& root) {
     }
     auto ia = impl->vocab.find(a), ib = impl->vocab.find(b), iab = impl->vocab.find(a + b);
     if (ia == impl->vocab.end() || ib == impl->vocab.end() || iab == impl->vocab.end()) {
-      const std::string& missing = ia == impl->vocab.end() ? a : ib == impl->vocab.end() ? b : a + b;
-      fail(ErrorKind::Format, "model.merges[{}]: token '{}' is not in the vocabulary", rank, missing);
+      const std::string& missing = ia == impl->vocab.end()   ? a
+                                   : ib == impl->vocab.end() ? b
+                                                             : a + b;
+      fail(ErrorKind::Format, "model.merges[{}]: token '{}' is not in the vocabulary", rank,
+           missing);
     }
     table.push_back({MergeTable::key(ia->second, ib->second),
                      MergeTable::Merge{static_cast<int32_t>(rank), iab->second}});
@@ -1003,8 +1050,10 @@ std::unique_ptr<Tokenizer::Impl> build(const json& root) {
     for (size_t i = 0; i < impl->added.size(); ++i) {
       const AddedToken& t = impl->added[i];
       if (t.special != (pass == 0)) continue;
-      if (t.normalized) impl->normalized_trie.add(impl->normalize(t.content), static_cast<int32_t>(i));
-      else impl->raw_trie.add(t.content, static_cast<int32_t>(i));
+      if (t.normalized)
+        impl->normalized_trie.add(impl->normalize(t.content), static_cast<int32_t>(i));
+      else
+        impl->raw_trie.add(t.content, static_cast<int32_t>(i));
       impl->added_by_content.emplace(t.content, t.id);
     }
   }
@@ -1045,7 +1094,8 @@ Tokenizer Tokenizer::from_json_text(std::string_view json_text, const std::strin
     try {
       root = json::parse(json_text);
     } catch (const json::parse_error& e) {
-      fail(ErrorKind::Format, "not valid JSON, truncated or corrupt ({} bytes): {}", json_text.size(), e.what());
+      fail(ErrorKind::Format, "not valid JSON, truncated or corrupt ({} bytes): {}",
+           json_text.size(), e.what());
     }
     std::unique_ptr<Impl> impl;
     try {
@@ -1060,7 +1110,8 @@ Tokenizer Tokenizer::from_json_text(std::string_view json_text, const std::strin
 
 Tokenizer Tokenizer::load(const std::string& path) {
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) fail(ErrorKind::Io, "{}: is a directory, not a tokenizer.json", path);
+  if (std::filesystem::is_directory(path, ec))
+    fail(ErrorKind::Io, "{}: is a directory, not a tokenizer.json", path);
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(ErrorKind::Io, "{}: cannot open tokenizer file: {}", path, std::strerror(errno));
   std::ostringstream ss;
@@ -1084,8 +1135,9 @@ std::string Tokenizer::decode(std::span<const int32_t> ids) const {
   for (size_t i = 0; i < ids.size(); ++i) {
     int32_t id = ids[i];
     if (id < 0 || id >= vocab_size() || !impl_->id_present[static_cast<size_t>(id)]) {
-      fail(ErrorKind::InvalidArgument, "{}: cannot decode id {} (position {}): the vocabulary has ids 0..{}",
-           impl_->name, id, i, vocab_size() - 1);
+      fail(ErrorKind::InvalidArgument,
+           "{}: cannot decode id {} (position {}): the vocabulary has ids 0..{}", impl_->name, id,
+           i, vocab_size() - 1);
     }
     bytes += impl_->id_bytes[static_cast<size_t>(id)];
   }
@@ -1096,14 +1148,16 @@ int64_t Tokenizer::vocab_size() const { return static_cast<int64_t>(impl_->id_to
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
   std::string key(token);
-  if (auto it = impl_->added_by_content.find(key); it != impl_->added_by_content.end()) return it->second;
+  if (auto it = impl_->added_by_content.find(key); it != impl_->added_by_content.end())
+    return it->second;
   if (auto it = impl_->vocab.find(key); it != impl_->vocab.end()) return it->second;
   return std::nullopt;
 }
 
 const std::string& Tokenizer::id_to_token(int32_t id) const {
   if (id < 0 || id >= vocab_size()) {
-    fail(ErrorKind::InvalidArgument, "{}: id {} out of range 0..{}", impl_->name, id, vocab_size() - 1);
+    fail(ErrorKind::InvalidArgument, "{}: id {} out of range 0..{}", impl_->name, id,
+         vocab_size() - 1);
   }
   return impl_->id_token[static_cast<size_t>(id)];
 }

@@ -1,6 +1,7 @@
-// Byte-level BPE tokenizer read from a Hugging Face tokenizer.json (GPT-2, GPT-NeoX, Llama-3 style):
-// added tokens, normalizer, pre-tokenizer regexes, BPE merges and the ByteLevel decoder, giving the
-// same ids as HF `tokenizers` (encode without post-processor specials, decode without skipping).
+// Byte-level BPE tokenizer read from a Hugging Face tokenizer.json (GPT-2, GPT-NeoX, Llama-3
+// style): added tokens, normalizer, pre-tokenizer regexes, BPE merges and the ByteLevel decoder,
+// giving the same ids as HF `tokenizers` (encode without post-processor specials, decode without
+// skipping).
 #pragma once
 
 #include <cstdint>
@@ -17,10 +18,10 @@ struct AddedToken {
   int32_t id = 0;
   std::string content;
   bool special = false;
-  bool normalized = true;   // matched on the normalised text (else on the raw text, before it)
-  bool lstrip = false;      // swallows whitespace on its left
-  bool rstrip = false;      // swallows whitespace on its right
-  bool single_word = false; // only matches with no word character on either side
+  bool normalized = true;    // matched on the normalised text (else on the raw text, before it)
+  bool lstrip = false;       // swallows whitespace on its left
+  bool rstrip = false;       // swallows whitespace on its right
+  bool single_word = false;  // only matches with no word character on either side
 };
 
 class Tokenizer {
@@ -40,8 +41,8 @@ class Tokenizer {
   // Thread-safe: many threads may encode with one tokenizer.
   std::vector<int32_t> encode(std::string_view text) const;
   void encode_append(std::string_view text, std::vector<int32_t>& ids) const;
-  // Ids to text: token bytes concatenated, invalid UTF-8 replaced by U+FFFD as HF does. An id out of
-  // range is an InvalidArgument error naming it.
+  // Ids to text: token bytes concatenated, invalid UTF-8 replaced by U+FFFD as HF does. An id out
+  // of range is an InvalidArgument error naming it.
   std::string decode(std::span<const int32_t> ids) const;
 
   // One past the largest id (model vocabulary and added tokens together).

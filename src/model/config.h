@@ -41,7 +41,8 @@ struct ModelConfig {
   bool mamba_proj_bias = false;  // bias on in_proj / out_proj
   bool conv_bias = true;
   float dt_min = 0.001f, dt_max = 0.1f, dt_init_floor = 1e-4f;  // initialisation of dt_bias
-  float dt_limit_min = 0.0f;                                     // clamp of softplus(dt + bias)
+  // Clamp of softplus(dt + bias) in the chunked scan (HF NemotronH: (time_step_min, inf)).
+  float dt_limit_min = 0.0f;
   float dt_limit_max = std::numeric_limits<float>::infinity();
   // Whether the one-token decode step clamps dt to the limits too. transformers (both models) and
   // mamba_ssm clamp only in the chunked scan (prefill / training), never in the recurrent step:
@@ -75,9 +76,11 @@ struct ModelConfig {
   int64_t conv_dim() const { return d_inner() + 2 * n_groups * ssm_state; }
   int64_t in_proj_dim() const { return d_inner() + conv_dim() + mamba_heads; }  // [z | xBC | dt]
   int64_t norm_group_size() const {
-    return mamba_norm_group_size > 0 ? mamba_norm_group_size : d_inner() / n_groups;
+    return mamba_norm_group_size > 0 ? mamba_norm_group_size : (n_groups > 0 ? d_inner() / n_groups : 0);
   }
-  int64_t head_dim() const { return attn_head_dim > 0 ? attn_head_dim : d_model / attn_heads; }
+  int64_t head_dim() const {
+    return attn_head_dim > 0 ? attn_head_dim : (attn_heads > 0 ? d_model / attn_heads : 0);
+  }
   int64_t rope_dim() const {
     return static_cast<int64_t>(static_cast<double>(head_dim()) * partial_rotary_factor);
   }

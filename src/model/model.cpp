@@ -634,8 +634,10 @@ Tensor Model::decode(const Tensor& ids, InferenceState& st) {
         p.A_log = W(l, "mixer.A_log");
         p.D = W(l, "mixer.D");
         p.dt_bias = W(l, "mixer.dt_bias");
-        p.dt_min = c.dt_limit_min;
-        p.dt_max = c.dt_limit_max;
+        if (c.dt_limit_in_decode) {  // HF's (and mamba_ssm's) step never clamps: see config.h
+          p.dt_min = c.dt_limit_min;
+          p.dt_max = c.dt_limit_max;
+        }
         Tensor y = acts_.alloc(a, {B, Di});
         ssd_step(p, s.ssm, y.split_last({c.mamba_heads, c.mamba_head_dim}));
         Tensor yn = acts_.alloc(a, {B, Di});

@@ -1,5 +1,6 @@
-// Packed rows over an indexed dataset: per-epoch shuffled document stream, rows of T+1 tokens with a
-// one-token overlap, per-token document numbers; randomness from Philox streams keyed by the seed.
+// Packed rows over an indexed dataset: per-epoch shuffled document stream, rows of T+1 tokens with
+// a one-token overlap, per-token document numbers; randomness from Philox streams keyed by the
+// seed.
 #include "train/data_loader.h"
 
 #include <algorithm>
@@ -28,13 +29,14 @@ PackedEpoch pack(const IndexedDataset& data, std::vector<int64_t> order) {
   p.order = std::move(order);
   p.start.resize(p.order.size() + 1);
   p.start[0] = 0;
-  for (size_t k = 0; k < p.order.size(); ++k) p.start[k + 1] = p.start[k] + data.document_length(p.order[k]);
+  for (size_t k = 0; k < p.order.size(); ++k)
+    p.start[k + 1] = p.start[k] + data.document_length(p.order[k]);
   return p;
 }
 
 // Stream tokens [pos, pos + T + 1) and their document numbers within the row.
-void fill_row(const IndexedDataset& data, const PackedEpoch& p, int64_t pos, int64_t T, int32_t* tokens,
-              int32_t* doc) {
+void fill_row(const IndexedDataset& data, const PackedEpoch& p, int64_t pos, int64_t T,
+              int32_t* tokens, int32_t* doc) {
   auto it = std::upper_bound(p.start.begin(), p.start.end(), pos);
   size_t k = static_cast<size_t>(it - p.start.begin()) - 1;
   int64_t offset = pos - p.start[k], filled = 0;
@@ -60,10 +62,12 @@ std::vector<int64_t> non_empty_documents(const IndexedDataset& data) {
 }
 
 void check_shape(const IndexedDataset& data, int64_t B, int64_t T, const char* who) {
-  HLM_CHECK_ARG(B > 0 && T > 0, "{}: batch size {} and sequence length {} must be positive", who, B, T);
+  HLM_CHECK_ARG(B > 0 && T > 0, "{}: batch size {} and sequence length {} must be positive", who, B,
+                T);
   TokenDType dt = data.dtype();
-  HLM_CHECK_ARG(dt != TokenDType::F32 && dt != TokenDType::F64, "{}: dataset {} holds {} values, not token ids",
-                who, data.prefix(), token_dtype_name(dt));
+  HLM_CHECK_ARG(dt != TokenDType::F32 && dt != TokenDType::F64,
+                "{}: dataset {} holds {} values, not token ids", who, data.prefix(),
+                token_dtype_name(dt));
   HLM_CHECK_ARG(data.num_tokens() >= T + 1,
                 "{}: dataset {} has {} tokens, fewer than one row of T+1 = {}", who, data.prefix(),
                 data.num_tokens(), T + 1);
@@ -78,7 +82,8 @@ void resize_batch(Batch& batch, int64_t B, int64_t T) {
 
 }  // namespace
 
-void Batch::split(std::vector<int32_t>& inputs, std::vector<int32_t>& targets, std::vector<int32_t>& docs) const {
+void Batch::split(std::vector<int32_t>& inputs, std::vector<int32_t>& targets,
+                  std::vector<int32_t>& docs) const {
   inputs.resize(static_cast<size_t>(B * T));
   targets.resize(static_cast<size_t>(B * T));
   docs.resize(static_cast<size_t>(B * T));
@@ -95,10 +100,14 @@ void Batch::split(std::vector<int32_t>& inputs, std::vector<int32_t>& targets, s
 // State as JSON
 
 void to_json(nlohmann::json& j, const LoaderState& s) {
-  j = nlohmann::json{{"seed", s.seed},           {"epoch", s.epoch},
-                     {"position", s.position},   {"seq_len", s.seq_len},
-                     {"batch_size", s.batch_size}, {"shuffle", s.shuffle},
-                     {"num_documents", s.num_documents}, {"num_tokens", s.num_tokens}};
+  j = nlohmann::json{{"seed", s.seed},
+                     {"epoch", s.epoch},
+                     {"position", s.position},
+                     {"seq_len", s.seq_len},
+                     {"batch_size", s.batch_size},
+                     {"shuffle", s.shuffle},
+                     {"num_documents", s.num_documents},
+                     {"num_tokens", s.num_tokens}};
 }
 
 void from_json(const nlohmann::json& j, LoaderState& s) {
@@ -125,7 +134,8 @@ void from_json(const nlohmann::json& j, LoaderState& s) {
 // ---------------------------------------------------------------------------------------------
 // Training loader
 
-DataLoader::DataLoader(const IndexedDataset& data, int64_t B, int64_t T, uint64_t seed, bool shuffle)
+DataLoader::DataLoader(const IndexedDataset& data, int64_t B, int64_t T, uint64_t seed,
+                       bool shuffle)
     : data_(data), B_(B), T_(T), seed_(seed), shuffle_(shuffle) {
   check_shape(data, B, T, "data loader");
   docs_ = non_empty_documents(data);
@@ -152,7 +162,8 @@ void DataLoader::next(Batch& batch) {
   for (int64_t b = 0; b < B_; ++b) {
     if (position_ == rows_per_epoch_) begin_epoch(epoch_ + 1);
     int64_t row = layout_.rows.empty() ? position_ : layout_.rows[static_cast<size_t>(position_)];
-    fill_row(data_, layout_, row * T_, T_, batch.tokens.data() + b * (T_ + 1), batch.doc.data() + b * (T_ + 1));
+    fill_row(data_, layout_, row * T_, T_, batch.tokens.data() + b * (T_ + 1),
+             batch.doc.data() + b * (T_ + 1));
     if (++position_ == rows_per_epoch_) begin_epoch(epoch_ + 1);  // state() then reads (e+1, 0)
   }
 }
@@ -177,14 +188,18 @@ LoaderState DataLoader::state() const {
 }
 
 void DataLoader::restore(const LoaderState& s) {
-  HLM_CHECK_ARG(s.seq_len == T_, "loader state was saved with sequence length {}, this loader has {}", s.seq_len, T_);
-  HLM_CHECK_ARG(s.shuffle == shuffle_, "loader state was saved with shuffle {}, this loader has {}", s.shuffle, shuffle_);
+  HLM_CHECK_ARG(s.seq_len == T_,
+                "loader state was saved with sequence length {}, this loader has {}", s.seq_len,
+                T_);
+  HLM_CHECK_ARG(s.shuffle == shuffle_, "loader state was saved with shuffle {}, this loader has {}",
+                s.shuffle, shuffle_);
   HLM_CHECK_ARG(s.num_documents == data_.num_documents() && s.num_tokens == data_.num_tokens(),
                 "loader state belongs to a dataset of {} documents / {} tokens, not {} ({} / {})",
-                s.num_documents, s.num_tokens, data_.prefix(), data_.num_documents(), data_.num_tokens());
+                s.num_documents, s.num_tokens, data_.prefix(), data_.num_documents(),
+                data_.num_tokens());
   HLM_CHECK_ARG(s.epoch >= 0 && s.position >= 0 && s.position <= rows_per_epoch_,
-                "loader state: epoch {} position {} out of range (rows per epoch {})", s.epoch, s.position,
-                rows_per_epoch_);
+                "loader state: epoch {} position {} out of range (rows per epoch {})", s.epoch,
+                s.position, rows_per_epoch_);
   seed_ = s.seed;
   begin_epoch(s.epoch);
   position_ = s.position;
@@ -206,7 +221,8 @@ bool EvalLoader::next(Batch& batch) {
   int64_t rows = std::min(B_, num_rows_ - position_);
   resize_batch(batch, rows, T_);
   for (int64_t b = 0; b < rows; ++b, ++position_) {
-    fill_row(data_, layout_, position_ * T_, T_, batch.tokens.data() + b * (T_ + 1), batch.doc.data() + b * (T_ + 1));
+    fill_row(data_, layout_, position_ * T_, T_, batch.tokens.data() + b * (T_ + 1),
+             batch.doc.data() + b * (T_ + 1));
   }
   return true;
 }

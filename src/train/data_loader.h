@@ -27,16 +27,17 @@ struct Batch {
   const int32_t* row_tokens(int64_t b) const { return tokens.data() + b * (T + 1); }
   const int32_t* row_docs(int64_t b) const { return doc.data() + b * (T + 1); }
   // Contiguous [B, T] copies: inputs, targets and the inputs' document ids (what the model takes).
-  void split(std::vector<int32_t>& inputs, std::vector<int32_t>& targets, std::vector<int32_t>& docs) const;
+  void split(std::vector<int32_t>& inputs, std::vector<int32_t>& targets,
+             std::vector<int32_t>& docs) const;
 };
 
 // Where a DataLoader is, plus what it must match on restore. JSON via to_json / from_json.
 struct LoaderState {
   uint64_t seed = 0;
   int64_t epoch = 0;
-  int64_t position = 0;       // rows of this epoch already served
-  int64_t seq_len = 0;        // T
-  int64_t batch_size = 0;     // B when saved (informational: rows, not batches, are counted)
+  int64_t position = 0;    // rows of this epoch already served
+  int64_t seq_len = 0;     // T
+  int64_t batch_size = 0;  // B when saved (informational: rows, not batches, are counted)
   bool shuffle = true;
   int64_t num_documents = 0;  // the dataset's shape, checked on restore
   int64_t num_tokens = 0;

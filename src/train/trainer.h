@@ -3,7 +3,10 @@
 // (HF folder + optimizer + loader + step) that resume bitwise identically.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
+#include <vector>
 #include <functional>
 #include <optional>
 #include <string>
@@ -34,6 +37,8 @@ struct TrainOptions {
   bool resume = false;
   int64_t stop_at = 0;        // testing: stop (after saving) once this step is done
   bool quiet = false;         // no progress line on stderr
+  std::vector<std::string> extra_files;        // copied into every checkpoint (tokenizer.json)
+  const std::atomic<bool>* interrupted = nullptr;  // set by a signal: save and stop after this step
 };
 
 struct TrainSummary {

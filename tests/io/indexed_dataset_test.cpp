@@ -34,7 +34,9 @@ std::string slurp(const std::string& p) {
   return ss.str();
 }
 
-void spit(const std::string& p, const std::string& bytes) { std::ofstream(p, std::ios::binary) << bytes; }
+void spit(const std::string& p, const std::string& bytes) {
+  std::ofstream(p, std::ios::binary) << bytes;
+}
 
 template <typename T>
 void put(std::string& s, T v) {
@@ -68,7 +70,7 @@ TEST(IndexedDataset, WritesMegatronBytes) {
   std::string want;
   want.append("MMIDIDX\0\0", 9);
   put<uint64_t>(want, 1);
-  put<uint8_t>(want, 8);  // uint16
+  put<uint8_t>(want, 8);   // uint16
   put<uint64_t>(want, 4);  // sequences
   put<uint64_t>(want, 4);  // document index entries = documents + 1
   for (int32_t len : {3, 1, 2, 0}) put(want, len);
@@ -118,7 +120,8 @@ TEST(IndexedDataset, DtypeFollowsVocabulary) {
   EXPECT_EQ(IndexedDataset(dir.prefix("big")).document(0), (std::vector<int32_t>{100000, 255999}));
   IndexedDatasetWriter w(dir.prefix("small"), TokenDType::U16);
   std::string msg = error_of([&] { w.add_document(std::vector<int32_t>{1, 70000}); });
-  EXPECT_NE(msg.find("token id 70000 does not fit the dataset dtype uint16"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("token id 70000 does not fit the dataset dtype uint16"), std::string::npos)
+      << msg;
 }
 
 TEST(IndexedDataset, UnfinishedWriterLeavesNothing) {
@@ -130,7 +133,8 @@ TEST(IndexedDataset, UnfinishedWriterLeavesNothing) {
     EXPECT_TRUE(fs::exists(w.bin_tmp_path()));
   }
   EXPECT_TRUE(fs::is_empty(dir.path));
-  std::string msg = error_of([&] { IndexedDatasetWriter w(dir.prefix("no/such/dir/x"), TokenDType::U16); });
+  std::string msg =
+      error_of([&] { IndexedDatasetWriter w(dir.prefix("no/such/dir/x"), TokenDType::U16); });
   EXPECT_NE(msg.find("cannot create"), std::string::npos) << msg;
 }
 
@@ -141,7 +145,8 @@ TEST(IndexedDataset, CorruptFilesGiveOneClearError) {
   const std::string idx = slurp(good + ".idx"), bin = slurp(good + ".bin");
   std::string bad = dir.prefix("bad");
 
-  auto expect_bad = [&](const std::string& idx_bytes, const std::string& bin_bytes, const std::string& needle) {
+  auto expect_bad = [&](const std::string& idx_bytes, const std::string& bin_bytes,
+                        const std::string& needle) {
     spit(bad + ".idx", idx_bytes);
     spit(bad + ".bin", bin_bytes);
     std::string msg;

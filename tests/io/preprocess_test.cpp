@@ -47,7 +47,8 @@ struct TempDir {
     std::vector<std::string> out;
     for (const auto& e : fs::directory_iterator(path)) {
       std::string n = e.path().filename().string();
-      if (n.find(".bin") != std::string::npos || n.find(".idx") != std::string::npos) out.push_back(n);
+      if (n.find(".bin") != std::string::npos || n.find(".idx") != std::string::npos)
+        out.push_back(n);
     }
     return out;
   }
@@ -76,9 +77,11 @@ std::vector<int32_t> with_eod(std::vector<int32_t> v) {
 
 TEST(Preprocess, TextFilesAreDocumentsEndingInEod) {
   TempDir dir;
-  std::vector<std::string> texts = {"Fellow-Citizens of the Senate", "Line one.\nLine two.\n", "café — ok"};
+  std::vector<std::string> texts = {"Fellow-Citizens of the Senate", "Line one.\nLine two.\n",
+                                    "café — ok"};
   PreprocessOptions opt;
-  for (size_t i = 0; i < texts.size(); ++i) opt.inputs.push_back(dir.file("doc" + std::to_string(i) + ".txt", texts[i]));
+  for (size_t i = 0; i < texts.size(); ++i)
+    opt.inputs.push_back(dir.file("doc" + std::to_string(i) + ".txt", texts[i]));
   opt.inputs.push_back(dir.file("empty.txt", ""));
   opt.output_prefix = dir.str("out");
   PreprocessStats s = preprocess(neox(), opt);
@@ -101,8 +104,10 @@ TEST(Preprocess, TextFilesAreDocumentsEndingInEod) {
 TEST(Preprocess, JsonlLinesAreDocuments) {
   TempDir dir;
   PreprocessOptions opt;
-  opt.inputs = {dir.file("a.jsonl", "{\"text\": \"Hello World!\", \"year\": 1790}\n\n{\"text\": \"second\\nline\"}\r\n"),
-                dir.file("b.jsonl", "{\"body\": \"x\", \"text\": \"third\"}")};
+  opt.inputs = {
+      dir.file("a.jsonl",
+               "{\"text\": \"Hello World!\", \"year\": 1790}\n\n{\"text\": \"second\\nline\"}\r\n"),
+      dir.file("b.jsonl", "{\"body\": \"x\", \"text\": \"third\"}")};
   opt.output_prefix = dir.str("j");
   opt.append_eod = false;
   PreprocessStats s = preprocess(neox(), opt);
@@ -121,7 +126,8 @@ TEST(Preprocess, JsonlLinesAreDocuments) {
 TEST(Preprocess, OutputDoesNotDependOnWorkers) {
   TempDir dir;
   PreprocessOptions opt;
-  for (const char* name : {"1790_george_washington_n.txt", "1801_thomas_jefferson_dr.txt", "1862_abraham_lincoln_r.txt"}) {
+  for (const char* name : {"1790_george_washington_n.txt", "1801_thomas_jefferson_dr.txt",
+                           "1862_abraham_lincoln_r.txt"}) {
     opt.inputs.push_back(test::source_path(std::string("data/sotu/") + name));
   }
   opt.workers = 1;
@@ -137,7 +143,8 @@ TEST(Preprocess, OutputDoesNotDependOnWorkers) {
 
 TEST(Preprocess, LargeVocabularyWritesInt32AndMissingEodIsAnError) {
   // A tiny byte-level tokenizer with an added token at id 70000: ids no longer fit uint16.
-  std::string json = R"({"added_tokens": [{"id": 70000, "content": "<big>", "special": true, "normalized": false}],
+  std::string json =
+      R"({"added_tokens": [{"id": 70000, "content": "<big>", "special": true, "normalized": false}],
     "normalizer": null, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false},
     "decoder": {"type": "ByteLevel"},
     "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}})";
@@ -150,7 +157,8 @@ TEST(Preprocess, LargeVocabularyWritesInt32AndMissingEodIsAnError) {
     preprocess(tok, opt);
     ADD_FAILURE() << "no error without <|endoftext|>";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("big.json: no <|endoftext|>"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("big.json: no <|endoftext|>"), std::string::npos)
+        << e.what();
   }
   EXPECT_TRUE(dir.outputs().empty());
   opt.append_eod = false;
@@ -183,10 +191,13 @@ TEST(Preprocess, BadInputNamesFileAndLineAndLeavesNothing) {
   std::string no_key = dir.file("nokey.jsonl", "{\"text\": \"ok\"}\n\n{\"txt\": \"x\"}\n");
   EXPECT_NE(error_for({no_key}).find("nokey.jsonl:3: no key 'text'"), std::string::npos);
   std::string not_str = dir.file("num.jsonl", "{\"text\": 42}\n");
-  EXPECT_NE(error_for({not_str}).find("num.jsonl:1: 'text' is a number, not a string"), std::string::npos);
+  EXPECT_NE(error_for({not_str}).find("num.jsonl:1: 'text' is a number, not a string"),
+            std::string::npos);
   std::string bad_utf8 = dir.file("latin1.txt", "line one\nna\xefve\n");
-  EXPECT_NE(error_for({good, bad_utf8}).find("latin1.txt:2: invalid UTF-8 (byte offset 11)"), std::string::npos);
-  EXPECT_NE(error_for({good, dir.str("nope.txt")}).find("nope.txt: no such file"), std::string::npos);
+  EXPECT_NE(error_for({good, bad_utf8}).find("latin1.txt:2: invalid UTF-8 (byte offset 11)"),
+            std::string::npos);
+  EXPECT_NE(error_for({good, dir.str("nope.txt")}).find("nope.txt: no such file"),
+            std::string::npos);
   EXPECT_NE(error_for({dir.str("*.none")}).find("pattern matches no file"), std::string::npos);
 }
 
@@ -204,7 +215,8 @@ TEST(Preprocess, DirectoriesAndGlobsExpandSorted) {
 // Runs the CLI; returns its exit status (as from waitpid) and its stderr.
 int run_binary(const std::vector<std::string>& args, std::string* err, pid_t* pid_out = nullptr,
                const std::function<void(pid_t)>& while_running = {}) {
-  std::string err_path = (fs::temp_directory_path() / ("hlm_pre_err_" + std::to_string(::getpid()))).string();
+  std::string err_path =
+      (fs::temp_directory_path() / ("hlm_pre_err_" + std::to_string(::getpid()))).string();
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -228,17 +240,24 @@ int run_binary(const std::vector<std::string>& args, std::string* err, pid_t* pi
 
 TEST(PreprocessCli, WritesDatasetAndSummary) {
   TempDir dir;
-  std::string in = dir.file("in.jsonl", "{\"text\": \"Hello World!\"}\n{\"text\": \"The quick brown fox jumps over the lazy dog.\"}\n");
+  std::string in = dir.file("in.jsonl",
+                            "{\"text\": \"Hello World!\"}\n{\"text\": \"The quick brown fox jumps "
+                            "over the lazy dog.\"}\n");
   std::string err;
-  int status = run_binary({"preprocess", "--tokenizer", test::source_path("data/20B_tokenizer.json"), "--input", in,
-                           "--output-prefix", dir.str("cli"), "--workers", "2"}, &err);
+  int status =
+      run_binary({"preprocess", "--tokenizer", test::source_path("data/20B_tokenizer.json"),
+                  "--input", in, "--output-prefix", dir.str("cli"), "--workers", "2"},
+                 &err);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << err;
-  EXPECT_NE(err.find("preprocess: 2 documents (0 empty skipped), 15 tokens"), std::string::npos) << err;
+  EXPECT_NE(err.find("preprocess: 2 documents (0 empty skipped), 15 tokens"), std::string::npos)
+      << err;
   IndexedDataset ds(dir.str("cli"));
   EXPECT_EQ(ds.document(0), (std::vector<int32_t>{12092, 3645, 2, 0}));
 
-  status = run_binary({"preprocess", "--tokenizer", test::source_path("data/20B_tokenizer.json"), "--input",
-                       dir.file("bad.jsonl", "{\"text\": \"a\"}\nnot json\n"), "--output-prefix", dir.str("bad")}, &err);
+  status = run_binary(
+      {"preprocess", "--tokenizer", test::source_path("data/20B_tokenizer.json"), "--input",
+       dir.file("bad.jsonl", "{\"text\": \"a\"}\nnot json\n"), "--output-prefix", dir.str("bad")},
+      &err);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1);
   EXPECT_NE(err.find("hybridlm: error: "), std::string::npos) << err;
   EXPECT_NE(err.find("bad.jsonl:2: invalid JSON"), std::string::npos) << err;
@@ -246,23 +265,25 @@ TEST(PreprocessCli, WritesDatasetAndSummary) {
 }
 
 TEST(PreprocessCli, InterruptLeavesNoFiles) {
-  // The input is a FIFO we feed by hand: the run is surely mid-way (temp files open) when SIGINT comes.
+  // The input is a FIFO we feed by hand: the run is surely mid-way (temp files open) when SIGINT
+  // comes.
   TempDir dir;
   std::string fifo = dir.str("in.jsonl");
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
   std::string prefix = dir.str("int"), err;
-  int status = run_binary(
-      {"preprocess", "--tokenizer", test::source_path("data/20B_tokenizer.json"), "--input", fifo, "--output-prefix", prefix},
-      &err, nullptr, [&](pid_t pid) {
-        std::ofstream feed(fifo);  // blocks until the child opens the FIFO for reading
-        feed << "{\"text\": \"one document\"}\n" << std::flush;
-        for (int i = 0; i < 500 && !fs::exists(prefix + ".bin.tmp"); ++i) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        }
-        EXPECT_TRUE(fs::exists(prefix + ".bin.tmp"));
-        ::kill(pid, SIGINT);
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      });
+  int status =
+      run_binary({"preprocess", "--tokenizer", test::source_path("data/20B_tokenizer.json"),
+                  "--input", fifo, "--output-prefix", prefix},
+                 &err, nullptr, [&](pid_t pid) {
+                   std::ofstream feed(fifo);  // blocks until the child opens the FIFO for reading
+                   feed << "{\"text\": \"one document\"}\n" << std::flush;
+                   for (int i = 0; i < 500 && !fs::exists(prefix + ".bin.tmp"); ++i) {
+                     std::this_thread::sleep_for(std::chrono::milliseconds(10));
+                   }
+                   EXPECT_TRUE(fs::exists(prefix + ".bin.tmp"));
+                   ::kill(pid, SIGINT);
+                   std::this_thread::sleep_for(std::chrono::milliseconds(100));
+                 });
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 128 + SIGINT) << status << " " << err;
   EXPECT_NE(err.find("interrupted"), std::string::npos) << err;
   EXPECT_TRUE(dir.outputs().empty());

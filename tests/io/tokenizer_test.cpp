@@ -1,5 +1,6 @@
 // io/tokenizer: the NeoX-20B tokenizer.json gives HF tokenizers' ids and decodings on 271 reference
-// cases, bad tokenizer files and bad ids fail with clear errors, and the `tokenize` CLI pipes stdin.
+// cases, bad tokenizer files and bad ids fail with clear errors, and the `tokenize` CLI pipes
+// stdin.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -63,7 +64,8 @@ TEST(Tokenizer, KnownEncodings) {
 
 TEST(Tokenizer, MatchesHfTokenizersOnReferenceCases) {
   const Tokenizer& tok = neox();
-  auto cases = nlohmann::json::parse(read_file(test::source_path("tests/data/tokenizer/neox_cases.json")));
+  auto cases =
+      nlohmann::json::parse(read_file(test::source_path("tests/data/tokenizer/neox_cases.json")));
   ASSERT_EQ(cases["cases"].size(), 271u);
   int round_trips = 0;
   for (const auto& c : cases["cases"]) {
@@ -71,7 +73,8 @@ TEST(Tokenizer, MatchesHfTokenizersOnReferenceCases) {
     std::vector<int32_t> want = c["ids"].get<std::vector<int32_t>>();
     EXPECT_EQ(tok.encode(text), want) << "text: " << nlohmann::json(text).dump();
     std::string decoded = tok.decode(want);
-    EXPECT_EQ(decoded, c["decoded"].get<std::string>()) << "ids of: " << nlohmann::json(text).dump();
+    EXPECT_EQ(decoded, c["decoded"].get<std::string>())
+        << "ids of: " << nlohmann::json(text).dump();
     if (decoded == text) ++round_trips;
   }
   EXPECT_GE(round_trips, 264);  // all but the 7 texts that NFC changes
@@ -79,7 +82,8 @@ TEST(Tokenizer, MatchesHfTokenizersOnReferenceCases) {
 
 TEST(Tokenizer, SplitsAddedTokensBeforeBpe) {
   const Tokenizer& tok = neox();
-  // "<|endoftext|>" is matched on the raw text; runs of spaces are added tokens on the normalised text.
+  // "<|endoftext|>" is matched on the raw text; runs of spaces are added tokens on the normalised
+  // text.
   EXPECT_EQ(tok.encode("a<|endoftext|>b"), (std::vector<int32_t>{66, 0, 67}));
   std::vector<int32_t> spaces = tok.encode(std::string(30, ' ') + "x");
   EXPECT_EQ(spaces, (std::vector<int32_t>{50254, 50272, 89}));  // 24 + 6 spaces, then "x"
@@ -100,7 +104,11 @@ TEST(Tokenizer, RejectsInvalidUtf8AndBadIds) {
   const Tokenizer& tok = neox();
   std::string msg = expect_error([&] { tok.encode("ok \xff\xfe"); }, ErrorKind::InvalidArgument);
   EXPECT_NE(msg.find("byte 3"), std::string::npos) << msg;
-  msg = expect_error([&] { tok.decode(std::vector<int32_t>{1, 50277}); }, ErrorKind::InvalidArgument);
+  msg = expect_error(
+      [&] {
+        tok.decode(std::vector<int32_t>{1, 50277});
+      },
+      ErrorKind::InvalidArgument);
   EXPECT_NE(msg.find("50277"), std::string::npos) << msg;
   expect_error([&] { tok.decode(std::vector<int32_t>{-1}); }, ErrorKind::InvalidArgument);
 }
@@ -111,7 +119,7 @@ TEST(Tokenizer, DecodeReplacesBrokenUtf8LikeHf) {
   std::optional<int32_t> lead = tok.token_to_id("\xC3\x83");
   ASSERT_TRUE(lead.has_value());
   EXPECT_EQ(tok.decode(std::vector<int32_t>{*lead}), "\xEF\xBF\xBD");
-  EXPECT_EQ(utf8_lossy("a\xE2\x82z"), "a\xEF\xBF\xBDz");           // truncated 3-byte sequence: one U+FFFD
+  EXPECT_EQ(utf8_lossy("a\xE2\x82z"), "a\xEF\xBF\xBDz");  // truncated 3-byte sequence: one U+FFFD
   EXPECT_EQ(utf8_lossy("\xF0\x9F\x98\x80"), "\xF0\x9F\x98\x80");  // valid 4-byte sequence kept
   EXPECT_EQ(utf8_lossy("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate: 3
   EXPECT_EQ(tok.decode(tok.encode("é")), "é");
@@ -119,7 +127,8 @@ TEST(Tokenizer, DecodeReplacesBrokenUtf8LikeHf) {
 
 TEST(Tokenizer, SpeechesRoundTrip) {
   const Tokenizer& tok = neox();
-  for (const char* name : {"1790_george_washington_n.txt", "1863_abraham_lincoln_r.txt", "2021_joseph_r_biden_d.txt"}) {
+  for (const char* name : {"1790_george_washington_n.txt", "1863_abraham_lincoln_r.txt",
+                           "2021_joseph_r_biden_d.txt"}) {
     std::string text = read_file(test::source_path(std::string("data/sotu/") + name));
     ASSERT_FALSE(text.empty()) << name << ": run scripts/fetch_data.sh";
     std::vector<int32_t> ids = tok.encode(text);
@@ -134,32 +143,52 @@ TEST(Tokenizer, BadFilesFailWithTheFileNamed) {
 
   std::string full = read_file(neox_path());
   ASSERT_FALSE(full.empty()) << "run scripts/fetch_data.sh";
-  msg = expect_error([&] { Tokenizer::from_json_text(full.substr(0, full.size() / 2), "half.json"); },
-                     ErrorKind::Format);
+  msg =
+      expect_error([&] { Tokenizer::from_json_text(full.substr(0, full.size() / 2), "half.json"); },
+                   ErrorKind::Format);
   EXPECT_NE(msg.find("half.json"), std::string::npos) << msg;
 
   auto minimal = [](const std::string& model, const std::string& extra = "") {
     return R"({"added_tokens": [], "normalizer": null,
                "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false},
-               "decoder": {"type": "ByteLevel"}, "model": )" + model + extra + "}";
+               "decoder": {"type": "ByteLevel"}, "model": )" +
+           model + extra + "}";
   };
-  std::string ok_model = R"({"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]})";
+  std::string ok_model =
+      R"({"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]})";
   Tokenizer small = Tokenizer::from_json_text(minimal(ok_model), "small.json");
   EXPECT_EQ(small.encode("abba"), (std::vector<int32_t>{2, 1, 0}));
-  std::string pair_form = R"({"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b"]]})";
-  EXPECT_EQ(Tokenizer::from_json_text(minimal(pair_form), "pairs.json").encode("ab"), (std::vector<int32_t>{2}));
+  std::string pair_form =
+      R"({"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b"]]})";
+  EXPECT_EQ(Tokenizer::from_json_text(minimal(pair_form), "pairs.json").encode("ab"),
+            (std::vector<int32_t>{2}));
 
-  msg = expect_error([&] {
-    Tokenizer::from_json_text(minimal(R"({"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]})"), "m.json");
-  }, ErrorKind::Format);
-  EXPECT_NE(msg.find("m.json: model.merges[0]: token 'ab' is not in the vocabulary"), std::string::npos) << msg;
-  msg = expect_error([&] { Tokenizer::from_json_text(minimal(R"({"type": "BPE", "vocab": {"a": 0}})"), "m.json"); },
-                     ErrorKind::Format);
+  msg = expect_error(
+      [&] {
+        Tokenizer::from_json_text(
+            minimal(R"({"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]})"), "m.json");
+      },
+      ErrorKind::Format);
+  EXPECT_NE(msg.find("m.json: model.merges[0]: token 'ab' is not in the vocabulary"),
+            std::string::npos)
+      << msg;
+  msg = expect_error(
+      [&] {
+        Tokenizer::from_json_text(minimal(R"({"type": "BPE", "vocab": {"a": 0}})"), "m.json");
+      },
+      ErrorKind::Format);
   EXPECT_NE(msg.find("missing field 'merges'"), std::string::npos) << msg;
-  msg = expect_error([&] { Tokenizer::from_json_text(minimal(R"({"type": "BPE", "vocab": {"a": "x"}, "merges": []})"), "m.json"); },
-                     ErrorKind::Format);
-  expect_error([&] { Tokenizer::from_json_text(minimal(R"({"type": "WordPiece", "vocab": {}})"), "m.json"); },
-               ErrorKind::Unsupported);
+  msg = expect_error(
+      [&] {
+        Tokenizer::from_json_text(minimal(R"({"type": "BPE", "vocab": {"a": "x"}, "merges": []})"),
+                                  "m.json");
+      },
+      ErrorKind::Format);
+  expect_error(
+      [&] {
+        Tokenizer::from_json_text(minimal(R"({"type": "WordPiece", "vocab": {}})"), "m.json");
+      },
+      ErrorKind::Unsupported);
   expect_error([&] { Tokenizer::from_json_text("[1, 2]", "m.json"); }, ErrorKind::Format);
 }
 
@@ -180,7 +209,8 @@ TEST(Tokenizer, AddedTokenOptionsFollowHf) {
 }
 
 TEST(Tokenizer, SplitSequenceAndPrefixSpaceFollowHf) {
-  // Llama-3-style pre-tokenizer: a Split regex (digits in threes), then ByteLevel without its regex.
+  // Llama-3-style pre-tokenizer: a Split regex (digits in threes), then ByteLevel without its
+  // regex.
   std::string json = R"({"added_tokens": [], "normalizer": null,
     "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
       {"type": "Split", "pattern": {"Regex": "\\p{N}{1,3}"}, "behavior": "Isolated", "invert": false},
@@ -189,7 +219,7 @@ TEST(Tokenizer, SplitSequenceAndPrefixSpaceFollowHf) {
     "model": {"type": "BPE", "vocab": {"1": 0, "2": 1, "3": 2, "4": 3, "5": 4, "12": 5, "123": 6, "45": 7, "x": 8, "Ġ": 9, "Ġx": 10},
               "merges": ["1 2", "12 3", "4 5", "Ġ x"], "ignore_merges": false}})";
   Tokenizer tok = Tokenizer::from_json_text(json, "split.json");
-  EXPECT_EQ(tok.encode("12345"), (std::vector<int32_t>{6, 7}));      // "123" "45"
+  EXPECT_EQ(tok.encode("12345"), (std::vector<int32_t>{6, 7}));         // "123" "45"
   EXPECT_EQ(tok.encode("x 1234"), (std::vector<int32_t>{8, 9, 6, 3}));  // "x " stays one word: x, Ġ
   // ByteLevel with add_prefix_space puts a space before each stretch that lacks one.
   std::string prefixed = R"({"added_tokens": [], "normalizer": null,
@@ -202,7 +232,8 @@ TEST(Tokenizer, SplitSequenceAndPrefixSpaceFollowHf) {
 }
 
 TEST(Tokenizer, TruncatedJsonNeverCrashes) {
-  std::string json = R"({"added_tokens": [{"id": 3, "content": "<e>", "special": true}], "normalizer": {"type": "NFC"},
+  std::string json =
+      R"({"added_tokens": [{"id": 3, "content": "<e>", "special": true}], "normalizer": {"type": "NFC"},
     "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false}, "decoder": {"type": "ByteLevel"},
     "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]}})";
   EXPECT_NO_THROW(Tokenizer::from_json_text(json, "t.json"));
@@ -215,7 +246,8 @@ TEST(Tokenizer, RandomTextRoundTripsAndThreadsAgree) {
   const Tokenizer& tok = neox();
   Rng rng(2024);
   const std::vector<std::pair<int32_t, int32_t>> ranges = {
-      {0x20, 0x7E}, {0x20, 0x20}, {0x0A, 0x0A}, {0x09, 0x09}, {0x410, 0x44F}, {0x4E00, 0x4FFF}, {0x1F600, 0x1F64F}, {0x3041, 0x3096}};
+      {0x20, 0x7E},   {0x20, 0x20},     {0x0A, 0x0A},       {0x09, 0x09},
+      {0x410, 0x44F}, {0x4E00, 0x4FFF}, {0x1F600, 0x1F64F}, {0x3041, 0x3096}};
   std::vector<std::string> texts;
   for (int i = 0; i < 300; ++i) {
     std::string s;
@@ -226,9 +258,21 @@ TEST(Tokenizer, RandomTextRoundTripsAndThreadsAgree) {
       char buf[4];
       int len = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
       if (len == 1) buf[0] = static_cast<char>(cp);
-      if (len == 2) { buf[0] = static_cast<char>(0xC0 | (cp >> 6)); buf[1] = static_cast<char>(0x80 | (cp & 0x3F)); }
-      if (len == 3) { buf[0] = static_cast<char>(0xE0 | (cp >> 12)); buf[1] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F)); buf[2] = static_cast<char>(0x80 | (cp & 0x3F)); }
-      if (len == 4) { buf[0] = static_cast<char>(0xF0 | (cp >> 18)); buf[1] = static_cast<char>(0x80 | ((cp >> 12) & 0x3F)); buf[2] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F)); buf[3] = static_cast<char>(0x80 | (cp & 0x3F)); }
+      if (len == 2) {
+        buf[0] = static_cast<char>(0xC0 | (cp >> 6));
+        buf[1] = static_cast<char>(0x80 | (cp & 0x3F));
+      }
+      if (len == 3) {
+        buf[0] = static_cast<char>(0xE0 | (cp >> 12));
+        buf[1] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        buf[2] = static_cast<char>(0x80 | (cp & 0x3F));
+      }
+      if (len == 4) {
+        buf[0] = static_cast<char>(0xF0 | (cp >> 18));
+        buf[1] = static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+        buf[2] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        buf[3] = static_cast<char>(0x80 | (cp & 0x3F));
+      }
       s.append(buf, static_cast<size_t>(len));
     }
     texts.push_back(s);

@@ -1,6 +1,7 @@
 // train/data_loader: rows are T+1-token slices of the epoch's document stream with correct
 // per-token document numbers, every row is served once per epoch, batches are a pure function of
-// the seed, a saved state resumes bitwise identically, and the evaluation loader walks in order once.
+// the seed, a saved state resumes bitwise identically, and the evaluation loader walks in order
+// once.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -28,7 +29,8 @@ class LoaderTest : public ::testing::Test {
     const std::vector<int32_t> lengths = {7, 1, 30, 0, 12, 5, 19, 3, 64, 2, 9, 25};
     for (size_t d = 0; d < lengths.size(); ++d) {
       std::vector<int32_t> doc;
-      for (int32_t i = 0; i < lengths[d]; ++i) doc.push_back(1000 * static_cast<int32_t>(d + 1) + i);
+      for (int32_t i = 0; i < lengths[d]; ++i)
+        doc.push_back(1000 * static_cast<int32_t>(d + 1) + i);
       w.add_document(doc);
       total_ += lengths[d];
     }
@@ -58,7 +60,8 @@ void check_row(const int32_t* tok, const int32_t* doc, int64_t T, const IndexedD
       EXPECT_EQ(doc[t], doc[t - 1]);
     } else {
       EXPECT_EQ(tok[t] % 1000, 0) << "a new document starts at its first token";
-      EXPECT_EQ(tok[t - 1] % 1000, data.document_length(tok[t - 1] / 1000 - 1) - 1) << "previous one ended";
+      EXPECT_EQ(tok[t - 1] % 1000, data.document_length(tok[t - 1] / 1000 - 1) - 1)
+          << "previous one ended";
       EXPECT_EQ(doc[t], doc[t - 1] + 1);
     }
   }
@@ -80,7 +83,8 @@ TEST_F(LoaderTest, InOrderRowsAreOverlappingSlicesOfTheStream) {
     ASSERT_EQ(b.B, B);
     ASSERT_EQ(b.tokens.size(), static_cast<size_t>(B * (T + 1)));
     for (int64_t r = 0; r < B; ++r, ++row) {
-      for (int64_t t = 0; t <= T; ++t) ASSERT_EQ(b.row_tokens(r)[t], stream[static_cast<size_t>(row * T + t)]);
+      for (int64_t t = 0; t <= T; ++t)
+        ASSERT_EQ(b.row_tokens(r)[t], stream[static_cast<size_t>(row * T + t)]);
       check_row(b.row_tokens(r), b.row_docs(r), T, *data_);
     }
   }
@@ -141,7 +145,8 @@ TEST_F(LoaderTest, RestoreContinuesBitwise) {
     resumed.restore(nlohmann::json::parse(saved).get<LoaderState>());
     for (int i = saved_after; i < saved_after + 8; ++i) {
       Batch b = resumed.next();
-      ASSERT_EQ(b.tokens, want[static_cast<size_t>(i)].tokens) << "batch " << i << " after " << saved_after;
+      ASSERT_EQ(b.tokens, want[static_cast<size_t>(i)].tokens)
+          << "batch " << i << " after " << saved_after;
       ASSERT_EQ(b.doc, want[static_cast<size_t>(i)].doc);
     }
   }

@@ -67,3 +67,144 @@ void dispatch_float(DType dtype, const char* what, F&& f) {
 }
 
 }  // namespace hlm::cuda
+
+// ---- Additions for the library-backed and reduction ops (cuda-core) ----------------------------
+
+// Status checks for cuBLAS(Lt) and cuDNN calls; the message names the call. Include the library
+// header (ops/cuda/handles.cuh) where these are used.
+#define HLM_CUBLAS_CHECK(expr)                                                                 \
+  do {                                                                                         \
+    cublasStatus_t hlm_st_ = (expr);                                                           \
+    if (hlm_st_ != CUBLAS_STATUS_SUCCESS)                                                      \
+      ::hlm::fail(::hlm::ErrorKind::Cuda, "{} failed: {} ({}:{})", #expr,                       \
+                  cublasGetStatusString(hlm_st_), __FILE__, __LINE__);                         \
+  } while (0)
+
+#define HLM_CUDNN_CHECK(expr)                                                                  \
+  do {                                                                                         \
+    cudnnStatus_t hlm_st_ = (expr);                                                            \
+    if (hlm_st_ != CUDNN_STATUS_SUCCESS)                                                       \
+      ::hlm::fail(::hlm::ErrorKind::Cuda, "{} failed: {} ({}:{})", #expr,                       \
+                  ::hlm::cuda::cudnn_error_text(hlm_st_), __FILE__, __LINE__);                 \
+  } while (0)
+
+namespace hlm::cuda {
+
+// Deterministic mode (default on; HLM_DETERMINISTIC=0 in the environment turns it off, read on
+// every call until set_deterministic() fixes it): ops that have a faster non-deterministic path
+// (cuDNN's attention backward accumulates dQ with float atomics) take the deterministic one.
+bool deterministic();
+void set_deterministic(bool on);
+
+// Scratch memory that ops keep between calls: one grow-only device buffer per slot, so hot paths
+// allocate only the first time a size is seen. Ops are ordered on stream(), so one slot may be
+// reused by consecutive ops; within one op, distinct temporaries use distinct slots.
+enum class Scratch : int {
+  GemmWorkspace,  // cuBLASLt workspace (32 MiB)
+  CudnnWorkspace,  // cuDNN execution-plan workspace
+  Attn0,          // attention temporaries (lse / softmax-sum / dQ accumulators / doc segments)
+  Attn1,
+  Attn2,
+  Attn3,
+  Reduce,  // per-block partial sums of the deterministic reductions
+  Sort,    // embedding backward: sort keys, values and CUB temporary storage
+  Misc,
+  Count
+};
+void* scratch(Scratch slot, size_t bytes);
+template <typename T>
+T* scratch_as(Scratch slot, size_t count) {
+  return static_cast<T*>(scratch(slot, count * sizeof(T)));
+}
+
+// Page-locked host staging buffer (grow-only, one per slot index) for small host<->device
+// transfers that must be asynchronous; the caller synchronises before reusing it.
+void* pinned_host(int slot, size_t bytes);
+
+// Device-side error reporting for ops whose inputs carry indices (token ids, targets): kernels
+// record the first bad (position, value) in a device word; check_index_flag() reads it back
+// (synchronising the stream, skipped while the stream is being captured into a graph) and throws
+// InvalidArgument with the message `what`: "... {value} at position {position} ...".
+unsigned long long* index_flag();
+// what: a format string with two {} (value, position) and the upper bound appended.
+void check_index_flag(const char* op, const char* what, int64_t bound);
+__device__ __forceinline__ void report_bad_index(unsigned long long* flag, int64_t pos, int32_t value) {
+  unsigned long long code =
+      (static_cast<unsigned long long>(pos + 1) << 32) | static_cast<uint32_t>(value);
+  atomicCAS(flag, 0ull, code);
+}
+bool stream_capturing();
+
+const char* cudnn_error_text(int status);
+
+// Largest power of two (up to 256) dividing the address: the alignment cuBLASLt and vector
+// loads may assume.
+inline int pointer_alignment(const void* p) {
+  auto a = reinterpret_cast<uintptr_t>(p);
+  int al = 1;
+  while (al < 256 && (a % static_cast<uintptr_t>(al * 2)) == 0) al *= 2;
+  return al;
+}
+
+// 16-byte vectors of storage elements (8 bf16 / 8 f16 / 4 f32).
+template <typename T>
+struct Vec16 {
+  static constexpr int N = 16 / static_cast<int>(sizeof(T));
+};
+
+template <typename T>
+__device__ __forceinline__ void load16(const T* p, float (&out)[Vec16<T>::N]) {
+  uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < Vec16<T>::N; ++i) out[i] = to_f32(e[i]);
+}
+template <typename T>
+__device__ __forceinline__ void store16(T* p, const float (&in)[Vec16<T>::N]) {
+  uint4 raw;
+  T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < Vec16<T>::N; ++i) e[i] = from_f32<T>(in[i]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+
+// Block-wide sum of one float per thread (blockDim.x a multiple of 32, at most 1024); every
+// thread gets the result. The order is fixed: bitwise reproducible.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float block_sum(float v, float* shared32) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // shared32 may still be read by a previous call
+  if (lane == 0) shared32[warp] = v;
+  __syncthreads();
+  float t = lane < nwarps ? shared32[lane] : 0.0f;
+  return warp_sum(t);
+}
+__device__ __forceinline__ float block_max(float v, float* shared32) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) shared32[warp] = v;
+  __syncthreads();
+  float t = lane < nwarps ? shared32[lane] : -INFINITY;
+  return warp_max(t);
+}
+
+// Checks shared by the ops: device, dtype, shape.
+void require_cuda(const Tensor& t, const char* op, const char* name);
+void require_dtype(const Tensor& t, DType dtype, const char* op, const char* name);
+// One of the float storage dtypes CUDA kernels read (F32, BF16, F16).
+void require_float(const Tensor& t, const char* op, const char* name);
+// Contiguous I32 tensor of n entries on the device.
+void require_index(const Tensor& t, int64_t n, const char* op, const char* name);
+
+}  // namespace hlm::cuda

@@ -36,8 +36,20 @@ void make_dirs(const std::string& path) {
   HLM_REQUIRE(!ec, ErrorKind::Io, "{}: cannot create folder: {}", path, ec.message());
 }
 
+namespace {
+// Host copy of a flat device tensor (or the tensor itself on the CPU).
+Tensor on_host(const Tensor& t, Buffer& keep) {
+  if (t.device == Device::CPU) return t;
+  keep = Buffer(Device::CPU, t.nbytes());
+  Tensor h = keep.as(t.dtype, Shape(t.shape.data(), static_cast<size_t>(t.ndim)));
+  copy_tensor(h, t);
+  return h;
+}
+}  // namespace
+
 std::string save_training_checkpoint(const std::string& out_dir, int64_t step, const Model& model,
-                                     const AdamW& adamw, const nlohmann::json& trainer_state) {
+                                     const AdamW& adamw, const nlohmann::json& trainer_state,
+                                     const std::vector<std::string>& extra_files) {
   const std::string root = out_dir + "/checkpoints";
   make_dirs(root);
   const std::string name = fmt::format("{}{:08}", kPrefix, step);
@@ -45,13 +57,18 @@ std::string save_training_checkpoint(const std::string& out_dir, int64_t step, c
   const std::string tmp = fmt::format("{}/.{}.tmp-{}", root, name, getpid());
   std::error_code ec;
   fs::remove_all(tmp, ec);
-  make_dirs(tmp);
   try {
-    save_model_folder(tmp, model.config(), model.table(), model.params(), DType::F32);
+    Buffer p_buf, m_buf, v_buf;
+    save_checkpoint(tmp, model.config(), model.table(), on_host(model.params(), p_buf), DType::F32);
     write_safetensors(tmp + "/optimizer.safetensors",
-                      {SafetensorsItem("exp_avg", adamw.m()), SafetensorsItem("exp_avg_sq", adamw.v())},
+                      {SafetensorsItem("exp_avg", on_host(adamw.m(), m_buf)),
+                       SafetensorsItem("exp_avg_sq", on_host(adamw.v(), v_buf))},
                       {{"format", "hybridlm-adamw"}, {"step", std::to_string(adamw.steps_done())}});
     write_file_atomic(tmp + "/trainer_state.json", dump_json(trainer_state));
+    for (const std::string& f : extra_files) {
+      fs::copy_file(f, tmp + "/" + fs::path(f).filename().string(), fs::copy_options::overwrite_existing, ec);
+      HLM_REQUIRE(!ec, ErrorKind::Io, "{}: cannot copy into the checkpoint: {}", f, ec.message());
+    }
     fsync_dir(tmp);
     if (fs::exists(final_dir)) fs::remove_all(final_dir);
     fs::rename(tmp, final_dir);
@@ -65,7 +82,14 @@ std::string save_training_checkpoint(const std::string& out_dir, int64_t step, c
 
 nlohmann::json load_training_checkpoint(const std::string& dir, Model& model, AdamW& adamw) {
   return with_context(dir, [&] {
-    load_model_weights(dir, model.config(), model.table(), model.params());
+    if (model.device() == Device::CPU) {
+      load_checkpoint_weights(dir, model.config(), model.table(), model.params());
+    } else {
+      Buffer host(Device::CPU, model.params().nbytes());
+      Tensor h = host.as(model.master_dtype(), {model.params().numel()});
+      load_checkpoint_weights(dir, model.config(), model.table(), h);
+      copy_tensor(model.params(), h);
+    }
     model.sync_working_copy();
     SafetensorsFile opt(dir + "/optimizer.safetensors");
     for (auto [key, dst] : {std::pair<const char*, Tensor>{"exp_avg", adamw.m()}, {"exp_avg_sq", adamw.v()}}) {

@@ -148,7 +148,7 @@ struct Trainer::Impl {
                         {"min_lr", opt.schedule.min_lr},
                         {"warmup", opt.schedule.warmup_steps},
                         {"schedule", LrSchedule::kind_name(opt.schedule.kind)}};
-    std::string dir = save_training_checkpoint(opt.out_dir, step, model, adamw, state);
+    std::string dir = save_training_checkpoint(opt.out_dir, step, model, adamw, state, opt.extra_files);
     prune_checkpoints(opt.out_dir, opt.keep_last);
     if (!opt.quiet) fmt::print(stderr, "{}saved {}\n", tty ? "\r\033[K" : "", dir);
   }
@@ -181,9 +181,7 @@ struct Trainer::Impl {
     } else {
       write_file_atomic(metrics_path, std::string());
     }
-    const ModelConfig& cfg = model.config();
     const int64_t tokens_per_step = opt.batch * opt.seq_len * opt.grad_accum;
-    // Forward+backward FLOPs per token (6·params + attention), for the progress line.
     TrainSummary sum;
     auto t_start = Clock::now();
     double window_tokens = 0, window_seconds = 0, last_loss = 0;
@@ -223,8 +221,9 @@ struct Trainer::Impl {
         if (step % std::max<int64_t>(opt.log_every, 1) == 0 || step == opt.steps)
           fmt::print(stderr, "{}{}\n", tty ? "\r\033[K" : "", line);
       }
-      bool last = step == opt.steps || step == opt.stop_at;
-      if (val && ((opt.eval_every > 0 && step % opt.eval_every == 0) || last)) {
+      const bool interrupted = opt.interrupted && opt.interrupted->load();
+      bool last = step == opt.steps || step == opt.stop_at || interrupted;
+      if (val && !interrupted && ((opt.eval_every > 0 && step % opt.eval_every == 0) || last)) {
         double vl = evaluate();
         sum.last_val_loss = vl;
         append_metrics({{"step", step}, {"val_loss", vl}, {"val_ppl", std::exp(vl)}});
@@ -233,13 +232,12 @@ struct Trainer::Impl {
                      std::exp(vl));
       }
       if ((opt.save_every > 0 && step % opt.save_every == 0) || last) save(step, loss);
-      if (step == opt.stop_at) break;
+      if (step == opt.stop_at || interrupted) break;
       if (step == first_step + 1) {  // the first step includes warm-up costs: restart the window
         window_tokens = 0;
         window_seconds = 0;
       }
     }
-    (void)cfg;
     sum.steps_done = step;
     sum.last_loss = last_loss;
     sum.seconds = std::chrono::duration<double>(Clock::now() - t_start).count();

@@ -1,0 +1,153 @@
+// CUDA MLP activations (relu², GeLU exact and tanh, SiLU, SwiGLU), forward and backward: one
+// elementwise kernel per activation, fp32 math on F32 / BF16 / F16 storage.
+#include "ops/activation.h"
+
+#include "ops/cuda/common.cuh"
+
+namespace hlm::cuda {
+
+namespace {
+
+constexpr float kSqrt2OverPi = 0.79788456080286535588f;
+constexpr float kInvSqrt2 = 0.70710678118654752440f;
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+constexpr float kGeluCoeff = 0.044715f;
+
+__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+template <Activation A>
+__device__ __forceinline__ float act_value(float x) {
+  if constexpr (A == Activation::ReluSquared) {
+    const float r = x > 0.0f ? x : 0.0f;
+    return r * r;
+  } else if constexpr (A == Activation::Gelu) {
+    return 0.5f * x * (1.0f + erff(x * kInvSqrt2));
+  } else if constexpr (A == Activation::GeluTanh) {
+    const float u = kSqrt2OverPi * (x + kGeluCoeff * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(u));
+  } else {
+    return x * sigmoidf(x);
+  }
+}
+
+template <Activation A>
+__device__ __forceinline__ float act_derivative(float x) {
+  if constexpr (A == Activation::ReluSquared) {
+    return x > 0.0f ? 2.0f * x : 0.0f;
+  } else if constexpr (A == Activation::Gelu) {
+    return 0.5f * (1.0f + erff(x * kInvSqrt2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
+  } else if constexpr (A == Activation::GeluTanh) {
+    const float u = kSqrt2OverPi * (x + kGeluCoeff * x * x * x);
+    const float th = tanhf(u);
+    return 0.5f * (1.0f + th) +
+           0.5f * x * (1.0f - th * th) * kSqrt2OverPi * (1.0f + 3.0f * kGeluCoeff * x * x);
+  } else {
+    const float s = sigmoidf(x);
+    return s * (1.0f + x * (1.0f - s));
+  }
+}
+
+// Element i of a rows × F output: row r = i / F, column c = i % F.
+template <typename T, Activation A>
+__global__ void act_forward_kernel(const T* in, int64_t ld_in, T* out, int64_t ld_out,
+                                   int64_t rows, int64_t F) {
+  const int64_t n = rows * F;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / F, c = i % F;
+    const T* x = in + r * ld_in;
+    float y;
+    if constexpr (A == Activation::SwiGlu) {
+      y = act_value<Activation::Silu>(to_f32(x[c])) * to_f32(x[F + c]);
+    } else {
+      y = act_value<A>(to_f32(x[c]));
+    }
+    out[r * ld_out + c] = from_f32<T>(y);
+  }
+}
+
+template <typename T, Activation A>
+__global__ void act_backward_kernel(const T* in, int64_t ld_in, const T* dout, int64_t ld_dout,
+                                    T* din, int64_t ld_din, int64_t rows, int64_t F) {
+  const int64_t n = rows * F;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / F, c = i % F;
+    const T* x = in + r * ld_in;
+    const float g = to_f32(dout[r * ld_dout + c]);
+    T* d = din + r * ld_din;
+    if constexpr (A == Activation::SwiGlu) {
+      const float gate = to_f32(x[c]), up = to_f32(x[F + c]);
+      d[c] = from_f32<T>(g * up * act_derivative<Activation::Silu>(gate));
+      d[F + c] = from_f32<T>(g * act_value<Activation::Silu>(gate));
+    } else {
+      d[c] = from_f32<T>(g * act_derivative<A>(to_f32(x[c])));
+    }
+  }
+}
+
+template <typename F>
+void dispatch_activation(Activation act, F&& f) {
+  switch (act) {
+    case Activation::ReluSquared: f.template operator()<Activation::ReluSquared>(); break;
+    case Activation::Gelu: f.template operator()<Activation::Gelu>(); break;
+    case Activation::GeluTanh: f.template operator()<Activation::GeluTanh>(); break;
+    case Activation::Silu: f.template operator()<Activation::Silu>(); break;
+    case Activation::SwiGlu: f.template operator()<Activation::SwiGlu>(); break;
+    default: fail(ErrorKind::InvalidArgument, "activation: unknown activation {}", static_cast<int>(act));
+  }
+}
+
+unsigned act_grid(int64_t n) {
+  int64_t blocks = (n + 255) / 256;
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(blocks, num_sms() * 32)));
+}
+
+}  // namespace
+
+void activation_forward(Activation act, const Tensor& in, const Tensor& out) {
+  const char* op = "activation_forward";
+  require_cuda(in, op, "in");
+  require_cuda(out, op, "out");
+  require_float(in, op, "in");
+  require_dtype(out, in.dtype, op, "out");
+  RowView I = as_rows(in, 1, op), O = as_rows(out, 1, op);
+  const int64_t F = O.cols;
+  HLM_REQUIRE(I.rows == O.rows && I.cols == activation_input_width(act, F), ErrorKind::Internal,
+              "{}: in {} does not fit out {}", op, in.describe(), out.describe());
+  if (O.rows * F == 0) return;
+  dispatch_float(in.dtype, op, [&]<typename T>() {
+    dispatch_activation(act, [&]<Activation A>() {
+      act_forward_kernel<T, A><<<act_grid(O.rows * F), 256, 0, stream()>>>(
+          static_cast<const T*>(I.data), I.ld, static_cast<T*>(O.data), O.ld, O.rows, F);
+      HLM_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+void activation_backward(Activation act, const Tensor& in, const Tensor& dout, const Tensor& din) {
+  const char* op = "activation_backward";
+  require_cuda(in, op, "in");
+  require_cuda(dout, op, "dout");
+  require_cuda(din, op, "din");
+  require_float(in, op, "in");
+  require_dtype(dout, in.dtype, op, "dout");
+  require_dtype(din, in.dtype, op, "din");
+  RowView I = as_rows(in, 1, op), G = as_rows(dout, 1, op), D = as_rows(din, 1, op);
+  const int64_t F = G.cols;
+  HLM_REQUIRE(I.rows == G.rows && D.rows == G.rows && I.cols == activation_input_width(act, F) &&
+                  D.cols == I.cols,
+              ErrorKind::Internal, "{}: in {}, dout {} and din {} do not fit", op, in.describe(),
+              dout.describe(), din.describe());
+  if (G.rows * F == 0) return;
+  dispatch_float(in.dtype, op, [&]<typename T>() {
+    dispatch_activation(act, [&]<Activation A>() {
+      act_backward_kernel<T, A><<<act_grid(G.rows * F), 256, 0, stream()>>>(
+          static_cast<const T*>(I.data), I.ld, static_cast<const T*>(G.data), G.ld,
+          static_cast<T*>(D.data), D.ld, G.rows, F);
+      HLM_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+}  // namespace hlm::cuda

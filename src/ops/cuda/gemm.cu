@@ -1,0 +1,313 @@
+// CUDA GEMMs through cuBLASLt: row-major products mapped onto cuBLASLt's column-major ones by
+// swapping the operands, BF16 (or F16 / F32) operands with F32 accumulation, bias in the epilogue,
+// and one cached heuristic result per shape, layout and alignment.
+#include "ops/gemm.h"
+
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/handles.cuh"
+#include "ops/elementwise.h"
+
+namespace hlm::cuda {
+
+namespace {
+
+constexpr size_t kGemmWorkspace = 32u << 20;
+
+cudaDataType_t cuda_type(DType t, const char* op) {
+  switch (t) {
+    case DType::F32: return CUDA_R_32F;
+    case DType::BF16: return CUDA_R_16BF;
+    case DType::F16: return CUDA_R_16F;
+    default:
+      fail(ErrorKind::Unsupported, "{}: dtype {} is not supported by the CUDA GEMM", op,
+           dtype_name(t));
+  }
+}
+
+// A row-major matrix: rows × cols, row r at data + r·ld elements.
+struct Mat {
+  const void* data;
+  int64_t rows, cols, ld;
+  DType dtype;
+};
+
+Mat mat_of(const Tensor& t, const char* op, const char* name) {
+  require_cuda(t, op, name);
+  RowView r = as_rows(t, 1, name);
+  return Mat{r.data, r.rows, r.cols, std::max<int64_t>(r.ld, r.cols), r.dtype};
+}
+
+struct GemmKey {
+  int ta, tb;
+  int dtype_ab, dtype_c, dtype_bias;
+  int64_t m, n, k, lda, ldb, ldc;
+  int align_a, align_b, align_c, align_bias;
+  int epilogue;
+  bool operator==(const GemmKey& o) const { return std::memcmp(this, &o, sizeof(GemmKey)) == 0; }
+};
+struct GemmKeyHash {
+  size_t operator()(const GemmKey& k) const {
+    const auto* p = reinterpret_cast<const unsigned char*>(&k);
+    size_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < sizeof(GemmKey); ++i) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+  }
+};
+
+// Owned cuBLASLt descriptors and the chosen algorithm for one GemmKey.
+struct GemmPlan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool has_algo = false;
+};
+
+std::mutex g_gemm_mutex;
+std::unordered_map<GemmKey, GemmPlan, GemmKeyHash>& gemm_cache() {
+  static auto* cache = new std::unordered_map<GemmKey, GemmPlan, GemmKeyHash>();
+  return *cache;
+}
+
+int capped_alignment(const void* p) { return std::min(pointer_alignment(p), 16); }
+
+// Builds descriptors and asks the heuristic for the best algorithm. Returns a plan without an
+// algorithm when cuBLASLt offers none (the caller may then retry without the epilogue).
+GemmPlan make_plan(const GemmKey& key, const char* op) {
+  GemmPlan plan;
+  const cudaDataType_t tab = static_cast<cudaDataType_t>(key.dtype_ab);
+  const cudaDataType_t tc = static_cast<cudaDataType_t>(key.dtype_c);
+  const cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  HLM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.op, compute, CUDA_R_32F));
+  const cublasOperation_t opa = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt A = our B
+  const cublasOperation_t opb = key.ta ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt B = our A
+  HLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
+  HLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
+  const cublasLtEpilogue_t epi = static_cast<cublasLtEpilogue_t>(key.epilogue);
+  HLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+  if (epi == CUBLASLT_EPILOGUE_BIAS) {
+    const cudaDataType_t tbias = static_cast<cudaDataType_t>(key.dtype_bias);
+    HLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                    &tbias, sizeof(tbias)));
+  }
+  // Column-major shapes: C' [N,M] = A' · B' with A' = op(our B)ᵀ-view [N,K], B' = [K,M].
+  const uint64_t M = static_cast<uint64_t>(key.m), N = static_cast<uint64_t>(key.n),
+                 K = static_cast<uint64_t>(key.k);
+  HLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, tab, key.tb ? K : N, key.tb ? N : K, key.ldb));
+  HLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, tab, key.ta ? M : K, key.ta ? K : M, key.lda));
+  HLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, tc, N, M, key.ldc));
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  HLM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = kGemmWorkspace;
+  HLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  const uint32_t al_a = static_cast<uint32_t>(key.align_b), al_b = static_cast<uint32_t>(key.align_a),
+                 al_c = static_cast<uint32_t>(key.align_c);
+  HLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
+  HLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
+  HLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
+  HLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
+
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(cublaslt_handle(), plan.op, plan.a, plan.b, plan.c,
+                                                     plan.c, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
+    plan.algo = result.algo;
+    plan.has_algo = true;
+  } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
+    fail(ErrorKind::Cuda, "{}: cublasLtMatmulAlgoGetHeuristic failed: {} (M={} N={} K={})", op,
+         cublasGetStatusString(st), key.m, key.n, key.k);
+  }
+  return plan;
+}
+
+const GemmPlan& get_plan(const GemmKey& key, const char* op) {
+  std::lock_guard<std::mutex> lock(g_gemm_mutex);
+  auto& cache = gemm_cache();
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(key, make_plan(key, op)).first;
+  return it->second;
+}
+
+// dst[r, c] += bias[c] over a row-major matrix (the fallback when no epilogue algorithm exists).
+template <typename TC, typename TB>
+__global__ void add_bias_kernel(TC* c, int64_t rows, int64_t cols, int64_t ldc, const TB* bias) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * cols) return;
+  const int64_t r = i / cols, col = i % cols;
+  TC* p = c + r * ldc + col;
+  *p = from_f32<TC>(to_f32(*p) + to_f32(bias[col]));
+}
+
+// c = alpha · op(a) · op(b) + beta · c (+ bias[N] per column of the row-major result).
+void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, float alpha,
+                   float beta, const void* bias, DType bias_dtype, const char* op) {
+  const int64_t M = c.rows, N = c.cols;
+  const int64_t K = ta ? a.rows : a.cols;
+  HLM_REQUIRE((ta ? a.cols : a.rows) == M, ErrorKind::Internal,
+              "{}: op(a) is [{},{}] but c has {} rows", op, ta ? a.cols : a.rows, K, M);
+  HLM_REQUIRE((tb ? b.cols : b.rows) == K && (tb ? b.rows : b.cols) == N, ErrorKind::Internal,
+              "{}: op(b) is [{},{}] but needs [{},{}]", op, tb ? b.cols : b.rows,
+              tb ? b.rows : b.cols, K, N);
+  HLM_REQUIRE(a.dtype == b.dtype, ErrorKind::Unsupported,
+              "{}: operands must share a dtype, got {} and {}", op, dtype_name(a.dtype),
+              dtype_name(b.dtype));
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // nothing to multiply: c = beta · c (+ bias)
+    Tensor ct(const_cast<void*>(c.data), c.dtype, Device::CUDA, {M, N});
+    ct.stride[0] = c.ld;
+    if (beta == 0.0f) {
+      cuda::fill(ct, 0.0);
+    } else if (beta != 1.0f) {
+      cuda::scale_inplace(ct, beta);
+    }
+    if (bias) {
+      dispatch_float(c.dtype, op, [&]<typename TC>() {
+        dispatch_float(bias_dtype, op, [&]<typename TB>() {
+          add_bias_kernel<TC, TB><<<grid_for(M * N, 256), 256, 0, stream()>>>(
+              static_cast<TC*>(const_cast<void*>(c.data)), M, N, c.ld, static_cast<const TB*>(bias));
+          HLM_CUDA_CHECK_LAUNCH();
+        });
+      });
+    }
+    return;
+  }
+  GemmKey key{};
+  key.ta = ta;
+  key.tb = tb;
+  key.dtype_ab = cuda_type(a.dtype, op);
+  key.dtype_c = cuda_type(c.dtype, op);
+  key.dtype_bias = bias ? cuda_type(bias_dtype, op) : 0;
+  key.m = M;
+  key.n = N;
+  key.k = K;
+  key.lda = a.ld;
+  key.ldb = b.ld;
+  key.ldc = c.ld;
+  key.align_a = capped_alignment(a.data);
+  key.align_b = capped_alignment(b.data);
+  key.align_c = capped_alignment(c.data);
+  key.align_bias = bias ? capped_alignment(bias) : 0;
+  key.epilogue = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  const GemmPlan* plan = &get_plan(key, op);
+  bool bias_after = false;
+  if (!plan->has_algo && bias) {
+    key.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+    key.dtype_bias = 0;
+    key.align_bias = 0;
+    plan = &get_plan(key, op);
+    bias_after = true;
+  }
+  HLM_REQUIRE(plan->has_algo, ErrorKind::Cuda,
+              "{}: cuBLASLt has no algorithm for {}x{}x{} ({} operands, {} output, ld {}/{}/{})", op,
+              M, N, K, dtype_name(a.dtype), dtype_name(c.dtype), a.ld, b.ld, c.ld);
+  if (bias && !bias_after) {
+    HLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                    &bias, sizeof(bias)));
+  }
+  void* ws = scratch(Scratch::GemmWorkspace, kGemmWorkspace);
+  HLM_CUBLAS_CHECK(cublasLtMatmul(cublaslt_handle(), plan->op, &alpha, b.data, plan->a, a.data,
+                                  plan->b, &beta, c.data, plan->c, const_cast<void*>(c.data),
+                                  plan->c, &plan->algo, ws, kGemmWorkspace, stream()));
+  if (bias_after) {
+    dispatch_float(c.dtype, op, [&]<typename TC>() {
+      dispatch_float(bias_dtype, op, [&]<typename TB>() {
+        add_bias_kernel<TC, TB><<<grid_for(M * N, 256), 256, 0, stream()>>>(
+            static_cast<TC*>(const_cast<void*>(c.data)), M, N, c.ld, static_cast<const TB*>(bias));
+        HLM_CUDA_CHECK_LAUNCH();
+      });
+    });
+  }
+}
+
+// dbias[n] += Σ_m dy[m, n], deterministic: fixed chunks of rows summed per column into partials,
+// then the partials summed in chunk order.
+constexpr int kBiasRowsPerChunk = 256;
+
+template <typename T>
+__global__ void column_partial_kernel(const T* dy, int64_t rows, int64_t cols, int64_t ld,
+                                      float* partial) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kBiasRowsPerChunk;
+  if (col >= cols) return;
+  const int64_t r1 = min(rows, r0 + kBiasRowsPerChunk);
+  float acc = 0.0f;
+  for (int64_t r = r0; r < r1; ++r) acc += to_f32(dy[r * ld + col]);
+  partial[static_cast<int64_t>(blockIdx.y) * cols + col] = acc;
+}
+
+template <typename TO>
+__global__ void column_finish_kernel(const float* partial, int64_t chunks, int64_t cols, TO* out) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= cols) return;
+  float acc = 0.0f;
+  for (int64_t c = 0; c < chunks; ++c) acc += partial[c * cols + col];
+  out[col] = from_f32<TO>(to_f32(out[col]) + acc);
+}
+
+void bias_grad_accumulate(const Mat& dy, const Tensor& dbias, const char* op) {
+  require_cuda(dbias, op, "dbias");
+  require_float(dbias, op, "dbias");
+  HLM_REQUIRE(dbias.is_contiguous() && dbias.numel() == dy.cols, ErrorKind::Internal,
+              "{}: dbias {} must be contiguous with {} entries", op, dbias.describe(), dy.cols);
+  if (dy.cols == 0) return;
+  const int64_t chunks = std::max<int64_t>(1, (dy.rows + kBiasRowsPerChunk - 1) / kBiasRowsPerChunk);
+  float* partial = scratch_as<float>(Scratch::Reduce, static_cast<size_t>(chunks * dy.cols));
+  dispatch_float(dy.dtype, op, [&]<typename T>() {
+    dim3 grid(grid_for(dy.cols, 128), static_cast<unsigned>(chunks));
+    column_partial_kernel<T><<<grid, 128, 0, stream()>>>(static_cast<const T*>(dy.data), dy.rows,
+                                                         dy.cols, dy.ld, partial);
+    HLM_CUDA_CHECK_LAUNCH();
+  });
+  dispatch_float(dbias.dtype, op, [&]<typename TO>() {
+    column_finish_kernel<TO><<<grid_for(dy.cols, 128), 128, 0, stream()>>>(
+        partial, chunks, dy.cols, dbias.ptr<TO>());
+    HLM_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace
+
+void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+            float alpha, float beta) {
+  const char* op = "matmul";
+  gemm_rowmajor(mat_of(a, op, "a"), trans_a, mat_of(b, op, "b"), trans_b, mat_of(c, op, "c"),
+                alpha, beta, nullptr, DType::F32, op);
+}
+
+void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
+  const char* op = "linear_forward";
+  Mat X = mat_of(x, op, "x"), W = mat_of(w, op, "w"), Y = mat_of(y, op, "y");
+  HLM_REQUIRE(w.ndim == 2, ErrorKind::Internal, "{}: w {} must be [N,K]", op, w.describe());
+  const void* bias_ptr = nullptr;
+  if (bias.defined()) {
+    require_cuda(bias, op, "bias");
+    require_float(bias, op, "bias");
+    HLM_REQUIRE(bias.is_contiguous() && bias.numel() == W.rows, ErrorKind::Internal,
+                "{}: bias {} must be contiguous with {} entries", op, bias.describe(), W.rows);
+    bias_ptr = bias.data;
+  }
+  gemm_rowmajor(X, false, W, true, Y, 1.0f, 0.0f, bias_ptr, bias.defined() ? bias.dtype : DType::F32, op);
+}
+
+void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& dx,
+                     const Tensor& dw, const Tensor& dbias, bool accumulate_dx) {
+  const char* op = "linear_backward";
+  Mat DY = mat_of(dy, op, "dy");
+  if (dx.defined()) {
+    gemm_rowmajor(DY, false, mat_of(w, op, "w"), false, mat_of(dx, op, "dx"), 1.0f,
+                  accumulate_dx ? 1.0f : 0.0f, nullptr, DType::F32, op);
+  }
+  if (dw.defined()) {
+    gemm_rowmajor(DY, true, mat_of(x, op, "x"), false, mat_of(dw, op, "dw"), 1.0f, 1.0f, nullptr,
+                  DType::F32, op);
+  }
+  if (dbias.defined()) bias_grad_accumulate(DY, dbias, op);
+}
+
+}  // namespace hlm::cuda

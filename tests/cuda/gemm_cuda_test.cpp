@@ -1,0 +1,120 @@
+// CUDA GEMMs (cuBLASLt) match the CPU BLAS GEMMs on random inputs: odd shapes, transposes, row
+// views, BF16 / F32 outputs, accumulation, bias, and the linear backward.
+#include <gtest/gtest.h>
+
+#include "cuda/cuda_test_util.h"
+#include "ops/gemm.h"
+
+namespace hlm::test {
+namespace {
+
+// Random host values already rounded to what a BF16 device copy holds.
+HostTensor bf16_values(std::vector<int64_t> shape, uint64_t seed, double stddev = 1.0) {
+  HostTensor h = random_normal(std::move(shape), seed, stddev);
+  round_to_bf16(h);
+  return h;
+}
+
+struct MatmulCase {
+  int64_t M, N, K;
+  bool ta, tb;
+  DType out;
+  float alpha, beta;
+};
+
+class MatmulCuda : public ::testing::TestWithParam<MatmulCase> {};
+
+TEST_P(MatmulCuda, MatchesCpu) {
+  HLM_REQUIRE_GPU();
+  const MatmulCase c = GetParam();
+  const std::vector<int64_t> ashape = c.ta ? std::vector<int64_t>{c.K, c.M} : std::vector<int64_t>{c.M, c.K};
+  const std::vector<int64_t> bshape = c.tb ? std::vector<int64_t>{c.N, c.K} : std::vector<int64_t>{c.K, c.N};
+  for (uint64_t seed : {1u, 2u}) {
+    HostTensor a = bf16_values(ashape, seed * 10 + 1), b = bf16_values(bshape, seed * 10 + 2);
+    HostTensor c0 = bf16_values({c.M, c.N}, seed * 10 + 3);
+    // CPU reference in F32 on the exact device inputs.
+    HostTensor ref = convert_host(c0, DType::F32);
+    matmul(a.t, c.ta, b.t, c.tb, ref.t, c.alpha, c.beta);
+
+    DeviceTensor da = upload(a, DType::BF16), db = upload(b, DType::BF16);
+    // c as a row view of a wider buffer (ld = N + 5).
+    DeviceTensor dc = make_row_view(c.out, c.M, c.N, c.N + 5);
+    poison(dc.t);
+    if (c.beta != 0.0f) upload_into(dc.t, c0);
+    matmul(da.t, c.ta, db.t, c.tb, dc.t, c.alpha, c.beta);
+    HostTensor got = download(dc.t);
+    const double tol = c.out == DType::F32 ? 1e-5 : 1e-2;
+    EXPECT_LT(rel_error(got, ref), tol) << "M=" << c.M << " N=" << c.N << " K=" << c.K
+                                        << " ta=" << c.ta << " tb=" << c.tb;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, MatmulCuda,
+    ::testing::Values(MatmulCase{37, 53, 71, false, false, DType::BF16, 1.0f, 0.0f},
+                      MatmulCase{37, 53, 71, false, true, DType::BF16, 1.0f, 0.0f},
+                      MatmulCase{37, 53, 71, true, false, DType::F32, 1.0f, 0.0f},
+                      MatmulCase{64, 48, 200, true, true, DType::F32, 0.5f, 1.0f},
+                      MatmulCase{129, 257, 96, false, true, DType::F32, 1.0f, 1.0f},
+                      MatmulCase{1, 300, 64, false, true, DType::BF16, 1.0f, 0.0f},
+                      MatmulCase{300, 1, 64, false, false, DType::F32, 2.0f, 0.5f}));
+
+TEST(MatmulCuda, F32Operands) {
+  HLM_REQUIRE_GPU();
+  HostTensor a = random_normal({33, 45}, 5), b = random_normal({45, 29}, 6);
+  HostTensor ref(DType::F32, {33, 29});
+  matmul(a.t, false, b.t, false, ref.t, 1.0f, 0.0f);
+  DeviceTensor da = upload(a, DType::F32), db = upload(b, DType::F32), dc(DType::F32, {33, 29});
+  poison(dc.t);
+  matmul(da.t, false, db.t, false, dc.t, 1.0f, 0.0f);
+  EXPECT_LT(rel_error(download(dc.t), ref), 1e-5);
+}
+
+TEST(LinearCuda, ForwardWithBias) {
+  HLM_REQUIRE_GPU();
+  const int64_t B = 2, T = 19, K = 96, N = 75;
+  HostTensor x = bf16_values({B, T, K}, 11), w = bf16_values({N, K}, 12), bias = bf16_values({N}, 13);
+  HostTensor ref(DType::F32, {B, T, N});
+  linear_forward(x.t, w.t, bias.t, ref.t);
+  DeviceTensor dx = upload(x, DType::BF16), dw = upload(w, DType::BF16), db = upload(bias, DType::BF16);
+  for (DType out : {DType::BF16, DType::F32}) {
+    DeviceTensor dy(out, {B, T, N});
+    poison(dy.t);
+    linear_forward(dx.t, dw.t, db.t, dy.t);
+    EXPECT_LT(rel_error(download(dy.t), ref), out == DType::F32 ? 1e-5 : 1e-2) << dtype_name(out);
+    poison(dy.t);
+    HostTensor ref_nb(DType::F32, {B, T, N});
+    linear_forward(x.t, w.t, Tensor(), ref_nb.t);
+    linear_forward(dx.t, dw.t, Tensor(), dy.t);
+    EXPECT_LT(rel_error(download(dy.t), ref_nb), out == DType::F32 ? 1e-5 : 1e-2) << dtype_name(out);
+  }
+}
+
+TEST(LinearCuda, Backward) {
+  HLM_REQUIRE_GPU();
+  const int64_t M = 45, K = 72, N = 61;
+  HostTensor x = bf16_values({M, K}, 21), w = bf16_values({N, K}, 22), dy = bf16_values({M, N}, 23);
+  HostTensor dx0 = bf16_values({M, K}, 24), dw0 = random_normal({N, K}, 25), db0 = random_normal({N}, 26);
+  for (bool acc : {false, true}) {
+    HostTensor rdx = convert_host(dx0, DType::F32), rdw = convert_host(dw0, DType::F32),
+               rdb = convert_host(db0, DType::F32);
+    linear_backward(dy.t, x.t, w.t, rdx.t, rdw.t, rdb.t, acc);
+
+    DeviceTensor ddy = upload(dy, DType::BF16), dx_ = upload(x, DType::BF16), dw_ = upload(w, DType::BF16);
+    DeviceTensor gdx = upload(dx0, DType::BF16), gdw = upload(dw0, DType::F32), gdb = upload(db0, DType::F32);
+    if (!acc) poison(gdx.t);
+    linear_backward(ddy.t, dx_.t, dw_.t, gdx.t, gdw.t, gdb.t, acc);
+    EXPECT_LT(rel_error(download(gdx.t), rdx), 1e-2) << "dx, accumulate=" << acc;
+    EXPECT_LT(rel_error(download(gdw.t), rdw), 1e-5) << "dw";
+    EXPECT_LT(rel_error(download(gdb.t), rdb), 1e-5) << "dbias";
+
+    // Determinism: the same inputs give the same bits.
+    DeviceTensor gdw2 = upload(dw0, DType::F32), gdb2 = upload(db0, DType::F32);
+    linear_backward(ddy.t, dx_.t, dw_.t, Tensor(), gdw2.t, gdb2.t, acc);
+    EXPECT_EQ(raw_bytes(gdw.t), raw_bytes(gdw2.t));
+    EXPECT_EQ(raw_bytes(gdb.t), raw_bytes(gdb2.t));
+  }
+}
+
+}  // namespace
+}  // namespace hlm::test
