@@ -345,7 +345,7 @@ void require(const Tensor& t, std::initializer_list<int64_t> shape, const char* 
   HLM_CHECK_ARG(ok, "conv1d (CUDA): {} has shape {} (wrong rank or size)", what, t.shape_str());
 }
 
-class Scratch {
+class ConvScratch {
  public:
   void* get(size_t bytes) {
     if (bytes > size_) {
@@ -490,7 +490,7 @@ void conv1d_silu_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
   a.nseg = static_cast<int>((d.T + a.seg_len - 1) / a.seg_len);
   HLM_CHECK_ARG(a.nseg < 65536, "conv1d (CUDA): sequence too long ({} positions)", d.T);
   const bool params = dw.defined() || dbias.defined();
-  static Scratch scratch;
+  static ConvScratch scratch;
   if (params)
     a.part = static_cast<float*>(scratch.get(static_cast<size_t>(d.B) * a.nseg * (d.K + 1) * d.C * sizeof(float)));
   dispatch_conv(x.dtype, d.K, vec, [&]<typename T, int K, int VV>() {

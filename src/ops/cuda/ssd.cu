@@ -22,7 +22,7 @@ namespace {
 using ssd::SsdArgs;
 
 // Device scratch that grows on demand (stream-ordered allocation, never shrinks).
-class Scratch {
+class SsdScratch {
  public:
   void* get(size_t bytes) {
     if (bytes > size_) {
@@ -38,8 +38,8 @@ class Scratch {
   void* ptr_ = nullptr;
   size_t size_ = 0;
 };
-Scratch& ssd_scratch() {
-  static Scratch s;
+SsdScratch& ssd_scratch() {
+  static SsdScratch s;
   return s;
 }
 
