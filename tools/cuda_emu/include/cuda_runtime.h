@@ -166,3 +166,15 @@ inline long long min(long long a, long long b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
 inline float min(float a, float b) { return std::fmin(a, b); }
 inline float max(float a, float b) { return std::fmax(a, b); }
+
+// Fibers are not preemptive: read-modify-write built-ins are atomic as plain code.
+inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long cmp, unsigned long long v) {
+  unsigned long long old = *p;
+  if (old == cmp) *p = v;
+  return old;
+}
+inline int atomicCAS(int* p, int cmp, int v) {
+  int old = *p;
+  if (old == cmp) *p = v;
+  return old;
+}
