@@ -15,8 +15,14 @@
 #include "core/memory.h"
 #include "core/rng.h"
 #include "ops/conv1d.h"
-#include "ops/cuda/common.cuh"
 #include "ops/ssd.h"
+
+// From ops/cuda/common.cuh, which carries device code the host compiler cannot take.
+namespace hlm::cuda {
+cudaStream_t stream();
+void set_stream(cudaStream_t s);
+const cudaDeviceProp& device_props();
+}  // namespace hlm::cuda
 
 using namespace hlm;
 
@@ -24,7 +30,11 @@ namespace {
 
 constexpr int64_t H = 128, P = 64, G = 8, N = 128;  // 8B mixer: 128 heads x 64, 8 groups, state 128
 
-#define CK(x) HLM_CUDA_CHECK(x)
+#define CK(x)                                                                                \
+  do {                                                                                       \
+    cudaError_t e_ = (x);                                                                    \
+    if (e_ != cudaSuccess) fail(ErrorKind::Cuda, "{} failed: {}", #x, cudaGetErrorString(e_)); \
+  } while (0)
 
 // Fills device memory with random values of a float dtype (normal * scale + shift), by tiling a
 // host-generated block (fast for GB-sized tensors; distinct per seed).
