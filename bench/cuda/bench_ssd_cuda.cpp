@@ -1,0 +1,398 @@
+// Times the CUDA Mamba-2 path (SSD forward, forward + backward, conv1d + SiLU, decode state
+// update) at the Mamba-2-Hybrid 8B mixer shape next to the reference numbers of shared/gpu.md.
+// Each configuration is first checked against the CPU op at a small length (exit 1 on mismatch).
+//   bench_ssd_cuda [--json FILE] [--iters N] [--quick]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/memory.h"
+#include "core/rng.h"
+#include "ops/conv1d.h"
+#include "ops/ssd.h"
+
+// From ops/cuda/common.cuh, which carries device code the host compiler cannot take.
+namespace hlm::cuda {
+cudaStream_t stream();
+void set_stream(cudaStream_t s);
+const cudaDeviceProp& device_props();
+}  // namespace hlm::cuda
+
+using namespace hlm;
+
+namespace {
+
+constexpr int64_t H = 128, P = 64, G = 8, N = 128;  // 8B mixer: 128 heads x 64, 8 groups, state 128
+
+#define CK(x)                                                                                \
+  do {                                                                                       \
+    cudaError_t e_ = (x);                                                                    \
+    if (e_ != cudaSuccess) fail(ErrorKind::Cuda, "{} failed: {}", #x, cudaGetErrorString(e_)); \
+  } while (0)
+
+// Fills device memory with random values of a float dtype (normal * scale + shift), by tiling a
+// host-generated block (fast for GB-sized tensors; distinct per seed).
+void fill_random(void* dst, DType dt, int64_t n, uint64_t seed, double scale, double shift = 0) {
+  const int64_t block = std::min<int64_t>(n, int64_t{1} << 20);
+  const size_t es = dtype_size(dt);
+  std::vector<unsigned char> host(static_cast<size_t>(block) * es);
+  Rng rng(seed, 3);
+  for (int64_t i = 0; i < block; ++i) {
+    float v = static_cast<float>(shift + scale * rng.normal());
+    if (dt == DType::F32)
+      std::memcpy(&host[static_cast<size_t>(i) * 4], &v, 4);
+    else {
+      uint16_t b = f32_to_bf16_bits(v);
+      std::memcpy(&host[static_cast<size_t>(i) * 2], &b, 2);
+    }
+  }
+  for (int64_t off = 0; off < n; off += block) {
+    const int64_t cnt = std::min(block, n - off);
+    // rotate the block so consecutive tiles differ
+    const int64_t rot = (off / block * 7919) % block;
+    std::vector<unsigned char> tile(static_cast<size_t>(cnt) * es);
+    for (int64_t i = 0; i < cnt; ++i)
+      std::memcpy(&tile[static_cast<size_t>(i) * es], &host[static_cast<size_t>((i + rot) % block) * es], es);
+    CK(cudaMemcpy(static_cast<char*>(dst) + off * static_cast<int64_t>(es), tile.data(), tile.size(), cudaMemcpyHostToDevice));
+  }
+}
+
+struct DevBuf {
+  Buffer buf;
+  Tensor t;
+  DevBuf(DType dt, std::vector<int64_t> shape) {
+    int64_t n = 1;
+    for (auto s : shape) n *= s;
+    buf = Buffer(Device::CUDA, static_cast<size_t>(std::max<int64_t>(n, 1)) * dtype_size(dt));
+    t = buf.as(dt, Shape(shape.data(), shape.size()));
+  }
+};
+
+// One set of SSD inputs and outputs at [B, L].
+struct SsdSet {
+  DevBuf x, dt, Bm, Cm, A_log, D, bias, y, dy, dx, ddt, dB, dC, dA, dD, dbias;
+  SsdParams p;
+  SsdGrads g;
+  SsdSet(int64_t B, int64_t L, uint64_t seed)
+      : x(DType::BF16, {B, L, H, P}), dt(DType::BF16, {B, L, H}), Bm(DType::BF16, {B, L, G, N}),
+        Cm(DType::BF16, {B, L, G, N}), A_log(DType::F32, {H}), D(DType::F32, {H}), bias(DType::F32, {H}),
+        y(DType::BF16, {B, L, H, P}), dy(DType::BF16, {B, L, H, P}), dx(DType::BF16, {B, L, H, P}),
+        ddt(DType::BF16, {B, L, H}), dB(DType::BF16, {B, L, G, N}), dC(DType::BF16, {B, L, G, N}),
+        dA(DType::F32, {H}), dD(DType::F32, {H}), dbias(DType::F32, {H}) {
+    fill_random(x.t.data, DType::BF16, x.t.numel(), seed + 1, 1.0);
+    fill_random(dt.t.data, DType::BF16, dt.t.numel(), seed + 2, 1.0, -1.0);
+    fill_random(Bm.t.data, DType::BF16, Bm.t.numel(), seed + 3, 0.09);
+    fill_random(Cm.t.data, DType::BF16, Cm.t.numel(), seed + 4, 0.09);
+    fill_random(dy.t.data, DType::BF16, dy.t.numel(), seed + 5, 1.0);
+    fill_random(A_log.t.data, DType::F32, H, seed + 6, 0.5, 1.0);
+    fill_random(D.t.data, DType::F32, H, seed + 7, 1.0);
+    fill_random(bias.t.data, DType::F32, H, seed + 8, 0.3, -0.5);
+    CK(cudaMemset(dA.t.data, 0, H * 4));
+    CK(cudaMemset(dD.t.data, 0, H * 4));
+    CK(cudaMemset(dbias.t.data, 0, H * 4));
+    p.x = x.t;
+    p.dt = dt.t;
+    p.Bm = Bm.t;
+    p.Cm = Cm.t;
+    p.A_log = A_log.t;
+    p.D = D.t;
+    p.dt_bias = bias.t;
+    p.dt_min = 0.0f;
+    g = SsdGrads{dx.t, ddt.t, dA.t, dB.t, dC.t, dD.t, dbias.t, Tensor()};
+  }
+};
+
+int g_iters = 20;
+
+// Median time (ms) of f(i) over g_iters runs after warm-up, with CUDA events.
+double median_ms(const std::function<void(int)>& f, int warmup = 3) {
+  for (int i = 0; i < warmup; ++i) f(i);
+  CK(cudaDeviceSynchronize());
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  std::vector<float> ms;
+  for (int i = 0; i < g_iters; ++i) {
+    CK(cudaEventRecord(a, cuda::stream()));
+    f(i);
+    CK(cudaEventRecord(b, cuda::stream()));
+    CK(cudaEventSynchronize(b));
+    float t = 0;
+    CK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  CK(cudaEventDestroy(a));
+  CK(cudaEventDestroy(b));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+struct Row {
+  std::string name;
+  double ms, ref_ms, target_ms;
+  std::string note;
+};
+std::vector<Row> g_rows;
+
+// ---- correctness against the CPU op at a small length ----
+
+std::vector<float> download_f32(const Tensor& t) {
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  if (t.dtype == DType::F32) {
+    CK(cudaMemcpy(out.data(), t.data, t.nbytes(), cudaMemcpyDeviceToHost));
+  } else {
+    std::vector<uint16_t> h(out.size());
+    CK(cudaMemcpy(h.data(), t.data, t.nbytes(), cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < h.size(); ++i) out[i] = bf16_bits_to_f32(h[i]);
+  }
+  return out;
+}
+double rel_err(const std::vector<float>& a, const std::vector<float>& r) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < r.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += (double(a[i]) - r[i]) * (double(a[i]) - r[i]);
+    den += double(r[i]) * r[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+struct HostF32 {
+  std::vector<float> v;
+  Tensor t;
+  HostF32(std::vector<float> data, std::vector<int64_t> shape) : v(std::move(data)) {
+    t = Tensor(v.data(), DType::F32, Device::CPU, Shape(shape.data(), shape.size()));
+  }
+};
+
+bool check_ssd(int64_t B, int64_t L) {
+  SsdSet s(B, L, 99);
+  CK(cudaMemset(s.y.t.data, 0xFF, s.y.t.nbytes()));
+  ssd_forward(s.p, s.y.t, Tensor());
+  ssd_backward(s.p, s.dy.t, Tensor(), s.g);
+  HostF32 x(download_f32(s.x.t), {B, L, H, P}), dt(download_f32(s.dt.t), {B, L, H}), Bm(download_f32(s.Bm.t), {B, L, G, N}),
+      Cm(download_f32(s.Cm.t), {B, L, G, N}), A(download_f32(s.A_log.t), {H}), D(download_f32(s.D.t), {H}),
+      bias(download_f32(s.bias.t), {H}), dy(download_f32(s.dy.t), {B, L, H, P});
+  SsdParams pc;
+  pc.x = x.t; pc.dt = dt.t; pc.Bm = Bm.t; pc.Cm = Cm.t; pc.A_log = A.t; pc.D = D.t; pc.dt_bias = bias.t;
+  pc.dt_min = s.p.dt_min;
+  HostF32 y(std::vector<float>(size_t(B * L * H * P)), {B, L, H, P}), dx(std::vector<float>(size_t(B * L * H * P)), {B, L, H, P}),
+      ddt(std::vector<float>(size_t(B * L * H)), {B, L, H}), dB(std::vector<float>(size_t(B * L * G * N)), {B, L, G, N}),
+      dC(std::vector<float>(size_t(B * L * G * N)), {B, L, G, N}), dA(std::vector<float>(H), {H}), dD(std::vector<float>(H), {H}),
+      db(std::vector<float>(H), {H});
+  ssd_forward(pc, y.t, Tensor());
+  ssd_backward(pc, dy.t, Tensor(), SsdGrads{dx.t, ddt.t, dA.t, dB.t, dC.t, dD.t, db.t, Tensor()});
+  const std::pair<const char*, double> errs[] = {
+      {"y", rel_err(download_f32(s.y.t), y.v)},       {"dx", rel_err(download_f32(s.dx.t), dx.v)},
+      {"ddt", rel_err(download_f32(s.ddt.t), ddt.v)}, {"dB", rel_err(download_f32(s.dB.t), dB.v)},
+      {"dC", rel_err(download_f32(s.dC.t), dC.v)},    {"dA_log", rel_err(download_f32(s.dA.t), dA.v)},
+      {"dD", rel_err(download_f32(s.dD.t), dD.v)},    {"ddt_bias", rel_err(download_f32(s.dbias.t), db.v)}};
+  bool ok = true;
+  std::printf("check SSD B=%lld L=%lld vs CPU:", static_cast<long long>(B), static_cast<long long>(L));
+  for (auto [name, e] : errs) {
+    std::printf(" %s %.1e", name, e);
+    ok = ok && e <= 2e-2;
+  }
+  std::printf(" -> %s\n", ok ? "ok" : "MISMATCH");
+  return ok;
+}
+
+bool check_conv(int64_t L, int64_t C) {
+  DevBuf x(DType::BF16, {1, L, C}), w(DType::F32, {C, 4}), b(DType::F32, {C}), y(DType::BF16, {1, L, C});
+  fill_random(x.t.data, DType::BF16, x.t.numel(), 5, 1.0);
+  fill_random(w.t.data, DType::F32, w.t.numel(), 6, 0.5);
+  fill_random(b.t.data, DType::F32, C, 7, 0.5);
+  conv1d_silu_forward(x.t, w.t, b.t, Tensor(), y.t);
+  HostF32 xh(download_f32(x.t), {1, L, C}), wh(download_f32(w.t), {C, 4}), bh(download_f32(b.t), {C}),
+      yh(std::vector<float>(size_t(L * C)), {1, L, C});
+  conv1d_silu_forward(xh.t, wh.t, bh.t, Tensor(), yh.t);
+  const double e = rel_err(download_f32(y.t), yh.v);
+  std::printf("check conv1d L=%lld C=%lld vs CPU: y %.1e -> %s\n", static_cast<long long>(L), static_cast<long long>(C), e,
+              e <= 1e-2 ? "ok" : "MISMATCH");
+  return e <= 1e-2;
+}
+
+bool check_step(int64_t B) {
+  DevBuf x(DType::BF16, {B, H, P}), dt(DType::BF16, {B, H}), Bm(DType::BF16, {B, G, N}), Cm(DType::BF16, {B, G, N}),
+      A(DType::F32, {H}), D(DType::F32, {H}), bias(DType::F32, {H}), st(DType::F32, {B, H, P, N}), y(DType::BF16, {B, H, P});
+  fill_random(x.t.data, DType::BF16, x.t.numel(), 11, 1.0);
+  fill_random(dt.t.data, DType::BF16, dt.t.numel(), 12, 1.0, -1.0);
+  fill_random(Bm.t.data, DType::BF16, Bm.t.numel(), 13, 0.09);
+  fill_random(Cm.t.data, DType::BF16, Cm.t.numel(), 14, 0.09);
+  fill_random(A.t.data, DType::F32, H, 15, 0.5, 1.0);
+  fill_random(D.t.data, DType::F32, H, 16, 1.0);
+  fill_random(bias.t.data, DType::F32, H, 17, 0.3);
+  fill_random(st.t.data, DType::F32, st.t.numel(), 18, 0.5);
+  HostF32 sth(download_f32(st.t), {B, H, P, N});
+  ssd_step(SsdStepParams{x.t, dt.t, A.t, Bm.t, Cm.t, D.t, bias.t}, st.t, y.t);
+  HostF32 xh(download_f32(x.t), {B, H, P}), dth(download_f32(dt.t), {B, H}), Bh(download_f32(Bm.t), {B, G, N}),
+      Ch(download_f32(Cm.t), {B, G, N}), Ah(download_f32(A.t), {H}), Dh(download_f32(D.t), {H}), bh(download_f32(bias.t), {H}),
+      yh(std::vector<float>(size_t(B * H * P)), {B, H, P});
+  ssd_step(SsdStepParams{xh.t, dth.t, Ah.t, Bh.t, Ch.t, Dh.t, bh.t}, sth.t, yh.t);
+  const double ey = rel_err(download_f32(y.t), yh.v), es = rel_err(download_f32(st.t), sth.v);
+  const bool ok = ey <= 1e-2 && es <= 1e-3;
+  std::printf("check ssd_step B=%lld vs CPU: y %.1e state %.1e -> %s\n", static_cast<long long>(B), ey, es, ok ? "ok" : "MISMATCH");
+  return ok;
+}
+
+// ---- timings ----
+
+void bench_ssd(int64_t B, int64_t L, double ref_fwd, double ref_fb, double tgt_fwd, double tgt_fb, bool quick) {
+  const double in_bytes = double(B) * L * (H * P * 2 + 2 * G * N * 2 + H * 2);
+  const int nsets = L * B <= 16384 ? 3 : 1;  // rotate inputs where they could stay in L2
+  std::vector<SsdSet*> sets;
+  for (int i = 0; i < nsets; ++i) sets.push_back(new SsdSet(B, L, 1000 + 17 * i));
+  const std::string tag = B == 1 ? "L=" + std::to_string(L / 1024) + "K" : std::to_string(B) + "x" + std::to_string(L / 1024) + "K";
+  double fwd = median_ms([&](int i) {
+    SsdSet& s = *sets[static_cast<size_t>(i % nsets)];
+    ssd_forward(s.p, s.y.t, Tensor());
+  });
+  char note[128];
+  std::snprintf(note, sizeof note, "%.2f TB/s (x,B,C,dt in + y out)", (in_bytes + double(B) * L * H * P * 2) / fwd / 1e9);
+  g_rows.push_back({"SSD fwd " + tag, fwd, ref_fwd, tgt_fwd, note});
+  if (quick && L > 16384) {
+    for (auto* s : sets) delete s;
+    return;
+  }
+  double fb = median_ms([&](int i) {
+    SsdSet& s = *sets[static_cast<size_t>(i % nsets)];
+    ssd_forward(s.p, s.y.t, Tensor());
+    ssd_backward(s.p, s.dy.t, Tensor(), s.g);
+  });
+  g_rows.push_back({"SSD fwd+bwd " + tag, fb, ref_fb, tgt_fb, ""});
+  for (auto* s : sets) delete s;
+}
+
+void bench_conv(int64_t L, int64_t C) {
+  DevBuf x(DType::BF16, {1, L, C}), w(DType::F32, {C, 4}), b(DType::F32, {C}), y(DType::BF16, {1, L, C});
+  fill_random(x.t.data, DType::BF16, x.t.numel(), 21, 1.0);
+  fill_random(w.t.data, DType::F32, w.t.numel(), 22, 0.5);
+  fill_random(b.t.data, DType::F32, C, 23, 0.5);
+  const size_t bytes = x.t.nbytes();
+  double conv = median_ms([&](int) { conv1d_silu_forward(x.t, w.t, b.t, Tensor(), y.t); });
+  double copy = median_ms([&](int) {
+    CK(cudaMemcpyAsync(y.t.data, x.t.data, bytes, cudaMemcpyDeviceToDevice, cuda::stream()));
+  });
+  char note[160];
+  std::snprintf(note, sizeof note, "copy of the same bytes %.3f ms; conv / copy = %.2f (%.2f TB/s)", copy, conv / copy,
+                2.0 * bytes / conv / 1e9);
+  g_rows.push_back({"conv1d+SiLU fwd L=" + std::to_string(L / 1024) + "K C=" + std::to_string(C), conv, NAN, 1.3 * copy, note});
+}
+
+void bench_step(int64_t B, double ref_us, double tgt_us) {
+  DevBuf x(DType::BF16, {B, H, P}), dt(DType::BF16, {B, H}), Bm(DType::BF16, {B, G, N}), Cm(DType::BF16, {B, G, N}),
+      A(DType::F32, {H}), D(DType::F32, {H}), bias(DType::F32, {H}), st(DType::F32, {B, H, P, N}), y(DType::BF16, {B, H, P});
+  fill_random(x.t.data, DType::BF16, x.t.numel(), 31, 1.0);
+  fill_random(dt.t.data, DType::BF16, dt.t.numel(), 32, 1.0, -1.0);
+  fill_random(Bm.t.data, DType::BF16, Bm.t.numel(), 33, 0.09);
+  fill_random(Cm.t.data, DType::BF16, Cm.t.numel(), 34, 0.09);
+  fill_random(A.t.data, DType::F32, H, 35, 0.5, 1.0);
+  fill_random(D.t.data, DType::F32, H, 36, 1.0);
+  fill_random(bias.t.data, DType::F32, H, 37, 0.3);
+  fill_random(st.t.data, DType::F32, st.t.numel(), 38, 0.5);
+  SsdStepParams p{x.t, dt.t, A.t, Bm.t, Cm.t, D.t, bias.t};
+  // A CUDA graph of kReplays steps removes launch gaps; time per step = graph time / kReplays.
+  constexpr int kReplays = 100;
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaStream_t old = cuda::stream();
+  cuda::set_stream(s);
+  ssd_step(p, st.t, y.t);  // warm-up outside capture
+  CK(cudaStreamSynchronize(s));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  for (int i = 0; i < kReplays; ++i) ssd_step(p, st.t, y.t);
+  CK(cudaStreamEndCapture(s, &graph));
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  double ms = median_ms([&](int) { CK(cudaGraphLaunch(exec, s)); });
+  cuda::set_stream(old);
+  CK(cudaGraphExecDestroy(exec));
+  CK(cudaGraphDestroy(graph));
+  CK(cudaStreamDestroy(s));
+  const double us = ms * 1000.0 / kReplays;
+  char note[128];
+  std::snprintf(note, sizeof note, "%.2f TB/s on the fp32 state (read + write)", 2.0 * st.t.nbytes() / (us * 1e-6) / 1e12);
+  g_rows.push_back({"ssd_step batch " + std::to_string(B) + " (us)", us, ref_us, tgt_us, note});
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--json" && i + 1 < argc)
+      json = argv[++i];
+    else if (a == "--iters" && i + 1 < argc)
+      g_iters = std::max(5, std::atoi(argv[++i]));
+    else if (a == "--quick")
+      quick = true;
+    else {
+      std::fprintf(stderr, "usage: bench_ssd_cuda [--json FILE] [--iters N] [--quick]\n");
+      return 2;
+    }
+  }
+  try {
+    if (!cuda_available()) {
+      std::fprintf(stderr, "bench_ssd_cuda: no CUDA device\n");
+      return 2;
+    }
+    const cudaDeviceProp& prop = cuda::device_props();
+    std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    bool ok = check_ssd(1, 512) && check_ssd(2, 333) && check_conv(700, 10240) && check_step(1) && check_step(32);
+    if (!ok) {
+      std::fprintf(stderr, "bench_ssd_cuda: correctness check failed, not timing\n");
+      return 1;
+    }
+    bench_ssd(1, 4096, 1.03, 5.26, 0.15, NAN, quick);
+    bench_ssd(1, 16384, 1.15, 5.45, NAN, NAN, quick);
+    bench_ssd(1, 65536, 5.03, 22.7, 1.7, 7.5, quick);
+    bench_ssd(8, 8192, 4.92, 21.8, NAN, NAN, quick);
+    bench_conv(65536, 10240);
+    bench_step(1, 43, 5);
+    bench_step(32, 130, 75);
+
+    std::printf("\n%-32s %12s %12s %12s  %s\n", "measurement (ms unless noted)", "ours", "reference", "target", "notes");
+    for (const Row& r : g_rows) {
+      auto fmt_num = [](double v) {
+        char b[32];
+        if (std::isnan(v))
+          std::snprintf(b, sizeof b, "-");
+        else
+          std::snprintf(b, sizeof b, "%.3f", v);
+        return std::string(b);
+      };
+      std::printf("%-32s %12s %12s %12s  %s%s\n", r.name.c_str(), fmt_num(r.ms).c_str(), fmt_num(r.ref_ms).c_str(),
+                  fmt_num(r.target_ms).c_str(), r.note.c_str(),
+                  !std::isnan(r.target_ms) && r.ms > r.target_ms ? "  [MISSES TARGET]" : "");
+    }
+    if (!json.empty()) {
+      FILE* f = std::fopen(json.c_str(), "w");
+      if (!f) {
+        std::fprintf(stderr, "bench_ssd_cuda: cannot write %s\n", json.c_str());
+        return 1;
+      }
+      std::fprintf(f, "{\n  \"device\": \"%s\",\n  \"results\": [\n", prop.name);
+      for (size_t i = 0; i < g_rows.size(); ++i) {
+        const Row& r = g_rows[i];
+        auto num = [](double v) { return std::isnan(v) ? std::string("null") : std::to_string(v); };
+        std::fprintf(f, "    {\"name\": \"%s\", \"value\": %s, \"reference\": %s, \"target\": %s, \"note\": \"%s\"}%s\n",
+                     r.name.c_str(), num(r.ms).c_str(), num(r.ref_ms).c_str(), num(r.target_ms).c_str(), r.note.c_str(),
+                     i + 1 < g_rows.size() ? "," : "");
+      }
+      std::fprintf(f, "  ]\n}\n");
+      std::fclose(f);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_ssd_cuda: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

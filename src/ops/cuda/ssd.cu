@@ -1,0 +1,292 @@
+// CUDA entry points of the Mamba-2 SSD scan (hlm::cuda::ssd_forward / ssd_backward / ssd_step):
+// argument checks, the choice between the tensor-core path and the generic fallback, workspace.
+//
+// Tensor-core path (bf16 activations, 16-byte aligned rows, (P, N) in kFastShapes), chunk Q = 64:
+//  forward   1 kernel : per (row, head) a persistent block walks the chunks; per chunk it forms
+//                       G = C Bᵀ, M = G ∘ decay ∘ dt, y = M x + decay (C Hᵀ) + D x and updates the
+//                       fp32 state in registers (ssd_fwd.cu).
+//  backward  3 kernels: state sweeps (forward: states entering each chunk; reverse: state gradients
+//                       leaving each chunk), per-(chunk, group) gradients, parameter reduction
+//                       (ssd_bwd.cu, ssd_generic.cu).
+// Generic path (anything else): the sequential recurrence in fp32, one block per (row, head).
+// SsdParams::chunk is a hint for the CPU algorithm; the CUDA path picks its own chunk (results
+// agree to rounding).
+#include <algorithm>
+
+#include "ops/cuda/ssd_kernels.cuh"
+#include "ops/ssd.h"
+
+namespace hlm::cuda {
+namespace {
+
+using ssd::SsdArgs;
+
+// Device scratch that grows on demand (stream-ordered allocation, never shrinks).
+class SsdScratch {
+ public:
+  void* get(size_t bytes) {
+    if (bytes > size_) {
+      if (ptr_) HLM_CUDA_CHECK(cudaFreeAsync(ptr_, stream()));
+      size_t rounded = (bytes + (size_t{1} << 21) - 1) & ~((size_t{1} << 21) - 1);
+      HLM_CUDA_CHECK(cudaMallocAsync(&ptr_, rounded, stream()));
+      size_ = rounded;
+    }
+    return ptr_;
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+SsdScratch& ssd_scratch() {
+  static SsdScratch s;
+  return s;
+}
+
+int scalar_type(const Tensor& t, const char* what) {
+  switch (t.dtype) {
+    case DType::F32: return ssd::kF32;
+    case DType::BF16: return ssd::kBF16;
+    case DType::F16: return ssd::kF16;
+    default: fail(ErrorKind::Unsupported, "ssd (CUDA): {} has dtype {}; expected F32, BF16 or F16", what, dtype_name(t.dtype));
+  }
+}
+
+void require(const Tensor& t, std::initializer_list<int64_t> shape, const char* what) {
+  HLM_CHECK_ARG(t.defined(), "ssd (CUDA): {} is not set", what);
+  HLM_CHECK_ARG(t.device == Device::CUDA, "ssd (CUDA): {} is on {}, expected CUDA", what, device_name(t.device));
+  bool ok = t.ndim == static_cast<int>(shape.size());
+  int d = 0;
+  for (int64_t s : shape) ok = ok && t.shape[static_cast<size_t>(d++)] == s;
+  if (!ok) {
+    std::string want;
+    for (int64_t s : shape) {
+      if (!want.empty()) want += ',';
+      want += std::to_string(s);
+    }
+    fail(ErrorKind::InvalidArgument, "ssd (CUDA): {} has shape {}, expected [{}]", what, t.shape_str(), want);
+  }
+}
+void require_opt(const Tensor& t, std::initializer_list<int64_t> shape, const char* what) {
+  if (t.defined()) require(t, shape, what);
+}
+void require_contiguous_f32(const Tensor& t, const char* what) {
+  if (!t.defined()) return;
+  HLM_CHECK_ARG(t.dtype == DType::F32, "ssd (CUDA): {} must be F32, got {}", what, dtype_name(t.dtype));
+  HLM_CHECK_ARG(t.is_contiguous(), "ssd (CUDA): {} must be contiguous", what);
+}
+void require_vector(const Tensor& t, int64_t H, const char* what) {
+  if (!t.defined()) return;
+  require(t, {H}, what);
+  HLM_CHECK_ARG(t.stride[0] == 1 || H == 1, "ssd (CUDA): {} must be contiguous", what);
+  scalar_type(t, what);
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+bool row_view_aligned(const void* p, int64_t ld) { return aligned16(p) && ld % 8 == 0; }
+
+struct Dims {
+  int64_t B, T, H, P, G, N;
+};
+
+// Checks the inputs shared by forward and backward and fills the input half of the descriptor.
+Dims check_inputs(const SsdParams& p, SsdArgs* a) {
+  HLM_CHECK_ARG(p.x.defined() && p.x.ndim == 4, "ssd (CUDA): x must be [B,T,H,P], got {}",
+                p.x.defined() ? p.x.describe() : std::string("nothing"));
+  HLM_CHECK_ARG(p.Bm.defined() && p.Bm.ndim == 4, "ssd (CUDA): Bm must be [B,T,G,N]");
+  Dims d{p.x.size(0), p.x.size(1), p.x.size(2), p.x.size(3), p.Bm.size(2), p.Bm.size(3)};
+  require(p.x, {d.B, d.T, d.H, d.P}, "x");
+  require(p.Bm, {d.B, d.T, d.G, d.N}, "Bm");
+  require(p.Cm, {d.B, d.T, d.G, d.N}, "Cm");
+  require(p.dt, {d.B, d.T, d.H}, "dt");
+  require_vector(p.A_log, d.H, "A_log");
+  HLM_CHECK_ARG(p.A_log.defined(), "ssd (CUDA): A_log is not set");
+  require_vector(p.D, d.H, "D");
+  require_vector(p.dt_bias, d.H, "dt_bias");
+  require_opt(p.doc, {d.B, d.T}, "doc");
+  HLM_CHECK_ARG(!p.doc.defined() || p.doc.dtype == DType::I32, "ssd (CUDA): doc must be I32");
+  require_opt(p.h0, {d.B, d.H, d.P, d.N}, "h0");
+  require_contiguous_f32(p.h0, "h0");
+  HLM_CHECK_ARG(d.G > 0 && d.H % d.G == 0, "ssd (CUDA): heads {} not divisible by groups {}", d.H, d.G);
+  HLM_CHECK_ARG(d.P > 0 && d.N > 0, "ssd (CUDA): P and N must be positive");
+  HLM_CHECK_ARG(p.x.dtype == p.Bm.dtype && p.x.dtype == p.Cm.dtype,
+                "ssd (CUDA): x, Bm, Cm must share a dtype ({}, {}, {})", dtype_name(p.x.dtype),
+                dtype_name(p.Bm.dtype), dtype_name(p.Cm.dtype));
+  HLM_CHECK_ARG(p.dt_min <= p.dt_max, "ssd (CUDA): dt_min {} > dt_max {}", p.dt_min, p.dt_max);
+  HLM_CHECK_ARG(d.B < 65536 && d.T < (int64_t{1} << 31) && d.H < 65536,
+                "ssd (CUDA): sizes out of range (B {}, T {}, H {})", d.B, d.T, d.H);
+  scalar_type(p.x, "x");
+  a->B = static_cast<int>(d.B);
+  a->T = static_cast<int>(d.T);
+  a->H = static_cast<int>(d.H);
+  a->G = static_cast<int>(d.G);
+  a->P = static_cast<int>(d.P);
+  a->N = static_cast<int>(d.N);
+  a->dt_min = p.dt_min;
+  a->dt_max = p.dt_max;
+  if (d.B * d.T == 0) return d;
+  RowView x = as_rows(p.x, 2, "ssd x"), bm = as_rows(p.Bm, 2, "ssd Bm"), cm = as_rows(p.Cm, 2, "ssd Cm");
+  RowView dt = as_rows(p.dt, 1, "ssd dt");
+  a->x = x.data;
+  a->ld_x = x.ld;
+  a->Bm = bm.data;
+  a->ld_B = bm.ld;
+  a->Cm = cm.data;
+  a->ld_C = cm.ld;
+  a->dt = dt.data;
+  a->ld_dt = dt.ld;
+  a->dt_type = scalar_type(p.dt, "dt");
+  a->A_log = p.A_log.data;
+  a->A_type = scalar_type(p.A_log, "A_log");
+  if (p.D.defined()) {
+    a->D = p.D.data;
+    a->D_type = scalar_type(p.D, "D");
+  }
+  if (p.dt_bias.defined()) {
+    a->dt_bias = p.dt_bias.data;
+    a->bias_type = scalar_type(p.dt_bias, "dt_bias");
+  }
+  if (p.doc.defined()) {
+    RowView doc = as_rows(p.doc, 1, "ssd doc");
+    a->doc = static_cast<const int32_t*>(doc.data);
+    a->ld_doc = doc.ld;
+  }
+  a->h0 = p.h0.defined() ? p.h0.ptr<float>() : nullptr;
+  return d;
+}
+
+using FastFn = void (*)(const SsdArgs&);
+struct FastShape {
+  int P, N;
+  FastFn fwd, bwd;
+};
+constexpr FastShape kFastShapes[] = {
+    {64, 128, ssd::launch_fwd_fast<64, 64, 128>, ssd::launch_bwd_fast<64, 64, 128>},
+    {64, 64, ssd::launch_fwd_fast<64, 64, 64>, ssd::launch_bwd_fast<64, 64, 64>},
+    {128, 128, ssd::launch_fwd_fast<64, 128, 128>, ssd::launch_bwd_fast<64, 128, 128>},
+};
+constexpr int kFastChunk = 64;
+
+const FastShape* fast_shape(const SsdArgs& a) {
+  for (const FastShape& s : kFastShapes)
+    if (s.P == a.P && s.N == a.N) return &s;
+  return nullptr;
+}
+
+// Zero-fills or copies a [B,H,P,N] fp32 state (for T == 0).
+void copy_or_zero(float* dst, const float* src, size_t n) {
+  if (src)
+    HLM_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream()));
+  else
+    HLM_CUDA_CHECK(cudaMemsetAsync(dst, 0, n * sizeof(float), stream()));
+}
+
+}  // namespace
+
+void ssd_forward(const SsdParams& p, const Tensor& y, const Tensor& h_final) {
+  SsdArgs a;
+  Dims d = check_inputs(p, &a);
+  require(y, {d.B, d.T, d.H, d.P}, "y");
+  HLM_CHECK_ARG(y.dtype == p.x.dtype, "ssd (CUDA): y dtype {} differs from x dtype {}", dtype_name(y.dtype),
+                dtype_name(p.x.dtype));
+  require_opt(h_final, {d.B, d.H, d.P, d.N}, "h_final");
+  require_contiguous_f32(h_final, "h_final");
+  a.h_final = h_final.defined() ? h_final.ptr<float>() : nullptr;
+  const size_t state_elems = static_cast<size_t>(d.B * d.H * d.P * d.N);
+  if (d.B * d.T == 0) {
+    if (a.h_final && state_elems) copy_or_zero(a.h_final, a.h0, state_elems);
+    return;
+  }
+  RowView yr = as_rows(y, 2, "ssd y");
+  a.y = yr.data;
+  a.ld_y = yr.ld;
+  const FastShape* fs = fast_shape(a);
+  const bool fast = fs && p.x.dtype == DType::BF16 && row_view_aligned(a.x, a.ld_x) &&
+                    row_view_aligned(a.Bm, a.ld_B) && row_view_aligned(a.Cm, a.ld_C) &&
+                    row_view_aligned(a.y, a.ld_y);
+  if (fast) {
+    a.nchunks = static_cast<int>((d.T + kFastChunk - 1) / kFastChunk);
+    fs->fwd(a);
+  } else {
+    auto* ws = static_cast<float*>(ssd_scratch().get(state_elems * sizeof(float)));
+    ssd::launch_fwd_generic(a, scalar_type(p.x, "x"), ws);
+  }
+}
+
+void ssd_backward(const SsdParams& p, const Tensor& dy, const Tensor& dh_final, const SsdGrads& g) {
+  SsdArgs a;
+  Dims d = check_inputs(p, &a);
+  require(dy, {d.B, d.T, d.H, d.P}, "dy");
+  HLM_CHECK_ARG(dy.dtype == p.x.dtype, "ssd (CUDA): dy dtype {} differs from x dtype {}", dtype_name(dy.dtype),
+                dtype_name(p.x.dtype));
+  require_opt(dh_final, {d.B, d.H, d.P, d.N}, "dh_final");
+  require_contiguous_f32(dh_final, "dh_final");
+  require_opt(g.dx, {d.B, d.T, d.H, d.P}, "dx");
+  require_opt(g.ddt, {d.B, d.T, d.H}, "ddt");
+  require_opt(g.dBm, {d.B, d.T, d.G, d.N}, "dBm");
+  require_opt(g.dCm, {d.B, d.T, d.G, d.N}, "dCm");
+  require_vector(g.dA_log, d.H, "dA_log");
+  require_vector(g.dD, d.H, "dD");
+  require_vector(g.ddt_bias, d.H, "ddt_bias");
+  require_opt(g.dh0, {d.B, d.H, d.P, d.N}, "dh0");
+  require_contiguous_f32(g.dh0, "dh0");
+  for (const Tensor* t : {&g.dx, &g.dBm, &g.dCm})
+    HLM_CHECK_ARG(!t->defined() || t->dtype == p.x.dtype, "ssd (CUDA): gradient dtype {} differs from x dtype {}",
+                  dtype_name(t->dtype), dtype_name(p.x.dtype));
+  HLM_CHECK_ARG(!g.dD.defined() || p.D.defined(), "ssd (CUDA): dD requested but D is not set");
+  a.dh_final = dh_final.defined() ? dh_final.ptr<float>() : nullptr;
+  a.dh0 = g.dh0.defined() ? g.dh0.ptr<float>() : nullptr;
+  const size_t state_elems = static_cast<size_t>(d.B * d.H * d.P * d.N);
+  if (d.B * d.T == 0) {
+    if (a.dh0 && state_elems) copy_or_zero(a.dh0, a.dh_final, state_elems);
+    return;
+  }
+  RowView dyr = as_rows(dy, 2, "ssd dy");
+  a.dy = dyr.data;
+  a.ld_dy = dyr.ld;
+  auto set_out = [](const Tensor& t, int inner, const char* what, void** ptr, int64_t* ld) {
+    if (!t.defined()) return;
+    RowView r = as_rows(t, inner, what);
+    *ptr = r.data;
+    *ld = r.ld;
+  };
+  set_out(g.dx, 2, "ssd dx", &a.dx, &a.ld_dx);
+  set_out(g.ddt, 1, "ssd ddt", &a.ddt, &a.ld_ddt);
+  set_out(g.dBm, 2, "ssd dBm", &a.dBm, &a.ld_dB);
+  set_out(g.dCm, 2, "ssd dCm", &a.dCm, &a.ld_dC);
+  if (g.ddt.defined()) a.ddt_type = scalar_type(g.ddt, "ddt");
+  const bool params = g.dA_log.defined() || g.dD.defined() || g.ddt_bias.defined();
+
+  const FastShape* fs = fast_shape(a);
+  bool fast = fs && p.x.dtype == DType::BF16 && row_view_aligned(a.x, a.ld_x) && row_view_aligned(a.Bm, a.ld_B) &&
+              row_view_aligned(a.Cm, a.ld_C) && row_view_aligned(a.dy, a.ld_dy);
+  for (auto [ptr, ld] : {std::pair{a.dx, a.ld_dx}, std::pair{a.dBm, a.ld_dB}, std::pair{a.dCm, a.ld_dC}})
+    if (ptr) fast = fast && row_view_aligned(ptr, ld);
+
+  int part_rows = 0;
+  if (fast) {
+    a.nchunks = static_cast<int>((d.T + kFastChunk - 1) / kFastChunk);
+    const size_t states = static_cast<size_t>(d.B) * d.H * a.nchunks * d.P * d.N;  // per workspace
+    const size_t part = static_cast<size_t>(d.B) * a.nchunks * d.H * 3;
+    auto* base = static_cast<unsigned char*>(ssd_scratch().get(2 * states * 2 + part * 4));
+    a.ws_hin = reinterpret_cast<ssd::bf16_t*>(base);
+    a.ws_dhout = a.ws_hin + states;
+    a.ws_part = params ? reinterpret_cast<float*>(base + 4 * states) : nullptr;
+    part_rows = static_cast<int>(d.B) * a.nchunks;
+    fs->bwd(a);
+  } else {
+    const size_t floats = ssd::generic_bwd_ws_floats(a);
+    const size_t part = static_cast<size_t>(d.B) * d.H * 3;
+    auto* base = static_cast<float*>(ssd_scratch().get((floats + part) * sizeof(float)));
+    a.ws_part = params ? base + floats : nullptr;
+    part_rows = static_cast<int>(d.B);
+    ssd::launch_bwd_generic(a, scalar_type(p.x, "x"), base);
+  }
+  if (params)
+    ssd::launch_param_reduce(a.ws_part, part_rows, a.H, a.A_log, a.A_type, g.dA_log.data,
+                             g.dA_log.defined() ? scalar_type(g.dA_log, "dA_log") : 0, g.dD.data,
+                             g.dD.defined() ? scalar_type(g.dD, "dD") : 0, g.ddt_bias.data,
+                             g.ddt_bias.defined() ? scalar_type(g.ddt_bias, "ddt_bias") : 0);
+}
+
+}  // namespace hlm::cuda

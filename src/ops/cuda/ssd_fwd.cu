@@ -1,0 +1,208 @@
+// SSD forward on tensor cores: one persistent block per (batch row, head) walks the chunks in
+// order and keeps the fp32 state [P, N] in registers, so chunk states never touch device memory.
+#include "ops/cuda/ssd_kernels.cuh"
+
+namespace hlm::cuda::ssd {
+namespace {
+
+template <class Cfg>
+struct FwdLayout {
+  static constexpr size_t kX = size_t{Cfg::Q} * Cfg::LDX * 2;  // [Q][LDX] bf16
+  static constexpr size_t kN = size_t{Cfg::Q} * Cfg::LDN * 2;  // [Q][LDN] bf16
+  static constexpr size_t kM = size_t{Cfg::Q} * Cfg::LDQ * 2;  // [Q][LDQ] bf16
+  static constexpr size_t kH = size_t{Cfg::P} * Cfg::LDN * 2;  // [P][LDN] bf16
+  static constexpr size_t xs = 0;                              // x tiles, 2 buffers
+  static constexpr size_t bs = xs + 2 * kX;                    // B tiles, 2 buffers
+  static constexpr size_t cs = bs + 2 * kN;                    // C tiles, 2 buffers
+  static constexpr size_t ms = cs + 2 * kN;                    // M = (C Bᵀ ∘ L) dt
+  static constexpr size_t xw = ms + kM;                        // x scaled by w dt
+  static constexpr size_t hs = xw + kX;                        // bf16 state entering the chunk
+  static constexpr size_t raw = hs + kH;                       // raw dt, 2 buffers of Q floats
+  static constexpr size_t bnd = raw + 2 * Cfg::Q * 4;          // boundary flags, 2 x Q ints
+  static constexpr size_t scan = bnd + 2 * Cfg::Q * 4;
+  static constexpr size_t total = scan + sizeof(ChunkScan<Cfg::Q>);
+};
+
+template <int Q, int P, int N>
+__global__ void __launch_bounds__(256, 1) ssd_fwd_fast_kernel(const SsdArgs a) {
+  using Cfg = FastCfg<Q, P, N>;
+  using L = FwdLayout<Cfg>;
+  constexpr int LDX = Cfg::LDX, LDN = Cfg::LDN, LDQ = Cfg::LDQ;
+  unsigned char* sm = mma::dynamic_smem();
+  auto* Xs0 = reinterpret_cast<bf16_t*>(sm + L::xs);
+  auto* Bs0 = reinterpret_cast<bf16_t*>(sm + L::bs);
+  auto* Cs0 = reinterpret_cast<bf16_t*>(sm + L::cs);
+  auto* Ms = reinterpret_cast<bf16_t*>(sm + L::ms);
+  auto* Xw = reinterpret_cast<bf16_t*>(sm + L::xw);
+  auto* Hs = reinterpret_cast<bf16_t*>(sm + L::hs);
+  auto* raw = reinterpret_cast<float*>(sm + L::raw);
+  auto* bnd = reinterpret_cast<int*>(sm + L::bnd);
+  auto& sc = *reinterpret_cast<ChunkScan<Q>*>(sm + L::scan);
+  constexpr int kXE = Q * LDX, kNE = Q * LDN;  // elements per buffer
+
+  const int h = blockIdx.x, b = blockIdx.y;
+  const int g = h / (a.H / a.G);
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const int wr = warp % Cfg::kRowBlocks, wc = warp / Cfg::kRowBlocks;
+  const int r0 = 16 * wr;               // rows (t) of this warp in [Q, *] tiles
+  const int q0 = wc * Cfg::kQCols;      // columns (s) in [Q, Q] tiles
+  const int p0 = wc * Cfg::kPCols;      // columns (p) in [Q, P] tiles
+  const float A = -expf(load_any(a.A_log, a.A_type, h));
+  const float Dh = a.D ? load_any(a.D, a.D_type, h) : 0.f;
+  const float bias = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h) : 0.f;
+  const int T = a.T;
+  const int nchunks = (T + Q - 1) / Q;
+  const int64_t rowb = static_cast<int64_t>(b) * T;
+  const auto* xg = static_cast<const bf16_t*>(a.x) + static_cast<int64_t>(h) * P;
+  const auto* Bg = static_cast<const bf16_t*>(a.Bm) + static_cast<int64_t>(g) * N;
+  const auto* Cg = static_cast<const bf16_t*>(a.Cm) + static_cast<int64_t>(g) * N;
+  auto* yg = static_cast<bf16_t*>(a.y) + static_cast<int64_t>(h) * P;
+
+  auto issue_loads = [&](int c, int buf) {
+    const int t0 = c * Q;
+    const int valid = min(Q, T - t0);
+    load_tile_async<Q, P, LDX, 256>(Xs0 + buf * kXE, xg, a.ld_x, rowb + t0, valid);
+    load_tile_async<Q, N, LDN, 256>(Bs0 + buf * kNE, Bg, a.ld_B, rowb + t0, valid);
+    load_tile_async<Q, N, LDN, 256>(Cs0 + buf * kNE, Cg, a.ld_C, rowb + t0, valid);
+  };
+
+  StateFrag<Cfg> H;
+  H.load(a.h0 ? a.h0 + (static_cast<int64_t>(b) * a.H + h) * P * N : nullptr);
+  H.store_bf16(Hs, LDN);
+  issue_loads(0, 0);
+  mma::cp_async_commit();
+  if (tid < Q) {
+    raw[tid] = raw_dt_at(a, b, tid, h);
+    bnd[tid] = boundary_at(a, b, tid);
+  }
+
+  for (int c = 0; c < nchunks; ++c) {
+    const int buf = c & 1;
+    const int t0 = c * Q;
+    const int len = min(Q, T - t0);
+    const bool has_next = c + 1 < nchunks;
+    const bf16_t* Xs = Xs0 + buf * kXE;
+    const bf16_t* Bs = Bs0 + buf * kNE;
+    const bf16_t* Cs = Cs0 + buf * kNE;
+    float next_raw = 0.f;
+    int next_bnd = 0;
+    if (has_next && tid < Q) {
+      next_raw = raw_dt_at(a, b, t0 + Q + tid, h);
+      next_bnd = boundary_at(a, b, t0 + Q + tid);
+    }
+    mma::cp_async_wait<0>();
+    __syncthreads();  // chunk c's tiles and raw dt are in; chunk c-1 is done with everything
+    if (has_next) issue_loads(c + 1, buf ^ 1);
+    mma::cp_async_commit();
+    if (warp == Cfg::kScanWarp)
+      chunk_scan_warp<Q>(sc, raw + buf * Q, bnd + buf * Q, len, A, bias, a.dt_min, a.dt_max);
+
+    // G = C Bᵀ for this warp's [16, kQCols] tile; tiles strictly above the diagonal stay zero.
+    float gacc[Cfg::kQTiles][4];
+#pragma unroll
+    for (int j = 0; j < Cfg::kQTiles; ++j) gacc[j][0] = gacc[j][1] = gacc[j][2] = gacc[j][3] = 0.f;
+    if (q0 <= r0 + 15) {
+#pragma unroll
+      for (int kk = 0; kk < N / 16; ++kk) {
+        uint32_t af[4];
+        mma::load_a(af, Cs, LDN, r0, 16 * kk);
+#pragma unroll
+        for (int j = 0; j < Cfg::kQTiles; j += 2) {
+          if (q0 + 8 * j <= r0 + 15) {
+            uint32_t bfr[4];
+            mma::load_b2(bfr, Bs, LDN, q0 + 8 * j, 16 * kk);
+            mma::mma_bf16(gacc[j], af, bfr[0], bfr[1]);
+            mma::mma_bf16(gacc[j + 1], af, bfr[2], bfr[3]);
+          }
+        }
+      }
+    }
+    if (has_next && tid < Q) {
+      raw[(buf ^ 1) * Q + tid] = next_raw;
+      bnd[(buf ^ 1) * Q + tid] = next_bnd;
+    }
+    __syncthreads();  // scan results visible
+
+    // M[t,s] = G[t,s] exp(cum_t - cum_s) dt_s for s <= t in t's document, else 0.
+#pragma unroll
+    for (int j = 0; j < Cfg::kQTiles; ++j)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int t = mma::acc_row(r0, 2 * half), s = mma::acc_col(q0 + 8 * j, 0);
+        float m[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int ss = s + e;
+          m[e] = (ss <= t && sc.seg[ss] == sc.seg[t])
+                     ? gacc[j][2 * half + e] * __expf(fminf(sc.cum[t] - sc.cum[ss], 0.f)) * sc.dt[ss]
+                     : 0.f;
+        }
+        *reinterpret_cast<uint32_t*>(Ms + t * LDQ + s) = mma::pack_bf16x2(m[0], m[1]);
+      }
+    scale_rows<Cfg>(Xw, Xs, sc.w, sc.dt);
+    __syncthreads();  // Ms, Xw complete
+
+    // y = M x  +  eoff_t (C Hinᵀ)  +  D x   for this warp's [16, kPCols] tile.
+    {
+      float yd[Cfg::kPTiles][4], yo[Cfg::kPTiles][4];
+#pragma unroll
+      for (int j = 0; j < Cfg::kPTiles; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) yd[j][i] = yo[j][i] = 0.f;
+      for (int ks = 0; ks <= wr; ++ks) {
+        uint32_t af[4];
+        mma::load_a(af, Ms, LDQ, r0, 16 * ks);
+        mma::mma_row<Cfg::kPTiles, true>(yd, af, Xs, LDX, p0, 16 * ks);
+      }
+#pragma unroll
+      for (int kk = 0; kk < N / 16; ++kk) {
+        uint32_t af[4];
+        mma::load_a(af, Cs, LDN, r0, 16 * kk);
+        mma::mma_row<Cfg::kPTiles, false>(yo, af, Hs, LDN, p0, 16 * kk);
+      }
+#pragma unroll
+      for (int j = 0; j < Cfg::kPTiles; ++j)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int t = mma::acc_row(r0, 2 * half), p = mma::acc_col(p0 + 8 * j, 0);
+          if (t < len) {
+            const uint32_t xv = *reinterpret_cast<const uint32_t*>(Xs + t * LDX + p);
+            const float e = sc.eoff[t];
+            const float v0 = yd[j][2 * half] + e * yo[j][2 * half] + Dh * mma::bf16_lo(xv);
+            const float v1 = yd[j][2 * half + 1] + e * yo[j][2 * half + 1] + Dh * mma::bf16_hi(xv);
+            *reinterpret_cast<uint32_t*>(yg + (rowb + t0 + t) * a.ld_y + p) = mma::pack_bf16x2(v0, v1);
+          }
+        }
+    }
+
+    // State update: H = gamma H + (x w dt)ᵀ B.
+    H.scale(sc.gamma);
+    H.add_outer(Xw, Bs);
+    __syncthreads();  // every read of Hs, Ms, Xw for chunk c is done
+    H.store_bf16(Hs, LDN);
+  }
+  if (a.h_final) H.store_f32(a.h_final + (static_cast<int64_t>(b) * a.H + h) * P * N);
+}
+
+}  // namespace
+
+template <int Q, int P, int N>
+void launch_fwd_fast(const SsdArgs& a) {
+  using L = FwdLayout<FastCfg<Q, P, N>>;
+  auto kernel = ssd_fwd_fast_kernel<Q, P, N>;
+  static const bool attr_set = [&] {  // once per instantiation: keep host work off the hot path
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(L::total)));
+    return true;
+  }();
+  (void)attr_set;
+  dim3 grid(static_cast<unsigned>(a.H), static_cast<unsigned>(a.B));
+  HLM_LAUNCH(kernel, grid, dim3(256), L::total, a);
+  HLM_CUDA_CHECK_LAUNCH();
+}
+
+template void launch_fwd_fast<64, 64, 128>(const SsdArgs&);
+template void launch_fwd_fast<64, 64, 64>(const SsdArgs&);
+template void launch_fwd_fast<64, 128, 128>(const SsdArgs&);
+
+}  // namespace hlm::cuda::ssd

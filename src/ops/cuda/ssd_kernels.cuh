@@ -1,0 +1,343 @@
+// Shared pieces of the CUDA SSD kernels: the launch descriptor, per-chunk dt / decay scan, tile
+// loads, and the launchers each ssd_*.cu file instantiates. See ssd.cu for the algorithm.
+#pragma once
+
+#include <cstdint>
+
+#include "ops/cuda/warp_mma.cuh"
+
+namespace hlm::cuda::ssd {
+
+using mma::bf16_t;
+
+// Element type of a scalar-valued tensor read or written one element at a time.
+enum ScalarType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
+__device__ __forceinline__ float load_any(const void* p, int type, int64_t i) {
+  if (type == kBF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+  if (type == kF16) return __half2float(static_cast<const __half*>(p)[i]);
+  return static_cast<const float*>(p)[i];
+}
+__device__ __forceinline__ void store_any(void* p, int type, int64_t i, float v) {
+  if (type == kBF16)
+    static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+  else if (type == kF16)
+    static_cast<__half*>(p)[i] = __float2half_rn(v);
+  else
+    static_cast<float*>(p)[i] = v;
+}
+
+// One descriptor for every SSD kernel. Activations are row views: row b*T + t, `ld` elements apart;
+// the column of (h, p) is h*P + p, of (g, n) g*N + n, of dt's h just h.
+struct SsdArgs {
+  const void* x = nullptr;
+  int64_t ld_x = 0;
+  const void* dt = nullptr;
+  int64_t ld_dt = 0;
+  int dt_type = kF32;
+  const void* Bm = nullptr;
+  int64_t ld_B = 0;
+  const void* Cm = nullptr;
+  int64_t ld_C = 0;
+  const void* A_log = nullptr;
+  int A_type = kF32;
+  const void* D = nullptr;  // optional
+  int D_type = kF32;
+  const void* dt_bias = nullptr;  // optional
+  int bias_type = kF32;
+  const int32_t* doc = nullptr;  // optional, [B, T] rows ld_doc apart
+  int64_t ld_doc = 0;
+  const float* h0 = nullptr;  // optional, [B,H,P,N] contiguous
+  int B = 0, T = 0, H = 0, G = 0, P = 0, N = 0;
+  float dt_min = 0.f, dt_max = 0.f;
+  // forward outputs
+  void* y = nullptr;
+  int64_t ld_y = 0;
+  float* h_final = nullptr;  // optional
+  // backward inputs / outputs (each output optional)
+  const void* dy = nullptr;
+  int64_t ld_dy = 0;
+  const float* dh_final = nullptr;
+  void* dx = nullptr;
+  int64_t ld_dx = 0;
+  void* ddt = nullptr;
+  int64_t ld_ddt = 0;
+  int ddt_type = kF32;
+  void* dBm = nullptr;
+  int64_t ld_dB = 0;
+  void* dCm = nullptr;
+  int64_t ld_dC = 0;
+  float* dh0 = nullptr;
+  // workspace of the backward: states entering / gradients leaving each chunk, [B,H,C,P,N] bf16,
+  // and per-(b, chunk, h) partial sums of dA, dD, ddt_bias.
+  bf16_t* ws_hin = nullptr;
+  bf16_t* ws_dhout = nullptr;
+  float* ws_part = nullptr;
+  int nchunks = 0;
+};
+
+// dt = clamp(softplus(raw + bias), dt_min, dt_max); dsp = d dt / d raw (zero where clamped).
+__device__ __forceinline__ void dt_from_raw(float raw, float bias, float dt_min, float dt_max,
+                                            float* dt, float* dsp) {
+  float u = raw + bias;
+  float sp = u > 20.f ? u : log1pf(expf(u));
+  float sig = 1.f / (1.f + expf(-u));
+  if (sp < dt_min) {
+    *dt = dt_min;
+    *dsp = 0.f;
+  } else if (sp > dt_max) {
+    *dt = dt_max;
+    *dsp = 0.f;
+  } else {
+    *dt = sp;
+    *dsp = sig;
+  }
+}
+
+// Per-chunk scalars of one head, computed by one warp (chunk_scan_warp).
+// cum[t] = sum_{r<=t} dt_r A (fp32, within the chunk); seg[t] = number of document boundaries in
+// (chunk start .. t]; w[s] = decay from s to the chunk end (0 across a boundary); eoff[t] = decay
+// from the chunk start to t (0 after a boundary); gamma = decay over the whole chunk.
+template <int Q>
+struct ChunkScan {
+  float dt[Q], dsp[Q], cum[Q], w[Q], eoff[Q];
+  int seg[Q];
+  float gamma;
+  float pad_[3];
+};
+
+template <int Q>
+__device__ __forceinline__ void chunk_scan_warp(ChunkScan<Q>& s, const float* raw, const int* bnd,
+                                                int len, float A, float bias, float dt_min,
+                                                float dt_max) {
+  static_assert(Q % 32 == 0, "chunk must be a multiple of 32");
+  constexpr int E = Q / 32;
+  const int lane = mma::lane_id();
+  float dt[E], dsp[E], cum[E];
+  int sg[E];
+  float run = 0.f;
+  int srun = 0;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    int t = lane * E + e;
+    if (t < len) {
+      dt_from_raw(raw[t], bias, dt_min, dt_max, &dt[e], &dsp[e]);
+      srun += bnd[t];
+    } else {
+      dt[e] = 0.f;
+      dsp[e] = 0.f;
+    }
+    run += dt[e] * A;
+    cum[e] = run;
+    sg[e] = srun;
+  }
+  float inc = run;
+  int sinc = srun;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    float v = __shfl_up_sync(0xffffffffu, inc, off);
+    int sv = __shfl_up_sync(0xffffffffu, sinc, off);
+    if (lane >= off) {
+      inc += v;
+      sinc += sv;
+    }
+  }
+  float excl = __shfl_up_sync(0xffffffffu, inc, 1);
+  int sexcl = __shfl_up_sync(0xffffffffu, sinc, 1);
+  if (lane == 0) {
+    excl = 0.f;
+    sexcl = 0;
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    cum[e] += excl;
+    sg[e] += sexcl;
+  }
+  const float cend = __shfl_sync(0xffffffffu, cum[E - 1], 31);
+  const int send = __shfl_sync(0xffffffffu, sg[E - 1], 31);
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    int t = lane * E + e;
+    s.dt[t] = dt[e];
+    s.dsp[t] = dsp[e];
+    s.cum[t] = cum[e];
+    s.seg[t] = sg[e];
+    s.w[t] = sg[e] == send ? expf(fminf(cend - cum[e], 0.f)) : 0.f;
+    s.eoff[t] = sg[e] == 0 ? expf(fminf(cum[e], 0.f)) : 0.f;
+  }
+  if (lane == 0) s.gamma = send == 0 ? expf(fminf(cend, 0.f)) : 0.f;
+}
+
+// Raw dt and document-boundary flag of position t of row b (zero past the row end).
+__device__ __forceinline__ float raw_dt_at(const SsdArgs& a, int b, int t, int h) {
+  if (t >= a.T) return 0.f;
+  return load_any(a.dt, a.dt_type, (static_cast<int64_t>(b) * a.T + t) * a.ld_dt + h);
+}
+__device__ __forceinline__ int boundary_at(const SsdArgs& a, int b, int t) {
+  if (a.doc == nullptr || t <= 0 || t >= a.T) return 0;
+  const int32_t* d = a.doc + static_cast<int64_t>(b) * a.ld_doc;
+  return d[t] != d[t - 1] ? 1 : 0;
+}
+
+// Queues cp.async copies of rows [row0, row0 + kRows) x columns [0, kCols) of a bf16 row view
+// into S (pitch kLd); rows >= valid_rows are zero-filled.
+template <int kRows, int kCols, int kLd, int kThreads>
+__device__ __forceinline__ void load_tile_async(bf16_t* S, const bf16_t* base, int64_t ld,
+                                                int64_t row0, int valid_rows) {
+  static_assert(kCols % 8 == 0, "tile width must be a multiple of 8");
+  constexpr int kPieces = kCols / 8;
+  constexpr int kTotal = kRows * kPieces;
+  for (int i = static_cast<int>(threadIdx.x); i < kTotal; i += kThreads) {
+    int r = i / kPieces, c = (i % kPieces) * 8;
+    bool valid = r < valid_rows;
+    const bf16_t* src = base + (row0 + (valid ? r : 0)) * ld + c;
+    mma::cp_async16(S + r * kLd + c, src, valid);
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+// Sum over the 4 lanes that share a row of an accumulator fragment (same g).
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  v += __shfl_xor_sync(0xffffffffu, v, 2);
+  return v;
+}
+// Sum over the 8 lanes that share a column pair of an accumulator fragment (same q).
+__device__ __forceinline__ float column_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 4);
+  v += __shfl_xor_sync(0xffffffffu, v, 8);
+  v += __shfl_xor_sync(0xffffffffu, v, 16);
+  return v;
+}
+
+// Tiling of the tensor-core kernels: 8 warps; chunk Q rows split in Q/16 row blocks of 16, the
+// warps of one row block split the columns. State tiles [P, N] split 2 (or 1) x 4 (or 8).
+template <int Q_, int P_, int N_>
+struct FastCfg {
+  static constexpr int Q = Q_, P = P_, N = N_;
+  static constexpr int kThreads = 256, kWarps = 8;
+  static constexpr int LDX = P + 8, LDN = N + 8, LDQ = Q + 8;  // padded pitches (conflict-free ldmatrix)
+  static constexpr int kRowBlocks = Q / 16;
+  static constexpr int kColSplit = kWarps / kRowBlocks;
+  static constexpr int kQCols = Q / kColSplit, kQTiles = kQCols / 8;
+  static constexpr int kPCols = P / kColSplit, kPTiles = kPCols / 8;
+  static constexpr int kNCols = N / kColSplit, kNTiles = kNCols / 8;
+  static constexpr int kSWarpsP = (P % 32 == 0) ? 2 : 1, kSWarpsN = kWarps / kSWarpsP;
+  static constexpr int kSRows = P / kSWarpsP, kSMT = kSRows / 16;
+  static constexpr int kSCols = N / kSWarpsN, kSNT = kSCols / 8;
+  // The warp that runs the per-chunk scans: the one with the least work above the diagonal.
+  static constexpr int kScanWarp = kColSplit > 1 ? kRowBlocks : 0;
+  static_assert(Q == 64 || Q == 128, "chunk 64 or 128");
+  static_assert(kWarps % kRowBlocks == 0, "row blocks must divide the warps");
+  static_assert(kQCols % 16 == 0 && kPCols % 8 == 0 && kNCols % 32 == 0, "column split");
+  static_assert(P % 16 == 0 && N % 16 == 0, "P and N multiples of 16");
+  static_assert(kSRows % 16 == 0 && kSCols % 16 == 0, "state tile split");
+};
+
+// State fragments (fp32 accumulators of a [P, N] tile) <-> memory.
+template <class Cfg>
+struct StateFrag {
+  float v[Cfg::kSMT][Cfg::kSNT][4];
+  __device__ __forceinline__ int p0() const { return (static_cast<int>(threadIdx.x) >> 5) % Cfg::kSWarpsP * Cfg::kSRows; }
+  __device__ __forceinline__ int n0() const { return (static_cast<int>(threadIdx.x) >> 5) / Cfg::kSWarpsP * Cfg::kSCols; }
+
+  __device__ __forceinline__ void load(const float* src) {  // src [P][N] fp32 or null (zero)
+#pragma unroll
+    for (int mt = 0; mt < Cfg::kSMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Cfg::kSNT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          int p = mma::acc_row(p0() + 16 * mt, i), n = mma::acc_col(n0() + 8 * nt, i);
+          v[mt][nt][i] = src ? src[p * Cfg::N + n] : 0.f;
+        }
+  }
+  __device__ __forceinline__ void store_f32(float* dst) const {  // dst [P][N]
+#pragma unroll
+    for (int mt = 0; mt < Cfg::kSMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Cfg::kSNT; ++nt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          int p = mma::acc_row(p0() + 16 * mt, 2 * half), n = mma::acc_col(n0() + 8 * nt, 0);
+          *reinterpret_cast<float2*>(dst + p * Cfg::N + n) =
+              make_float2(v[mt][nt][2 * half], v[mt][nt][2 * half + 1]);
+        }
+  }
+  // bf16 copy into S[p][n] with pitch ld (shared or global).
+  __device__ __forceinline__ void store_bf16(bf16_t* S, int ld) const {
+#pragma unroll
+    for (int mt = 0; mt < Cfg::kSMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Cfg::kSNT; ++nt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          int p = mma::acc_row(p0() + 16 * mt, 2 * half), n = mma::acc_col(n0() + 8 * nt, 0);
+          *reinterpret_cast<uint32_t*>(S + p * ld + n) =
+              mma::pack_bf16x2(v[mt][nt][2 * half], v[mt][nt][2 * half + 1]);
+        }
+  }
+  __device__ __forceinline__ void scale(float s) {
+#pragma unroll
+    for (int mt = 0; mt < Cfg::kSMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Cfg::kSNT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[mt][nt][i] *= s;
+  }
+  // v += Aᵀ V over the chunk: A [Q][P] (pitch LDX) is the scaled activation, V [Q][N] (pitch LDN).
+  __device__ __forceinline__ void add_outer(const bf16_t* As, const bf16_t* Vs) {
+#pragma unroll
+    for (int ks = 0; ks < Cfg::Q / 16; ++ks) {
+      uint32_t af[Cfg::kSMT][4];
+#pragma unroll
+      for (int mt = 0; mt < Cfg::kSMT; ++mt) mma::load_a_t(af[mt], As, Cfg::LDX, p0() + 16 * mt, 16 * ks);
+#pragma unroll
+      for (int nt = 0; nt < Cfg::kSNT; nt += 2) {
+        uint32_t bfr[4];
+        mma::load_b2_t(bfr, Vs, Cfg::LDN, n0() + 8 * nt, 16 * ks);
+#pragma unroll
+        for (int mt = 0; mt < Cfg::kSMT; ++mt) {
+          mma::mma_bf16(v[mt][nt], af[mt], bfr[0], bfr[1]);
+          mma::mma_bf16(v[mt][nt + 1], af[mt], bfr[2], bfr[3]);
+        }
+      }
+    }
+  }
+};
+
+// Xs_scaled[s][:] = Xs[s][:] * scale[s] (both [Q][LDX] bf16), all threads.
+template <class Cfg>
+__device__ __forceinline__ void scale_rows(bf16_t* out, const bf16_t* in, const float* s1,
+                                           const float* s2) {
+  constexpr int kPieces = Cfg::P / 8;
+  for (int i = static_cast<int>(threadIdx.x); i < Cfg::Q * kPieces; i += Cfg::kThreads) {
+    int r = i / kPieces, c = (i % kPieces) * 8;
+    float sc = s2 ? s1[r] * s2[r] : s1[r];
+    uint4 u = *reinterpret_cast<const uint4*>(in + r * Cfg::LDX + c);
+    uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) w[k] = mma::pack_bf16x2(mma::bf16_lo(w[k]) * sc, mma::bf16_hi(w[k]) * sc);
+    *reinterpret_cast<uint4*>(out + r * Cfg::LDX + c) = make_uint4(w[0], w[1], w[2], w[3]);
+  }
+}
+
+// Launchers (host), instantiated in ssd_fwd.cu / ssd_bwd.cu / ssd_generic.cu.
+template <int Q, int P, int N>
+void launch_fwd_fast(const SsdArgs& a);
+template <int Q, int P, int N>
+void launch_bwd_fast(const SsdArgs& a);  // sweeps + chunk kernel; partials left in ws_part
+void launch_fwd_generic(const SsdArgs& a, int act_type, float* ws_state);
+// Generic backward: ws_f32 needs generic_bwd_ws_floats(a) floats; partials left in ws_part.
+size_t generic_bwd_ws_floats(const SsdArgs& a);
+void launch_bwd_generic(const SsdArgs& a, int act_type, float* ws_f32);
+// dA_log, dD, ddt_bias += reductions of ws_part ([rows][H][3]: dA, dD, dbias).
+void launch_param_reduce(const float* part, int rows, int H, const void* A_log, int A_type,
+                         void* dA_log, int dA_type, void* dD, int dD_type, void* dbias,
+                         int dbias_type);
+
+}  // namespace hlm::cuda::ssd

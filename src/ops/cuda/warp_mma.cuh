@@ -1,0 +1,195 @@
+// Warp-level tensor-core building blocks for our own kernels: mma.sync m16n8k16 (bf16 in, fp32
+// accumulate), ldmatrix fragment loads from padded shared-memory tiles, cp.async, the launch macro
+// and the dynamic shared-memory base. Under HLM_CUDA_EMU (tools/cuda_emu) the same calls run on
+// the host emulation, so kernels can be checked without a GPU.
+//
+// Fragment conventions (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4*g + q:
+//   A 16x16 (row-major): a[0] = (g, 2q..2q+1), a[1] = (g+8, 2q..), a[2] = (g, 2q+8..), a[3] = (g+8, 2q+8..)
+//   B 16x8 (k x n):      b[0] = (k 2q..2q+1, n g), b[1] = (k 2q+8.., n g)
+//   C 16x8 fp32:         c[0] = (g, 2q), c[1] = (g, 2q+1), c[2] = (g+8, 2q), c[3] = (g+8, 2q+1)
+// ldmatrix without .trans serves an operand whose K index is contiguous in shared memory; with
+// .trans one whose M (or N) index is contiguous.
+#pragma once
+
+#include <cstdint>
+
+#include "ops/cuda/common.cuh"
+
+#ifdef HLM_CUDA_EMU
+#define HLM_LAUNCH(kernel, grid, block, smem, ...) ::emu::launch(kernel, grid, block, smem, __VA_ARGS__)
+#else
+#define HLM_LAUNCH(kernel, grid, block, smem, ...) \
+  kernel<<<grid, block, smem, ::hlm::cuda::stream()>>>(__VA_ARGS__)
+#endif
+
+namespace hlm::cuda::mma {
+
+using bf16_t = __nv_bfloat16;
+
+__device__ __forceinline__ int lane_id() { return static_cast<int>(threadIdx.x) & 31; }
+
+// Base of the block's dynamic shared memory (aligned to 128 bytes).
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+#ifdef HLM_CUDA_EMU
+  return ::emu::dynamic_smem();
+#else
+  extern __shared__ __align__(128) unsigned char hlm_dynamic_smem[];
+  return hlm_dynamic_smem;
+#endif
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  uint32_t u;
+  memcpy(&u, &v, 4);
+  return u;
+}
+__device__ __forceinline__ float bf16_lo(uint32_t u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
+
+// ---- raw instructions ----
+
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void* row) {
+#ifdef HLM_CUDA_EMU
+  ::emu::ldmatrix(r, 4, false, row);
+#else
+  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+#endif
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void* row) {
+#ifdef HLM_CUDA_EMU
+  ::emu::ldmatrix(r, 4, true, row);
+#else
+  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+#endif
+}
+__device__ __forceinline__ void ldsm_x2(uint32_t r[2], const void* row) {
+#ifdef HLM_CUDA_EMU
+  ::emu::ldmatrix(r, 2, false, row);
+#else
+  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(a));
+#endif
+}
+__device__ __forceinline__ void ldsm_x2_t(uint32_t r[2], const void* row) {
+#ifdef HLM_CUDA_EMU
+  ::emu::ldmatrix(r, 2, true, row);
+#else
+  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(a));
+#endif
+}
+
+// d += a * b for one m16n8k16 tile.
+__device__ __forceinline__ void mma_bf16(float d[4], const uint32_t a[4], const uint32_t b0,
+                                         const uint32_t b1) {
+#ifdef HLM_CUDA_EMU
+  const uint32_t b[2] = {b0, b1};
+  ::emu::mma_bf16_16816(d, a, b);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// 16-byte global -> shared copy; with valid == false the 16 bytes are zero-filled and src unread.
+__device__ __forceinline__ void cp_async16(void* smem, const void* src, bool valid) {
+#ifdef HLM_CUDA_EMU
+  ::emu::cp_async(smem, src, 16, !valid);
+#else
+  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src), "r"(n));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef HLM_CUDA_EMU
+  ::emu::cp_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef HLM_CUDA_EMU
+  ::emu::cp_wait(kPending);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
+}
+
+// ---- fragment loads from a bf16 tile S with row pitch ld (elements; ld*2 a multiple of 16) ----
+
+// A (16 x 16 at m0, k0) from S[m][k].
+__device__ __forceinline__ void load_a(uint32_t a[4], const bf16_t* S, int ld, int m0, int k0) {
+  int l = lane_id(), mi = l >> 3, r = l & 7;
+  ldsm_x4(a, S + (m0 + r + (mi & 1) * 8) * ld + k0 + (mi >> 1) * 8);
+}
+// A (16 x 16 at m0, k0) from S[k][m].
+__device__ __forceinline__ void load_a_t(uint32_t a[4], const bf16_t* S, int ld, int m0, int k0) {
+  int l = lane_id(), mi = l >> 3, r = l & 7;
+  ldsm_x4_t(a, S + (k0 + r + (mi >> 1) * 8) * ld + m0 + (mi & 1) * 8);
+}
+// B for two n-tiles (n0..n0+15) x k16 from S[n][k]: b[0..1] = tile n0, b[2..3] = tile n0+8.
+__device__ __forceinline__ void load_b2(uint32_t b[4], const bf16_t* S, int ld, int n0, int k0) {
+  int l = lane_id(), mi = l >> 3, r = l & 7;
+  ldsm_x4(b, S + (n0 + r + (mi >> 1) * 8) * ld + k0 + (mi & 1) * 8);
+}
+// B for two n-tiles from S[k][n].
+__device__ __forceinline__ void load_b2_t(uint32_t b[4], const bf16_t* S, int ld, int n0, int k0) {
+  int l = lane_id(), mi = l >> 3, r = l & 7;
+  ldsm_x4_t(b, S + (k0 + r + (mi & 1) * 8) * ld + n0 + (mi >> 1) * 8);
+}
+// B for one n-tile (n0..n0+7) x k16 from S[n][k] / S[k][n].
+__device__ __forceinline__ void load_b1(uint32_t b[2], const bf16_t* S, int ld, int n0, int k0) {
+  int l = lane_id() & 15, mi = l >> 3, r = l & 7;
+  ldsm_x2(b, S + (n0 + r) * ld + k0 + mi * 8);
+}
+__device__ __forceinline__ void load_b1_t(uint32_t b[2], const bf16_t* S, int ld, int n0, int k0) {
+  int l = lane_id() & 15, mi = l >> 3, r = l & 7;
+  ldsm_x2_t(b, S + (k0 + r + mi * 8) * ld + n0);
+}
+
+// acc[j] (j < kTiles, n-tiles at n0 + 8j) += A(16 x 16 fragment) * B(k16 x 8 kTiles), B from S[n][k]
+// (kTransB = false) or S[k][n] (kTransB = true).
+template <int kTiles, bool kTransB>
+__device__ __forceinline__ void mma_row(float (*acc)[4], const uint32_t a[4], const bf16_t* S, int ld,
+                                        int n0, int k0) {
+#pragma unroll
+  for (int j = 0; j + 1 < kTiles; j += 2) {
+    uint32_t b[4];
+    if constexpr (kTransB)
+      load_b2_t(b, S, ld, n0 + 8 * j, k0);
+    else
+      load_b2(b, S, ld, n0 + 8 * j, k0);
+    mma_bf16(acc[j], a, b[0], b[1]);
+    mma_bf16(acc[j + 1], a, b[2], b[3]);
+  }
+  if constexpr (kTiles % 2 == 1) {
+    uint32_t b[2];
+    if constexpr (kTransB)
+      load_b1_t(b, S, ld, n0 + 8 * (kTiles - 1), k0);
+    else
+      load_b1(b, S, ld, n0 + 8 * (kTiles - 1), k0);
+    mma_bf16(acc[kTiles - 1], a, b[0], b[1]);
+  }
+}
+
+// Row / column of accumulator element i of an m16n8 tile at (m0, n0) for this lane.
+__device__ __forceinline__ int acc_row(int m0, int i) { return m0 + (lane_id() >> 2) + (i >= 2 ? 8 : 0); }
+__device__ __forceinline__ int acc_col(int n0, int i) { return n0 + 2 * (lane_id() & 3) + (i & 1); }
+
+}  // namespace hlm::cuda::mma

@@ -1,0 +1,391 @@
+// CUDA SSD (forward, backward, decode step) matches its CPU twin on fresh random inputs: odd
+// lengths, packed documents, h0 / h_final, clamped dt, column-slice inputs, every fast (P, N)
+// instantiation and the generic path; outputs are poisoned first; two runs are bitwise equal.
+#include <cstring>
+#include <vector>
+
+#include "core/memory.h"
+#include "ops/ssd.h"
+#include "test_util.h"
+
+namespace hlm {
+namespace {
+
+using test::HostTensor;
+
+// A device tensor (owning), optionally a column slice [.., off, off + cols) of a wider last dim.
+struct Dev {
+  Buffer buf;
+  Tensor t;
+};
+
+Dev dev_alloc(DType dtype, std::vector<int64_t> shape, int64_t extra_cols = 0, int64_t col_off = 0) {
+  std::vector<int64_t> full = shape;
+  full.back() += extra_cols;
+  int64_t n = 1;
+  for (int64_t s : full) n *= s;
+  Dev d;
+  d.buf = Buffer(Device::CUDA, static_cast<size_t>(std::max<int64_t>(n, 1)) * dtype_size(dtype));
+  device_memset(d.buf.data(), Device::CUDA, 0xFF, d.buf.size());  // poison: NaN in every float dtype
+  Tensor t = d.buf.as(dtype, Shape(full.data(), full.size()));
+  d.t = extra_cols ? t.slice(t.ndim - 1, col_off, shape.back()) : t;
+  return d;
+}
+
+// Uploads host values (any dtype) converted to `dtype`.
+Dev upload(const HostTensor& h, DType dtype, int64_t extra_cols = 0, int64_t col_off = 0) {
+  std::vector<int64_t> shape(h.t.shape.begin(), h.t.shape.begin() + h.t.ndim);
+  HostTensor conv(dtype, shape);
+  for (int64_t i = 0; i < h.t.numel(); ++i) conv.set(i, h.get(i));
+  Dev d = dev_alloc(dtype, shape, extra_cols, col_off);
+  copy_tensor(d.t, conv.t);
+  return d;
+}
+
+HostTensor download(const Tensor& t) {
+  std::vector<int64_t> shape(t.shape.begin(), t.shape.begin() + t.ndim);
+  HostTensor h(t.dtype, shape);
+  copy_tensor(h.t, t);
+  return h;
+}
+
+bool bitwise_equal(const HostTensor& a, const HostTensor& b) {
+  return a.t.nbytes() == b.t.nbytes() && std::memcmp(a.t.data, b.t.data, a.t.nbytes()) == 0;
+}
+
+struct Case {
+  int64_t B, T, H, G, P, N;
+  DType act = DType::BF16;
+  bool doc = true, h0 = true, slice = false;
+  double tol = 1e-2;
+  uint64_t seed = 1;
+};
+
+// Inputs as F32 host tensors holding values exactly representable in the activation dtype.
+struct Inputs {
+  HostTensor x, dt, A_log, Bm, Cm, D, bias, doc, h0, dy, dhf;
+  float dt_min = 0.001f, dt_max = 0.5f;
+};
+
+// Rounds every value to the nearest value of `dtype` (kept in the F32 tensor).
+void round_to(HostTensor& h, DType dtype) {
+  HostTensor r(dtype, {h.t.numel()});
+  for (int64_t i = 0; i < h.t.numel(); ++i) r.set(i, h.get(i));
+  for (int64_t i = 0; i < h.t.numel(); ++i) h.set(i, r.get(i));
+}
+
+HostTensor rounded(DType act, std::vector<int64_t> shape, uint64_t seed, double stddev) {
+  HostTensor h(DType::F32, shape);
+  test::fill_normal(h, seed, stddev);
+  round_to(h, act);
+  return h;
+}
+
+// Raw dt in [-2.5, 1]: softplus(dt + bias) crosses both clamps for some positions.
+HostTensor raw_dt(std::vector<int64_t> shape, uint64_t seed) {
+  HostTensor h(DType::F32, shape);
+  test::fill_uniform(h, seed, -2.5, 1.0);
+  round_to(h, DType::BF16);
+  return h;
+}
+
+Inputs make_inputs(const Case& c) {
+  Inputs in;
+  const uint64_t s = c.seed * 100;
+  in.x = rounded(c.act, {c.B, c.T, c.H, c.P}, s + 1, 1.0);
+  in.Bm = rounded(c.act, {c.B, c.T, c.G, c.N}, s + 2, 1.0 / std::sqrt(double(c.N)));
+  in.Cm = rounded(c.act, {c.B, c.T, c.G, c.N}, s + 3, 1.0 / std::sqrt(double(c.N)));
+  in.dy = rounded(c.act, {c.B, c.T, c.H, c.P}, s + 4, 1.0);
+  in.dt = raw_dt({c.B, c.T, c.H}, s + 5);
+  in.A_log = HostTensor(DType::F32, {c.H});
+  test::fill_uniform(in.A_log, s + 6, 0.0, 2.5);
+  in.D = HostTensor(DType::F32, {c.H});
+  test::fill_normal(in.D, s + 7, 1.0);
+  in.bias = HostTensor(DType::F32, {c.H});
+  test::fill_uniform(in.bias, s + 8, -1.0, 0.5);
+  if (c.h0) {
+    in.h0 = HostTensor(DType::F32, {c.B, c.H, c.P, c.N});
+    test::fill_normal(in.h0, s + 9, 0.5);
+  }
+  in.dhf = HostTensor(DType::F32, {c.B, c.H, c.P, c.N});
+  test::fill_normal(in.dhf, s + 10, 0.3);
+  if (c.doc) {
+    in.doc = HostTensor(DType::I32, {c.B, c.T});
+    Rng rng(s + 11, 0);
+    for (int64_t b = 0; b < c.B; ++b) {
+      int id = 0;
+      int64_t next = 1 + static_cast<int64_t>(rng.below(40));
+      for (int64_t t = 0; t < c.T; ++t) {
+        if (t == next || t == 128) {  // t = 128: a boundary exactly at a chunk start
+          ++id;
+          next = t + 1 + static_cast<int64_t>(rng.below(static_cast<uint64_t>(std::max<int64_t>(2, c.T / 3))));
+        }
+        in.doc.set(b * c.T + t, id);
+      }
+    }
+  }
+  return in;
+}
+
+SsdParams cpu_params(const Inputs& in, const Case& c) {
+  SsdParams p;
+  p.x = in.x.t;
+  p.dt = in.dt.t;
+  p.A_log = in.A_log.t;
+  p.Bm = in.Bm.t;
+  p.Cm = in.Cm.t;
+  p.D = in.D.t;
+  p.dt_bias = in.bias.t;
+  if (c.doc) p.doc = in.doc.t;
+  if (c.h0) p.h0 = in.h0.t;
+  p.dt_min = in.dt_min;
+  p.dt_max = in.dt_max;
+  return p;
+}
+
+// Device copies of the inputs; with c.slice, x/B/C are column slices of one xBC activation and
+// dt a column slice of a wider projection output.
+struct DevInputs {
+  Dev x, dt, A_log, Bm, Cm, D, bias, doc, h0, dy, dhf;
+  SsdParams p;
+};
+DevInputs upload_inputs(const Inputs& in, const Case& c) {
+  DevInputs d;
+  const int64_t xbc = c.H * c.P + 2 * c.G * c.N;
+  if (c.slice) {
+    // [B,T,H,P] inside [B,T,xbc]: build as 3-D slices then view as 4-D.
+    auto slice4 = [&](const HostTensor& h, int64_t off, int64_t inner, int64_t cols) {
+      HostTensor flat(DType::F32, {c.B, c.T, inner * cols});
+      std::memcpy(flat.t.data, h.t.data, h.t.nbytes());
+      Dev dv = upload(flat, c.act, xbc - inner * cols, off);
+      dv.t.ndim = 4;
+      dv.t.shape = {c.B, c.T, inner, cols, 0, 0};
+      dv.t.stride = {c.T * xbc, xbc, cols, 1, 0, 0};
+      return dv;
+    };
+    d.x = slice4(in.x, 0, c.H, c.P);
+    d.Bm = slice4(in.Bm, c.H * c.P, c.G, c.N);
+    d.Cm = slice4(in.Cm, c.H * c.P + c.G * c.N, c.G, c.N);
+    d.dt = upload(in.dt, DType::BF16, 5, 3);
+  } else {
+    d.x = upload(in.x, c.act);
+    d.Bm = upload(in.Bm, c.act);
+    d.Cm = upload(in.Cm, c.act);
+    d.dt = upload(in.dt, DType::BF16);
+  }
+  d.A_log = upload(in.A_log, DType::F32);
+  d.D = upload(in.D, DType::F32);
+  d.bias = upload(in.bias, DType::F32);
+  if (c.doc) d.doc = upload(in.doc, DType::I32);
+  if (c.h0) d.h0 = upload(in.h0, DType::F32);
+  d.dy = upload(in.dy, c.act);
+  d.dhf = upload(in.dhf, DType::F32);
+  d.p.x = d.x.t;
+  d.p.dt = d.dt.t;
+  d.p.A_log = d.A_log.t;
+  d.p.Bm = d.Bm.t;
+  d.p.Cm = d.Cm.t;
+  d.p.D = d.D.t;
+  d.p.dt_bias = d.bias.t;
+  if (c.doc) d.p.doc = d.doc.t;
+  if (c.h0) d.p.h0 = d.h0.t;
+  d.p.dt_min = in.dt_min;
+  d.p.dt_max = in.dt_max;
+  return d;
+}
+
+void expect_close(const char* what, const HostTensor& got, const HostTensor& ref, double tol) {
+  const double e = test::norm_rel_error(got, ref);
+  EXPECT_LE(e, tol) << what << ": ‖out − ref‖/‖ref‖ = " << e;
+}
+
+void check_forward(const Case& c) {
+  Inputs in = make_inputs(c);
+  HostTensor y_ref(DType::F32, {c.B, c.T, c.H, c.P}), hf_ref(DType::F32, {c.B, c.H, c.P, c.N});
+  ssd_forward(cpu_params(in, c), y_ref.t, hf_ref.t);
+  DevInputs d = upload_inputs(in, c);
+  Dev y = dev_alloc(c.act, {c.B, c.T, c.H, c.P}), hf = dev_alloc(DType::F32, {c.B, c.H, c.P, c.N});
+  ssd_forward(d.p, y.t, hf.t);
+  HostTensor y1 = download(y.t), hf1 = download(hf.t);
+  expect_close("y", y1, y_ref, c.tol);
+  expect_close("h_final", hf1, hf_ref, c.tol);
+  // determinism: poison and run again
+  device_memset(y.buf.data(), Device::CUDA, 0xFF, y.buf.size());
+  device_memset(hf.buf.data(), Device::CUDA, 0xFF, hf.buf.size());
+  ssd_forward(d.p, y.t, hf.t);
+  EXPECT_TRUE(bitwise_equal(download(y.t), y1)) << "y differs between two runs";
+  EXPECT_TRUE(bitwise_equal(download(hf.t), hf1)) << "h_final differs between two runs";
+}
+
+void check_backward(const Case& c) {
+  Inputs in = make_inputs(c);
+  const std::vector<int64_t> xs{c.B, c.T, c.H, c.P}, bs{c.B, c.T, c.G, c.N}, ts{c.B, c.T, c.H},
+      hs{c.H}, ss{c.B, c.H, c.P, c.N};
+  // Parameter gradients accumulate: start both sides from the same non-zero values.
+  HostTensor acc0(DType::F32, hs);
+  test::fill_normal(acc0, c.seed + 77, 1.0);
+  HostTensor gx(DType::F32, xs), gdt(DType::F32, ts), gA(DType::F32, hs), gB(DType::F32, bs),
+      gC(DType::F32, bs), gD(DType::F32, hs), gbias(DType::F32, hs), gh0(DType::F32, ss);
+  for (HostTensor* h : {&gA, &gD, &gbias})
+    for (int64_t i = 0; i < c.H; ++i) h->set(i, acc0.get(i));
+  SsdGrads gc{gx.t, gdt.t, gA.t, gB.t, gC.t, gD.t, gbias.t, c.h0 ? gh0.t : Tensor()};
+  ssd_backward(cpu_params(in, c), in.dy.t, in.dhf.t, gc);
+
+  DevInputs d = upload_inputs(in, c);
+  auto run = [&]() {
+    struct Out {
+      Dev dx, ddt, dA, dB, dC, dD, dbias, dh0;
+    } o;
+    o.dx = dev_alloc(c.act, xs);
+    o.ddt = dev_alloc(DType::F32, ts);
+    o.dB = dev_alloc(c.act, bs);
+    o.dC = dev_alloc(c.act, bs);
+    o.dh0 = dev_alloc(DType::F32, ss);
+    o.dA = upload(acc0, DType::F32);
+    o.dD = upload(acc0, DType::F32);
+    o.dbias = upload(acc0, DType::F32);
+    SsdGrads g{o.dx.t, o.ddt.t, o.dA.t, o.dB.t, o.dC.t, o.dD.t, o.dbias.t, c.h0 ? o.dh0.t : Tensor()};
+    ssd_backward(d.p, d.dy.t, d.dhf.t, g);
+    return o;
+  };
+  auto o1 = run();
+  expect_close("dx", download(o1.dx.t), gx, c.tol);
+  expect_close("ddt", download(o1.ddt.t), gdt, c.tol);
+  expect_close("dBm", download(o1.dB.t), gB, c.tol);
+  expect_close("dCm", download(o1.dC.t), gC, c.tol);
+  // compare the accumulated parameter gradients by their increments
+  auto increment = [&](const HostTensor& h) {
+    HostTensor r(DType::F32, hs);
+    for (int64_t i = 0; i < c.H; ++i) r.set(i, h.get(i) - acc0.get(i));
+    return r;
+  };
+  expect_close("dA_log", increment(download(o1.dA.t)), increment(gA), c.tol);
+  expect_close("dD", increment(download(o1.dD.t)), increment(gD), c.tol);
+  expect_close("ddt_bias", increment(download(o1.dbias.t)), increment(gbias), c.tol);
+  if (c.h0) expect_close("dh0", download(o1.dh0.t), gh0, c.tol);
+  auto o2 = run();
+  for (auto [a, b] : {std::pair{&o1.dx, &o2.dx}, {&o1.ddt, &o2.ddt}, {&o1.dA, &o2.dA}, {&o1.dB, &o2.dB},
+                      {&o1.dC, &o2.dC}, {&o1.dD, &o2.dD}, {&o1.dbias, &o2.dbias}, {&o1.dh0, &o2.dh0}})
+    EXPECT_TRUE(bitwise_equal(download(a->t), download(b->t))) << "gradients differ between two runs";
+}
+
+// --- the tensor-core path (bf16, chunk 64, P x N instantiations) ---
+
+TEST(SsdCuda, ForwardOddLengthDocsH0) {
+  HLM_REQUIRE_GPU();
+  check_forward({2, 333, 8, 2, 64, 128});
+}
+TEST(SsdCuda, BackwardOddLengthDocsH0) {
+  HLM_REQUIRE_GPU();
+  check_backward({2, 333, 8, 2, 64, 128});
+}
+TEST(SsdCuda, ColumnSliceInputs) {
+  HLM_REQUIRE_GPU();
+  Case c{1, 200, 4, 2, 64, 128};
+  c.slice = true;
+  check_forward(c);
+  check_backward(c);
+}
+TEST(SsdCuda, NoDocNoH0ExactChunks) {
+  HLM_REQUIRE_GPU();
+  Case c{1, 256, 4, 1, 64, 128};
+  c.doc = c.h0 = false;
+  check_forward(c);
+  check_backward(c);
+}
+TEST(SsdCuda, Mamba2Hybrid8BShape) {  // H=128, P=64, G=8, N=128
+  HLM_REQUIRE_GPU();
+  Case c{1, 2048, 128, 8, 64, 128};
+  c.seed = 8;
+  check_forward(c);
+  check_backward(c);
+}
+TEST(SsdCuda, Instantiation64x64) {
+  HLM_REQUIRE_GPU();
+  check_forward({2, 300, 16, 4, 64, 64});
+  check_backward({2, 300, 16, 4, 64, 64});
+}
+TEST(SsdCuda, Instantiation128x128) {
+  HLM_REQUIRE_GPU();
+  check_forward({1, 1030, 32, 4, 128, 128});
+  check_backward({1, 1030, 32, 4, 128, 128});
+}
+
+// --- the generic path (any P, N, fp32 activations) ---
+
+TEST(SsdCuda, GenericTinyShape) {
+  HLM_REQUIRE_GPU();
+  Case c{2, 37, 4, 2, 8, 16};
+  c.act = DType::F32;
+  c.tol = 1e-4;
+  check_forward(c);
+  check_backward(c);
+}
+TEST(SsdCuda, GenericOddBf16) {  // P = 80 (Nemotron Nano v2 head dim) takes the generic path
+  HLM_REQUIRE_GPU();
+  check_forward({1, 130, 4, 2, 80, 32});
+  check_backward({1, 130, 4, 2, 80, 32});
+}
+TEST(SsdCuda, GenericFp32At8BHeadShape) {
+  HLM_REQUIRE_GPU();
+  Case c{1, 200, 8, 2, 64, 128};
+  c.act = DType::F32;
+  c.tol = 1e-4;
+  check_forward(c);
+  check_backward(c);
+}
+
+// --- decode step ---
+
+void check_step(int64_t B, int64_t H, int64_t G, int64_t P, int64_t N, DType act, double tol, uint64_t seed) {
+  HostTensor x = rounded(act, {B, H, P}, seed + 1, 1.0);
+  HostTensor Bm = rounded(act, {B, G, N}, seed + 2, 1.0 / std::sqrt(double(N)));
+  HostTensor Cm = rounded(act, {B, G, N}, seed + 3, 1.0 / std::sqrt(double(N)));
+  HostTensor dt = raw_dt({B, H}, seed + 4);
+  HostTensor A_log(DType::F32, {H}), D(DType::F32, {H}), bias(DType::F32, {H});
+  test::fill_uniform(A_log, seed + 5, 0.0, 2.5);
+  test::fill_normal(D, seed + 6, 1.0);
+  test::fill_uniform(bias, seed + 7, -1.0, 0.5);
+  HostTensor state0(DType::F32, {B, H, P, N}), st_ref(DType::F32, {B, H, P, N}), y_ref(DType::F32, {B, H, P});
+  test::fill_normal(state0, seed + 8, 0.5);
+  for (int64_t i = 0; i < state0.t.numel(); ++i) st_ref.set(i, state0.get(i));
+  SsdStepParams pc{x.t, dt.t, A_log.t, Bm.t, Cm.t, D.t, bias.t};
+  pc.dt_min = 0.001f;
+  pc.dt_max = 0.5f;
+  ssd_step(pc, st_ref.t, y_ref.t);
+
+  Dev dx = upload(x, act), ddt = upload(dt, DType::BF16), dA = upload(A_log, DType::F32), dB = upload(Bm, act),
+      dC = upload(Cm, act), dD = upload(D, DType::F32), dbias = upload(bias, DType::F32);
+  SsdStepParams pd{dx.t, ddt.t, dA.t, dB.t, dC.t, dD.t, dbias.t};
+  pd.dt_min = pc.dt_min;
+  pd.dt_max = pc.dt_max;
+  HostTensor first_y, first_state;
+  for (int run = 0; run < 2; ++run) {
+    Dev st = upload(state0, DType::F32), y = dev_alloc(act, {B, H, P});
+    ssd_step(pd, st.t, y.t);
+    HostTensor yh = download(y.t), sh = download(st.t);
+    if (run == 0) {
+      expect_close("y", yh, y_ref, tol);
+      expect_close("state", sh, st_ref, tol);
+      first_y = std::move(yh);
+      first_state = std::move(sh);
+    } else {
+      EXPECT_TRUE(bitwise_equal(yh, first_y)) << "ssd_step y differs between two runs";
+      EXPECT_TRUE(bitwise_equal(sh, first_state)) << "ssd_step state differs between two runs";
+    }
+  }
+}
+
+TEST(SsdCuda, StepBatch1And32At8BShape) {
+  HLM_REQUIRE_GPU();
+  check_step(1, 128, 8, 64, 128, DType::BF16, 1e-2, 11);
+  check_step(32, 128, 8, 64, 128, DType::BF16, 1e-2, 12);
+}
+TEST(SsdCuda, StepOddShapes) {
+  HLM_REQUIRE_GPU();
+  check_step(3, 6, 3, 5, 16, DType::F32, 1e-5, 13);  // vector path, 4 lanes per row
+  check_step(2, 4, 2, 3, 10, DType::F32, 1e-5, 14);  // N not a multiple of 4: one thread per row
+}
+
+}  // namespace
+}  // namespace hlm

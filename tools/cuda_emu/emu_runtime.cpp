@@ -1,0 +1,412 @@
+// Fiber scheduler, barriers, warp collectives and cp.async queue of the CUDA host emulation.
+#include "emu_runtime.h"
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define EMU_ASAN 1
+#endif
+
+namespace emu {
+namespace {
+
+struct CopyOp {
+  void* dst;
+  const void* src;
+  unsigned bytes;
+  bool zero;
+};
+
+struct Fiber {
+  ucontext_t ctx;
+  dim3 tid;
+  int linear = 0;
+  bool done = false;
+  bool at_bar = false;      // waiting at __syncthreads for generation bar_wait
+  unsigned bar_wait = 0;
+  std::vector<std::vector<CopyOp>> groups;
+  std::vector<CopyOp> open;
+};
+
+struct WarpState {
+  unsigned arrived = 0, gen = 0, size = 32;
+  alignas(16) unsigned char slots[32][64];
+};
+
+constexpr size_t kStack = 256 * 1024;
+
+struct Block {
+  dim3 bid, bdim, gdim;
+  int n = 0;
+  int live = 0;
+  unsigned bar_arrived = 0, bar_gen = 0;
+  uint64_t progress = 0;
+  std::vector<Fiber> fibers;
+  std::vector<WarpState> warps;
+  unsigned char* smem = nullptr;
+  size_t smem_size = 0;
+  ucontext_t sched;
+  const std::function<void()>* body = nullptr;
+};
+
+Block* g_blk = nullptr;
+Fiber* g_cur = nullptr;
+std::vector<char*> g_stacks;
+int g_error = 0;
+
+[[noreturn]] void die(const std::string& msg) {
+  std::fprintf(stderr, "emu: %s (block %u,%u,%u thread %d)\n", msg.c_str(), g_blk ? g_blk->bid.x : 0,
+               g_blk ? g_blk->bid.y : 0, g_blk ? g_blk->bid.z : 0, g_cur ? g_cur->linear : -1);
+  std::abort();
+}
+
+#ifdef EMU_ASAN
+void* g_fake_stack = nullptr;
+const void* g_sched_bottom = nullptr;
+size_t g_sched_size = 0;
+#endif
+
+void switch_to_sched() {
+#ifdef EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, g_sched_bottom, g_sched_size);
+  swapcontext(&g_cur->ctx, &g_blk->sched);
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+  swapcontext(&g_cur->ctx, &g_blk->sched);
+#endif
+}
+
+void switch_to_fiber(Fiber& f, int index) {
+  g_cur = &f;
+#ifdef EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, g_stacks[static_cast<size_t>(index)], kStack);
+  swapcontext(&g_blk->sched, &f.ctx);
+  __sanitizer_finish_switch_fiber(fake, &g_sched_bottom, &g_sched_size);
+#else
+  (void)index;
+  swapcontext(&g_blk->sched, &f.ctx);
+#endif
+}
+
+void run_copies(std::vector<CopyOp>& ops) {
+  for (CopyOp& c : ops) {
+    if (c.zero)
+      std::memset(c.dst, 0, c.bytes);
+    else
+      std::memcpy(c.dst, c.src, c.bytes);
+  }
+}
+
+void maybe_release_barrier() {
+  Block& b = *g_blk;
+  if (b.bar_arrived > 0 && b.bar_arrived == static_cast<unsigned>(b.live)) {
+    b.bar_arrived = 0;
+    b.bar_gen++;
+    b.progress++;
+  }
+}
+
+void fiber_entry() {
+#ifdef EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &g_sched_bottom, &g_sched_size);
+#endif
+  (*g_blk->body)();
+  for (const auto& grp : g_cur->groups)
+    if (!grp.empty()) die("thread ended with cp.async copies never waited for");
+  if (!g_cur->open.empty()) die("thread ended with uncommitted cp.async copies");
+  g_cur->groups.clear();
+  g_cur->done = true;
+  g_blk->live--;
+  g_blk->progress++;
+  maybe_release_barrier();
+#ifdef EMU_ASAN
+  __sanitizer_start_switch_fiber(nullptr, g_sched_bottom, g_sched_size);
+#endif
+  setcontext(&g_blk->sched);
+}
+
+void warp_barrier() {
+  WarpState& w = g_blk->warps[static_cast<size_t>(g_cur->linear / 32)];
+  unsigned gen = w.gen;
+  g_blk->progress++;
+  if (++w.arrived == w.size) {
+    w.arrived = 0;
+    w.gen++;
+    return;
+  }
+  while (w.gen == gen) switch_to_sched();
+}
+
+// fwd / rev / randN: round-robin over all threads (warps advance in near lockstep).
+// warp / warprev / warprandN: one warp at a time runs until it waits at __syncthreads, in warp
+// order ascending, descending or shuffled per barrier: a read or write that lacks a barrier
+// then sees the other warps' phase at its extreme.
+enum class Order { Fwd, Rev, Rand, Warp, WarpRev, WarpRand };
+
+Order sched_order(unsigned* seed) {
+  const char* s = std::getenv("EMU_SCHED");
+  std::string v = s ? s : "fwd";
+  if (v == "fwd") return Order::Fwd;
+  if (v == "rev") return Order::Rev;
+  if (v == "warp") return Order::Warp;
+  if (v == "warprev") return Order::WarpRev;
+  if (v.rfind("warprand", 0) == 0) {
+    *seed = static_cast<unsigned>(std::atoi(v.c_str() + 8));
+    return Order::WarpRand;
+  }
+  if (v.rfind("rand", 0) == 0) {
+    *seed = static_cast<unsigned>(std::atoi(v.c_str() + 4));
+    return Order::Rand;
+  }
+  die("bad EMU_SCHED: " + v);
+}
+
+bool runnable(const Fiber& f, const Block& b) { return !f.done && !(f.at_bar && b.bar_gen == f.bar_wait); }
+
+}  // namespace
+
+const dim3& thread_idx() { return g_cur->tid; }
+const dim3& block_idx() { return g_blk->bid; }
+const dim3& block_dim() { return g_blk->bdim; }
+const dim3& grid_dim() { return g_blk->gdim; }
+int lane() { return g_cur->linear & 31; }
+
+void syncthreads() {
+  Block& b = *g_blk;
+  unsigned gen = b.bar_gen;
+  b.bar_arrived++;
+  b.progress++;
+  maybe_release_barrier();
+  g_cur->at_bar = true;
+  g_cur->bar_wait = gen;
+  while (b.bar_gen == gen) switch_to_sched();
+  g_cur->at_bar = false;
+}
+
+const unsigned char* warp_publish(const void* data, size_t bytes) {
+  if (bytes > 64) die("warp_publish: too many bytes");
+  WarpState& w = g_blk->warps[static_cast<size_t>(g_cur->linear / 32)];
+  if (w.size != 32) die("warp collective in a partial warp");
+  std::memcpy(w.slots[lane()], data, bytes);
+  warp_barrier();
+  return &w.slots[0][0];
+}
+
+void warp_done() { warp_barrier(); }
+
+unsigned char* dynamic_smem() { return g_blk->smem; }
+size_t dynamic_smem_size() { return g_blk->smem_size; }
+
+void check_smem(const void* p, size_t bytes, const char* what) {
+  auto* c = static_cast<const unsigned char*>(p);
+  if (c < g_blk->smem || c + bytes > g_blk->smem + g_blk->smem_size)
+    die(std::string(what) + ": address outside dynamic shared memory");
+}
+
+void cp_async(void* dst, const void* src, unsigned bytes, bool zero) {
+  check_smem(dst, bytes, "cp.async");
+  if ((reinterpret_cast<uintptr_t>(dst) % bytes) != 0) die("cp.async: misaligned shared address");
+  if (!zero && (reinterpret_cast<uintptr_t>(src) % bytes) != 0) die("cp.async: misaligned global address");
+  g_cur->open.push_back(CopyOp{dst, src, bytes, zero});
+}
+
+void cp_commit() {
+  g_cur->groups.push_back(std::move(g_cur->open));
+  g_cur->open.clear();
+}
+
+void cp_wait(int pending) {
+  while (static_cast<int>(g_cur->groups.size()) > pending) {
+    run_copies(g_cur->groups.front());
+    g_cur->groups.erase(g_cur->groups.begin());
+  }
+}
+
+int last_error() {
+  int e = g_error;
+  g_error = 0;
+  return e;
+}
+void set_error(int e) { g_error = e; }
+
+void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body) {
+  int n = static_cast<int>(block.x * block.y * block.z);
+  if (n <= 0 || n > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
+      grid.z > 65535 || smem > 232448) {
+    std::fprintf(stderr, "emu: invalid launch grid (%u,%u,%u) block (%u,%u,%u) smem %zu\n", grid.x,
+                 grid.y, grid.z, block.x, block.y, block.z, smem);
+    g_error = 9;  // cudaErrorInvalidConfiguration
+    return;
+  }
+  while (g_stacks.size() < static_cast<size_t>(n)) g_stacks.push_back(static_cast<char*>(std::malloc(kStack)));
+  unsigned seed = 0;
+  Order order = sched_order(&seed);
+  std::mt19937 rng(seed);
+  Block b;
+  b.gdim = grid;
+  b.bdim = block;
+  b.n = n;
+  b.body = &body;
+  b.smem_size = smem;
+  b.smem = static_cast<unsigned char*>(std::malloc(std::max<size_t>(smem, 1)));
+  std::vector<int> perm(static_cast<size_t>(n));
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        b.bid = dim3(bx, by, bz);
+        b.live = n;
+        b.bar_arrived = 0;
+        b.fibers.assign(static_cast<size_t>(n), Fiber{});
+        b.warps.assign(static_cast<size_t>((n + 31) / 32), WarpState{});
+        for (size_t w = 0; w < b.warps.size(); ++w)
+          b.warps[w].size = static_cast<unsigned>(std::min(32, n - static_cast<int>(w) * 32));
+        std::memset(b.smem, 0xFF, smem);
+        g_blk = &b;
+        for (int i = 0; i < n; ++i) {
+          Fiber& f = b.fibers[static_cast<size_t>(i)];
+          f.linear = i;
+          f.tid = dim3(static_cast<unsigned>(i) % block.x, (static_cast<unsigned>(i) / block.x) % block.y,
+                       static_cast<unsigned>(i) / (block.x * block.y));
+          getcontext(&f.ctx);
+          f.ctx.uc_stack.ss_sp = g_stacks[static_cast<size_t>(i)];
+          f.ctx.uc_stack.ss_size = kStack;
+          f.ctx.uc_link = nullptr;
+          makecontext(&f.ctx, fiber_entry, 0);
+        }
+        for (int i = 0; i < n; ++i) perm[static_cast<size_t>(i)] = order == Order::Rev ? n - 1 - i : i;
+        if (order == Order::Warp || order == Order::WarpRev || order == Order::WarpRand) {
+          const int nw = (n + 31) / 32;
+          std::vector<int> worder(static_cast<size_t>(nw));
+          for (int w = 0; w < nw; ++w) worder[static_cast<size_t>(w)] = order == Order::WarpRev ? nw - 1 - w : w;
+          for (;;) {
+            if (order == Order::WarpRand) std::shuffle(worder.begin(), worder.end(), rng);
+            bool any_live = false;
+            uint64_t before = b.progress;
+            for (int w : worder) {
+              for (;;) {  // run warp w until none of its threads can move
+                bool moved = false;
+                for (int i = 32 * w; i < std::min(n, 32 * w + 32); ++i) {
+                  Fiber& f = b.fibers[static_cast<size_t>(i)];
+                  if (!f.done) any_live = true;
+                  if (!runnable(f, b)) continue;
+                  uint64_t p0 = b.progress;
+                  switch_to_fiber(f, i);
+                  moved = moved || b.progress != p0 || f.done;
+                }
+                if (!moved) break;
+              }
+            }
+            if (!any_live) break;
+            if (b.progress == before) die("deadlock: every live thread waits at a barrier that cannot complete");
+          }
+          g_blk = nullptr;
+          g_cur = nullptr;
+          continue;
+        }
+        for (;;) {
+          if (order == Order::Rand) std::shuffle(perm.begin(), perm.end(), rng);
+          uint64_t before = b.progress;
+          bool any = false;
+          for (int i : perm) {
+            Fiber& f = b.fibers[static_cast<size_t>(i)];
+            if (f.done) continue;
+            any = true;
+            switch_to_fiber(f, i);
+          }
+          if (!any) break;
+          if (b.progress == before) die("deadlock: every live thread waits at a barrier that cannot complete");
+        }
+        g_blk = nullptr;
+        g_cur = nullptr;
+      }
+  std::free(b.smem);
+}
+
+void ldmatrix(uint32_t* out, int nmat, bool trans, const void* row_ptr) {
+  const auto* rp = static_cast<const unsigned char*>(row_ptr);
+  int l = lane();
+  if (l < 8 * nmat) {
+    check_smem(rp, 16, "ldmatrix");
+    if (reinterpret_cast<uintptr_t>(rp) % 16 != 0) die("ldmatrix: row address not 16-byte aligned");
+  }
+  const unsigned char* slots = warp_publish(&rp, sizeof(rp));
+  auto row_of = [&](int m, int r) {
+    const unsigned char* p;
+    std::memcpy(&p, slots + (8 * m + r) * 64, sizeof(p));
+    return reinterpret_cast<const uint16_t*>(p);
+  };
+  for (int m = 0; m < nmat; ++m) {
+    uint16_t lo, hi;
+    if (!trans) {
+      const uint16_t* row = row_of(m, l / 4);
+      lo = row[2 * (l % 4)];
+      hi = row[2 * (l % 4) + 1];
+    } else {
+      lo = row_of(m, 2 * (l % 4))[l / 4];
+      hi = row_of(m, 2 * (l % 4) + 1)[l / 4];
+    }
+    out[m] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+  }
+  warp_done();
+}
+
+namespace {
+float bf16_lo(uint32_t r) {
+  uint32_t u = r << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+float bf16_hi(uint32_t r) {
+  uint32_t u = r & 0xffff0000u;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+}  // namespace
+
+void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+  const unsigned char* slots = warp_publish(mine, sizeof(mine));
+  auto reg = [&](int ln, int i) {
+    uint32_t v;
+    std::memcpy(&v, slots + ln * 64 + i * 4, 4);
+    return v;
+  };
+  // Element (row, k) of A and (k, col) of B per the PTX fragment layout of mma.m16n8k16.
+  auto A = [&](int row, int k) {
+    int ln = (row % 8) * 4 + (k % 8) / 2;
+    int r = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+    uint32_t v = reg(ln, r);
+    return (k % 2) ? bf16_hi(v) : bf16_lo(v);
+  };
+  auto B = [&](int k, int col) {
+    int ln = col * 4 + (k % 8) / 2;
+    uint32_t v = reg(ln, 4 + (k >= 8 ? 1 : 0));
+    return (k % 2) ? bf16_hi(v) : bf16_lo(v);
+  };
+  int l = lane();
+  int g = l / 4, t = l % 4;
+  float out[4];
+  for (int i = 0; i < 4; ++i) {
+    int row = g + (i >= 2 ? 8 : 0);
+    int col = 2 * t + (i & 1);
+    double acc = 0;
+    for (int k = 0; k < 16; ++k) acc += static_cast<double>(A(row, k)) * B(k, col);
+    out[i] = d[i] + static_cast<float>(acc);
+  }
+  warp_done();
+  for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+}  // namespace emu

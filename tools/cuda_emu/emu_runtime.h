@@ -1,0 +1,57 @@
+// Host emulation of the CUDA execution model, to check our kernels on a machine without a GPU:
+// each CUDA thread of a block is a fiber on one OS thread, blocks run one after another, warp
+// collectives (shuffles, ldmatrix, mma.sync) exchange values at a warp rendezvous, cp.async copies
+// land only at cp.async.wait_group, and dynamic shared memory starts poisoned (0xFF = NaN).
+// The fibers of a block are scheduled in forward, reverse or random order (EMU_SCHED=fwd|rev|rand),
+// so a missing __syncthreads shows up as results that change with the order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+namespace emu {
+
+const dim3& thread_idx();
+const dim3& block_idx();
+const dim3& block_dim();
+const dim3& grid_dim();
+int lane();  // linear thread index % 32
+
+void syncthreads();
+// Warp collective: copies `bytes` (<= 64) of this lane's data into its slot, waits for all lanes,
+// and returns the 32 slots (64 bytes apart). Call warp_done() once the slots have been read.
+const unsigned char* warp_publish(const void* data, size_t bytes);
+void warp_done();
+
+// cp.async: queued per thread; performed at cp_wait (oldest groups first).
+void cp_async(void* dst_smem, const void* src, unsigned bytes, bool zero_fill);
+void cp_commit();
+void cp_wait(int pending);
+
+unsigned char* dynamic_smem();
+size_t dynamic_smem_size();
+// Aborts with a message unless [p, p+bytes) lies in this block's dynamic shared memory.
+void check_smem(const void* p, size_t bytes, const char* what);
+
+void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body);
+int last_error();
+void set_error(int e);
+
+template <typename... KArgs, typename... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) {
+  std::function<void()> body = [=]() { kernel(args...); };
+  run_grid(grid, block, smem, body);
+}
+
+// Warp-collective operations behind ops/cuda/warp_mma.cuh.
+void ldmatrix(uint32_t* out, int nmat, bool trans, const void* row_ptr);
+void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]);
+
+}  // namespace emu
