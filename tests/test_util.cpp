@@ -2,6 +2,10 @@
 #include "test_util.h"
 
 #include <algorithm>
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <sys/wait.h>
 #include <limits>
 
 namespace hlm::test {
@@ -118,6 +122,27 @@ double fd_direction_error(HostTensor& x, const HostTensor& grad,
   return scale == 0 ? 0.0 : std::fabs(fd - analytic) / scale;
 }
 
-std::string source_path(const std::string& rel) { return std::string(HLM_SOURCE_DIR) + "/" + rel; }
+std::string source_path(const std::string& rel) {
+  const char* env = std::getenv("HLM_SOURCE_DIR");
+  return std::string(env && *env ? env : HLM_SOURCE_DIR) + "/" + rel;
+}
+
+std::string binary_path() {
+  const char* env = std::getenv("HLM_BINARY");
+  return env && *env ? env : HLM_BINARY;
+}
+
+CmdResult run_binary(const std::string& args, bool stdout_only) {
+  std::string cmd = binary_path() + " " + args + (stdout_only ? " 2>/dev/null" : " 2>&1");
+  CmdResult r{0, ""};
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return CmdResult{-1, "popen failed"};
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  int st = pclose(p);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
 
 }  // namespace hlm::test

@@ -57,7 +57,17 @@ double dot(const HostTensor& a, const HostTensor& b);
 double fd_direction_error(HostTensor& x, const HostTensor& grad,
                           const std::function<double()>& loss, uint64_t seed, double eps = 1e-6);
 
-// Path of a file under the source tree.
+// Path of a file under the source tree ($HLM_SOURCE_DIR overrides the build's, for a tree copied
+// elsewhere, e.g. to the GPU machine).
 std::string source_path(const std::string& rel);
+// The hybridlm binary ($HLM_BINARY overrides the build's path).
+std::string binary_path();
+
+// Runs `hybridlm ARGS` through the shell; stderr joins stdout unless stdout_only.
+struct CmdResult {
+  int code;
+  std::string out;
+};
+CmdResult run_binary(const std::string& args, bool stdout_only = false);
 
 }  // namespace hlm::test

@@ -16,23 +16,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct CmdResult {
-  int code;
-  std::string out;
-};
-
-// Runs the binary; stderr joins stdout unless stdout_only.
-CmdResult run(const std::string& args, bool stdout_only = false) {
-  std::string cmd = std::string(HLM_BINARY) + " " + args + (stdout_only ? " 2>/dev/null" : " 2>&1");
-  CmdResult r{0, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using test::CmdResult;
+CmdResult run(const std::string& args, bool stdout_only = false) { return test::run_binary(args, stdout_only); }
 
 std::string ids_arg(const std::vector<int64_t>& ids) {
   std::string s = "\"";

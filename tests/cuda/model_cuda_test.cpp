@@ -170,21 +170,8 @@ TEST(ModelCuda, DecodeReproducesTheFullForward) {
   EXPECT_LT(test::rel_error(got, ref), 3e-2);
 }
 
-struct CmdResult {
-  int code;
-  std::string out;
-};
-CmdResult run(const std::string& args) {
-  std::string cmd = std::string(HLM_BINARY) + " " + args + " 2>&1";
-  CmdResult r{0, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using test::CmdResult;
+CmdResult run(const std::string& args, bool stdout_only = false) { return test::run_binary(args, stdout_only); }
 
 std::vector<double> losses(const std::string& metrics) {
   std::ifstream f(metrics);

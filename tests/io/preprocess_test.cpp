@@ -221,7 +221,7 @@ int run_binary(const std::vector<std::string>& args, std::string* err, pid_t* pi
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   std::vector<char*> argv;
-  std::string bin = HLM_BINARY;
+  std::string bin = hlm::test::binary_path();
   argv.push_back(bin.data());
   std::vector<std::string> copy = args;
   for (auto& a : copy) argv.push_back(a.data());

@@ -290,7 +290,7 @@ TEST(Tokenizer, RandomTextRoundTripsAndThreadsAgree) {
 std::string run_cli(const std::string& args, const std::string& stdin_text, int* status) {
   auto tmp = std::filesystem::temp_directory_path() / ("hlm_tok_cli_" + std::to_string(::getpid()));
   { std::ofstream(tmp, std::ios::binary) << stdin_text; }
-  std::string cmd = std::string(HLM_BINARY) + " " + args + " < " + tmp.string() + " 2>&1";
+  std::string cmd = hlm::test::binary_path() + " " + args + " < " + tmp.string() + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   char buf[4096];

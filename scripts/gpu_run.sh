@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine over the binaries scripts/gpu_stage.sh put in .gpu/bin: the CUDA tests,
+# then the benchmarks with the PyTorch references of the same run. Each stage has a time limit;
+# logs and JSON go to $OUT (bundled into results.tgz), a summary is printed last.
+#   scripts/gpu_run.sh STAGE:SECONDS ...   stages: tests ssd ops torch layers train decode
+set -u
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+export LD_LIBRARY_PATH="/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib:$root/.gpu/bin:${LD_LIBRARY_PATH:-}"
+export HLM_SOURCE_DIR="$root" HLM_BINARY="$root/.gpu/bin/hybridlm" PYTHONUNBUFFERED=1
+out="${OUT:-/tmp/hlm_out}"
+logs="$out/logs"
+mkdir -p "$logs"
+bin="$root/.gpu/bin"
+py=/opt/torch/.venv/bin/python3
+[ -x "$py" ] || py=python3
+
+run_stage() {
+  local name=$1 limit=$2
+  local t0=$(date +%s)
+  case "$name" in
+    tests) timeout "$limit" "$bin/hybridlm_tests" --gtest_filter='*Cuda*' --gtest_color=no > "$logs/tests.log" 2>&1 ;;
+    ssd) timeout "$limit" "$bin/bench_ssd_cuda" --json "$logs/ssd.json" > "$logs/ssd.log" 2>&1 ;;
+    ops) timeout "$limit" "$bin/bench_ops_cuda" --json "$logs/ops.json" > "$logs/ops.log" 2>&1 ;;
+    torch) timeout "$limit" "$py" bench/cuda/torch_reference.py --json "$logs/torch.json" > "$logs/torch.log" 2>&1 &&
+           "$py" bench/cuda/compare.py "$logs/ops.json" "$logs/torch.json" > "$logs/compare.log" 2>&1 ;;
+    layers|train|decode) timeout "$limit" "$bin/bench_model_cuda" "--$name" --json "$logs/$name.json" > "$logs/$name.log" 2>&1 ;;
+    *) echo "unknown stage $name"; return 1 ;;
+  esac
+  local rc=$?
+  echo "$name: rc=$rc in $(( $(date +%s) - t0 )) s" >> "$out/summary.txt"
+}
+
+nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader > "$out/summary.txt"
+for spec in "$@"; do run_stage "${spec%%:*}" "${spec##*:}"; done
+tar -czf "$out/results.tgz" -C "$out" logs
+rm -rf "$logs"
+# What matters most, last (the reply carries the end of the output).
+tar -xzOf "$out/results.tgz" logs/tests.log 2>/dev/null | grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests? ran" | tail -40
+for f in ssd ops compare layers train decode; do
+  tar -xzOf "$out/results.tgz" "logs/$f.log" 2>/dev/null | tail -40
+done
+cat "$out/summary.txt"
