@@ -25,7 +25,7 @@ struct Flags {
   int64_t vocab = 0, d_model = 128, mamba_heads = 4, mamba_head_dim = 64, d_state = 32, groups = 1;
   int64_t attn_heads = 4, kv_heads = 2, head_dim = 32, mlp = 512, chunk = 64, conv = 4;
   std::string mlp_act = "relu2";
-  bool tie = false, rope = false;
+  bool tie = false, rope = false, recompute = false;
   // training
   TrainOptions t;
   double lr = 3e-3, min_lr = 3e-4, decay_fraction = 0.2;
@@ -116,6 +116,7 @@ void run(Flags f) {
   } else {
     model.init_weights(f.t.seed);
   }
+  model.set_recompute(f.recompute);
   int64_t n_params = param_arena_numel(model.table());
   fmt::print(stderr, "model: {}\nparameters: {:.2f}M ({:.2f}M without embeddings)\n", cfg.summary(),
              static_cast<double>(n_params) / 1e6,
@@ -197,6 +198,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--log-every", f->t.log_every, "print a progress line every N steps")->check(pos);
   cmd->add_option("--seed", f->t.seed, "initialisation and data-order seed");
   cmd->add_flag("--resume", f->t.resume, "continue from the newest checkpoint in --out");
+  cmd->add_flag("--recompute", f->recompute,
+                "long sequences: recompute each layer in the backward and chunk the LM head (less memory)");
   cmd->add_flag("--quiet", f->t.quiet, "no progress output");
   cmd->add_option("--stop-at", f->t.stop_at, "stop after this step as if interrupted (testing)")->group("");
   f->rt.add(cmd);

@@ -197,36 +197,42 @@ void Model::carve_activations(Take&& take, int64_t B, int64_t T) {
   const int64_t D = c.d_model, M = B * T;
   const DType a = act_dtype_, st = stat_dtype(a);
   la_.assign(kinds_.size(), LayerActs{});
-  for (size_t l = 0; l < kinds_.size(); ++l) {
-    LayerActs& x = la_[l];
-    x.resid_in = take(a, {B, T, D});
+  // A layer's internals (everything but its input); with recompute one set serves every layer.
+  auto internals = [&](LayerActs& x, LayerKind kind, bool all_kinds) {
     x.normed = take(a, {B, T, D});
     x.rstd = take(st, {M});
-    switch (kinds_[l]) {
-      case LayerKind::Mamba:
-        x.zxbcdt = take(a, {B, T, c.in_proj_dim()});
-        x.xbc = take(a, {B, T, c.conv_dim()});
-        x.y = take(a, {B, T, c.d_inner()});
-        x.gn_rstd = take(st, {M, c.d_inner() / c.norm_group_size()});
-        x.yn = take(a, {B, T, c.d_inner()});
-        break;
-      case LayerKind::Attention:
-        x.q = take(a, {B, T, c.attn_heads * c.head_dim()});
-        x.k = take(a, {B, T, c.kv_heads * c.head_dim()});
-        x.v = take(a, {B, T, c.kv_heads * c.head_dim()});
-        x.att = take(a, {B, T, c.attn_heads * c.head_dim()});
-        x.lse = take(st, {B, c.attn_heads, T});
-        break;
-      case LayerKind::Mlp:
-        x.up = take(a, {B, T, activation_input_width(c.mlp_activation, c.mlp_hidden)});
-        x.act = take(a, {B, T, c.mlp_hidden});
-        break;
+    if (kind == LayerKind::Mamba || (all_kinds && c.count(LayerKind::Mamba))) {
+      x.zxbcdt = take(a, {B, T, c.in_proj_dim()});
+      x.xbc = take(a, {B, T, c.conv_dim()});
+      x.y = take(a, {B, T, c.d_inner()});
+      x.gn_rstd = take(st, {M, c.d_inner() / c.norm_group_size()});
+      x.yn = take(a, {B, T, c.d_inner()});
     }
+    if (kind == LayerKind::Attention || (all_kinds && c.count(LayerKind::Attention))) {
+      x.q = take(a, {B, T, c.attn_heads * c.head_dim()});
+      x.k = take(a, {B, T, c.kv_heads * c.head_dim()});
+      x.v = take(a, {B, T, c.kv_heads * c.head_dim()});
+      x.att = take(a, {B, T, c.attn_heads * c.head_dim()});
+      x.lse = take(st, {B, c.attn_heads, T});
+    }
+    if (kind == LayerKind::Mlp || (all_kinds && c.count(LayerKind::Mlp))) {
+      x.up = take(a, {B, T, activation_input_width(c.mlp_activation, c.mlp_hidden)});
+      x.act = take(a, {B, T, c.mlp_hidden});
+    }
+  };
+  LayerActs shared;
+  if (recompute_ && !kinds_.empty()) internals(shared, kinds_[0], /*all_kinds=*/true);
+  for (size_t l = 0; l < kinds_.size(); ++l) {
+    LayerActs& x = la_[l];
+    if (recompute_) x = shared;
+    x.resid_in = take(a, {B, T, D});
+    if (!recompute_) internals(x, kinds_[l], false);
   }
   resid_out_ = take(a, {B, T, D});
   final_normed_ = take(a, {B, T, D});
   final_rstd_ = take(st, {M});
-  logits_ = take(a, {B, T, c.vocab_size});
+  // With recompute the LM head and the loss run over row chunks: no [B,T,V] logits in memory.
+  logits_ = recompute_ ? take(a, {std::min(M, head_chunk_rows_), c.vocab_size}) : take(a, {B, T, c.vocab_size});
   losses_ = take(st, {M});
   lse_ = take(st, {M});
 }
@@ -280,7 +286,7 @@ void Model::ensure_activation_arena(int64_t B, int64_t T) {
     }
     per_kind = std::max(per_kind, s);
   }
-  size_t scratch = per_kind + 3 * Arena::bytes_for(act_dtype_, {M, c.d_model});
+  size_t scratch = per_kind + (recompute_ ? 4 : 3) * Arena::bytes_for(act_dtype_, {M, c.d_model});
   if (scratch_.capacity() < scratch) scratch_ = Arena(device_, scratch);
   scratch_.reset();
 }
@@ -381,14 +387,27 @@ double Model::forward(const ModelInput& in) {
   }
   rmsnorm_forward(resid_out_, Wg("backbone.norm_f.weight"), cfg_.norm_eps, final_normed_, final_rstd_);
   Tensor head = cfg_.tie_embeddings ? Wg("backbone.embeddings.weight") : Wg("lm_head.weight");
-  linear_forward(final_normed_, head, Tensor{}, logits_);
-
   have_targets_ = in.targets.defined();
   target_count_ = 0;
-  if (!have_targets_) return 0.0;
+  if (!recompute_) linear_forward(final_normed_, head, Tensor{}, logits_);
+  if (!have_targets_) {
+    if (recompute_) fail(ErrorKind::InvalidArgument, "a forward without targets keeps no logits in recompute mode");
+    return 0.0;
+  }
   std::vector<int32_t> tg = to_host<int32_t>(in.targets);
   for (int32_t t : tg) target_count_ += t != kIgnoreIndex;
-  cross_entropy_forward(logits_.rows2d(), in.targets.reshape({-1}), kIgnoreIndex, losses_, lse_);
+  const Tensor targets = in.targets.reshape({-1});
+  if (recompute_) {
+    const Tensor x = final_normed_.rows2d();
+    for (int64_t r0 = 0; r0 < B * T; r0 += head_chunk_rows_) {
+      const int64_t n = std::min(head_chunk_rows_, B * T - r0);
+      Tensor lg = logits_.slice(0, 0, n);
+      linear_forward(x.slice(0, r0, n), head, Tensor{}, lg);
+      cross_entropy_forward(lg, targets.slice(0, r0, n), kIgnoreIndex, losses_.slice(0, r0, n), lse_.slice(0, r0, n));
+    }
+  } else {
+    cross_entropy_forward(logits_.rows2d(), targets, kIgnoreIndex, losses_, lse_);
+  }
   if (target_count_ == 0) return 0.0;
   double sum = 0;
   if (losses_.dtype == DType::F64) {
@@ -490,17 +509,37 @@ void Model::backward(float loss_scale) {
   scratch_.reset();
   if (target_count_ == 0) return;
   const float scale = loss_scale / static_cast<float>(target_count_);
-  Tensor dlogits = logits_.rows2d();
-  cross_entropy_backward(dlogits, last_in_.targets.reshape({-1}), lse_, kIgnoreIndex, scale, dlogits);
-
   Tensor dres = scratch_.alloc(act_dtype_, {B, T, cfg_.d_model});
   Tensor dnormed = scratch_.alloc(act_dtype_, {B, T, cfg_.d_model});
   const bool tied = cfg_.tie_embeddings;
-  linear_backward(logits_, final_normed_, tied ? Wg("backbone.embeddings.weight") : Wg("lm_head.weight"),
-                  dnormed, tied ? Gg("backbone.embeddings.weight") : Gg("lm_head.weight"), Tensor{}, false);
+  const Tensor head = tied ? Wg("backbone.embeddings.weight") : Wg("lm_head.weight");
+  const Tensor dhead = tied ? Gg("backbone.embeddings.weight") : Gg("lm_head.weight");
+  const Tensor targets = last_in_.targets.reshape({-1});
+  if (recompute_) {  // the logits are recomputed chunk by chunk and turned into their gradient in place
+    const Tensor x = final_normed_.rows2d(), dx = dnormed.rows2d();
+    for (int64_t r0 = 0; r0 < B * T; r0 += head_chunk_rows_) {
+      const int64_t n = std::min(head_chunk_rows_, B * T - r0);
+      Tensor lg = logits_.slice(0, 0, n);
+      linear_forward(x.slice(0, r0, n), head, Tensor{}, lg);
+      cross_entropy_backward(lg, targets.slice(0, r0, n), lse_.slice(0, r0, n), kIgnoreIndex, scale, lg);
+      linear_backward(lg, x.slice(0, r0, n), head, dx.slice(0, r0, n), dhead, Tensor{}, false);
+    }
+  } else {
+    Tensor dlogits = logits_.rows2d();
+    cross_entropy_backward(dlogits, targets, lse_, kIgnoreIndex, scale, dlogits);
+    linear_backward(logits_, final_normed_, head, dnormed, dhead, Tensor{}, false);
+  }
   rmsnorm_backward(dnormed, resid_out_, Wg("backbone.norm_f.weight"), final_rstd_, dres,
                    Gg("backbone.norm_f.weight"));
-  for (int l = static_cast<int>(kinds_.size()) - 1; l >= 0; --l) layer_backward(l, last_in_, dres, dnormed);
+  for (int l = static_cast<int>(kinds_.size()) - 1; l >= 0; --l) {
+    if (recompute_ && l + 1 < static_cast<int>(kinds_.size())) {
+      // Refill the shared internals with this layer's forward (the last layer's are still there).
+      size_t mark = scratch_.mark();
+      layer_forward(l, last_in_, scratch_.alloc(act_dtype_, {B, T, cfg_.d_model}), nullptr);
+      scratch_.release_to(mark);
+    }
+    layer_backward(l, last_in_, dres, dnormed);
+  }
   embedding_backward(last_in_.ids, dres, Gg("backbone.embeddings.weight"));
   have_targets_ = false;  // the logits now hold their gradient
 }
@@ -568,7 +607,9 @@ Tensor Model::prefill(const ModelInput& in, InferenceState& st) {
   }
   rmsnorm_forward(resid_out_, Wg("backbone.norm_f.weight"), cfg_.norm_eps, final_normed_, final_rstd_);
   Tensor head = cfg_.tie_embeddings ? Wg("backbone.embeddings.weight") : Wg("lm_head.weight");
-  linear_forward(final_normed_, head, Tensor{}, logits_);
+  // Only the last position's logits are needed to continue.
+  Tensor last = logits_.rows2d().slice(0, 0, B);
+  linear_forward(final_normed_.select(1, T - 1), head, Tensor{}, last);
   // Each row's live document is its last one (left padding is an earlier document).
   std::vector<int32_t> doc = in.doc.defined() ? to_host<int32_t>(in.doc) : std::vector<int32_t>();
   for (int64_t b = 0; b < B; ++b) {
@@ -580,7 +621,7 @@ Tensor Model::prefill(const ModelInput& in, InferenceState& st) {
     st.start[static_cast<size_t>(b)] = static_cast<int32_t>(s);
   }
   st.length = T;
-  return logits_.select(1, T - 1);
+  return last;
 }
 
 Tensor Model::decode(const Tensor& ids, InferenceState& st) {

@@ -101,6 +101,15 @@ class Model {
   // One token per row ([B] I32 ids on the device): recurrent step of every layer; logits [B,V].
   Tensor decode(const Tensor& ids, InferenceState& st);
 
+  // Long-sequence memory mode: forward keeps only each layer's input and recomputes the layer's
+  // internals before its backward (one set shared by all layers), and the LM head + loss run over
+  // row chunks (no [B,T,V] logits). Costs about one more forward. logits() is then not kept.
+  void set_recompute(bool on, int64_t head_chunk_rows = 4096) {
+    recompute_ = on;
+    head_chunk_rows_ = head_chunk_rows;
+  }
+  bool recompute() const { return recompute_; }
+
   // Bytes of activation memory a forward + backward over [B,T] needs.
   size_t activation_bytes(int64_t B, int64_t T) const;
 
@@ -140,6 +149,8 @@ class Model {
   Device device_;
   DType act_dtype_, master_dtype_;
   bool training_ = true;
+  bool recompute_ = false;
+  int64_t head_chunk_rows_ = 4096;
   Buffer params_buf_, grads_buf_, lowp_buf_;
   Tensor flat_params_, flat_grads_, flat_lowp_;
 
