@@ -120,7 +120,7 @@ void bench_train(int steps) {
       double gn = std::sqrt(sum_squares(m.grads()));
       opt.step(m.params(), m.grads(), m.params_lowp(), 1e-4, gn > 1.0 ? 1.0 / gn : 1.0);
     };
-    double t = time_median(step, 2, reps);
+    double t = time_median(step, reps > 1 ? 2 : 1, reps);
     size_t used = free0 - free_bytes();
     const int64_t nonemb = count_non_embedding_params(m.table());
     const double flops_per_token =
