@@ -127,13 +127,21 @@ std::string source_path(const std::string& rel) {
   return std::string(env && *env ? env : HLM_SOURCE_DIR) + "/" + rel;
 }
 
+CmdResult run_shell_raw(const std::string& cmd);
+
 std::string binary_path() {
   const char* env = std::getenv("HLM_BINARY");
   return env && *env ? env : HLM_BINARY;
 }
 
 CmdResult run_binary(const std::string& args, bool stdout_only) {
-  std::string cmd = binary_path() + " " + args + (stdout_only ? " 2>/dev/null" : " 2>&1");
+  if (!stdout_only) return run_shell(binary_path() + " " + args);
+  return run_shell_raw(binary_path() + " " + args + " 2>/dev/null");
+}
+
+CmdResult run_shell(const std::string& line) { return run_shell_raw(line + " 2>&1"); }
+
+CmdResult run_shell_raw(const std::string& cmd) {
   CmdResult r{0, ""};
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return CmdResult{-1, "popen failed"};

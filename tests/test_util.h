@@ -69,5 +69,7 @@ struct CmdResult {
   std::string out;
 };
 CmdResult run_binary(const std::string& args, bool stdout_only = false);
+// Runs a whole shell command line (e.g. with a wrapper such as timeout); stderr joins stdout.
+CmdResult run_shell(const std::string& line);
 
 }  // namespace hlm::test

@@ -102,6 +102,23 @@ TEST_F(TrainCli, ResumeIsBitwiseIdenticalToAnUninterruptedRun) {
   EXPECT_NE(r.out.find("\"tokens\":["), std::string::npos) << r.out;
 }
 
+TEST_F(TrainCli, InterruptSavesACompleteCheckpointAndResumes) {
+  fs::path out = dir_ / "interrupted";
+  // SIGINT after a moment: the step in flight finishes, a checkpoint is written atomically, exit 130.
+  std::string args = train_args(out.string()) + " --steps 100000 --save-every 0";
+  CmdResult r = test::run_shell("timeout --preserve-status --signal=INT 1.5 " + test::binary_path() + " " + args);
+  ASSERT_EQ(r.code, 130) << r.out;
+  std::vector<std::string> entries;
+  for (const auto& e : fs::directory_iterator(out / "checkpoints")) entries.push_back(e.path().filename().string());
+  ASSERT_EQ(entries.size(), 1u);
+  EXPECT_EQ(entries[0].rfind("step-", 0), 0u) << entries[0];
+  for (const char* f : {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"})
+    EXPECT_TRUE(fs::exists(out / "checkpoints" / entries[0] / f)) << f;
+  for (const auto& row : metrics(out)) EXPECT_TRUE(row.contains("step"));
+  r = run(args + " --resume --stop-at " + std::to_string(std::stoll(entries[0].substr(5)) + 1));
+  EXPECT_EQ(r.code, 0) << r.out;
+}
+
 TEST_F(TrainCli, BadFlagsAndInputsFailClearly) {
   std::string out = (dir_ / "bad").string();
   CmdResult r = run("train --data " + (dir_ / "nope").string() + " --out " + out + " --vocab 97 --quiet");
