@@ -30,5 +30,6 @@ rm -rf "$run/model"
 echo "== generate"
 "$bin" generate --model "$run/model" --prompt "My fellow citizens, the state of the Union" \
   --max-new-tokens 60 --temperature 0.8 --top-k 40 --seed 1
+command -v python3 >/dev/null && python3 tools/plot_metrics.py "$run/model/metrics.jsonl" "$run/loss.svg"
 echo "== main job done in $(( $(date +%s) - start )) s (preprocess + train + evaluate + generate);"
 echo "   metrics: $run/model/metrics.jsonl, checkpoints: $run/model/checkpoints"
