@@ -1,13 +1,20 @@
 // CUDA GEMMs through cuBLASLt: row-major products mapped onto cuBLASLt's column-major ones by
 // swapping the operands, BF16 (or F16 / F32) operands with F32 accumulation, bias in the epilogue,
-// and one cached heuristic result per shape, layout and alignment.
+// and one cached heuristic result per shape, layout and alignment. Where cuBLASLt offers nothing
+// (an epilogue it rejects, an odd layout) the product falls back: plain GEMM + bias kernel, then
+// our own kernel (gemm_own.cu).
 #include "ops/gemm.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
+#include <type_traits>
 #include <unordered_map>
 
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/gemm_own.cuh"
 #include "ops/cuda/handles.cuh"
 #include "ops/elementwise.h"
 
@@ -28,12 +35,7 @@ cudaDataType_t cuda_type(DType t, const char* op) {
   }
 }
 
-// A row-major matrix: rows × cols, row r at data + r·ld elements.
-struct Mat {
-  const void* data;
-  int64_t rows, cols, ld;
-  DType dtype;
-};
+using Mat = GemmMat;
 
 Mat mat_of(const Tensor& t, const char* op, const char* name) {
   require_cuda(t, op, name);
@@ -44,11 +46,14 @@ Mat mat_of(const Tensor& t, const char* op, const char* name) {
 struct GemmKey {
   int ta, tb;
   int dtype_ab, dtype_c, dtype_bias;
+  int pad_;  // keeps the struct free of padding bytes: it is hashed and compared as bytes
   int64_t m, n, k, lda, ldb, ldc;
   int align_a, align_b, align_c, align_bias;
   int epilogue;
+  int relaxed;  // 1: alignments declared as one element (the retry after a heuristic error)
   bool operator==(const GemmKey& o) const { return std::memcmp(this, &o, sizeof(GemmKey)) == 0; }
 };
+static_assert(std::has_unique_object_representations_v<GemmKey>, "GemmKey must have no padding");
 struct GemmKeyHash {
   size_t operator()(const GemmKey& k) const {
     const auto* p = reinterpret_cast<const unsigned char*>(&k);
@@ -64,6 +69,7 @@ struct GemmPlan {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
   bool has_algo = false;
+  std::string why;  // when !has_algo: what the heuristic said
 };
 
 std::mutex g_gemm_mutex;
@@ -74,9 +80,23 @@ std::unordered_map<GemmKey, GemmPlan, GemmKeyHash>& gemm_cache() {
 
 int capped_alignment(const void* p) { return std::min(pointer_alignment(p), 16); }
 
+// HLM_GEMM (read on every call): auto (default) | cublaslt (the same) | fallback (always our plain
+// kernel: tests).
+enum class GemmMode { Auto, CublasLt, Fallback };
+GemmMode gemm_mode() {
+  const char* v = std::getenv("HLM_GEMM");
+  if (!v || !*v || std::strcmp(v, "auto") == 0) return GemmMode::Auto;
+  if (std::strcmp(v, "cublaslt") == 0) return GemmMode::CublasLt;
+  if (std::strcmp(v, "fallback") == 0) return GemmMode::Fallback;
+  fail(ErrorKind::InvalidArgument, "HLM_GEMM={}: expected auto, cublaslt or fallback", v);
+}
+
 // Builds descriptors and asks the heuristic for the best algorithm. Returns a plan without an
-// algorithm when cuBLASLt offers none (the caller may then retry without the epilogue).
+// algorithm (and the reason) when cuBLASLt offers none or rejects the request: cuBLASLt answers
+// some epilogue / layout combinations with INVALID_VALUE rather than zero results (seen for
+// bias + M=38 N=75 K=96), so an error here is a fallback, not a failure.
 GemmPlan make_plan(const GemmKey& key, const char* op) {
+  (void)op;
   GemmPlan plan;
   const cudaDataType_t tab = static_cast<cudaDataType_t>(key.dtype_ab);
   const cudaDataType_t tc = static_cast<cudaDataType_t>(key.dtype_c);
@@ -104,8 +124,11 @@ GemmPlan make_plan(const GemmKey& key, const char* op) {
   HLM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = kGemmWorkspace;
   HLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-  const uint32_t al_a = static_cast<uint32_t>(key.align_b), al_b = static_cast<uint32_t>(key.align_a),
-                 al_c = static_cast<uint32_t>(key.align_c);
+  const uint32_t esz_ab = static_cast<uint32_t>(key.dtype_ab == CUDA_R_32F ? 4 : 2),
+                 esz_c = static_cast<uint32_t>(key.dtype_c == CUDA_R_32F ? 4 : 2);
+  const uint32_t al_a = key.relaxed ? esz_ab : static_cast<uint32_t>(key.align_b),
+                 al_b = key.relaxed ? esz_ab : static_cast<uint32_t>(key.align_a),
+                 al_c = key.relaxed ? esz_c : static_cast<uint32_t>(key.align_c);
   HLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
   HLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
   HLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
@@ -119,14 +142,15 @@ GemmPlan make_plan(const GemmKey& key, const char* op) {
   if (st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
     plan.algo = result.algo;
     plan.has_algo = true;
-  } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
-    fail(ErrorKind::Cuda, "{}: cublasLtMatmulAlgoGetHeuristic failed: {} (M={} N={} K={})", op,
-         cublasGetStatusString(st), key.m, key.n, key.k);
+  } else {
+    plan.why = st != CUBLAS_STATUS_SUCCESS ? std::string("cublasLtMatmulAlgoGetHeuristic: ") +
+                                                 cublasGetStatusString(st)
+                                           : std::string("no algorithm");
   }
   return plan;
 }
 
-const GemmPlan& get_plan(const GemmKey& key, const char* op) {
+GemmPlan& get_plan(const GemmKey& key, const char* op) {
   std::lock_guard<std::mutex> lock(g_gemm_mutex);
   auto& cache = gemm_cache();
   auto it = cache.find(key);
@@ -142,6 +166,17 @@ __global__ void add_bias_kernel(TC* c, int64_t rows, int64_t cols, int64_t ldc, 
   const int64_t r = i / cols, col = i % cols;
   TC* p = c + r * ldc + col;
   *p = from_f32<TC>(to_f32(*p) + to_f32(bias[col]));
+}
+
+void add_bias(const Mat& c, const void* bias, DType bias_dtype, const char* op) {
+  dispatch_float(c.dtype, op, [&]<typename TC>() {
+    dispatch_float(bias_dtype, op, [&]<typename TB>() {
+      add_bias_kernel<TC, TB><<<grid_for(c.rows * c.cols, 256), 256, 0, stream()>>>(
+          static_cast<TC*>(const_cast<void*>(c.data)), c.rows, c.cols, c.ld,
+          static_cast<const TB*>(bias));
+      HLM_CUDA_CHECK_LAUNCH();
+    });
+  });
 }
 
 // c = alpha · op(a) · op(b) + beta · c (+ bias[N] per column of the row-major result).
@@ -166,15 +201,12 @@ void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, f
     } else if (beta != 1.0f) {
       cuda::scale_inplace(ct, beta);
     }
-    if (bias) {
-      dispatch_float(c.dtype, op, [&]<typename TC>() {
-        dispatch_float(bias_dtype, op, [&]<typename TB>() {
-          add_bias_kernel<TC, TB><<<grid_for(M * N, 256), 256, 0, stream()>>>(
-              static_cast<TC*>(const_cast<void*>(c.data)), M, N, c.ld, static_cast<const TB*>(bias));
-          HLM_CUDA_CHECK_LAUNCH();
-        });
-      });
-    }
+    if (bias) add_bias(c, bias, bias_dtype, op);
+    return;
+  }
+  const GemmMode mode = gemm_mode();
+  if (mode == GemmMode::Fallback) {
+    gemm_fallback(a, ta, b, tb, c, alpha, beta, bias, bias_dtype);
     return;
   }
   GemmKey key{};
@@ -194,35 +226,54 @@ void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, f
   key.align_c = capped_alignment(c.data);
   key.align_bias = bias ? capped_alignment(bias) : 0;
   key.epilogue = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-  const GemmPlan* plan = &get_plan(key, op);
-  bool bias_after = false;
-  if (!plan->has_algo && bias) {
-    key.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-    key.dtype_bias = 0;
-    key.align_bias = 0;
-    plan = &get_plan(key, op);
-    bias_after = true;
-  }
-  HLM_REQUIRE(plan->has_algo, ErrorKind::Cuda,
-              "{}: cuBLASLt has no algorithm for {}x{}x{} ({} operands, {} output, ld {}/{}/{})", op,
-              M, N, K, dtype_name(a.dtype), dtype_name(c.dtype), a.ld, b.ld, c.ld);
-  if (bias && !bias_after) {
-    HLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                    &bias, sizeof(bias)));
-  }
+  // Candidates in order: with the bias epilogue, plain, plain with alignments declared as one
+  // element; a plan whose heuristic or execution fails is skipped (its failure is cached).
+  GemmKey keys[3] = {key, key, key};
+  keys[1].epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  keys[1].dtype_bias = 0;
+  keys[1].align_bias = 0;
+  keys[2] = keys[1];
+  keys[2].relaxed = 1;
   void* ws = scratch(Scratch::GemmWorkspace, kGemmWorkspace);
-  HLM_CUBLAS_CHECK(cublasLtMatmul(cublaslt_handle(), plan->op, &alpha, b.data, plan->a, a.data,
-                                  plan->b, &beta, c.data, plan->c, const_cast<void*>(c.data),
-                                  plan->c, &plan->algo, ws, kGemmWorkspace, stream()));
-  if (bias_after) {
-    dispatch_float(c.dtype, op, [&]<typename TC>() {
-      dispatch_float(bias_dtype, op, [&]<typename TB>() {
-        add_bias_kernel<TC, TB><<<grid_for(M * N, 256), 256, 0, stream()>>>(
-            static_cast<TC*>(const_cast<void*>(c.data)), M, N, c.ld, static_cast<const TB*>(bias));
-        HLM_CUDA_CHECK_LAUNCH();
-      });
-    });
+  std::string why;
+  for (int i = bias ? 0 : 1; i < 3; ++i) {
+    GemmPlan* plan = &get_plan(keys[i], op);
+    if (!plan->has_algo) {
+      why = plan->why;
+      continue;
+    }
+    const bool with_epilogue = i == 0;
+    if (with_epilogue) {
+      HLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                      &bias, sizeof(bias)));
+    }
+    const cublasStatus_t st =
+        cublasLtMatmul(cublaslt_handle(), plan->op, &alpha, b.data, plan->a, a.data, plan->b, &beta,
+                       c.data, plan->c, const_cast<void*>(c.data), plan->c, &plan->algo, ws,
+                       kGemmWorkspace, stream());
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      // Parameter errors are raised before any work is queued: safe to try the next candidate.
+      std::lock_guard<std::mutex> lock(g_gemm_mutex);
+      plan->has_algo = false;
+      plan->why = std::string("cublasLtMatmul: ") + cublasGetStatusString(st);
+      why = plan->why;
+      continue;
+    }
+    if (bias && !with_epilogue) add_bias(c, bias, bias_dtype, op);
+    return;
   }
+  // cuBLASLt offers nothing for this layout: our plain kernel (once-per-process note on stderr).
+  static bool warned = false;
+  if (!warned) {
+    warned = true;
+    std::fprintf(stderr,
+                 "hybridlm: %s: cuBLASLt has no algorithm for %lldx%lldx%lld (%s operands, %s output, "
+                 "ld %lld/%lld/%lld: %s); using the fallback kernel\n",
+                 op, static_cast<long long>(M), static_cast<long long>(N), static_cast<long long>(K),
+                 dtype_name(a.dtype), dtype_name(c.dtype), static_cast<long long>(a.ld),
+                 static_cast<long long>(b.ld), static_cast<long long>(c.ld), why.c_str());
+  }
+  gemm_fallback(a, ta, b, tb, c, alpha, beta, bias, bias_dtype);
 }
 
 // dbias[n] += Σ_m dy[m, n], deterministic: fixed chunks of rows summed per column into partials,
