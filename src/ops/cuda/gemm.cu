@@ -80,8 +80,8 @@ std::unordered_map<GemmKey, GemmPlan, GemmKeyHash>& gemm_cache() {
 
 int capped_alignment(const void* p) { return std::min(pointer_alignment(p), 16); }
 
-// HLM_GEMM (read on every call): auto (default) | cublaslt (the same) | fallback (always our plain
-// kernel: tests).
+// HLM_GEMM (read on every call): auto (default: our GEMV for M ≤ 8, else cuBLASLt) | cublaslt
+// (never our GEMV: the benchmark's comparison) | fallback (always our plain kernel: tests).
 enum class GemmMode { Auto, CublasLt, Fallback };
 GemmMode gemm_mode() {
   const char* v = std::getenv("HLM_GEMM");
@@ -207,6 +207,12 @@ void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, f
   const GemmMode mode = gemm_mode();
   if (mode == GemmMode::Fallback) {
     gemm_fallback(a, ta, b, tb, c, alpha, beta, bias, bias_dtype);
+    return;
+  }
+  // Decode-sized products (M ≤ 8 rows against a weight in [N,K] layout): cuBLASLt reaches a
+  // fraction of the bandwidth there; our GEMV reads W once at near the copy rate.
+  if (mode == GemmMode::Auto && !ta && tb && gemv_applies(a, b, c)) {
+    gemv(a, b, c, alpha, beta, bias, bias_dtype);
     return;
   }
   GemmKey key{};
