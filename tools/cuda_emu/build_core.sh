@@ -11,7 +11,7 @@ FLAGS="-std=c++20 -O2 -g -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragma
 INC="-Itools/cuda_emu/include -Isrc"
 objs=""
 for f in tools/cuda_emu/common_stub.cpp tools/cuda_emu/core_stub.cpp src/ops/cuda/gemm_own.cu \
-         src/ops/cuda/attention_decode.cu \
+         src/ops/cuda/attention_decode.cu src/ops/cuda/norm.cu \
          tools/cuda_emu/emu_runtime.cpp src/core/tensor.cpp src/core/dtype.cpp src/core/error.cpp; do
   o="$out/core_$(basename "$f").o"
   if [ ! -f "$o" ] || [ "$f" -nt "$o" ] || [ -n "$(find src/ops/cuda tools/cuda_emu -newer "$o" -name '*.cuh' -o -newer "$o" -name '*.h' | head -1)" ]; then

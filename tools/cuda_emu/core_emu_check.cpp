@@ -1,4 +1,5 @@
-// Checks the core ops' own kernels (gemm_own.cu: GEMV and fallback GEMM; attention_decode.cu) on the host emulation against float64 references: odd sizes, row views, bias, split-K,
+// Checks the core ops' own kernels (gemm_own.cu: GEMV and fallback GEMM; attention_decode.cu;
+// norm.cu) on the host emulation against float64 references: odd sizes, row views, bias, split-K,
 // determinism (bitwise equal reruns). Usage: core_emu_check [filter]
 #include <cmath>
 #include <cstdio>
@@ -10,6 +11,8 @@
 #include "core/dtype.h"
 #include "ops/cuda/attention_decode.cuh"
 #include "ops/cuda/gemm_own.cuh"
+#include "ops/norm.h"
+#include "core/tensor.h"
 
 using namespace hlm;
 
@@ -241,6 +244,71 @@ void check_decode(int B, int S, int Hq, int Hkv, int E, std::vector<int> starts,
   report(name, rel(got, ref), 6e-3);
 }
 
+// RMSNorm forward + backward vs float64 (x as a row view of width ld), dw accumulating onto 0.25,
+// backward rerun bitwise equal.
+void check_rmsnorm(int64_t M, int64_t D, int64_t ld, DType dt) {
+  const std::string name = "rmsnorm M=" + std::to_string(M) + " D=" + std::to_string(D) + " ld=" + std::to_string(ld) +
+                           " " + dtype_name(dt);
+  if (!want(name)) return;
+  const float eps = 1e-5f;
+  Mat x(dt, M, D, ld), y(dt, M, D, D), dy(dt, M, D, D), dx(dt, M, D, D + 8), w(DType::F32, 1, D, D),
+      dw(DType::F32, 1, D, D), dw2(DType::F32, 1, D, D), rstd(DType::F32, 1, M, M);
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t c = 0; c < D; ++c) {
+      x.set(r, c, 2.0 * randn());
+      dy.set(r, c, randn());
+    }
+  for (int64_t c = 0; c < D; ++c) {
+    w.set(0, c, 1.0 + 0.5 * randn());
+    dw.set(0, c, 0.25);
+    dw2.set(0, c, 0.25);
+  }
+  std::vector<double> Y(size_t(M * D)), DX(Y.size()), DW(size_t(D), 0.0), R(static_cast<size_t>(M));
+  for (int64_t r = 0; r < M; ++r) {
+    double ss = 0;
+    for (int64_t c = 0; c < D; ++c) ss += x.get(r, c) * x.get(r, c);
+    const double rs = 1.0 / std::sqrt(ss / double(D) + eps);
+    R[size_t(r)] = rs;
+    double dot = 0;
+    for (int64_t c = 0; c < D; ++c) {
+      Y[size_t(r * D + c)] = x.get(r, c) * rs * w.get(0, c);
+      dot += w.get(0, c) * dy.get(r, c) * x.get(r, c);
+    }
+    for (int64_t c = 0; c < D; ++c) {
+      DX[size_t(r * D + c)] = rs * (w.get(0, c) * dy.get(r, c) - x.get(r, c) * rs * rs * dot / double(D));
+      DW[size_t(c)] += dy.get(r, c) * x.get(r, c) * rs;
+    }
+  }
+  auto tensor = [](Mat& m) {
+    Tensor t(m.base(), m.dt, Device::CUDA, {m.rows, m.cols});
+    t.stride[0] = m.ld;
+    return t;
+  };
+  Tensor tw(w.base(), DType::F32, Device::CUDA, {D}), tdw(dw.base(), DType::F32, Device::CUDA, {D}),
+      tdw2(dw2.base(), DType::F32, Device::CUDA, {D}), tr(rstd.base(), DType::F32, Device::CUDA, {M});
+  cuda::rmsnorm_forward(tensor(x), tw, eps, tensor(y), tr);
+  cuda::rmsnorm_backward(tensor(dy), tensor(x), tw, tr, tensor(dx), tdw);
+  cuda::rmsnorm_backward(tensor(dy), tensor(x), tw, tr, tensor(dx), tdw2);
+  std::vector<double> gy(Y.size()), gdx(Y.size()), gdw(DW.size()), gr(R.size());
+  for (int64_t r = 0; r < M; ++r) {
+    gr[size_t(r)] = rstd.get(0, r);
+    for (int64_t c = 0; c < D; ++c) {
+      gy[size_t(r * D + c)] = y.get(r, c);
+      gdx[size_t(r * D + c)] = dx.get(r, c);
+    }
+  }
+  for (int64_t c = 0; c < D; ++c) gdw[size_t(c)] = dw.get(0, c) - 0.25;
+  const double tol = dt == DType::F32 ? 2e-6 : 6e-3;
+  report(name + " y", rel(gy, Y), tol);
+  report(name + " rstd", rel(gr, R), 2e-6);
+  report(name + " dx", rel(gdx, DX), tol);
+  report(name + " dw", rel(gdw, DW), 1e-5);
+  if (dw.bytes() != dw2.bytes()) {
+    std::printf("  %-60s dw rerun differs: FAIL\n", name.c_str());
+    ++g_fail;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -251,6 +319,12 @@ int main(int argc, char** argv) {
   check_decode(3, 300, 12, 1, 64, {0, 17, 5}, {300, 251, 6});
   check_decode(2, 200, 4, 4, 64, {3, 50}, {3, 199});  // an empty range: zeros
   check_decode(1, 1000, 10, 2, 128, {0}, {997});      // G = 5 (padded to 8), partial steps
+  check_rmsnorm(37, 1000, 1024, DType::BF16);  // vector path, one warp per row, ragged vectors
+  check_rmsnorm(37, 1000, 1024, DType::F32);
+  check_rmsnorm(19, 2048, 2048, DType::BF16);
+  check_rmsnorm(9, 4096, 4104, DType::BF16);  // several warps per row
+  check_rmsnorm(40, 8192, 8192, DType::BF16);
+  check_rmsnorm(5, 1001, 1001, DType::BF16);  // plain kernels
   std::printf("%s (%d failures)\n", g_fail ? "FAIL" : "all ok", g_fail);
   return g_fail ? 1 : 0;
 }
