@@ -154,13 +154,11 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) 
   }
 }
 
-// Grow-only split-K workspace: partial sums, and per-tile counters that the kernel leaves zero.
+// Split-K workspace: partial sums, and per-tile counters that the kernel leaves zero.
 struct GemvWorkspace {
   std::mutex mutex;
   float* partial = nullptr;
-  size_t partial_count = 0;
   int* counters = nullptr;
-  size_t counter_count = 0;
 };
 GemvWorkspace& gemv_workspace() {
   static auto* ws = new GemvWorkspace();
@@ -242,24 +240,17 @@ void gemv(const GemmMat& x, const GemmMat& w, const GemmMat& y, float alpha, flo
   p.steps_per_split = (p.nsteps + splits - 1) / splits;
   p.splits = static_cast<int>((p.nsteps + p.steps_per_split - 1) / p.steps_per_split);
   if (p.splits > 1) {
+    // splits > 1 only when tiles < 4·SMs, so tiles·splits < 8·SMs: one fixed-size workspace,
+    // allocated on first use and never moved (a recorded CUDA graph keeps its address).
+    const size_t max_tiles = 4 * static_cast<size_t>(num_sms()), max_parts = 2 * max_tiles;
+    HLM_REQUIRE(static_cast<size_t>(tiles) < max_tiles && static_cast<size_t>(tiles * p.splits) <= max_parts,
+                ErrorKind::Internal, "gemv: {} tiles x {} splits exceed the workspace", tiles, p.splits);
     GemvWorkspace& ws = gemv_workspace();
     std::lock_guard<std::mutex> lock(ws.mutex);
-    const size_t np = static_cast<size_t>(tiles) * static_cast<size_t>(p.splits) * kGemvTileOut;
-    if (ws.partial_count < np) {
-      if (ws.partial) HLM_CUDA_CHECK(cudaFree(ws.partial));  // waits for queued readers
-      ws.partial = nullptr;
-      ws.partial_count = 0;
-      HLM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ws.partial), np * sizeof(float)));
-      ws.partial_count = np;
-    }
-    if (ws.counter_count < static_cast<size_t>(tiles)) {
-      if (ws.counters) HLM_CUDA_CHECK(cudaFree(ws.counters));
-      ws.counters = nullptr;
-      ws.counter_count = 0;
-      const size_t nc = std::max<size_t>(static_cast<size_t>(tiles), 1024);
-      HLM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ws.counters), nc * sizeof(int)));
-      HLM_CUDA_CHECK(cudaMemsetAsync(ws.counters, 0, nc * sizeof(int), stream()));
-      ws.counter_count = nc;
+    if (!ws.partial) {
+      HLM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ws.partial), max_parts * kGemvTileOut * sizeof(float)));
+      HLM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ws.counters), max_tiles * sizeof(int)));
+      HLM_CUDA_CHECK(cudaMemsetAsync(ws.counters, 0, max_tiles * sizeof(int), stream()));
     }
     p.partial = ws.partial;
     p.counters = ws.counters;
