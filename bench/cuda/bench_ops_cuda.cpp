@@ -1,5 +1,6 @@
 // GPU benchmarks of the core CUDA ops at the model shapes: attention (forward, forward + backward,
-// decode), the GEMMs of the 8B and 1.43B hybrids (forward, dgrad, wgrad), cross-entropy, AdamW
+// decode), the GEMMs of the 8B and 1.43B hybrids (forward, dgrad, wgrad), the decode GEMVs
+// (M = 1 and 8, ours and cuBLASLt), cross-entropy, AdamW
 // over 1.43B parameters, RMSNorm. CUDA-event timing, warm-up, medians; a table and --json FILE.
 //
 //   bench_ops_cuda [--json out.json] [--filter substring] [--iters 20] [--warmup 3]
@@ -237,6 +238,42 @@ void bench_gemms(const RandomSource& rnd) {
   }
 }
 
+// Decode GEMV: y[M,N] = x[M,K] · Wᵀ at M = 1 and 8, the 8B model's projections; GB/s counts the
+// weight bytes (the floor: W / 4.2 TB/s). Weights rotate over copies totalling ≥ 256 MB so no
+// run finds W in L2. `_cublaslt` rows: the same call with our GEMV off.
+void bench_gemv(const RandomSource& rnd) {
+  const std::vector<Proj> projs = {
+      {"8b", "in_proj", 4096, 18560}, {"8b", "out_proj", 8192, 4096}, {"8b", "q_proj", 4096, 4096},
+      {"8b", "kv_proj", 4096, 1024},  {"8b", "mlp_up", 4096, 16384},  {"8b", "mlp_down", 16384, 4096},
+      {"8b", "lm_head", 4096, 50304},
+  };
+  for (const Proj& pr : projs) {
+    for (int64_t M : {1, 8}) {
+      const std::string base = fmt::format("gemv_{}_{}_m{}", pr.model, pr.name, M);
+      if (!selected(base)) continue;
+      std::vector<Buffer> keep;
+      const int64_t K = pr.in, N = pr.out;
+      const double wbytes = 2.0 * static_cast<double>(N) * K;
+      const int copies = static_cast<int>(std::max(1.0, std::ceil(256e6 / wbytes)));
+      std::vector<Tensor> ws;
+      for (int i = 0; i < copies; ++i) ws.push_back(rnd.make(keep, DType::BF16, {N, K}));
+      Tensor x = rnd.make(keep, DType::BF16, {M, K});
+      Tensor y = rnd.make(keep, DType::BF16, {M, N});
+      const std::string shape = fmt::format("M={} N={} K={} floor {:.1f} us", M, N, K, wbytes / 4.2e6);
+      for (const char* mode : {"auto", "cublaslt"}) {
+        const std::string name = base + (std::strcmp(mode, "auto") == 0 ? "" : "_cublaslt");
+        if (!selected(name)) continue;
+        setenv("HLM_GEMM", mode, 1);
+        int i = 0;
+        const double ms = time_ms([&] { linear_forward(x, ws[static_cast<size_t>(i++ % copies)], Tensor(), y); },
+                                  std::max(g_opt.iters, 50));
+        record(name, "gemv", ms, 2.0 * M * N * K, wbytes, shape);
+      }
+      unsetenv("HLM_GEMM");
+    }
+  }
+}
+
 // ---- cross-entropy, AdamW, RMSNorm -------------------------------------------------------------
 
 void bench_ce(const RandomSource& rnd) {
@@ -349,6 +386,7 @@ int main(int argc, char** argv) {
   try {
     RandomSource rnd;
     bench_gemms(rnd);
+    bench_gemv(rnd);
     bench_attention(rnd);
     bench_decode(rnd);
     bench_ce(rnd);

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The shapes of bench_ops_cuda through PyTorch on the same GPU: SDPA forced to cuDNN, bf16
-torch.matmul, F.cross_entropy, fused AdamW. Medians of CUDA-event timings; JSON out.
+torch.matmul (also at decode sizes, M = 1 and 8), F.cross_entropy, fused AdamW. Medians of CUDA-event timings; JSON out.
 
     python3 bench/cuda/torch_reference.py --json torch.json [--filter S] [--iters 20]
 """
@@ -146,6 +146,33 @@ def bench_gemms():
         del x, w, dy, dw
 
 
+GEMV_PROJS = [("8b", "in_proj", 4096, 18560), ("8b", "out_proj", 8192, 4096), ("8b", "q_proj", 4096, 4096),
+              ("8b", "kv_proj", 4096, 1024), ("8b", "mlp_up", 4096, 16384), ("8b", "mlp_down", 16384, 4096),
+              ("8b", "lm_head", 4096, 50304)]
+
+
+def bench_gemv():
+    # Decode-sized products, weights rotated over >= 256 MB of copies (no L2 reuse), as ours.
+    for model, pname, K, N in GEMV_PROJS:
+        for M in (1, 8):
+            name = f"gemv_{model}_{pname}_m{M}"
+            if not selected(name):
+                continue
+            wbytes = 2.0 * N * K
+            copies = max(1, int(-(-256e6 // wbytes)))
+            ws = [rnd(N, K) for _ in range(copies)]
+            x = rnd(M, K)
+            it = [0]
+
+            def fn():
+                w = ws[it[0] % copies]
+                it[0] += 1
+                return torch.matmul(x, w.t())
+            record(name, "gemv", time_ms(fn, max(ARGS.iters, 50)), 2.0 * M * N * K, wbytes,
+                   f"torch.matmul M={M} N={N} K={K}")
+            del ws, x
+
+
 def _addmm_out_dtype(dw, dy, x):
     try:
         torch.addmm(dw, dy.t(), x, out_dtype=torch.float32)
@@ -210,7 +237,7 @@ def main():
     ARGS = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"cuDNN {torch.backends.cudnn.version()}, iters {ARGS.iters} (median)")
-    for fn in (bench_gemms, bench_attention, bench_decode, bench_ce, bench_rmsnorm, bench_adamw):
+    for fn in (bench_gemms, bench_gemv, bench_attention, bench_decode, bench_ce, bench_rmsnorm, bench_adamw):
         try:
             fn()
         except Exception as e:  # noqa: BLE001

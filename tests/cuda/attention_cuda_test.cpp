@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
@@ -254,6 +255,32 @@ TEST(AttentionDecodeCuda, MatchesCpu) {
       attention_decode(gq.t, gk.t, gv.t, gs.t, gl.t, scale, go.t);
       EXPECT_LT(rel_error(download(go.t), ref), 1e-2) << "E=" << E << " Hq=" << Hq << " Hkv=" << Hkv;
     }
+  }
+}
+
+// Longer caches: many splits per KV head, GQA groups of 4 and 5 (padded to 8), a live range that
+// starts inside the cache and ends before its end; reruns are bitwise equal.
+TEST(AttentionDecodeCuda, LongCacheSplitsAndDeterminism) {
+  HLM_REQUIRE_GPU();
+  for (auto [Hq, Hkv, S, s0, s1] : {std::tuple<int64_t, int64_t, int64_t, int, int>{32, 8, 5000, 0, 5000},
+                                    {10, 2, 3001, 123, 2999}, {16, 8, 20000, 0, 19999}}) {
+    const int64_t B = 1, E = 128;
+    HostTensor q = bf16_normal({B, Hq, E}, 11), kc = bf16_normal({B, S, Hkv, E}, 12),
+               vc = bf16_normal({B, S, Hkv, E}, 13);
+    HostTensor start(DType::I32, {B}), len(DType::I32, {B});
+    start.set(0, s0);
+    len.set(0, s1);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(E));
+    HostTensor ref(DType::F32, {B, Hq, E});
+    attention_decode(q.t, kc.t, vc.t, start.t, len.t, scale, ref.t);
+    DeviceTensor gq = upload(q, DType::BF16), gk = upload(kc, DType::BF16), gv = upload(vc, DType::BF16);
+    DeviceTensor gs = upload(start, DType::I32), gl = upload(len, DType::I32), go(DType::BF16, {B, Hq, E});
+    poison(go.t);
+    attention_decode(gq.t, gk.t, gv.t, gs.t, gl.t, scale, go.t);
+    EXPECT_LT(rel_error(download(go.t), ref), 1e-2) << "Hq=" << Hq << " Hkv=" << Hkv << " S=" << S;
+    const std::vector<uint8_t> first = raw_bytes(go.t);
+    attention_decode(gq.t, gk.t, gv.t, gs.t, gl.t, scale, go.t);
+    EXPECT_EQ(raw_bytes(go.t), first) << "rerun Hq=" << Hq << " S=" << S;
   }
 }
 

@@ -1,6 +1,8 @@
-// CUDA GEMMs (cuBLASLt) match the CPU BLAS GEMMs on random inputs: odd shapes, transposes, row
-// views, BF16 / F32 outputs, accumulation, bias, and the linear backward.
+// CUDA GEMMs (cuBLASLt, our decode GEMV and fallback kernel) match the CPU BLAS GEMMs on random
+// inputs: odd shapes, transposes, row views, BF16 / F32 outputs, accumulation, bias, the backward.
 #include <gtest/gtest.h>
+
+#include <cstdlib>
 
 #include "cuda/cuda_test_util.h"
 #include "ops/gemm.h"
@@ -57,7 +59,10 @@ INSTANTIATE_TEST_SUITE_P(
                       MatmulCase{64, 48, 200, true, true, DType::F32, 0.5f, 1.0f},
                       MatmulCase{129, 257, 96, false, true, DType::F32, 1.0f, 1.0f},
                       MatmulCase{1, 300, 64, false, true, DType::BF16, 1.0f, 0.0f},
-                      MatmulCase{300, 1, 64, false, false, DType::F32, 2.0f, 0.5f}));
+                      MatmulCase{300, 1, 64, false, false, DType::F32, 2.0f, 0.5f},
+                      // M ≤ 8 with b in [N,K] layout: the GEMV path (alpha, beta, odd N, split-K)
+                      MatmulCase{5, 77, 136, false, true, DType::F32, 0.5f, 1.0f},
+                      MatmulCase{8, 19, 4096, false, true, DType::BF16, 1.0f, 0.0f}));
 
 TEST(MatmulCuda, F32Operands) {
   HLM_REQUIRE_GPU();
@@ -88,6 +93,102 @@ TEST(LinearCuda, ForwardWithBias) {
     linear_forward(dx.t, dw.t, Tensor(), dy.t);
     EXPECT_LT(rel_error(download(dy.t), ref_nb), out == DType::F32 ? 1e-5 : 1e-2) << dtype_name(out);
   }
+}
+
+// Any shape and layout works: odd M / N / K, leading dimensions that break 16-byte alignment,
+// bias in BF16 or F32, through cuBLASLt (with its fallbacks) and through our plain kernel.
+TEST(LinearCuda, OddShapesAndLayouts) {
+  HLM_REQUIRE_GPU();
+  struct Case {
+    int64_t M, N, K, ldx, ldy;
+  };
+  for (Case c : {Case{38, 75, 96, 96, 75}, Case{37, 53, 71, 71, 53}, Case{19, 33, 40, 43, 35},
+                 Case{5, 129, 64, 67, 131}, Case{64, 7, 24, 24, 7}}) {
+    HostTensor x = bf16_values({c.M, c.K}, 31), w = bf16_values({c.N, c.K}, 32);
+    HostTensor bias = bf16_values({c.N}, 33);
+    DeviceTensor dx = make_row_view(DType::BF16, c.M, c.K, c.ldx);
+    upload_into(dx.t, x);
+    DeviceTensor dw = upload(w, DType::BF16);
+    for (const char* mode : {"auto", "fallback"}) {
+      setenv("HLM_GEMM", mode, 1);
+      for (int bias_kind : {0, 1, 2}) {  // none, BF16, F32
+        const bool has_bias = bias_kind != 0;
+        const DType bias_dtype = bias_kind == 1 ? DType::BF16 : DType::F32;
+        HostTensor ref(DType::F32, {c.M, c.N});
+        linear_forward(x.t, w.t, has_bias ? bias.t : Tensor(), ref.t);
+        DeviceTensor db = has_bias ? upload(bias, bias_dtype) : DeviceTensor();
+        for (DType out : {DType::BF16, DType::F32}) {
+          DeviceTensor dy = make_row_view(out, c.M, c.N, c.ldy);
+          poison(dy.t);
+          linear_forward(dx.t, dw.t, has_bias ? db.t : Tensor(), dy.t);
+          EXPECT_LT(rel_error(download(dy.t), ref), out == DType::F32 ? 1e-5 : 1e-2)
+              << mode << " M=" << c.M << " N=" << c.N << " K=" << c.K << " ldx=" << c.ldx
+              << " ldy=" << c.ldy << " out=" << dtype_name(out) << " bias=" << has_bias;
+        }
+      }
+    }
+    unsetenv("HLM_GEMM");
+  }
+}
+
+// The decode GEMV (M ≤ 8, our kernel) and cuBLASLt give the CPU result for odd M and N, K a
+// multiple of 8 (one or many 128-wide steps, split over blocks when N is small) or not (then
+// cuBLASLt), bias in BF16 / F32, x and y as row views; reruns are bitwise equal.
+TEST(LinearCuda, DecodeGemvMatchesCpu) {
+  HLM_REQUIRE_GPU();
+  struct Case {
+    int64_t M, N, K, ldx, ldy;
+  };
+  for (Case c : {Case{1, 75, 96, 96, 75}, Case{3, 1033, 1000, 1008, 1040}, Case{5, 40, 4096, 4104, 45},
+                 Case{8, 300, 2048, 2048, 300}, Case{7, 129, 136, 139, 129}, Case{2, 33, 100, 100, 33},
+                 Case{1, 4097, 512, 512, 4097}}) {
+    HostTensor x = bf16_values({c.M, c.K}, 51), w = bf16_values({c.N, c.K}, 52, 0.05);
+    HostTensor bias = bf16_values({c.N}, 53);
+    DeviceTensor dx = make_row_view(DType::BF16, c.M, c.K, c.ldx);
+    upload_into(dx.t, x);
+    DeviceTensor dw = upload(w, DType::BF16);
+    for (const char* mode : {"auto", "cublaslt"}) {
+      setenv("HLM_GEMM", mode, 1);
+      for (int bias_kind : {0, 1, 2}) {  // none, BF16, F32
+        const bool has_bias = bias_kind != 0;
+        HostTensor ref(DType::F32, {c.M, c.N});
+        linear_forward(x.t, w.t, has_bias ? bias.t : Tensor(), ref.t);
+        DeviceTensor db = has_bias ? upload(bias, bias_kind == 1 ? DType::BF16 : DType::F32) : DeviceTensor();
+        for (DType out : {DType::BF16, DType::F32}) {
+          DeviceTensor dy = make_row_view(out, c.M, c.N, c.ldy);
+          poison(dy.t);
+          linear_forward(dx.t, dw.t, has_bias ? db.t : Tensor(), dy.t);
+          const std::vector<uint8_t> first = raw_bytes(dy.t);
+          EXPECT_LT(rel_error(download(dy.t), ref), out == DType::F32 ? 1e-5 : 1e-2)
+              << mode << " M=" << c.M << " N=" << c.N << " K=" << c.K << " ldx=" << c.ldx
+              << " out=" << dtype_name(out) << " bias=" << bias_kind;
+          poison(dy.t);
+          linear_forward(dx.t, dw.t, has_bias ? db.t : Tensor(), dy.t);
+          EXPECT_EQ(raw_bytes(dy.t), first) << mode << " rerun M=" << c.M << " N=" << c.N;
+        }
+      }
+    }
+    unsetenv("HLM_GEMM");
+  }
+}
+
+TEST(MatmulCuda, FallbackKernelAllLayouts) {
+  HLM_REQUIRE_GPU();
+  setenv("HLM_GEMM", "fallback", 1);
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      const int64_t M = 29, N = 41, K = 35;
+      HostTensor a = bf16_values(ta ? std::vector<int64_t>{K, M} : std::vector<int64_t>{M, K}, 41);
+      HostTensor b = bf16_values(tb ? std::vector<int64_t>{N, K} : std::vector<int64_t>{K, N}, 42);
+      HostTensor c0 = bf16_values({M, N}, 43);
+      HostTensor ref = convert_host(c0, DType::F32);
+      matmul(a.t, ta, b.t, tb, ref.t, 0.5f, 1.0f);
+      DeviceTensor da = upload(a, DType::BF16), db = upload(b, DType::BF16);
+      DeviceTensor dc = upload(c0, DType::F32);
+      matmul(da.t, ta, db.t, tb, dc.t, 0.5f, 1.0f);
+      EXPECT_LT(rel_error(download(dc.t), ref), 1e-5) << "ta=" << ta << " tb=" << tb;
+    }
+  unsetenv("HLM_GEMM");
 }
 
 TEST(LinearCuda, Backward) {

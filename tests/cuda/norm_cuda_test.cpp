@@ -48,6 +48,47 @@ TEST_P(RmsNormCuda, ForwardBackwardMatchCpu) {
   EXPECT_EQ(raw_bytes(gdw.t), raw_bytes(gdw2.t));
 }
 
+// The vectorised kernels (rows of whole aligned 16-byte vectors: one warp or several per row)
+// and the plain ones (odd D, unaligned row stride), bf16 or f32 weights.
+TEST_P(RmsNormCuda, VectorAndPlainPathsMatchCpu) {
+  HLM_REQUIRE_GPU();
+  const DType dt = GetParam();
+  const double tol = dt == DType::F32 ? 1e-5 : 1e-2;
+  const float eps = 1e-5f;
+  struct Case {
+    int64_t M, D, ld;
+    DType wdt;
+  };
+  for (Case c : {Case{33, 2048, 2048, DType::F32}, Case{9, 4096, 4104, DType::BF16}, Case{5, 8192, 8192, DType::F32},
+                 Case{7, 1001, 1001, DType::F32}, Case{6, 512, 515, DType::BF16}}) {
+    HostTensor x = bf16_normal({c.M, c.D}, 21, 2.0), w = bf16_normal({c.D}, 22, 0.5), dy = bf16_normal({c.M, c.D}, 23);
+    HostTensor dw0 = random_normal({c.D}, 24);
+    HostTensor y(DType::F32, {c.M, c.D}), rstd(DType::F32, {c.M});
+    rmsnorm_forward(x.t, w.t, eps, y.t, rstd.t);
+    HostTensor dx(DType::F32, {c.M, c.D}), dw = convert_host(dw0, DType::F32);
+    rmsnorm_backward(dy.t, x.t, w.t, rstd.t, dx.t, dw.t);
+
+    DeviceTensor gx = make_row_view(dt, c.M, c.D, c.ld);
+    upload_into(gx.t, x);
+    DeviceTensor gw = upload(w, c.wdt), gy(dt, {c.M, c.D}), gr(DType::F32, {c.M});
+    poison(gy.t);
+    poison(gr.t);
+    rmsnorm_forward(gx.t, gw.t, eps, gy.t, gr.t);
+    const std::string what = "D=" + std::to_string(c.D) + " ld=" + std::to_string(c.ld);
+    EXPECT_LT(rel_error(download(gy.t), y), tol) << what;
+    EXPECT_LT(rel_error(download(gr.t), rstd), 1e-5) << what;
+
+    DeviceTensor gdy = upload(dy, dt), gdx(dt, {c.M, c.D});
+    DeviceTensor gdw = upload(dw0, DType::F32), gdw2 = upload(dw0, DType::F32);
+    poison(gdx.t);
+    rmsnorm_backward(gdy.t, gx.t, gw.t, gr.t, gdx.t, gdw.t);
+    EXPECT_LT(rel_error(download(gdx.t), dx), tol) << what;
+    EXPECT_LT(rel_error(download(gdw.t), dw), 1e-5) << what;
+    rmsnorm_backward(gdy.t, gx.t, gw.t, gr.t, gdx.t, gdw2.t);
+    EXPECT_EQ(raw_bytes(gdw.t), raw_bytes(gdw2.t)) << what;
+  }
+}
+
 TEST_P(RmsNormCuda, GatedForwardBackwardMatchCpu) {
   HLM_REQUIRE_GPU();
   const DType dt = GetParam();

@@ -1,11 +1,12 @@
 // CUDA attention: the dispatcher (cuDNN fused attention first, our kernels as the fallback and as
 // the deterministic backward), our FlashAttention-2-style kernels (mma.sync bf16, fp32 softmax
-// state, causal + document masking with tile skipping), split-K decode attention over a KV cache,
+// state, causal + document masking with tile skipping), decode attention (attention_decode.cu),
 // and RoPE.
 #include "ops/attention.h"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +16,7 @@
 #include <string>
 
 #include "ops/cuda/attention_cudnn.cuh"
+#include "ops/cuda/attention_decode.cuh"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/mma.cuh"
 
@@ -102,10 +104,15 @@ Backend backend_from_env() {
   fail(ErrorKind::InvalidArgument, "HLM_ATTENTION={}: expected auto, cudnn or own", v);
 }
 
+// Largest workspace the deterministic cuDNN backward may take (its dP buffer is B·Hq·T²·2 bytes:
+// 2 GiB for the 1.43B model at T = 8192, exactly 16 GiB for the 8B shape at T = 16K). Default:
+// 18 GiB, at most a quarter of the card; HLM_CUDNN_DET_WORKSPACE_MIB overrides. Past it, the
+// deterministic backward runs our own kernels (slower); HLM_DETERMINISTIC=0 takes cuDNN's fast
+// non-deterministic backward instead.
 size_t det_workspace_limit() {
   const char* v = std::getenv("HLM_CUDNN_DET_WORKSPACE_MIB");
-  const size_t mib = v && *v ? static_cast<size_t>(std::strtoull(v, nullptr, 10)) : 4096;
-  return mib << 20;
+  if (v && *v) return static_cast<size_t>(std::strtoull(v, nullptr, 10)) << 20;
+  return std::min<size_t>(size_t{18} << 30, device_props().totalGlobalMem / 4);
 }
 
 void warn_once(const std::string& msg) {
@@ -812,186 +819,6 @@ void own_backward(const AttentionParams& p, const Shape& s, const Tensor& out, i
   HLM_CUDA_CHECK_LAUNCH();
 }
 
-// ---- decode: split-K over the cache, then a combine ---------------------------------------------
-
-constexpr int kDecThreads = 128, kDecKeys = 64, kDecHeads = 8;
-
-struct DecArgs {
-  const bf16_t* q;  // [B, Hq·E], row stride ldq
-  const bf16_t* k;  // [B·S, Hkv·E], row stride ldk
-  const bf16_t* v;
-  const int32_t* start;
-  const int32_t* len;
-  int64_t ldq, ldk, ldv;
-  int S, Hq, Hkv, G, chunk, nsplit;
-  float scale_log2;
-  float* part_o;  // [B, Hq, nsplit, E]
-  float* part_ml;  // [B, Hq, nsplit, 2]: running max (log2 domain) and sum
-};
-
-// Block (split, kv head × head group, b): up to 8 query heads sharing one KV head over `chunk`
-// cache positions, in 64-key steps: scores by 8-lane groups per key, an online softmax per head,
-// then P·V by threads over (8-element column chunk, key lane).
-template <int E>
-__global__ void __launch_bounds__(kDecThreads) attn_decode_split_kernel(DecArgs a) {
-  constexpr int kChunks = E / 8;                 // 16-byte column chunks per row
-  constexpr int kKeyLanes = kDecThreads / kChunks;  // key lanes in the P·V phase
-  __shared__ float q_s[kDecHeads][E];
-  __shared__ float p_s[kDecHeads][kDecKeys];
-  __shared__ float m_s[kDecHeads], l_s[kDecHeads], alpha_s[kDecHeads];
-  __shared__ float red_s[kKeyLanes][kDecHeads][8 * 2];  // partial sums, half the columns at a time
-
-  const int split = blockIdx.x, b = blockIdx.z;
-  const int groups = (a.G + kDecHeads - 1) / kDecHeads;
-  const int hk = blockIdx.y / groups, hg = blockIdx.y % groups;
-  const int h0 = hk * a.G + hg * kDecHeads;             // first query head of this block
-  const int nh = min(kDecHeads, a.G - hg * kDecHeads);  // heads in this block
-  const int lo = max(a.start[b], split * a.chunk);
-  const int hi = min(min(a.len[b], a.S), (split + 1) * a.chunk);
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-
-  for (int i = tid; i < kDecHeads * E; i += kDecThreads) {
-    const int hh = i / E, e = i % E;
-    q_s[hh][e] = hh < nh ? __bfloat162float(a.q[b * a.ldq + static_cast<int64_t>(h0 + hh) * E + e]) * a.scale_log2 : 0.0f;
-  }
-  if (tid < kDecHeads) {
-    m_s[tid] = -INFINITY;
-    l_s[tid] = 0.0f;
-  }
-  const int ec = tid % kChunks, kl = tid / kChunks;
-  float acc[kDecHeads][8];
-#pragma unroll
-  for (int hh = 0; hh < kDecHeads; ++hh)
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc[hh][i] = 0.0f;
-  __syncthreads();
-
-  const bf16_t* kbase = a.k + static_cast<int64_t>(b) * a.S * a.ldk + static_cast<int64_t>(hk) * E;
-  const bf16_t* vbase = a.v + static_cast<int64_t>(b) * a.S * a.ldv + static_cast<int64_t>(hk) * E;
-  for (int kb0 = lo; kb0 < hi; kb0 += kDecKeys) {
-    // Scores: warp w takes keys kb0 + 16w .. +15, four at a time, 8 lanes per key.
-    const int part = lane & 7, slot = lane >> 3;
-    for (int kq = 0; kq < 4; ++kq) {
-      const int kloc = warp * 16 + kq * 4 + slot;
-      const int key = kb0 + kloc;
-      const bool valid = key < hi;
-      float kv[E / 8];
-      if (valid) {
-        const bf16_t* kr = kbase + static_cast<int64_t>(key) * a.ldk;
-#pragma unroll
-        for (int c = 0; c < E / 64; ++c) {
-          float tmp[8];
-          load16(kr + c * 64 + part * 8, tmp);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) kv[c * 8 + i] = tmp[i];
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < E / 8; ++i) kv[i] = 0.0f;
-      }
-#pragma unroll
-      for (int hh = 0; hh < kDecHeads; ++hh) {
-        float d = 0.0f;
-#pragma unroll
-        for (int c = 0; c < E / 64; ++c)
-#pragma unroll
-          for (int i = 0; i < 8; ++i) d += q_s[hh][c * 64 + part * 8 + i] * kv[c * 8 + i];
-        d += __shfl_xor_sync(0xffffffffu, d, 1);
-        d += __shfl_xor_sync(0xffffffffu, d, 2);
-        d += __shfl_xor_sync(0xffffffffu, d, 4);
-        if (part == 0) p_s[hh][kloc] = valid ? d : -INFINITY;
-      }
-    }
-    __syncthreads();
-    // Online softmax per head: warp w handles heads w, w + 4.
-    for (int hh = warp; hh < kDecHeads; hh += kDecThreads / 32) {
-      const float x0 = p_s[hh][lane], x1 = p_s[hh][lane + 32];
-      const float mx = warp_max(fmaxf(x0, x1));
-      const float m_old = m_s[hh];
-      const float m_new = fmaxf(m_old, mx);
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-      const float p0 = exp2f(x0 - m_use), p1 = exp2f(x1 - m_use);
-      const float sum = warp_sum(p0 + p1);
-      p_s[hh][lane] = p0;
-      p_s[hh][lane + 32] = p1;
-      __syncwarp();
-      if (lane == 0) {
-        const float alpha = exp2f(m_old - m_use);
-        alpha_s[hh] = alpha;
-        l_s[hh] = l_s[hh] * alpha + sum;
-        m_s[hh] = m_new;
-      }
-    }
-    __syncthreads();
-    // O += P V: this thread's 8 columns, keys kl, kl + kKeyLanes, ...
-#pragma unroll
-    for (int hh = 0; hh < kDecHeads; ++hh) {
-      const float al = alpha_s[hh];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc[hh][i] *= al;
-    }
-    for (int kloc = kl; kloc < kDecKeys; kloc += kKeyLanes) {
-      const int key = kb0 + kloc;
-      if (key >= hi) break;
-      float vv[8];
-      load16(vbase + static_cast<int64_t>(key) * a.ldv + ec * 8, vv);
-#pragma unroll
-      for (int hh = 0; hh < kDecHeads; ++hh) {
-        const float pw = p_s[hh][kloc];
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[hh][i] += pw * vv[i];
-      }
-    }
-    __syncthreads();
-  }
-
-  // Reduce acc over the key lanes (fixed order), a column chunk at a time, and write partials.
-  const int64_t base = (static_cast<int64_t>(b) * a.Hq + h0) * a.nsplit + split;
-  for (int half = 0; half < kChunks; half += 2) {
-    if (ec == half || ec == half + 1) {
-#pragma unroll
-      for (int hh = 0; hh < kDecHeads; ++hh)
-#pragma unroll
-        for (int i = 0; i < 8; ++i) red_s[kl][hh][(ec - half) * 8 + i] = acc[hh][i];
-    }
-    __syncthreads();
-    for (int i = tid; i < kDecHeads * 16; i += kDecThreads) {
-      const int hh = i / 16, c = i % 16;
-      if (hh < nh) {
-        float sum = 0.0f;
-        for (int l = 0; l < kKeyLanes; ++l) sum += red_s[l][hh][c];
-        a.part_o[(base + static_cast<int64_t>(hh) * a.nsplit) * E + half * 8 + c] = sum;
-      }
-    }
-    __syncthreads();
-  }
-  if (tid < nh) {
-    a.part_ml[(base + static_cast<int64_t>(tid) * a.nsplit) * 2 + 0] = m_s[tid];
-    a.part_ml[(base + static_cast<int64_t>(tid) * a.nsplit) * 2 + 1] = l_s[tid];
-  }
-}
-
-// out[b, h, :] = Σ_s w_s · o_s / Σ_s w_s · l_s with w_s = 2^(m_s − max m), splits in order.
-__global__ void attn_decode_combine_kernel(const float* part_o, const float* part_ml, int nsplit,
-                                           int Hq, int E, bf16_t* out, int64_t ldo) {
-  const int bh = blockIdx.x;
-  const int b = bh / Hq, h = bh % Hq;
-  const float* ml = part_ml + static_cast<int64_t>(bh) * nsplit * 2;
-  float M = -INFINITY;
-  for (int s = 0; s < nsplit; ++s) M = fmaxf(M, ml[2 * s]);
-  float L = 0.0f;
-  for (int s = 0; s < nsplit; ++s)
-    if (ml[2 * s] != -INFINITY) L += ml[2 * s + 1] * exp2f(ml[2 * s] - M);
-  const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-  for (int e = threadIdx.x; e < E; e += blockDim.x) {
-    float acc = 0.0f;
-    for (int s = 0; s < nsplit; ++s)
-      if (ml[2 * s] != -INFINITY)
-        acc += part_o[(static_cast<int64_t>(bh) * nsplit + s) * E + e] * exp2f(ml[2 * s] - M);
-    out[b * ldo + static_cast<int64_t>(h) * E + e] = __float2bfloat16_rn(acc * inv);
-  }
-}
-
 // ---- RoPE (GPT-NeoX rotate-half) ---------------------------------------------------------------
 
 // One thread per (token, rotation pair i): the angle pos · θ^(−2i/rot) in double (positions reach
@@ -1106,45 +933,24 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
   HLM_REQUIRE(vector_aligned(K.data, K.ld) && vector_aligned(V.data, V.ld), ErrorKind::Unsupported,
               "{}: caches need 16-byte aligned rows", op);
   if (B == 0 || Hq == 0) return;
-  const int64_t G = Hq / Hkv;
-  const int64_t groups = (G + kDecHeads - 1) / kDecHeads;
-  // Enough splits for ~4 blocks per SM; chunks of whole 64-key steps.
-  const int64_t blocks_per_split = B * Hkv * groups;
-  const int64_t want = std::max<int64_t>(1, (4 * num_sms() + blocks_per_split - 1) / blocks_per_split);
-  int64_t chunk = std::max<int64_t>(kDecKeys, (S + want - 1) / want);
-  chunk = (chunk + kDecKeys - 1) / kDecKeys * kDecKeys;
-  const int64_t nsplit = std::max<int64_t>(1, (S + chunk - 1) / chunk);
-  float* part_o = scratch_as<float>(Scratch::Attn0, static_cast<size_t>(B * Hq * nsplit * E));
-  float* part_ml = scratch_as<float>(Scratch::Attn1, static_cast<size_t>(B * Hq * nsplit * 2));
-  DecArgs a{};
-  a.q = static_cast<const bf16_t*>(Q.data);
-  a.k = static_cast<const bf16_t*>(K.data);
-  a.v = static_cast<const bf16_t*>(V.data);
-  a.start = start.ptr<int32_t>();
-  a.len = len.ptr<int32_t>();
-  a.ldq = Q.ld;
-  a.ldk = K.ld;
-  a.ldv = V.ld;
-  a.S = static_cast<int>(S);
-  a.Hq = static_cast<int>(Hq);
-  a.Hkv = static_cast<int>(Hkv);
-  a.G = static_cast<int>(G);
-  a.chunk = static_cast<int>(chunk);
-  a.nsplit = static_cast<int>(nsplit);
-  a.scale_log2 = scale * kLog2e;
-  a.part_o = part_o;
-  a.part_ml = part_ml;
-  dim3 grid(static_cast<unsigned>(nsplit), static_cast<unsigned>(Hkv * groups), static_cast<unsigned>(B));
-  if (E == 64) {
-    attn_decode_split_kernel<64><<<grid, kDecThreads, 0, stream()>>>(a);
-  } else {
-    attn_decode_split_kernel<128><<<grid, kDecThreads, 0, stream()>>>(a);
-  }
-  HLM_CUDA_CHECK_LAUNCH();
-  attn_decode_combine_kernel<<<static_cast<unsigned>(B * Hq), 128, 0, stream()>>>(
-      part_o, part_ml, static_cast<int>(nsplit), static_cast<int>(Hq), static_cast<int>(E),
-      static_cast<bf16_t*>(O.data), O.ld);
-  HLM_CUDA_CHECK_LAUNCH();
+  DecodeProblem d{};
+  d.q = Q.data;
+  d.k = K.data;
+  d.v = V.data;
+  d.out = O.data;
+  d.start = start.ptr<int32_t>();
+  d.len = len.ptr<int32_t>();
+  d.ldq = Q.ld;
+  d.ldk = K.ld;
+  d.ldv = V.ld;
+  d.ldo = O.ld;
+  d.B = static_cast<int>(B);
+  d.S = static_cast<int>(S);
+  d.Hq = static_cast<int>(Hq);
+  d.Hkv = static_cast<int>(Hkv);
+  d.E = static_cast<int>(E);
+  d.scale = scale;
+  attention_decode_run(d);
 }
 
 }  // namespace hlm::cuda

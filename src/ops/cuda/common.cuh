@@ -168,6 +168,20 @@ __device__ __forceinline__ void store16(T* p, const float (&in)[Vec16<T>::N]) {
   *reinterpret_cast<uint4*>(p) = raw;
 }
 
+// 16 bytes read once (weights, a KV cache): non-coherent and not kept in L1, so the L1 serves the
+// data that is re-read. The pointer must be 16-byte aligned and the memory unchanged by the kernel.
+__device__ __forceinline__ uint4 load_stream16(const void* p) {
+#ifdef HLM_CUDA_EMU
+  return *static_cast<const uint4*>(p);
+#else
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+#endif
+}
+
 // Block-wide sum of one float per thread (blockDim.x a multiple of 32, at most 1024); every
 // thread gets the result. The order is fixed: bitwise reproducible.
 __device__ __forceinline__ float warp_sum(float v) {

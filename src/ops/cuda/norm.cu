@@ -1,9 +1,14 @@
-// CUDA RMSNorm and the Mamba-2 group-wise gated RMSNorm, forward and backward. Statistics in
+// CUDA RMSNorm and the Mamba-2 group-wise gated RMSNorm, forward and backward (RMSNorm with 16-byte
+// vectors held in registers where rows are aligned; plain per-element kernels otherwise). Statistics in
 // fp32; the weight gradient is reduced deterministically: each block owns a fixed chunk of rows and
 // writes one partial row, and a second pass adds the partials in chunk order.
 #include "ops/norm.h"
 
+#include <initializer_list>
+#include <utility>
+
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/warp_mma.cuh"
 
 namespace hlm::cuda {
 
@@ -33,6 +38,188 @@ __global__ void rmsnorm_forward_kernel(const TX* x, int64_t ldx, const TW* w, fl
   for (int64_t c = threadIdx.x; c < D; c += blockDim.x) yr[c] = from_f32<TY>(to_f32(xr[c]) * r * to_f32(w[c]));
 }
 
+// ---- RMSNorm, vectorised: rows of D = nvec 16-byte vectors, aligned -----------------------------
+//
+// A row belongs to `tpr` consecutive threads of a 256-thread block (tpr = 32..256, a power of two,
+// so a row is one warp or a few whole warps); thread i of a row holds vectors i, i + tpr, ...
+// (at most kVpt) in registers, so x is read once and y written once with 16-byte accesses.
+
+constexpr int kVecThreads = 256;
+
+// Element i of T packed in 16-byte registers, read and written through memcpy (no type punning:
+// the host emulation's compiler would otherwise be free to reorder the accesses).
+template <typename T>
+__device__ __forceinline__ float elem(const uint4& v, int i) {
+  T e;
+  memcpy(&e, reinterpret_cast<const unsigned char*>(&v) + i * sizeof(T), sizeof(T));
+  return to_f32(e);
+}
+
+// N consecutive elements of T at p as floats: one 8-, 16- or two 16-byte loads (p aligned so).
+template <typename T, int N>
+__device__ __forceinline__ void load_vec(const T* p, float (&out)[N]) {
+  constexpr int kBytes = N * static_cast<int>(sizeof(T));
+  static_assert(kBytes == 8 || kBytes == 16 || kBytes == 32, "vector width");
+  if constexpr (kBytes == 8) {
+    const uint2 half = *reinterpret_cast<const uint2*>(p);
+    const uint4 raw = make_uint4(half.x, half.y, 0u, 0u);
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = elem<T>(raw, i);
+  } else {
+    constexpr int kPer = 16 / static_cast<int>(sizeof(T));
+#pragma unroll
+    for (int h = 0; h < kBytes / 16; ++h) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(p + h * kPer);
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) out[h * kPer + i] = elem<T>(raw, i);
+    }
+  }
+}
+// N floats stored as T at p (16 bytes: p aligned so).
+template <typename T, int N>
+__device__ __forceinline__ void store_vec(T* p, const float (&in)[N]) {
+  static_assert(N * sizeof(T) == 16, "vector width");
+  uint4 raw;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const T e = from_f32<T>(in[i]);
+    memcpy(reinterpret_cast<unsigned char*>(&raw) + i * sizeof(T), &e, sizeof(T));
+  }
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+
+// Sum over the tpr threads of a row (whole warps): warp butterfly, then the row's warps in order
+// through shared memory. Every thread of the row gets the same bits. Called by all threads.
+__device__ __forceinline__ float row_sum(float v, int tpr, float* red /* [kVecThreads / 32] */) {
+  v = warp_sum(v);
+  if (tpr <= 32) return v;
+  const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
+  __syncthreads();  // red may still be read by the previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  const int w0 = warp & ~(tpr / 32 - 1);
+  float s = 0.0f;
+  for (int w = 0; w < tpr / 32; ++w) s += red[w0 + w];
+  return s;
+}
+
+template <typename TX, typename TW, typename TY, int kVpt>
+__global__ void __launch_bounds__(kVecThreads)
+    rmsnorm_forward_vec_kernel(const TX* x, int64_t ldx, const TW* w, float eps, TY* y, int64_t ldy,
+                               float* rstd, int64_t M, int64_t D, int tpr) {
+  constexpr int N = Vec16<TX>::N;
+  __shared__ float red[kVecThreads / 32];
+  const int nvec = static_cast<int>(D / N);
+  const int slot = static_cast<int>(threadIdx.x) / tpr, i = static_cast<int>(threadIdx.x) % tpr;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kVecThreads / tpr) + slot;
+  const bool live = row < M;  // dead slots still take part in row_sum's barriers
+  const TX* xr = x + (live ? row : 0) * ldx;
+  uint4 xv[kVpt];
+  float ss = 0.0f;
+#pragma unroll
+  for (int v = 0; v < kVpt; ++v) {
+    const int c = i + v * tpr;
+    xv[v] = live && c < nvec ? *reinterpret_cast<const uint4*>(xr + static_cast<int64_t>(c) * N)
+                             : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+    for (int j = 0; j < N; ++j) ss += elem<TX>(xv[v], j) * elem<TX>(xv[v], j);
+  }
+  ss = row_sum(ss, tpr, red);
+  const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
+  if (!live) return;
+  if (i == 0) rstd[row] = r;
+  TY* yr = y + row * ldy;
+#pragma unroll
+  for (int v = 0; v < kVpt; ++v) {
+    const int c = i + v * tpr;
+    if (c >= nvec) break;
+    float wv[N], out[N];
+    load_vec<TW, N>(w + static_cast<int64_t>(c) * N, wv);
+#pragma unroll
+    for (int j = 0; j < N; ++j) out[j] = elem<TX>(xv[v], j) * r * wv[j];
+    store_vec<TY, N>(yr + static_cast<int64_t>(c) * N, out);
+  }
+}
+
+// Block b owns rows [b·R, b·R + R); its row slots take them in turn. dx per row from registers;
+// each thread accumulates dw for its own columns over its slot's rows, the slots are added into
+// shared memory in slot order, and the block writes partial[b, :].
+template <typename TX, typename TW, typename TG, typename TD, int kVpt>
+__global__ void __launch_bounds__(kVecThreads)
+    rmsnorm_backward_vec_kernel(const TG* dy, int64_t lddy, const TX* x, int64_t ldx, const TW* w,
+                                const float* rstd, TD* dx, int64_t lddx, int64_t M, int64_t D,
+                                int64_t rows_per_block, int tpr, float* partial) {
+  constexpr int N = Vec16<TX>::N;
+  float* dw_s = reinterpret_cast<float*>(mma::dynamic_smem());
+  __shared__ float red[kVecThreads / 32];
+  const int nvec = static_cast<int>(D / N);
+  const int slots = kVecThreads / tpr;
+  const int slot = static_cast<int>(threadIdx.x) / tpr, i = static_cast<int>(threadIdx.x) % tpr;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int64_t r1 = min(M, r0 + rows_per_block);
+  const float inv_d = 1.0f / static_cast<float>(D);
+  float dw_acc[kVpt][N];
+#pragma unroll
+  for (int v = 0; v < kVpt; ++v)
+#pragma unroll
+    for (int j = 0; j < N; ++j) dw_acc[v][j] = 0.0f;
+  // Every slot runs the same number of iterations (row_sum has barriers); rows past r1 are dead.
+  for (int64_t base = r0; base < r1; base += slots) {
+    const int64_t row = base + slot;
+    const bool live = row < r1;
+    const TG* g = dy + (live ? row : 0) * lddy;
+    const TX* xr = x + (live ? row : 0) * ldx;
+    float gv[kVpt][N], xv[kVpt][N];
+    float dot = 0.0f;
+#pragma unroll
+    for (int v = 0; v < kVpt; ++v) {
+      const int c = i + v * tpr;
+      if (live && c < nvec) {
+        float wv[N];
+        load_vec<TG, N>(g + static_cast<int64_t>(c) * N, gv[v]);
+        load_vec<TX, N>(xr + static_cast<int64_t>(c) * N, xv[v]);
+        load_vec<TW, N>(w + static_cast<int64_t>(c) * N, wv);
+#pragma unroll
+        for (int j = 0; j < N; ++j) dot += wv[j] * gv[v][j] * xv[v][j];
+      }
+    }
+    dot = row_sum(dot, tpr, red);
+    if (!live) continue;
+    const float r = rstd[row];
+    const float k = r * r * dot * inv_d;
+    TD* out = dx + row * lddx;
+#pragma unroll
+    for (int v = 0; v < kVpt; ++v) {
+      const int c = i + v * tpr;
+      if (c >= nvec) break;
+      float wv[N], o[N];
+      load_vec<TW, N>(w + static_cast<int64_t>(c) * N, wv);
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        o[j] = r * (wv[j] * gv[v][j] - xv[v][j] * k);
+        dw_acc[v][j] += gv[v][j] * xv[v][j] * r;
+      }
+      store_vec<TD, N>(out + static_cast<int64_t>(c) * N, o);
+    }
+  }
+  for (int64_t c = threadIdx.x; c < D; c += kVecThreads) dw_s[c] = 0.0f;
+  for (int s = 0; s < slots; ++s) {
+    __syncthreads();
+    if (slot == s) {
+#pragma unroll
+      for (int v = 0; v < kVpt; ++v) {
+        const int c = i + v * tpr;
+        if (c >= nvec) break;
+#pragma unroll
+        for (int j = 0; j < N; ++j) dw_s[static_cast<int64_t>(c) * N + j] += dw_acc[v][j];
+      }
+    }
+  }
+  __syncthreads();
+  float* part = partial + static_cast<int64_t>(blockIdx.x) * D;
+  for (int64_t c = threadIdx.x; c < D; c += kVecThreads) part[c] = dw_s[c];
+}
+
 // Block b handles rows [b·R, b·R + R): dx per row, and its rows' share of dw in shared memory,
 // written to partial[b, :].
 template <typename TX, typename TW, typename TG, typename TD>
@@ -40,7 +227,7 @@ __global__ void rmsnorm_backward_kernel(const TG* dy, int64_t lddy, const TX* x,
                                         const TW* w, const float* rstd, TD* dx, int64_t lddx,
                                         int64_t M, int64_t D, int64_t rows_per_block,
                                         float* partial) {
-  extern __shared__ float dw_acc[];
+  float* dw_acc = reinterpret_cast<float*>(mma::dynamic_smem());
   __shared__ float red[32];
   for (int64_t c = threadIdx.x; c < D; c += blockDim.x) dw_acc[c] = 0.0f;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
@@ -112,7 +299,7 @@ __global__ void gated_backward_kernel(const TG* dy, int64_t lddy, const TX* x, i
                                       int64_t ldr, int64_t gs, int64_t ngroups, TD* dx,
                                       int64_t lddx, TD* dz, int64_t lddz, int64_t M,
                                       int64_t rows_per_block, float* partial) {
-  extern __shared__ float dw_acc[];
+  float* dw_acc = reinterpret_cast<float*>(mma::dynamic_smem());
   const int64_t D = gs * ngroups;
   for (int64_t c = threadIdx.x; c < D; c += blockDim.x) dw_acc[c] = 0.0f;
   __syncthreads();
@@ -173,9 +360,26 @@ void set_smem(K kernel, size_t bytes, const char* op) {
 
 void finish_dw(const float* partial, int64_t chunks, const Tensor& dw, int64_t D, const char* op) {
   dispatch_float(dw.dtype, op, [&]<typename TW>() {
-    dw_finish_kernel<TW><<<grid_for(D, 256), 256, 0, stream()>>>(partial, chunks, D, dw.ptr<TW>());
+    auto* kernel_fn = dw_finish_kernel<TW>;
+    HLM_LAUNCH(kernel_fn, grid_for(D, 256), 256, 0, partial, chunks, D, dw.ptr<TW>());
     HLM_CUDA_CHECK_LAUNCH();
   });
+}
+
+// Threads per row for the vectorised kernels, or 0 when they do not apply: rows of whole 16-byte
+// vectors at 16-byte aligned addresses, w aligned for its loads, at most 256·kVpt vectors.
+template <int kVpt>
+int vec_threads_per_row(DType xdt, std::initializer_list<std::pair<const void*, int64_t>> rows,
+                        const void* w, int64_t D) {
+  const int64_t n = 16 / static_cast<int64_t>(dtype_size(xdt));
+  if (D <= 0 || D % n != 0) return 0;
+  for (auto [p, ld] : rows)
+    if (pointer_alignment(p) < 16 || (ld * static_cast<int64_t>(dtype_size(xdt))) % 16 != 0) return 0;
+  if (pointer_alignment(w) < 16) return 0;
+  const int64_t nvec = D / n;
+  int tpr = 32;
+  while (tpr < kVecThreads && static_cast<int64_t>(tpr) * kVpt < nvec) tpr *= 2;
+  return static_cast<int64_t>(tpr) * kVpt >= nvec ? tpr : 0;
 }
 
 void check_vector(const Tensor& v, int64_t D, const char* op, const char* name) {
@@ -204,10 +408,29 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& 
   HLM_REQUIRE(rstd.is_contiguous() && rstd.numel() == M, ErrorKind::Internal,
               "{}: rstd {} must be contiguous with {} entries", op, rstd.describe(), M);
   if (M == 0) return;
+  constexpr int kFwdVpt = 8;
+  // The vector path needs every tensor in the row's dtype width: x and y of one dtype.
+  const int tpr = x.dtype == y.dtype && x.dtype != DType::F64
+                      ? vec_threads_per_row<kFwdVpt>(x.dtype, {{X.data, X.ld}, {Y.data, Y.ld}}, w.data, D)
+                      : 0;
+  if (tpr > 0) {
+    const int64_t rows_per_block = kVecThreads / tpr;
+    dispatch_float(x.dtype, op, [&]<typename TX>() {
+      dispatch_float(w.dtype, op, [&]<typename TW>() {
+        auto* kernel_fn = rmsnorm_forward_vec_kernel<TX, TW, TX, kFwdVpt>;
+        HLM_LAUNCH(kernel_fn, grid_for(M, static_cast<int>(rows_per_block)), kVecThreads, 0,
+                static_cast<const TX*>(X.data), X.ld, w.ptr<TW>(), eps, static_cast<TX*>(Y.data), Y.ld,
+                rstd.ptr<float>(), M, D, tpr);
+        HLM_CUDA_CHECK_LAUNCH();
+      });
+    });
+    return;
+  }
   dispatch_float(x.dtype, op, [&]<typename TX>() {
     dispatch_float(w.dtype, op, [&]<typename TW>() {
       dispatch_float(y.dtype, op, [&]<typename TY>() {
-        rmsnorm_forward_kernel<TX, TW, TY><<<static_cast<unsigned>(M), kNormThreads, 0, stream()>>>(
+        auto* kernel_fn = rmsnorm_forward_kernel<TX, TW, TY>;
+        HLM_LAUNCH(kernel_fn, static_cast<unsigned>(M), kNormThreads, 0,
             static_cast<const TX*>(X.data), X.ld, w.ptr<TW>(), eps, static_cast<TY*>(Y.data), Y.ld,
             rstd.ptr<float>(), D);
         HLM_CUDA_CHECK_LAUNCH();
@@ -240,13 +463,32 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   const int64_t chunks = (M + rpb - 1) / rpb;
   float* partial = scratch_as<float>(Scratch::Reduce, static_cast<size_t>(chunks * D));
   const size_t smem = static_cast<size_t>(D) * sizeof(float);
+  constexpr int kBwdVpt = 4;
+  const int tpr = x.dtype == dy.dtype && x.dtype == dx.dtype && x.dtype != DType::F64
+                      ? vec_threads_per_row<kBwdVpt>(x.dtype, {{X.data, X.ld}, {G.data, G.ld}, {DX.data, DX.ld}},
+                                                     w.data, D)
+                      : 0;
+  if (tpr > 0) {
+    dispatch_float(x.dtype, op, [&]<typename TX>() {
+      dispatch_float(w.dtype, op, [&]<typename TW>() {
+        auto kernel = rmsnorm_backward_vec_kernel<TX, TW, TX, TX, kBwdVpt>;
+        set_smem(kernel, smem, op);
+        HLM_LAUNCH(kernel, static_cast<unsigned>(chunks), kVecThreads, smem,
+            static_cast<const TX*>(G.data), G.ld, static_cast<const TX*>(X.data), X.ld, w.ptr<TW>(),
+            rstd.ptr<float>(), static_cast<TX*>(DX.data), DX.ld, M, D, rpb, tpr, partial);
+        HLM_CUDA_CHECK_LAUNCH();
+      });
+    });
+    finish_dw(partial, chunks, dw, D, op);
+    return;
+  }
   dispatch_float(x.dtype, op, [&]<typename TX>() {
     dispatch_float(w.dtype, op, [&]<typename TW>() {
       dispatch_float(dy.dtype, op, [&]<typename TG>() {
         dispatch_float(dx.dtype, op, [&]<typename TD>() {
           auto kernel = rmsnorm_backward_kernel<TX, TW, TG, TD>;
           set_smem(kernel, smem, op);
-          kernel<<<static_cast<unsigned>(chunks), kNormThreads, smem, stream()>>>(
+          HLM_LAUNCH(kernel, static_cast<unsigned>(chunks), kNormThreads, smem,
               static_cast<const TG*>(G.data), G.ld, static_cast<const TX*>(X.data), X.ld,
               w.ptr<TW>(), rstd.ptr<float>(), static_cast<TD*>(DX.data), DX.ld, M, D, rpb, partial);
           HLM_CUDA_CHECK_LAUNCH();
@@ -284,7 +526,8 @@ void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, in
   dispatch_float(x.dtype, op, [&]<typename TX>() {
     dispatch_float(w.dtype, op, [&]<typename TW>() {
       dispatch_float(y.dtype, op, [&]<typename TY>() {
-        gated_forward_kernel<TX, TW, TY><<<blocks, kNormThreads, 0, stream()>>>(
+        auto* kernel_fn = gated_forward_kernel<TX, TW, TY>;
+        HLM_LAUNCH(kernel_fn, blocks, kNormThreads, 0,
             static_cast<const TX*>(X.data), X.ld, static_cast<const TX*>(Z.data), Z.ld, w.ptr<TW>(),
             group_size, ng, eps, static_cast<TY*>(Y.data), Y.ld, static_cast<float*>(RS.data),
             RS.ld, M);
@@ -331,7 +574,7 @@ void gated_rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& z, 
         dispatch_float(dx.dtype, op, [&]<typename TD>() {
           auto kernel = gated_backward_kernel<TX, TW, TG, TD>;
           set_smem(kernel, smem, op);
-          kernel<<<static_cast<unsigned>(chunks), kNormThreads, smem, stream()>>>(
+          HLM_LAUNCH(kernel, static_cast<unsigned>(chunks), kNormThreads, smem,
               static_cast<const TG*>(G.data), G.ld, static_cast<const TX*>(X.data), X.ld,
               static_cast<const TX*>(Z.data), Z.ld, w.ptr<TW>(), static_cast<const float*>(RS.data),
               RS.ld, group_size, ng, static_cast<TD*>(DX.data), DX.ld, static_cast<TD*>(DZ.data),

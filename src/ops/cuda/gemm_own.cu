@@ -1,0 +1,283 @@
+// Our own GEMM kernels (see gemm_own.cuh): the decode GEMV on tensor cores and the plain tiled
+// fallback GEMM.
+#include "ops/cuda/gemm_own.cuh"
+
+#include <algorithm>
+#include <mutex>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/warp_mma.cuh"
+
+namespace hlm::cuda {
+
+namespace {
+
+// 0: none; else the bias dtype's code (read per element, so any float dtype works).
+enum BiasKind : int { kNoBias = 0, kBiasF32 = 1, kBiasBF16 = 2, kBiasF16 = 3 };
+
+int bias_kind(const void* bias, DType dtype) {
+  if (!bias) return kNoBias;
+  switch (dtype) {
+    case DType::F32: return kBiasF32;
+    case DType::BF16: return kBiasBF16;
+    case DType::F16: return kBiasF16;
+    default: fail(ErrorKind::Unsupported, "gemm: bias dtype {} is not supported", dtype_name(dtype));
+  }
+}
+
+__device__ __forceinline__ float bias_at(const void* bias, int kind, int64_t n) {
+  switch (kind) {
+    case kBiasF32: return static_cast<const float*>(bias)[n];
+    case kBiasBF16: return to_f32(static_cast<const __nv_bfloat16*>(bias)[n]);
+    case kBiasF16: return to_f32(static_cast<const __half*>(bias)[n]);
+    default: return 0.0f;
+  }
+}
+
+// ---- GEMV: y[M ≤ 8, N] = x · Wᵀ -------------------------------------------------------------
+//
+// One block (4 warps) owns a tile of 16 W rows and one split of K; its warps take the split's
+// 128-wide k steps in turn. In a step, lane (g = lane/4, q = lane%4) loads 16 bytes of W rows g
+// and g+8 and of x row g (zero where g ≥ M) at k = step·128 + (i·4 + q)·8, i < 4: 4 lanes read
+// 64 contiguous bytes of a row per load, 256 per step, and each lane has 8 W loads in flight.
+// Those registers are the m16n8k16 fragments directly: the product sums over k, so any
+// permutation of k applied to both operands gives the same result, and lane (g, q) holding k
+// offsets {0,1 | 2,3} of its 16 bytes as the fragment's {2q, 2q+1 | 2q+8, 2q+9} is one.
+// Warps' accumulators are summed in warp order through shared memory; with several splits, each
+// block writes its tile's partial sums and the last block to finish (a per-tile counter) adds
+// them in split order and resets the counter: deterministic.
+
+constexpr int kGemvWarps = 4;
+constexpr int kGemvThreads = 32 * kGemvWarps;
+constexpr int kGemvTileRows = 16;                 // W rows per tile: the mma's M
+constexpr int kGemvLoads = 4;                     // 16-byte loads per lane, row and step
+constexpr int kGemvStepK = 4 * kGemvLoads * 8;    // k per warp step: 128
+constexpr int kGemvTileOut = kGemvTileRows * 8;   // outputs per tile: 16 rows × 8 x rows
+
+struct GemvParams {
+  const __nv_bfloat16* x;
+  int64_t ldx;
+  const __nv_bfloat16* w;
+  int64_t ldw;
+  void* y;
+  int64_t ldy;
+  int64_t M, N, K;
+  float alpha, beta;
+  const void* bias;
+  int bias_kind;
+  int splits;
+  int64_t steps_per_split, nsteps;
+  float* partial;  // [tiles, splits, 128] when splits > 1
+  int* counters;   // [tiles], zero between launches
+};
+
+// Partial sums written by other blocks of this launch: read past L1.
+__device__ __forceinline__ float load_l2(const float* p) {
+#ifdef HLM_CUDA_EMU
+  return *p;
+#else
+  return __ldcg(p);
+#endif
+}
+__device__ __forceinline__ int take_ticket(int* counter) {
+#ifdef HLM_CUDA_EMU
+  return (*counter)++;  // blocks run one at a time
+#else
+  return atomicAdd(counter, 1);
+#endif
+}
+
+template <typename TO>
+__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) {
+  __shared__ float red[kGemvWarps][kGemvTileOut];
+  __shared__ int last_block;
+  const int t = static_cast<int>(threadIdx.x), lane = t & 31, warp = t >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const int64_t tile = blockIdx.x;
+  const int split = static_cast<int>(blockIdx.y);
+  const int64_t n0 = tile * kGemvTileRows;
+  const bool va = n0 + g < p.N, vb = n0 + g + 8 < p.N, vx = g < p.M;
+  const __nv_bfloat16* wa = p.w + (va ? n0 + g : 0) * p.ldw;
+  const __nv_bfloat16* wb = p.w + (vb ? n0 + g + 8 : 0) * p.ldw;
+  const __nv_bfloat16* xr = p.x + (vx ? g : 0) * p.ldx;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const int64_t s0 = split * p.steps_per_split, s1 = min(p.nsteps, s0 + p.steps_per_split);
+  for (int64_t st = s0 + warp; st < s1; st += kGemvWarps) {
+    uint4 ra[kGemvLoads], rb[kGemvLoads], rx[kGemvLoads];
+#pragma unroll
+    for (int i = 0; i < kGemvLoads; ++i) {
+      const int64_t k = st * kGemvStepK + (i * 4 + q) * 8;
+      const bool vk = k < p.K;  // K % 8 == 0: a 16-byte piece is all in or all out
+      const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+      ra[i] = va && vk ? load_stream16(wa + k) : zero;
+      rb[i] = vb && vk ? load_stream16(wb + k) : zero;
+      rx[i] = vx && vk ? __ldg(reinterpret_cast<const uint4*>(xr + k)) : zero;
+    }
+#pragma unroll
+    for (int i = 0; i < kGemvLoads; ++i) {
+      const uint32_t a0[4] = {ra[i].x, rb[i].x, ra[i].y, rb[i].y};
+      mma::mma_bf16(acc, a0, rx[i].x, rx[i].y);
+      const uint32_t a1[4] = {ra[i].z, rb[i].z, ra[i].w, rb[i].w};
+      mma::mma_bf16(acc, a1, rx[i].z, rx[i].w);
+    }
+  }
+  // acc = C(g, 2q), C(g, 2q+1), C(g+8, 2q), C(g+8, 2q+1); C(r, m) = Σ_k W[n0+r, k] · x[m, k].
+  red[warp][g * 8 + 2 * q] = acc[0];
+  red[warp][g * 8 + 2 * q + 1] = acc[1];
+  red[warp][(g + 8) * 8 + 2 * q] = acc[2];
+  red[warp][(g + 8) * 8 + 2 * q + 1] = acc[3];
+  __syncthreads();
+  float v = red[0][t];  // t = r·8 + m: one output of the tile per thread
+#pragma unroll
+  for (int w = 1; w < kGemvWarps; ++w) v += red[w][t];
+  if (p.splits > 1) {
+    float* part = p.partial + tile * p.splits * kGemvTileOut;
+    part[split * kGemvTileOut + t] = v;
+    __threadfence();
+    __syncthreads();
+    if (t == 0) last_block = take_ticket(&p.counters[tile]) == p.splits - 1;
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
+    v = load_l2(part + t);
+    for (int sp = 1; sp < p.splits; ++sp) v += load_l2(part + sp * kGemvTileOut + t);
+    if (t == 0) p.counters[tile] = 0;  // ready for the next launch
+  }
+  const int r = t >> 3, m = t & 7;
+  const int64_t n = n0 + r;
+  if (m < p.M && n < p.N) {
+    TO* out = static_cast<TO*>(p.y) + m * p.ldy + n;
+    float o = p.alpha * v;
+    if (p.beta != 0.0f) o += p.beta * to_f32(*out);
+    o += bias_at(p.bias, p.bias_kind, n);
+    *out = from_f32<TO>(o);
+  }
+}
+
+// Split-K workspace: partial sums, and per-tile counters that the kernel leaves zero.
+struct GemvWorkspace {
+  std::mutex mutex;
+  float* partial = nullptr;
+  int* counters = nullptr;
+};
+GemvWorkspace& gemv_workspace() {
+  static auto* ws = new GemvWorkspace();
+  return *ws;
+}
+
+// ---- fallback GEMM: 16 x 16 output tile per block, operands staged through shared memory ------
+
+constexpr int kTile = 16;
+
+template <typename TA, typename TC>
+__global__ void __launch_bounds__(kTile* kTile)
+    gemm_fallback_kernel(const TA* a, int64_t lda, bool ta, const TA* b, int64_t ldb, bool tb, TC* c,
+                         int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha, float beta,
+                         const void* bias, int bkind) {
+  __shared__ float as[kTile][kTile + 1];
+  __shared__ float bs[kTile][kTile + 1];
+  const int tx = static_cast<int>(threadIdx.x) % kTile, ty = static_cast<int>(threadIdx.x) / kTile;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kTile + ty;  // x: up to 2^31 - 1 tiles
+  const int64_t col = static_cast<int64_t>(blockIdx.y) * kTile + tx;
+  float acc = 0.0f;
+  for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+    const int64_t ak = k0 + tx, bk = k0 + ty;
+    // as[ty][tx] = op(a)[row, ak]; bs[ty][tx] = op(b)[bk, col]
+    as[ty][tx] = (row < M && ak < K) ? to_f32(ta ? a[ak * lda + row] : a[row * lda + ak]) : 0.0f;
+    bs[ty][tx] = (bk < K && col < N) ? to_f32(tb ? b[col * ldb + bk] : b[bk * ldb + col]) : 0.0f;
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTile; ++kk) acc += as[ty][kk] * bs[kk][tx];
+    __syncthreads();
+  }
+  if (row < M && col < N) {
+    TC* p = c + row * ldc + col;
+    float v = alpha * acc;
+    if (beta != 0.0f) v += beta * to_f32(*p);
+    v += bias_at(bias, bkind, col);
+    *p = from_f32<TC>(v);
+  }
+}
+
+}  // namespace
+
+bool gemv_applies(const GemmMat& x, const GemmMat& w, const GemmMat& y) {
+  const int64_t M = x.rows, K = x.cols;
+  if (M < 1 || M > kGemvMaxRows || K < 8 || K % 8 != 0) return false;
+  if (x.dtype != DType::BF16 || w.dtype != DType::BF16) return false;
+  if (y.dtype != DType::F32 && y.dtype != DType::BF16 && y.dtype != DType::F16) return false;
+  if (pointer_alignment(x.data) < 16 || pointer_alignment(w.data) < 16) return false;
+  if (M > 1 && x.ld % 8 != 0) return false;
+  if (w.rows > 1 && w.ld % 8 != 0) return false;
+  return true;
+}
+
+void gemv(const GemmMat& x, const GemmMat& w, const GemmMat& y, float alpha, float beta,
+          const void* bias, DType bias_dtype) {
+  const int64_t M = x.rows, N = w.rows, K = x.cols;
+  HLM_REQUIRE(gemv_applies(x, w, y) && w.cols == K && y.rows == M && y.cols == N, ErrorKind::Internal,
+              "gemv: unsupported operands (M={} N={} K={})", M, N, K);
+  if (N == 0) return;
+  GemvParams p{};
+  p.x = static_cast<const __nv_bfloat16*>(x.data);
+  p.ldx = x.ld;
+  p.w = static_cast<const __nv_bfloat16*>(w.data);
+  p.ldw = w.ld;
+  p.y = const_cast<void*>(y.data);
+  p.ldy = y.ld;
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.alpha = alpha;
+  p.beta = beta;
+  p.bias = bias;
+  p.bias_kind = bias_kind(bias, bias_dtype);
+  // Split K until there are ~4 blocks per SM (small N), keeping at least one step per warp.
+  const int64_t tiles = (N + kGemvTileRows - 1) / kGemvTileRows;
+  p.nsteps = (K + kGemvStepK - 1) / kGemvStepK;
+  const int64_t want = (4 * static_cast<int64_t>(num_sms()) + tiles - 1) / tiles;
+  const int64_t splits = std::clamp<int64_t>(want, 1, std::max<int64_t>(1, p.nsteps / kGemvWarps));
+  p.steps_per_split = (p.nsteps + splits - 1) / splits;
+  p.splits = static_cast<int>((p.nsteps + p.steps_per_split - 1) / p.steps_per_split);
+  if (p.splits > 1) {
+    // splits > 1 only when tiles < 4·SMs, so tiles·splits < 8·SMs: one fixed-size workspace,
+    // allocated on first use and never moved (a recorded CUDA graph keeps its address).
+    const size_t max_tiles = 4 * static_cast<size_t>(num_sms()), max_parts = 2 * max_tiles;
+    HLM_REQUIRE(static_cast<size_t>(tiles) < max_tiles && static_cast<size_t>(tiles * p.splits) <= max_parts,
+                ErrorKind::Internal, "gemv: {} tiles x {} splits exceed the workspace", tiles, p.splits);
+    GemvWorkspace& ws = gemv_workspace();
+    std::lock_guard<std::mutex> lock(ws.mutex);
+    if (!ws.partial) {
+      HLM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ws.partial), max_parts * kGemvTileOut * sizeof(float)));
+      HLM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ws.counters), max_tiles * sizeof(int)));
+      HLM_CUDA_CHECK(cudaMemsetAsync(ws.counters, 0, max_tiles * sizeof(int), stream()));
+    }
+    p.partial = ws.partial;
+    p.counters = ws.counters;
+  }
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.splits));
+  dispatch_float(y.dtype, "gemv", [&]<typename TO>() {
+    HLM_LAUNCH(gemv_kernel<TO>, grid, dim3(kGemvThreads), 0, p);
+    HLM_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void gemm_fallback(const GemmMat& a, bool ta, const GemmMat& b, bool tb, const GemmMat& c,
+                   float alpha, float beta, const void* bias, DType bias_dtype) {
+  const int64_t M = c.rows, N = c.cols, K = ta ? a.rows : a.cols;
+  if (M == 0 || N == 0) return;
+  const int bkind = bias_kind(bias, bias_dtype);
+  HLM_REQUIRE(N <= int64_t{65535} * kTile, ErrorKind::Unsupported, "gemm_fallback: N={} is too large", N);
+  const dim3 grid(grid_for(M, kTile), grid_for(N, kTile));
+  dispatch_float(a.dtype, "gemm_fallback", [&]<typename TA>() {
+    dispatch_float(c.dtype, "gemm_fallback", [&]<typename TC>() {
+      auto* kernel = gemm_fallback_kernel<TA, TC>;
+      HLM_LAUNCH(kernel, grid, dim3(kTile * kTile), 0,
+                 static_cast<const TA*>(a.data), a.ld, ta, static_cast<const TA*>(b.data), b.ld, tb,
+                 static_cast<TC*>(const_cast<void*>(c.data)), c.ld, M, N, K, alpha, beta, bias, bkind);
+      HLM_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+}  // namespace hlm::cuda
