@@ -7,7 +7,11 @@ namespace hlm {
 
 OpGraph::~OpGraph() { reset(); }
 OpGraph::OpGraph(OpGraph&& o) noexcept
-    : device_(o.device_), work_(std::move(o.work_)), exec_(o.exec_), recorded_(o.recorded_) {
+    : device_(o.device_),
+      work_(std::move(o.work_)),
+      exec_(o.exec_),
+      recorded_(o.recorded_),
+      generation_(o.generation_) {
   o.exec_ = nullptr;
   o.recorded_ = false;
 }
@@ -18,6 +22,7 @@ OpGraph& OpGraph::operator=(OpGraph&& o) noexcept {
     work_ = std::move(o.work_);
     exec_ = o.exec_;
     recorded_ = o.recorded_;
+    generation_ = o.generation_;
     o.exec_ = nullptr;
     o.recorded_ = false;
   }
@@ -43,12 +48,20 @@ void OpGraph::record(Device device, std::function<void()> work) {
 #ifdef HLM_CUDA
     // Capture records without running: run the captured graph once for the effects.
     exec_ = cuda::graph_capture(work);
+    generation_ = cuda::memory_generation();
     cuda::graph_replay(exec_);
 #else
     no_cuda_backend("OpGraph::record");
 #endif
   }
   recorded_ = true;
+}
+
+bool OpGraph::recorded() const {
+#ifdef HLM_CUDA
+  if (recorded_ && device_ == Device::CUDA && generation_ != cuda::memory_generation()) return false;
+#endif
+  return recorded_;
 }
 
 void OpGraph::replay() {

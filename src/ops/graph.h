@@ -22,7 +22,8 @@ class OpGraph {
   void record(Device device, std::function<void()> work);
   // Replays the recorded ops.
   void replay();
-  bool recorded() const { return recorded_; }
+  // Recorded, and (on CUDA) no memory the recording points into has been reallocated since.
+  bool recorded() const;
   void reset();
 
  private:
@@ -30,6 +31,7 @@ class OpGraph {
   std::function<void()> work_;
   void* exec_ = nullptr;  // cudaGraphExec_t on CUDA
   bool recorded_ = false;
+  uint64_t generation_ = 0;  // CUDA memory generation at recording time
 };
 
 namespace cuda {
@@ -37,6 +39,8 @@ namespace cuda {
 void* graph_capture(const std::function<void()>& work);
 void graph_replay(void* exec);
 void graph_destroy(void* exec) noexcept;
+// See ops/cuda/common.cuh: bumps whenever memory a recording may point into was reallocated.
+uint64_t memory_generation();
 }  // namespace cuda
 
 }  // namespace hlm

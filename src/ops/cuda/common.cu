@@ -43,6 +43,7 @@ int num_sms() { return device_props().multiProcessorCount; }
 #include <cudnn_graph.h>
 
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 
@@ -71,11 +72,18 @@ bool deterministic() {
 }
 void set_deterministic(bool on) { g_deterministic = on ? 1 : 0; }
 
+namespace {
+std::atomic<uint64_t> g_memory_generation{0};
+}
+uint64_t memory_generation() { return g_memory_generation.load(); }
+void note_reallocation() { g_memory_generation.fetch_add(1); }
+
 void* scratch(Scratch slot, size_t bytes) {
   std::lock_guard<std::mutex> lock(g_mutex);
   ScratchBuf& b = g_scratch.at(static_cast<size_t>(slot));
   if (bytes == 0) bytes = 256;
   if (b.bytes < bytes) {
+    note_reallocation();
     // The old buffer may still be read by queued work: cudaFree waits for the device.
     if (b.p) HLM_CUDA_CHECK(cudaFree(b.p));
     b.p = nullptr;

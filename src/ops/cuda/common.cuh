@@ -112,6 +112,10 @@ enum class Scratch : int {
   Count
 };
 void* scratch(Scratch slot, size_t bytes);
+// Counts reallocations of memory that ops keep between calls (scratch slots, op-local workspaces).
+// A recorded CUDA graph holds the old addresses: OpGraph re-records when this count moved.
+uint64_t memory_generation();
+void note_reallocation();
 template <typename T>
 T* scratch_as(Scratch slot, size_t count) {
   return static_cast<T*>(scratch(slot, count * sizeof(T)));
