@@ -3,6 +3,7 @@
 //   ssd_emu_check [case-filter]
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -333,6 +334,15 @@ int main(int argc, char** argv) {
     run_case("generic-bf16", 1, 20, 2, 1, 5, 6, false, false, DType::BF16, 1e-2, true);
   }
   if (want("fast64x128")) run_case("fast64x128", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
+  if (want("segments")) {  // chunk-parallel split: 1 chunk per segment .. one segment; partial last segment
+    for (const char* seg : {"1", "2", "4", "1000"}) {
+      setenv("HLM_SSD_SEG_CHUNKS", seg, 1);
+      std::printf("HLM_SSD_SEG_CHUNKS=%s\n", seg);
+      run_case("segments", 2, 333, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
+      run_case("segments-nodoc", 1, 300, 2, 1, 64, 64, false, false, DType::BF16, 1e-2, true);
+    }
+    unsetenv("HLM_SSD_SEG_CHUNKS");
+  }
   if (want("fastexact")) run_case("fastexact", 1, 64, 2, 1, 64, 128, false, false, DType::BF16, 1e-2, true);
   if (want("fast64x64")) run_case("fast64x64", 1, 100, 2, 2, 64, 64, true, true, DType::BF16, 1e-2, true);
   if (want("fast128x128")) run_case("fast128x128", 1, 70, 2, 1, 128, 128, true, false, DType::BF16, 1e-2, true);

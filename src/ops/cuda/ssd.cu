@@ -2,16 +2,21 @@
 // argument checks, the choice between the tensor-core path and the generic fallback, workspace.
 //
 // Tensor-core path (bf16 activations, 16-byte aligned rows, (P, N) in kFastShapes), chunk Q = 64:
-//  forward   1 kernel : per (row, head) a persistent block walks the chunks; per chunk it forms
-//                       G = C Bᵀ, M = G ∘ decay ∘ dt, y = M x + decay (C Hᵀ) + D x and updates the
-//                       fp32 state in registers (ssd_fwd.cu).
-//  backward  3 kernels: state sweeps (forward: states entering each chunk; reverse: state gradients
-//                       leaving each chunk), per-(chunk, group) gradients, parameter reduction
-//                       (ssd_bwd.cu, ssd_generic.cu).
+// the chunks of each row are cut into segments (enough blocks to fill the GPU, see
+// choose_seg_chunks); with one segment the state passes are skipped.
+//  forward   3 kernels: local state of each segment (sweep), state pass over segments, then per
+//                       (head, segment, row) a block walks the segment's chunks: G = C Bᵀ,
+//                       M = G ∘ decay ∘ dt, y = M x + decay (C Hᵀ) + D x, fp32 state in registers
+//                       (ssd_state.cu, ssd_fwd.cu).
+//  backward  5 kernels: local segment sweeps and the state pass (both directions), state sweeps
+//                       storing the states entering / gradients leaving each chunk, per-(chunk,
+//                       group) gradients, parameter reduction (ssd_state.cu, ssd_bwd.cu,
+//                       ssd_generic.cu).
 // Generic path (anything else): the sequential recurrence in fp32, one block per (row, head).
 // SsdParams::chunk is a hint for the CPU algorithm; the CUDA path picks its own chunk (results
 // agree to rounding).
 #include <algorithm>
+#include <cstdlib>
 
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/ssd.h"
@@ -173,6 +178,44 @@ const FastShape* fast_shape(const SsdArgs& a) {
   return nullptr;
 }
 
+// Chunks per segment for nseg = ceil(nchunks / seg_chunks) segments. `units` blocks run per
+// segment index (B * H, times 2 for the backward's two directions), `slots` blocks fit on the GPU
+// at once. Wanted: at least ~4 waves (so the tail is short), then the fewest predicted seconds:
+// waves x chunks per segment x ~2 us, plus the segment states' traffic (written, read and written
+// by the pass, read: 16 bytes per state element) at ~3.5 TB/s. HLM_SSD_SEG_CHUNKS=n forces n
+// (tests, experiments).
+int choose_seg_chunks(int nchunks, int64_t units, int64_t slots, int64_t state_elems_per_unit) {
+  if (const char* env = std::getenv("HLM_SSD_SEG_CHUNKS")) {
+    const int v = std::atoi(env);
+    if (v > 0) return std::min(v, nchunks);
+  }
+  constexpr double kChunkSeconds = 2e-6, kBytesPerSecond = 3.5e12;
+  constexpr int64_t kMaxSegs = 65535;  // grid.y
+  auto ceil_div = [](int64_t x, int64_t y) { return (x + y - 1) / y; };
+  const int64_t min_segs = std::clamp<int64_t>(ceil_div(4 * slots, units), 1, nchunks);
+  int best_len = static_cast<int>(ceil_div(nchunks, std::min(min_segs, kMaxSegs)));
+  double best = 1e30;
+  for (int64_t s = min_segs; s <= std::min<int64_t>({nchunks, 4 * min_segs, kMaxSegs}); ++s) {
+    const int64_t len = ceil_div(nchunks, s), segs = ceil_div(nchunks, len);
+    const double waves = static_cast<double>(ceil_div(segs * units, slots));
+    const double secs = waves * static_cast<double>(len) * kChunkSeconds +
+                        (segs > 1 ? static_cast<double>(segs * units * state_elems_per_unit) * 16.0 / kBytesPerSecond : 0.0);
+    if (secs < best) {
+      best = secs;
+      best_len = static_cast<int>(len);
+    }
+  }
+  return best_len;
+}
+
+// Sets nchunks, seg_chunks, nseg of the fast path.
+void split_segments(SsdArgs* a, int64_t units) {
+  a->nchunks = (a->T + kFastChunk - 1) / kFastChunk;
+  const int64_t slots = static_cast<int64_t>(num_sms()) * (a->P <= 64 ? 2 : 1);
+  a->seg_chunks = choose_seg_chunks(a->nchunks, units, slots, static_cast<int64_t>(a->P) * a->N);
+  a->nseg = (a->nchunks + a->seg_chunks - 1) / a->seg_chunks;
+}
+
 // Zero-fills or copies a [B,H,P,N] fp32 state (for T == 0).
 void copy_or_zero(float* dst, const float* src, size_t n) {
   if (src)
@@ -205,7 +248,13 @@ void ssd_forward(const SsdParams& p, const Tensor& y, const Tensor& h_final) {
                     row_view_aligned(a.Bm, a.ld_B) && row_view_aligned(a.Cm, a.ld_C) &&
                     row_view_aligned(a.y, a.ld_y);
   if (fast) {
-    a.nchunks = static_cast<int>((d.T + kFastChunk - 1) / kFastChunk);
+    split_segments(&a, d.B * d.H);
+    if (a.nseg > 1) {
+      const size_t seg_states = static_cast<size_t>(d.B) * a.nseg * d.H * d.P * d.N;
+      auto* base = static_cast<float*>(ssd_scratch().get((seg_states + static_cast<size_t>(d.B) * a.nseg * d.H) * 4));
+      a.ws_seg = base;
+      a.ws_seg_gamma = base + seg_states;
+    }
     fs->fwd(a);
   } else {
     auto* ws = static_cast<float*>(ssd_scratch().get(state_elems * sizeof(float)));
@@ -265,13 +314,18 @@ void ssd_backward(const SsdParams& p, const Tensor& dy, const Tensor& dh_final, 
 
   int part_rows = 0;
   if (fast) {
-    a.nchunks = static_cast<int>((d.T + kFastChunk - 1) / kFastChunk);
+    split_segments(&a, 2 * d.B * d.H);
     const size_t states = static_cast<size_t>(d.B) * d.H * a.nchunks * d.P * d.N;  // per workspace
-    const size_t part = static_cast<size_t>(d.B) * a.nchunks * d.H * 3;
-    auto* base = static_cast<unsigned char*>(ssd_scratch().get(2 * states * 2 + part * 4));
+    const size_t part = (static_cast<size_t>(d.B) * a.nchunks * d.H * 3 + 3) / 4 * 4;  // 16-byte aligned after
+    const size_t seg_states = a.nseg > 1 ? static_cast<size_t>(2 * d.B) * a.nseg * d.H * d.P * d.N : 0;
+    const size_t seg_gamma = a.nseg > 1 ? static_cast<size_t>(d.B) * a.nseg * d.H : 0;
+    auto* base = static_cast<unsigned char*>(ssd_scratch().get(2 * states * 2 + (part + seg_states + seg_gamma) * 4));
     a.ws_hin = reinterpret_cast<ssd::bf16_t*>(base);
     a.ws_dhout = a.ws_hin + states;
-    a.ws_part = params ? reinterpret_cast<float*>(base + 4 * states) : nullptr;
+    auto* f32 = reinterpret_cast<float*>(base + 4 * states);
+    a.ws_part = params ? f32 : nullptr;
+    a.ws_seg = a.nseg > 1 ? f32 + part : nullptr;
+    a.ws_seg_gamma = a.nseg > 1 ? f32 + part + seg_states : nullptr;
     part_rows = static_cast<int>(d.B) * a.nchunks;
     fs->bwd(a);
   } else {

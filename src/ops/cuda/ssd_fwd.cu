@@ -1,5 +1,8 @@
-// SSD forward on tensor cores: one persistent block per (batch row, head) walks the chunks in
-// order and keeps the fp32 state [P, N] in registers, so chunk states never touch device memory.
+// SSD forward on tensor cores, chunk-parallel: the chunks of a row are cut into segments; with
+// more than one segment, a sweep leaves each segment's local end state (from zero) and a short
+// pass over segments turns them into the state entering each segment (ssd_state.cu). Then one
+// block per (head, segment, row) walks the segment's chunks with the fp32 state in registers and
+// writes y, so per-chunk states never touch device memory.
 #include "ops/cuda/ssd_kernels.cuh"
 
 namespace hlm::cuda::ssd {
@@ -13,34 +16,38 @@ struct FwdLayout {
   static constexpr size_t kH = size_t{Cfg::P} * Cfg::LDN * 2;  // [P][LDN] bf16
   static constexpr size_t xs = 0;                              // x tiles, 2 buffers
   static constexpr size_t bs = xs + 2 * kX;                    // B tiles, 2 buffers
-  static constexpr size_t cs = bs + 2 * kN;                    // C tiles, 2 buffers
-  static constexpr size_t ms = cs + 2 * kN;                    // M = (C Bᵀ ∘ L) dt
-  static constexpr size_t xw = ms + kM;                        // x scaled by w dt
-  static constexpr size_t hs = xw + kX;                        // bf16 state entering the chunk
+  static constexpr size_t cs = bs + 2 * kN;                    // C tile (read early: 1 buffer)
+  static constexpr size_t ms = cs + kN;                        // M = (C Bᵀ ∘ L) dt
+  static constexpr size_t hs = ms + kM;                        // bf16 state entering the chunk
   static constexpr size_t raw = hs + kH;                       // raw dt, 2 buffers of Q floats
   static constexpr size_t bnd = raw + 2 * Cfg::Q * 4;          // boundary flags, 2 x Q ints
   static constexpr size_t scan = bnd + 2 * Cfg::Q * 4;
   static constexpr size_t total = scan + sizeof(ChunkScan<Cfg::Q>);
 };
 
+// One block per (head, segment, row) walks the segment's chunks from the state entering the
+// segment (h0, or the state pass's result). Per chunk, three barriers:
+//   (A) tiles, raw dt and the bf16 state in  -> scan (1 warp), G = C Bᵀ, Yo = C Hᵀ (all warps)
+//   (B) scan visible, C and Hs free           -> next C tile issued; M = G ∘ decay ∘ dt -> smem
+//   (C) M complete                            -> y = M x + eoff Yo + D x; H = gamma H + (x w dt)ᵀ B;
+//                                                bf16 copy of H for the next chunk.
 template <int Q, int P, int N>
-__global__ void __launch_bounds__(256, 1) ssd_fwd_fast_kernel(const SsdArgs a) {
+__global__ void __launch_bounds__(256, P <= 64 ? 2 : 1) ssd_fwd_fast_kernel(const SsdArgs a) {
   using Cfg = FastCfg<Q, P, N>;
   using L = FwdLayout<Cfg>;
   constexpr int LDX = Cfg::LDX, LDN = Cfg::LDN, LDQ = Cfg::LDQ;
   unsigned char* sm = mma::dynamic_smem();
   auto* Xs0 = reinterpret_cast<bf16_t*>(sm + L::xs);
   auto* Bs0 = reinterpret_cast<bf16_t*>(sm + L::bs);
-  auto* Cs0 = reinterpret_cast<bf16_t*>(sm + L::cs);
+  auto* Cs = reinterpret_cast<bf16_t*>(sm + L::cs);
   auto* Ms = reinterpret_cast<bf16_t*>(sm + L::ms);
-  auto* Xw = reinterpret_cast<bf16_t*>(sm + L::xw);
   auto* Hs = reinterpret_cast<bf16_t*>(sm + L::hs);
   auto* raw = reinterpret_cast<float*>(sm + L::raw);
   auto* bnd = reinterpret_cast<int*>(sm + L::bnd);
   auto& sc = *reinterpret_cast<ChunkScan<Q>*>(sm + L::scan);
   constexpr int kXE = Q * LDX, kNE = Q * LDN;  // elements per buffer
 
-  const int h = blockIdx.x, b = blockIdx.y;
+  const int h = blockIdx.x, seg = blockIdx.y, b = blockIdx.z;
   const int g = h / (a.H / a.G);
   const int tid = threadIdx.x, warp = tid >> 5;
   const int wr = warp % Cfg::kRowBlocks, wc = warp / Cfg::kRowBlocks;
@@ -51,49 +58,55 @@ __global__ void __launch_bounds__(256, 1) ssd_fwd_fast_kernel(const SsdArgs a) {
   const float Dh = a.D ? load_any(a.D, a.D_type, h) : 0.f;
   const float bias = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h) : 0.f;
   const int T = a.T;
-  const int nchunks = (T + Q - 1) / Q;
+  const int c_begin = seg * a.seg_chunks, c_end = min(a.nchunks, c_begin + a.seg_chunks);
   const int64_t rowb = static_cast<int64_t>(b) * T;
   const auto* xg = static_cast<const bf16_t*>(a.x) + static_cast<int64_t>(h) * P;
   const auto* Bg = static_cast<const bf16_t*>(a.Bm) + static_cast<int64_t>(g) * N;
   const auto* Cg = static_cast<const bf16_t*>(a.Cm) + static_cast<int64_t>(g) * N;
   auto* yg = static_cast<bf16_t*>(a.y) + static_cast<int64_t>(h) * P;
 
-  auto issue_loads = [&](int c, int buf) {
+  auto issue_xb = [&](int c, int buf) {
     const int t0 = c * Q;
     const int valid = min(Q, T - t0);
     load_tile_async<Q, P, LDX, 256>(Xs0 + buf * kXE, xg, a.ld_x, rowb + t0, valid);
     load_tile_async<Q, N, LDN, 256>(Bs0 + buf * kNE, Bg, a.ld_B, rowb + t0, valid);
-    load_tile_async<Q, N, LDN, 256>(Cs0 + buf * kNE, Cg, a.ld_C, rowb + t0, valid);
+  };
+  auto issue_c = [&](int c) {
+    const int t0 = c * Q;
+    load_tile_async<Q, N, LDN, 256>(Cs, Cg, a.ld_C, rowb + t0, min(Q, T - t0));
   };
 
   StateFrag<Cfg> H;
-  H.load(a.h0 ? a.h0 + (static_cast<int64_t>(b) * a.H + h) * P * N : nullptr);
+  const int64_t state_off = (static_cast<int64_t>(b) * a.H + h) * P * N;
+  H.load(a.nseg > 1 ? a.ws_seg + seg_state_offset(a, 0, b, seg, h) : (a.h0 ? a.h0 + state_off : nullptr));
   H.store_bf16(Hs, LDN);
-  issue_loads(0, 0);
+  issue_xb(c_begin, 0);
+  issue_c(c_begin);
   mma::cp_async_commit();
   if (tid < Q) {
-    raw[tid] = raw_dt_at(a, b, tid, h);
-    bnd[tid] = boundary_at(a, b, tid);
+    raw[tid] = raw_dt_at(a, b, c_begin * Q + tid, h);
+    bnd[tid] = boundary_at(a, b, c_begin * Q + tid);
   }
 
-  for (int c = 0; c < nchunks; ++c) {
-    const int buf = c & 1;
+  for (int c = c_begin; c < c_end; ++c) {
+    const int buf = (c - c_begin) & 1;
     const int t0 = c * Q;
     const int len = min(Q, T - t0);
-    const bool has_next = c + 1 < nchunks;
+    const bool has_next = c + 1 < c_end;
     const bf16_t* Xs = Xs0 + buf * kXE;
     const bf16_t* Bs = Bs0 + buf * kNE;
-    const bf16_t* Cs = Cs0 + buf * kNE;
+    mma::cp_async_wait<0>();
+    __syncthreads();  // (A)
+    if (has_next) issue_xb(c + 1, buf ^ 1);
+    mma::cp_async_commit();
+    // Raw dt of the next chunk: loaded now, stored at the end of this chunk (latency hidden).
     float next_raw = 0.f;
     int next_bnd = 0;
-    if (has_next && tid < Q) {
+    const bool load_next = has_next && tid < Q;
+    if (load_next) {
       next_raw = raw_dt_at(a, b, t0 + Q + tid, h);
       next_bnd = boundary_at(a, b, t0 + Q + tid);
     }
-    mma::cp_async_wait<0>();
-    __syncthreads();  // chunk c's tiles and raw dt are in; chunk c-1 is done with everything
-    if (has_next) issue_loads(c + 1, buf ^ 1);
-    mma::cp_async_commit();
     if (warp == Cfg::kScanWarp)
       chunk_scan_warp<Q>(sc, raw + buf * Q, bnd + buf * Q, len, A, bias, a.dt_min, a.dt_max);
 
@@ -117,11 +130,19 @@ __global__ void __launch_bounds__(256, 1) ssd_fwd_fast_kernel(const SsdArgs a) {
         }
       }
     }
-    if (has_next && tid < Q) {
-      raw[(buf ^ 1) * Q + tid] = next_raw;
-      bnd[(buf ^ 1) * Q + tid] = next_bnd;
+    // Yo = C Hinᵀ for this warp's [16, kPCols] tile of y.
+    float yo[Cfg::kPTiles][4];
+#pragma unroll
+    for (int j = 0; j < Cfg::kPTiles; ++j) yo[j][0] = yo[j][1] = yo[j][2] = yo[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < N / 16; ++kk) {
+      uint32_t af[4];
+      mma::load_a(af, Cs, LDN, r0, 16 * kk);
+      mma::mma_row<Cfg::kPTiles, false>(yo, af, Hs, LDN, p0, 16 * kk);
     }
-    __syncthreads();  // scan results visible
+    __syncthreads();  // (B)
+    if (has_next) issue_c(c + 1);
+    mma::cp_async_commit();
 
     // M[t,s] = G[t,s] exp(cum_t - cum_s) dt_s for s <= t in t's document, else 0.
 #pragma unroll
@@ -139,26 +160,19 @@ __global__ void __launch_bounds__(256, 1) ssd_fwd_fast_kernel(const SsdArgs a) {
         }
         *reinterpret_cast<uint32_t*>(Ms + t * LDQ + s) = mma::pack_bf16x2(m[0], m[1]);
       }
-    scale_rows<Cfg>(Xw, Xs, sc.w, sc.dt);
-    __syncthreads();  // Ms, Xw complete
+    __syncthreads();  // (C)
 
-    // y = M x  +  eoff_t (C Hinᵀ)  +  D x   for this warp's [16, kPCols] tile.
+    // y = M x  +  eoff_t Yo  +  D x   for this warp's [16, kPCols] tile.
     {
-      float yd[Cfg::kPTiles][4], yo[Cfg::kPTiles][4];
+      float yd[Cfg::kPTiles][4];
 #pragma unroll
       for (int j = 0; j < Cfg::kPTiles; ++j)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) yd[j][i] = yo[j][i] = 0.f;
+        for (int i = 0; i < 4; ++i) yd[j][i] = 0.f;
       for (int ks = 0; ks <= wr; ++ks) {
         uint32_t af[4];
         mma::load_a(af, Ms, LDQ, r0, 16 * ks);
         mma::mma_row<Cfg::kPTiles, true>(yd, af, Xs, LDX, p0, 16 * ks);
-      }
-#pragma unroll
-      for (int kk = 0; kk < N / 16; ++kk) {
-        uint32_t af[4];
-        mma::load_a(af, Cs, LDN, r0, 16 * kk);
-        mma::mma_row<Cfg::kPTiles, false>(yo, af, Hs, LDN, p0, 16 * kk);
       }
 #pragma unroll
       for (int j = 0; j < Cfg::kPTiles; ++j)
@@ -175,13 +189,17 @@ __global__ void __launch_bounds__(256, 1) ssd_fwd_fast_kernel(const SsdArgs a) {
         }
     }
 
-    // State update: H = gamma H + (x w dt)ᵀ B.
+    // State update H = gamma H + (x w dt)ᵀ B; its bf16 copy is the next chunk's Hs (every read
+    // of Hs for this chunk happened before (B)).
     H.scale(sc.gamma);
-    H.add_outer(Xw, Bs);
-    __syncthreads();  // every read of Hs, Ms, Xw for chunk c is done
+    H.add_outer(Xs, Bs, sc.wdt);
     H.store_bf16(Hs, LDN);
+    if (load_next) {  // this slot's previous chunk was scanned before (A)
+      raw[(buf ^ 1) * Q + tid] = next_raw;
+      bnd[(buf ^ 1) * Q + tid] = next_bnd;
+    }
   }
-  if (a.h_final) H.store_f32(a.h_final + (static_cast<int64_t>(b) * a.H + h) * P * N);
+  if (a.nseg == 1 && a.h_final) H.store_f32(a.h_final + state_off);
 }
 
 }  // namespace
@@ -196,7 +214,11 @@ void launch_fwd_fast(const SsdArgs& a) {
     return true;
   }();
   (void)attr_set;
-  dim3 grid(static_cast<unsigned>(a.H), static_cast<unsigned>(a.B));
+  if (a.nseg > 1) {
+    launch_state_sweep<Q, P, N>(a, 0, 1, true);
+    launch_state_pass(a, 0, 1);
+  }
+  dim3 grid(static_cast<unsigned>(a.H), static_cast<unsigned>(a.nseg), static_cast<unsigned>(a.B));
   HLM_LAUNCH(kernel, grid, dim3(256), L::total, a);
   HLM_CUDA_CHECK_LAUNCH();
 }

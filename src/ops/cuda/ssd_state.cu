@@ -1,0 +1,199 @@
+// Chunk-parallel SSD states: the segment sweeps (states / state gradients over the chunks of one
+// segment, fp32 in registers) and the short sequential state pass over segments.
+#include "ops/cuda/ssd_kernels.cuh"
+
+namespace hlm::cuda::ssd {
+namespace {
+
+// Both directions are the recurrence S <- gamma S + (act * coef)ᵀ V over chunks, with
+// (act, coef, V) = (x, w dt, B) forwards and (dy, eoff, C) backwards.
+template <class Cfg>
+struct SweepLayout {
+  static constexpr size_t kX = size_t{Cfg::Q} * Cfg::LDX * 2;
+  static constexpr size_t kN = size_t{Cfg::Q} * Cfg::LDN * 2;
+  static constexpr size_t as = 0;                          // activation tiles, 2 buffers
+  static constexpr size_t vs = as + 2 * kX;                // B or C tiles, 2 buffers
+  static constexpr size_t raw = vs + 2 * kN;               // raw dt, 2 x Q floats
+  static constexpr size_t bnd = raw + 2 * Cfg::Q * 4;      // boundary flags, 2 x Q ints
+  static constexpr size_t scan = bnd + 2 * Cfg::Q * 4;     // 2 chunk scans (one ahead)
+  static constexpr size_t total = scan + 2 * sizeof(ChunkScan<Cfg::Q>);
+};
+
+// One barrier per chunk: the scan of the next chunk (warp 0) and the next tiles (cp.async) are
+// prepared while all warps fold the current chunk into the state.
+template <int Q, int P, int N>
+__global__ void __launch_bounds__(256, P <= 64 ? 2 : 1)
+    ssd_state_sweep_kernel(const SsdArgs a, int dir_first, int ndir, int local) {
+  using Cfg = FastCfg<Q, P, N>;
+  using L = SweepLayout<Cfg>;
+  constexpr int LDX = Cfg::LDX, LDN = Cfg::LDN;
+  constexpr int kXE = Q * LDX, kNE = Q * LDN;
+  unsigned char* sm = mma::dynamic_smem();
+  auto* As0 = reinterpret_cast<bf16_t*>(sm + L::as);
+  auto* Vs0 = reinterpret_cast<bf16_t*>(sm + L::vs);
+  auto* raw = reinterpret_cast<float*>(sm + L::raw);
+  auto* bnd = reinterpret_cast<int*>(sm + L::bnd);
+  auto* sc = reinterpret_cast<ChunkScan<Q>*>(sm + L::scan);
+
+  const int h = blockIdx.x, seg = blockIdx.y;
+  const int dir = dir_first + static_cast<int>(blockIdx.z) % ndir;
+  const int b = static_cast<int>(blockIdx.z) / ndir;
+  const bool reverse = dir == 1;
+  const int g = h / (a.H / a.G);
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const float A = -expf(load_any(a.A_log, a.A_type, h));
+  const float bias = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h) : 0.f;
+  const int T = a.T, C = a.nchunks;
+  const int c_begin = seg * a.seg_chunks, c_end = min(C, c_begin + a.seg_chunks);
+  const int nit = c_end - c_begin;
+  const int64_t rowb = static_cast<int64_t>(b) * T;
+  const auto* act = static_cast<const bf16_t*>(reverse ? a.dy : a.x) + static_cast<int64_t>(h) * P;
+  const int64_t ld_act = reverse ? a.ld_dy : a.ld_x;
+  const auto* vec = static_cast<const bf16_t*>(reverse ? a.Cm : a.Bm) + static_cast<int64_t>(g) * N;
+  const int64_t ld_vec = reverse ? a.ld_C : a.ld_B;
+  bf16_t* ws = local ? nullptr : (reverse ? a.ws_dhout : a.ws_hin) + (static_cast<int64_t>(b) * a.H + h) * C * P * N;
+  const int64_t state_off = (static_cast<int64_t>(b) * a.H + h) * P * N;
+
+  auto chunk_of = [&](int it) { return reverse ? c_end - 1 - it : c_begin + it; };
+  auto len_of = [&](int it) { return min(Q, T - chunk_of(it) * Q); };
+  auto issue_loads = [&](int it, int buf) {
+    const int t0 = chunk_of(it) * Q;
+    load_tile_async<Q, P, LDX, 256>(As0 + buf * kXE, act, ld_act, rowb + t0, len_of(it));
+    load_tile_async<Q, N, LDN, 256>(Vs0 + buf * kNE, vec, ld_vec, rowb + t0, len_of(it));
+  };
+
+  StateFrag<Cfg> S;
+  const float* start = nullptr;
+  if (!local) {
+    if (a.nseg > 1)
+      start = a.ws_seg + seg_state_offset(a, dir, b, seg, h);
+    else
+      start = reverse ? (a.dh_final ? a.dh_final + state_off : nullptr) : (a.h0 ? a.h0 + state_off : nullptr);
+  }
+  S.load(start);
+  issue_loads(0, 0);
+  mma::cp_async_commit();
+  if (tid < Q)
+    for (int j = 0; j < 2 && j < nit; ++j) {
+      const int t = chunk_of(j) * Q + tid;
+      raw[j * Q + tid] = raw_dt_at(a, b, t, h);
+      bnd[j * Q + tid] = boundary_at(a, b, t);
+    }
+  __syncthreads();
+  if (warp == 0) chunk_scan_warp<Q>(sc[0], raw, bnd, len_of(0), A, bias, a.dt_min, a.dt_max);
+  float gprod = 1.f;  // decay over the segment (product of the chunk decays)
+
+  for (int it = 0; it < nit; ++it) {
+    const int buf = it & 1;
+    // The state entering (forwards) / the gradient leaving (backwards) this chunk.
+    if (!local) S.store_bf16(ws + static_cast<int64_t>(chunk_of(it)) * P * N, N);
+    mma::cp_async_wait<0>();
+    __syncthreads();  // tiles and scan of this chunk in; the previous chunk is done with its buffers
+    if (it + 1 < nit) issue_loads(it + 1, buf ^ 1);
+    mma::cp_async_commit();
+    float next_raw = 0.f;
+    int next_bnd = 0;
+    const bool load2 = tid < Q && it + 2 < nit;
+    if (load2) {
+      const int t = chunk_of(it + 2) * Q + tid;
+      next_raw = raw_dt_at(a, b, t, h);
+      next_bnd = boundary_at(a, b, t);
+    }
+    if (warp == 0 && it + 1 < nit)
+      chunk_scan_warp<Q>(sc[buf ^ 1], raw + (buf ^ 1) * Q, bnd + (buf ^ 1) * Q, len_of(it + 1), A, bias, a.dt_min,
+                         a.dt_max);
+    const ChunkScan<Q>& cur = sc[buf];
+    S.scale(cur.gamma);
+    gprod *= cur.gamma;
+    S.add_outer(As0 + buf * kXE, Vs0 + buf * kNE, reverse ? cur.eoff : cur.wdt);
+    if (load2) {  // chunk it's slot: its scan ran in the previous iteration
+      raw[buf * Q + tid] = next_raw;
+      bnd[buf * Q + tid] = next_bnd;
+    }
+  }
+  if (local) {
+    S.store_f32(a.ws_seg + seg_state_offset(a, dir, b, seg, h));
+    if (dir == dir_first && tid == 0)
+      a.ws_seg_gamma[(static_cast<int64_t>(b) * a.nseg + seg) * a.H + h] = gprod;
+  } else if (reverse && a.nseg == 1 && a.dh0) {
+    S.store_f32(a.dh0 + state_off);
+  }
+}
+
+// One thread per 4 state elements walks the segments in order (forwards: from h0, writing the
+// state entering each segment and h_final; backwards: from dh_final, writing the gradient leaving
+// each segment and dh0). Loads of a batch of segments are issued before the dependent updates.
+__global__ void __launch_bounds__(256) ssd_state_pass_kernel(const SsdArgs a, int dir_first) {
+  constexpr int kBatch = 8;
+  const int dir = dir_first + static_cast<int>(blockIdx.y);
+  const int64_t pn4 = static_cast<int64_t>(a.P) * a.N / 4;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<int64_t>(a.B) * a.H * pn4) return;
+  const int64_t e = i % pn4, bh = i / pn4;
+  const int h = static_cast<int>(bh % a.H), b = static_cast<int>(bh / a.H);
+  const float* start = dir == 0 ? a.h0 : a.dh_final;
+  float* finish = dir == 0 ? a.h_final : a.dh0;
+  const int64_t so = bh * pn4 * 4 + 4 * e;  // offset in a [B,H,P,N] state
+  float4 run = start ? make_float4(start[so], start[so + 1], start[so + 2], start[so + 3]) : make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int k0 = 0; k0 < a.nseg; k0 += kBatch) {
+    float4 loc[kBatch] = {};
+    float gam[kBatch] = {};
+    float4* ptr[kBatch] = {};
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int k = k0 + j;
+      if (k < a.nseg) {
+        const int s = dir == 0 ? k : a.nseg - 1 - k;
+        ptr[j] = reinterpret_cast<float4*>(a.ws_seg + seg_state_offset(a, dir, b, s, h)) + e;
+        loc[j] = *ptr[j];
+        gam[j] = a.ws_seg_gamma[(static_cast<int64_t>(b) * a.nseg + s) * a.H + h];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j)
+      if (k0 + j < a.nseg) {
+        *ptr[j] = run;
+        run.x = gam[j] * run.x + loc[j].x;
+        run.y = gam[j] * run.y + loc[j].y;
+        run.z = gam[j] * run.z + loc[j].z;
+        run.w = gam[j] * run.w + loc[j].w;
+      }
+  }
+  if (finish) {
+    finish[so] = run.x;
+    finish[so + 1] = run.y;
+    finish[so + 2] = run.z;
+    finish[so + 3] = run.w;
+  }
+}
+
+}  // namespace
+
+template <int Q, int P, int N>
+void launch_state_sweep(const SsdArgs& a, int dir_first, int ndir, bool local) {
+  using L = SweepLayout<FastCfg<Q, P, N>>;
+  auto kernel = ssd_state_sweep_kernel<Q, P, N>;
+  static const bool attr_set = [&] {
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(L::total)));
+    return true;
+  }();
+  (void)attr_set;
+  dim3 grid(static_cast<unsigned>(a.H), static_cast<unsigned>(a.nseg), static_cast<unsigned>(a.B * ndir));
+  HLM_LAUNCH(kernel, grid, dim3(256), L::total, a, dir_first, ndir, local ? 1 : 0);
+  HLM_CUDA_CHECK_LAUNCH();
+}
+
+void launch_state_pass(const SsdArgs& a, int dir_first, int ndir) {
+  const int64_t threads = static_cast<int64_t>(a.B) * a.H * a.P * a.N / 4;
+  auto kernel = ssd_state_pass_kernel;
+  HLM_LAUNCH(kernel, dim3(static_cast<unsigned>((threads + 255) / 256), static_cast<unsigned>(ndir)), dim3(256), 0, a,
+             dir_first);
+  HLM_CUDA_CHECK_LAUNCH();
+}
+
+template void launch_state_sweep<64, 64, 128>(const SsdArgs&, int, int, bool);
+template void launch_state_sweep<64, 64, 64>(const SsdArgs&, int, int, bool);
+template void launch_state_sweep<64, 128, 128>(const SsdArgs&, int, int, bool);
+
+}  // namespace hlm::cuda::ssd
