@@ -138,21 +138,18 @@ __global__ void __launch_bounds__(256) ssd_state_pass_kernel(const SsdArgs a, in
   for (int k0 = 0; k0 < a.nseg; k0 += kBatch) {
     float4 loc[kBatch] = {};
     float gam[kBatch] = {};
-    float4* ptr[kBatch] = {};
-#pragma unroll
-    for (int j = 0; j < kBatch; ++j) {
-      const int k = k0 + j;
-      if (k < a.nseg) {
-        const int s = dir == 0 ? k : a.nseg - 1 - k;
-        ptr[j] = reinterpret_cast<float4*>(a.ws_seg + seg_state_offset(a, dir, b, s, h)) + e;
-        loc[j] = *ptr[j];
-        gam[j] = a.ws_seg_gamma[(static_cast<int64_t>(b) * a.nseg + s) * a.H + h];
-      }
-    }
+    auto seg_of = [&](int k) { return dir == 0 ? k : a.nseg - 1 - k; };
 #pragma unroll
     for (int j = 0; j < kBatch; ++j)
       if (k0 + j < a.nseg) {
-        *ptr[j] = run;
+        const int s = seg_of(k0 + j);
+        loc[j] = reinterpret_cast<const float4*>(a.ws_seg + seg_state_offset(a, dir, b, s, h))[e];
+        gam[j] = a.ws_seg_gamma[(static_cast<int64_t>(b) * a.nseg + s) * a.H + h];
+      }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j)
+      if (k0 + j < a.nseg) {
+        reinterpret_cast<float4*>(a.ws_seg + seg_state_offset(a, dir, b, seg_of(k0 + j), h))[e] = run;
         run.x = gam[j] * run.x + loc[j].x;
         run.y = gam[j] * run.y + loc[j].y;
         run.z = gam[j] * run.z + loc[j].z;
