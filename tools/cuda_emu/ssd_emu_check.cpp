@@ -350,6 +350,9 @@ int main(int argc, char** argv) {
     run_step_case(2, 4, 2, 8, 128, DType::BF16, 1e-2);
     run_step_case(1, 2, 1, 3, 16, DType::F32, 1e-5);
     run_step_case(1, 2, 1, 3, 6, DType::F32, 1e-5);
+    run_step_case(1, 128, 8, 64, 128, DType::BF16, 1e-2);  // 2 float4 per thread (8B, batch 1)
+    run_step_case(9, 16, 2, 64, 128, DType::BF16, 1e-2);   // 4 float4 per thread
+    run_step_case(9, 16, 2, 64, 128, DType::F32, 1e-5);
   }
   std::printf("output hash %016llx\n%s\n", static_cast<unsigned long long>(g_hash), g_fail ? "FAILED" : "all ok");
   return g_fail ? 1 : 0;
