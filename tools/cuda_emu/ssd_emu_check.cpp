@@ -343,6 +343,14 @@ int main(int argc, char** argv) {
     }
     unsetenv("HLM_SSD_SEG_CHUNKS");
   }
+  if (want("onehead")) {  // the one-head-per-block forward (the default for P = 64 takes two)
+    setenv("HLM_SSD_FWD_HEADS", "1", 1);
+    run_case("onehead", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, false);
+    setenv("HLM_SSD_SEG_CHUNKS", "2", 1);
+    run_case("onehead-seg2", 1, 333, 2, 1, 64, 64, true, true, DType::BF16, 1e-2, false);
+    unsetenv("HLM_SSD_SEG_CHUNKS");
+    unsetenv("HLM_SSD_FWD_HEADS");
+  }
   if (want("fastexact")) run_case("fastexact", 1, 64, 2, 1, 64, 128, false, false, DType::BF16, 1e-2, true);
   if (want("fast64x64")) run_case("fast64x64", 1, 100, 2, 2, 64, 64, true, true, DType::BF16, 1e-2, true);
   if (want("fast128x128")) run_case("fast128x128", 1, 70, 2, 1, 128, 128, true, false, DType::BF16, 1e-2, true);

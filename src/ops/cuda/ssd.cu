@@ -249,6 +249,9 @@ void ssd_forward(const SsdParams& p, const Tensor& y, const Tensor& h_final) {
                     row_view_aligned(a.y, a.ld_y);
   if (fast) {
     split_segments(&a, d.B * d.H);
+    // Two heads of a group per block share the B, C tiles and C Bᵀ (HLM_SSD_FWD_HEADS=1: one).
+    const char* heads_env = std::getenv("HLM_SSD_FWD_HEADS");
+    a.fwd_heads = d.P <= 64 && (d.H / d.G) % 2 == 0 && !(heads_env && std::atoi(heads_env) == 1) ? 2 : 1;
     if (a.nseg > 1) {
       const size_t seg_states = static_cast<size_t>(d.B) * a.nseg * d.H * d.P * d.N;
       auto* base = static_cast<float*>(ssd_scratch().get((seg_states + static_cast<size_t>(d.B) * a.nseg * d.H) * 4));

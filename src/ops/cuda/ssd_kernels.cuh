@@ -79,6 +79,7 @@ struct SsdArgs {
   // segment's local state (from zero), then, after the state pass, the state entering (gradient
   // leaving) each segment; ws_seg_gamma [B][nseg][H] is each segment's total decay.
   int nseg = 1, seg_chunks = 0;
+  int fwd_heads = 1;  // heads per forward block (1 or 2, of one group; 2 only for P <= 64)
   float* ws_seg = nullptr;
   float* ws_seg_gamma = nullptr;
 };
