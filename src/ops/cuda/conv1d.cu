@@ -190,7 +190,7 @@ constexpr int kConvRows = 4, kConvStages = 4, kConvThreads = 128;
 constexpr size_t kConvSmem = size_t{kConvRows} * kConvStages * kConvThreads * 16;
 
 template <typename T, int K, int V>
-__global__ void __launch_bounds__(kConvThreads) conv_fwd_vec_kernel(const ConvArgs a) {
+__global__ void __launch_bounds__(kConvThreads, 4) conv_fwd_vec_kernel(const ConvArgs a) {
   static_assert(V * sizeof(T) == 16, "16-byte vectors");
   const int c0 = (blockIdx.x * kConvThreads + threadIdx.x) * V;
   if (c0 >= a.C) return;
@@ -220,29 +220,25 @@ __global__ void __launch_bounds__(kConvThreads) conv_fwd_vec_kernel(const ConvAr
   win.init(a, b, t_begin, c0, sc);
   for (int grp = 0; grp < ngroups; ++grp) {
     mma::cp_async_wait<kConvStages - 1>();  // group grp has landed
-    float cur[kConvRows][V];
-#pragma unroll
-    for (int u = 0; u < kConvRows; ++u) {
-      const uint4 raw = ring[((grp % kConvStages) * kConvRows + u) * kConvThreads];
-      T e[V];
-      memcpy(e, &raw, 16);
-#pragma unroll
-      for (int v = 0; v < V; ++v) cur[u][v] = to_f32<T>(e[v]);
-    }
-    issue(grp + kConvStages);  // reuses the slots just read into registers
 #pragma unroll
     for (int u = 0; u < kConvRows; ++u) {
       const int t = t_begin + grp * kConvRows + u;
       if (t < t_end) {
+        const uint4 raw = ring[((grp % kConvStages) * kConvRows + u) * kConvThreads];
+        T e[V];
+        memcpy(e, &raw, 16);
+        float cur[V], z[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) cur[v] = to_f32<T>(e[v]);
         const int d = sc.next(t);
-        float z[V];
-        win.z(cp, cur[u], d, z);
+        win.z(cp, cur, d, z);
 #pragma unroll
         for (int v = 0; v < V; ++v) z[v] = z[v] * sigmoidf_(z[v]);
         store_vec<T, V>(yg + static_cast<int64_t>(t) * a.ld_y, z);
-        win.push(cur[u], d);
+        win.push(cur, d);
       }
     }
+    issue(grp + kConvStages);  // into the slots just consumed (their values are in registers)
   }
   mma::cp_async_wait<0>();
 }
