@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd
 #pragma unroll
     for (int j = 0; j < Cfg::kQTiles; ++j) gacc[j][0] = gacc[j][1] = gacc[j][2] = gacc[j][3] = 0.f;
     if (q0 <= r0 + 15) {
-#pragma unroll
+#pragma unroll kKUnroll
       for (int kk = 0; kk < N / 16; ++kk) {
         uint32_t af[4];
         mma::load_a(af, Cs, LDN, r0, 16 * kk);
@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd
     for (int hh = 0; hh < kHeads; ++hh)
 #pragma unroll
       for (int j = 0; j < Cfg::kPTiles; ++j) yo[hh][j][0] = yo[hh][j][1] = yo[hh][j][2] = yo[hh][j][3] = 0.f;
-#pragma unroll
+#pragma unroll kKUnroll
     for (int kk = 0; kk < N / 16; ++kk) {
       uint32_t af[4];
       mma::load_a(af, Cs, LDN, r0, 16 * kk);

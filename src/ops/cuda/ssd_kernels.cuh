@@ -10,6 +10,11 @@ namespace hlm::cuda::ssd {
 
 using mma::bf16_t;
 
+// Unroll factor of the k loops of the per-chunk products: full unrolling made the forward's chunk
+// loop ~50 KB of SASS (more than the instruction caches close to the warps hold); the accumulator
+// chains along k are sequential anyway, so 2 keeps the next fragment loads overlapped.
+constexpr int kKUnroll = 2;
+
 // Element type of a scalar-valued tensor read or written one element at a time.
 enum ScalarType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
@@ -308,7 +313,7 @@ struct StateFrag {
   // copy of the tile would be).
   __device__ __forceinline__ void add_outer(const bf16_t* As, const bf16_t* Vs, const float* coef = nullptr) {
     const int q2 = 2 * (mma::lane_id() & 3);
-#pragma unroll
+#pragma unroll kKUnroll
     for (int ks = 0; ks < Cfg::Q / 16; ++ks) {
       uint32_t af[Cfg::kSMT][4];
 #pragma unroll
