@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd
     const bf16_t* Bs = Bs0 + buf * kNE;
     mma::cp_async_wait<0>();
     __syncthreads();  // (A)
-    if (has_next) issue_xb(c + 1, buf ^ 1);
+    if (has_next) issue_xb(c + 1, buf ^ 1);  // buffers last read by chunk c-1, before (A)
     mma::cp_async_commit();
     // Raw dt of the next chunk: loaded now, stored at the end of this chunk (latency hidden).
     float next_raw[kHeads];
@@ -157,7 +157,7 @@ __global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd
       for (int hh = 0; hh < kHeads; ++hh) mma::mma_row<Cfg::kPTiles, false>(yo[hh], af, Hs0 + hh * kHE, LDN, p0, 16 * kk);
     }
     __syncthreads();  // (B)
-    if (has_next) issue_c(c + 1);
+    if (has_next) issue_c(c + 1);  // C is read only before (B)
     mma::cp_async_commit();
 
     // M[t,s] = G[t,s] exp(cum_t - cum_s) dt_s for s <= t in t's document, else 0.

@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(256, P <= 64 ? 2 : 1)
     if (!local) S.store_bf16(ws + static_cast<int64_t>(chunk_of(it)) * P * N, N);
     mma::cp_async_wait<0>();
     __syncthreads();  // tiles and scan of this chunk in; the previous chunk is done with its buffers
-    if (it + 1 < nit) issue_loads(it + 1, buf ^ 1);
+    if (it + 1 < nit) issue_loads(it + 1, buf ^ 1);  // buffers last read by the previous chunk
     mma::cp_async_commit();
     float next_raw = 0.f;
     int next_bnd = 0;
