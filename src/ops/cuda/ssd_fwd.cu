@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd
 #pragma unroll
     for (int hh = 0; hh < kHeads; ++hh)
       if (warp == Cfg::kScanWarp + hh)
-        chunk_scan_warp<Q>(sc[hh], raw + (2 * hh + buf) * Q, bnd + buf * Q, len, A[hh], bias[hh], a.dt_min, a.dt_max);
+        chunk_scan_warp<Q, false>(sc[hh], raw + (2 * hh + buf) * Q, bnd + buf * Q, len, A[hh], bias[hh], a.dt_min, a.dt_max);
 
     // G = C Bᵀ for this warp's [16, kQCols] tile; tiles strictly above the diagonal stay zero.
     float gacc[Cfg::kQTiles][4];

@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(256, P <= 64 ? 2 : 1)
       bnd[j * Q + tid] = boundary_at(a, b, t);
     }
   __syncthreads();
-  if (warp == 0) chunk_scan_warp<Q>(sc[0], raw, bnd, len_of(0), A, bias, a.dt_min, a.dt_max);
+  if (warp == 0) chunk_scan_warp<Q, false>(sc[0], raw, bnd, len_of(0), A, bias, a.dt_min, a.dt_max);
   float gprod = 1.f;  // decay over the segment (product of the chunk decays)
 
   for (int it = 0; it < nit; ++it) {
@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(256, P <= 64 ? 2 : 1)
       next_bnd = boundary_at(a, b, t);
     }
     if (warp == 0 && it + 1 < nit)
-      chunk_scan_warp<Q>(sc[buf ^ 1], raw + (buf ^ 1) * Q, bnd + (buf ^ 1) * Q, len_of(it + 1), A, bias, a.dt_min,
+      chunk_scan_warp<Q, false>(sc[buf ^ 1], raw + (buf ^ 1) * Q, bnd + (buf ^ 1) * Q, len_of(it + 1), A, bias, a.dt_min,
                          a.dt_max);
     const ChunkScan<Q>& cur = sc[buf];
     S.scale(cur.gamma);
