@@ -343,13 +343,16 @@ int main(int argc, char** argv) {
     }
     unsetenv("HLM_SSD_SEG_CHUNKS");
   }
-  if (want("onehead")) {  // the one-head-per-block forward (the default for P = 64 takes two)
-    setenv("HLM_SSD_FWD_HEADS", "1", 1);
-    run_case("onehead", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, false);
-    setenv("HLM_SSD_SEG_CHUNKS", "2", 1);
-    run_case("onehead-seg2", 1, 333, 2, 1, 64, 64, true, true, DType::BF16, 1e-2, false);
-    unsetenv("HLM_SSD_SEG_CHUNKS");
-    unsetenv("HLM_SSD_FWD_HEADS");
+  if (want("variants")) {  // the forward's other block shapes (the default for P = 64 is 12)
+    for (const char* v : {"11", "21"}) {
+      setenv("HLM_SSD_FWD_VARIANT", v, 1);
+      std::printf("HLM_SSD_FWD_VARIANT=%s\n", v);
+      run_case("variant", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, false);
+      setenv("HLM_SSD_SEG_CHUNKS", "2", 1);
+      run_case("variant-seg2", 1, 333, 2, 1, 64, 64, true, true, DType::BF16, 1e-2, false);
+      unsetenv("HLM_SSD_SEG_CHUNKS");
+    }
+    unsetenv("HLM_SSD_FWD_VARIANT");
   }
   if (want("fastexact")) run_case("fastexact", 1, 64, 2, 1, 64, 128, false, false, DType::BF16, 1e-2, true);
   if (want("fast64x64")) run_case("fast64x64", 1, 100, 2, 2, 64, 64, true, true, DType::BF16, 1e-2, true);

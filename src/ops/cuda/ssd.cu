@@ -249,9 +249,11 @@ void ssd_forward(const SsdParams& p, const Tensor& y, const Tensor& h_final) {
                     row_view_aligned(a.y, a.ld_y);
   if (fast) {
     split_segments(&a, d.B * d.H);
-    // Two heads of a group per block share the B, C tiles and C Bᵀ (HLM_SSD_FWD_HEADS=1: one).
-    const char* heads_env = std::getenv("HLM_SSD_FWD_HEADS");
-    a.fwd_heads = d.P <= 64 && (d.H / d.G) % 2 == 0 && !(heads_env && std::atoi(heads_env) == 1) ? 2 : 1;
+    // Two heads of a group per block share the B, C tiles, on 16 warps (12, the default) or with
+    // both heads in each of 8 warps (21); 11: one head, 2 blocks/SM. HLM_SSD_FWD_VARIANT picks.
+    const char* variant_env = std::getenv("HLM_SSD_FWD_VARIANT");
+    const int variant = variant_env ? std::atoi(variant_env) : 12;
+    a.fwd_variant = d.P <= 64 && (d.H / d.G) % 2 == 0 && (variant == 12 || variant == 21) ? variant : 11;
     if (a.nseg > 1) {
       const size_t seg_states = static_cast<size_t>(d.B) * a.nseg * d.H * d.P * d.N;
       auto* base = static_cast<float*>(ssd_scratch().get((seg_states + static_cast<size_t>(d.B) * a.nseg * d.H) * 4));

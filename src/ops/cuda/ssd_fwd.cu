@@ -25,18 +25,22 @@ struct FwdLayout {
   static constexpr size_t total = scan + kHeads * sizeof(ChunkScan<Cfg::Q>);
 };
 
-// One block per (kHeads heads of one group, segment, row) walks the segment's chunks from the
-// state entering the segment (h0, or the state pass's result). The heads share the B and C tiles
-// and G = C Bᵀ (half the L2 traffic and G work per head with 2). Per chunk, three barriers:
+// One block per (kHeads = kHW x kHG heads of one group, segment, row) walks the segment's chunks
+// from the state entering the segment (h0, or the state pass's result). kHG groups of 8 warps each
+// take kHW heads (kHW = 2: the two heads' work interleaves in each warp and shares G = C Bᵀ;
+// kHG = 2: 16 warps, one head each). All heads share the B and C tiles (the L2 traffic of B, C
+// per head divides by kHeads). Per chunk, three barriers:
 //   (A) tiles, raw dt and the bf16 states in -> scans (1 warp per head), G = C Bᵀ, Yo = C Hᵀ
 //   (B) scans visible, C and Hs free          -> next C tile issued; M = G ∘ decay ∘ dt -> smem
 //   (C) M complete                            -> y = M x + eoff Yo + D x; H = gamma H + (x w dt)ᵀ B;
 //                                                bf16 copy of H for the next chunk.
-template <int Q, int P, int N, int kHeads>
-__global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd_fast_kernel(const SsdArgs a) {
+template <int Q, int P, int N, int kHW, int kHG>
+__global__ void __launch_bounds__(256 * kHG, (P <= 64 && kHW * kHG == 1) ? 2 : 1) ssd_fwd_fast_kernel(const SsdArgs a) {
   using Cfg = FastCfg<Q, P, N>;
+  constexpr int kHeads = kHW * kHG, kThreads = 256 * kHG;
   using L = FwdLayout<Cfg, kHeads>;
-  static_assert(Cfg::kScanWarp + kHeads - 1 < Cfg::kWarps, "scan warps");
+  static_assert(Cfg::kScanWarp + kHW - 1 < Cfg::kWarps, "scan warps");
+  static_assert(kHeads * Q <= kThreads, "raw dt: one element per thread");
   constexpr int LDX = Cfg::LDX, LDN = Cfg::LDN, LDQ = Cfg::LDQ;
   constexpr int kXE = Q * LDX, kNE = Q * LDN, kME = Q * LDQ, kHE = P * LDN;  // elements per buffer
   unsigned char* sm = mma::dynamic_smem();
@@ -51,17 +55,18 @@ __global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd
 
   const int h_first = blockIdx.x * kHeads, seg = blockIdx.y, b = blockIdx.z;
   const int g = h_first / (a.H / a.G);
-  const int tid = threadIdx.x, warp = tid >> 5;
-  const int wr = warp % Cfg::kRowBlocks, wc = warp / Cfg::kRowBlocks;
+  const int tid = threadIdx.x, lw = (tid >> 5) % Cfg::kWarps;  // warp within its group of 8
+  const int hb = (tid >> 5) / Cfg::kWarps * kHW;  // this warp group's first head (of the block's)
+  const int wr = lw % Cfg::kRowBlocks, wc = lw / Cfg::kRowBlocks;
   const int r0 = 16 * wr;               // rows (t) of this warp in [Q, *] tiles
   const int q0 = wc * Cfg::kQCols;      // columns (s) in [Q, Q] tiles
   const int p0 = wc * Cfg::kPCols;      // columns (p) in [Q, P] tiles
-  float A[kHeads], Dh[kHeads], bias[kHeads];
+  float A[kHW], Dh[kHW], bias[kHW];  // of heads hb + hh
 #pragma unroll
-  for (int hh = 0; hh < kHeads; ++hh) {
-    A[hh] = -expf(load_any(a.A_log, a.A_type, h_first + hh));
-    Dh[hh] = a.D ? load_any(a.D, a.D_type, h_first + hh) : 0.f;
-    bias[hh] = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h_first + hh) : 0.f;
+  for (int hh = 0; hh < kHW; ++hh) {
+    A[hh] = -expf(load_any(a.A_log, a.A_type, h_first + hb + hh));
+    Dh[hh] = a.D ? load_any(a.D, a.D_type, h_first + hb + hh) : 0.f;
+    bias[hh] = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h_first + hb + hh) : 0.f;
   }
   const int T = a.T;
   const int c_begin = seg * a.seg_chunks, c_end = min(a.nchunks, c_begin + a.seg_chunks);
@@ -76,30 +81,30 @@ __global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd
     const int valid = min(Q, T - t0);
 #pragma unroll
     for (int hh = 0; hh < kHeads; ++hh)
-      load_tile_async<Q, P, LDX, 256>(Xs0 + (2 * hh + buf) * kXE, xg + hh * P, a.ld_x, rowb + t0, valid);
-    load_tile_async<Q, N, LDN, 256>(Bs0 + buf * kNE, Bg, a.ld_B, rowb + t0, valid);
+      load_tile_async<Q, P, LDX, kThreads>(Xs0 + (2 * hh + buf) * kXE, xg + hh * P, a.ld_x, rowb + t0, valid);
+    load_tile_async<Q, N, LDN, kThreads>(Bs0 + buf * kNE, Bg, a.ld_B, rowb + t0, valid);
   };
   auto issue_c = [&](int c) {
     const int t0 = c * Q;
-    load_tile_async<Q, N, LDN, 256>(Cs, Cg, a.ld_C, rowb + t0, min(Q, T - t0));
+    load_tile_async<Q, N, LDN, kThreads>(Cs, Cg, a.ld_C, rowb + t0, min(Q, T - t0));
   };
 
-  StateFrag<Cfg> H[kHeads];
-  const int64_t state_off = (static_cast<int64_t>(b) * a.H + h_first) * P * N;  // head hh at + hh P N
+  StateFrag<Cfg> H[kHW];
+  const int64_t state_off = (static_cast<int64_t>(b) * a.H + h_first) * P * N;  // head i at + i P N
 #pragma unroll
-  for (int hh = 0; hh < kHeads; ++hh) {
-    H[hh].load(a.nseg > 1 ? a.ws_seg + seg_state_offset(a, 0, b, seg, h_first + hh)
-                          : (a.h0 ? a.h0 + state_off + hh * P * N : nullptr));
-    H[hh].store_bf16(Hs0 + hh * kHE, LDN);
+  for (int hh = 0; hh < kHW; ++hh) {
+    H[hh].load(a.nseg > 1 ? a.ws_seg + seg_state_offset(a, 0, b, seg, h_first + hb + hh)
+                          : (a.h0 ? a.h0 + state_off + (hb + hh) * P * N : nullptr));
+    H[hh].store_bf16(Hs0 + (hb + hh) * kHE, LDN);
   }
   issue_xb(c_begin, 0);
   issue_c(c_begin);
   mma::cp_async_commit();
-  if (tid < Q) {
-#pragma unroll
-    for (int hh = 0; hh < kHeads; ++hh) raw[2 * hh * Q + tid] = raw_dt_at(a, b, c_begin * Q + tid, h_first + hh);
-    bnd[tid] = boundary_at(a, b, c_begin * Q + tid);
-  }
+  // Raw dt: thread i < kHeads Q owns position i % Q of head i / Q.
+  const int raw_head = tid / Q, raw_pos = tid % Q;
+  const bool raw_thread = tid < kHeads * Q;
+  if (raw_thread) raw[2 * raw_head * Q + raw_pos] = raw_dt_at(a, b, c_begin * Q + raw_pos, h_first + raw_head);
+  if (tid < Q) bnd[tid] = boundary_at(a, b, c_begin * Q + tid);
 
   for (int c = c_begin; c < c_end; ++c) {
     const int buf = (c - c_begin) & 1;
@@ -112,16 +117,14 @@ __global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd
     if (has_next) issue_xb(c + 1, buf ^ 1);  // buffers last read by chunk c-1, before (A)
     mma::cp_async_commit();
     // Raw dt of the next chunk: loaded now, stored at the end of this chunk (latency hidden).
-    float next_raw[kHeads];
-    int next_bnd = 0;
-    const bool load_next = has_next && tid < Q;
+    const bool load_next = has_next && raw_thread;
+    const float next_raw = load_next ? raw_dt_at(a, b, t0 + Q + raw_pos, h_first + raw_head) : 0.f;
+    const int next_bnd = has_next && tid < Q ? boundary_at(a, b, t0 + Q + tid) : 0;
 #pragma unroll
-    for (int hh = 0; hh < kHeads; ++hh) next_raw[hh] = load_next ? raw_dt_at(a, b, t0 + Q + tid, h_first + hh) : 0.f;
-    if (load_next) next_bnd = boundary_at(a, b, t0 + Q + tid);
-#pragma unroll
-    for (int hh = 0; hh < kHeads; ++hh)
-      if (warp == Cfg::kScanWarp + hh)
-        chunk_scan_warp<Q, false>(sc[hh], raw + (2 * hh + buf) * Q, bnd + buf * Q, len, A[hh], bias[hh], a.dt_min, a.dt_max);
+    for (int hh = 0; hh < kHW; ++hh)
+      if (lw == Cfg::kScanWarp + hh)
+        chunk_scan_warp<Q, false>(sc[hb + hh], raw + (2 * (hb + hh) + buf) * Q, bnd + buf * Q, len, A[hh], bias[hh],
+                                  a.dt_min, a.dt_max);
 
     // G = C Bᵀ for this warp's [16, kQCols] tile; tiles strictly above the diagonal stay zero.
     float gacc[Cfg::kQTiles][4];
@@ -144,9 +147,9 @@ __global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd
       }
     }
     // Yo = C Hinᵀ for this warp's [16, kPCols] tile of y, per head.
-    float yo[kHeads][Cfg::kPTiles][4];
+    float yo[kHW][Cfg::kPTiles][4];
 #pragma unroll
-    for (int hh = 0; hh < kHeads; ++hh)
+    for (int hh = 0; hh < kHW; ++hh)
 #pragma unroll
       for (int j = 0; j < Cfg::kPTiles; ++j) yo[hh][j][0] = yo[hh][j][1] = yo[hh][j][2] = yo[hh][j][3] = 0.f;
 #pragma unroll kKUnroll
@@ -154,7 +157,8 @@ __global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd
       uint32_t af[4];
       mma::load_a(af, Cs, LDN, r0, 16 * kk);
 #pragma unroll
-      for (int hh = 0; hh < kHeads; ++hh) mma::mma_row<Cfg::kPTiles, false>(yo[hh], af, Hs0 + hh * kHE, LDN, p0, 16 * kk);
+      for (int hh = 0; hh < kHW; ++hh)
+        mma::mma_row<Cfg::kPTiles, false>(yo[hh], af, Hs0 + (hb + hh) * kHE, LDN, p0, 16 * kk);
     }
     __syncthreads();  // (B)
     if (has_next) issue_c(c + 1);  // C is read only before (B)
@@ -162,9 +166,9 @@ __global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd
 
     // M[t,s] = G[t,s] exp(cum_t - cum_s) dt_s for s <= t in t's document, else 0.
 #pragma unroll
-    for (int hh = 0; hh < kHeads; ++hh) {
-      const ChunkScan<Q>& S = sc[hh];
-      bf16_t* Ms = Ms0 + hh * kME;
+    for (int hh = 0; hh < kHW; ++hh) {
+      const ChunkScan<Q>& S = sc[hb + hh];
+      bf16_t* Ms = Ms0 + (hb + hh) * kME;
 #pragma unroll
       for (int j = 0; j < Cfg::kQTiles; ++j)
 #pragma unroll
@@ -184,10 +188,10 @@ __global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd
     __syncthreads();  // (C)
 
 #pragma unroll
-    for (int hh = 0; hh < kHeads; ++hh) {
-      const ChunkScan<Q>& S = sc[hh];
-      const bf16_t* Xs = Xs0 + (2 * hh + buf) * kXE;
-      const bf16_t* Ms = Ms0 + hh * kME;
+    for (int hh = 0; hh < kHW; ++hh) {
+      const ChunkScan<Q>& S = sc[hb + hh];
+      const bf16_t* Xs = Xs0 + (2 * (hb + hh) + buf) * kXE;
+      const bf16_t* Ms = Ms0 + (hb + hh) * kME;
       // y = M x  +  eoff_t Yo  +  D x   for this warp's [16, kPCols] tile.
       float yd[Cfg::kPTiles][4];
 #pragma unroll
@@ -209,40 +213,38 @@ __global__ void __launch_bounds__(256, (P <= 64 && kHeads == 1) ? 2 : 1) ssd_fwd
             const float e = S.eoff[t];
             const float v0 = yd[j][2 * half] + e * yo[hh][j][2 * half] + Dh[hh] * mma::bf16_lo(xv);
             const float v1 = yd[j][2 * half + 1] + e * yo[hh][j][2 * half + 1] + Dh[hh] * mma::bf16_hi(xv);
-            *reinterpret_cast<uint32_t*>(yg + (rowb + t0 + t) * a.ld_y + hh * P + p) = mma::pack_bf16x2(v0, v1);
+            *reinterpret_cast<uint32_t*>(yg + (rowb + t0 + t) * a.ld_y + (hb + hh) * P + p) = mma::pack_bf16x2(v0, v1);
           }
         }
       // State update H = gamma H + (x w dt)ᵀ B; its bf16 copy is the next chunk's Hs (every read
       // of Hs for this chunk happened before (B)).
       H[hh].scale(S.gamma);
       H[hh].add_outer(Xs, Bs, S.wdt);
-      H[hh].store_bf16(Hs0 + hh * kHE, LDN);
+      H[hh].store_bf16(Hs0 + (hb + hh) * kHE, LDN);
     }
-    if (load_next) {  // this slot's previous chunk was scanned before (A)
-#pragma unroll
-      for (int hh = 0; hh < kHeads; ++hh) raw[(2 * hh + (buf ^ 1)) * Q + tid] = next_raw[hh];
-      bnd[(buf ^ 1) * Q + tid] = next_bnd;
-    }
+    // This slot's previous chunk was scanned before (A).
+    if (load_next) raw[(2 * raw_head + (buf ^ 1)) * Q + raw_pos] = next_raw;
+    if (has_next && tid < Q) bnd[(buf ^ 1) * Q + tid] = next_bnd;
   }
   if (a.nseg == 1 && a.h_final)
 #pragma unroll
-    for (int hh = 0; hh < kHeads; ++hh) H[hh].store_f32(a.h_final + state_off + hh * P * N);
+    for (int hh = 0; hh < kHW; ++hh) H[hh].store_f32(a.h_final + state_off + (hb + hh) * P * N);
 }
 
 }  // namespace
 
-template <int Q, int P, int N, int kHeads>
+template <int Q, int P, int N, int kHW, int kHG>
 void launch_fwd_heads(const SsdArgs& a) {
-  using L = FwdLayout<FastCfg<Q, P, N>, kHeads>;
-  auto kernel = ssd_fwd_fast_kernel<Q, P, N, kHeads>;
+  using L = FwdLayout<FastCfg<Q, P, N>, kHW * kHG>;
+  auto kernel = ssd_fwd_fast_kernel<Q, P, N, kHW, kHG>;
   static const bool attr_set = [&] {  // once per instantiation: keep host work off the hot path
     HLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(L::total)));
     return true;
   }();
   (void)attr_set;
-  dim3 grid(static_cast<unsigned>(a.H / kHeads), static_cast<unsigned>(a.nseg), static_cast<unsigned>(a.B));
-  HLM_LAUNCH(kernel, grid, dim3(256), L::total, a);
+  dim3 grid(static_cast<unsigned>(a.H / (kHW * kHG)), static_cast<unsigned>(a.nseg), static_cast<unsigned>(a.B));
+  HLM_LAUNCH(kernel, grid, dim3(256 * kHG), L::total, a);
   HLM_CUDA_CHECK_LAUNCH();
 }
 
@@ -253,12 +255,10 @@ void launch_fwd_fast(const SsdArgs& a) {
     launch_state_pass(a, 0, 1);
   }
   if constexpr (P <= 64) {
-    if (a.fwd_heads == 2) {
-      launch_fwd_heads<Q, P, N, 2>(a);
-      return;
-    }
+    if (a.fwd_variant == 21) return launch_fwd_heads<Q, P, N, 2, 1>(a);
+    if (a.fwd_variant == 12) return launch_fwd_heads<Q, P, N, 1, 2>(a);
   }
-  launch_fwd_heads<Q, P, N, 1>(a);
+  launch_fwd_heads<Q, P, N, 1, 1>(a);
 }
 
 template void launch_fwd_fast<64, 64, 128>(const SsdArgs&);

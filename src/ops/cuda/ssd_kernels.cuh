@@ -84,7 +84,9 @@ struct SsdArgs {
   // segment's local state (from zero), then, after the state pass, the state entering (gradient
   // leaving) each segment; ws_seg_gamma [B][nseg][H] is each segment's total decay.
   int nseg = 1, seg_chunks = 0;
-  int fwd_heads = 1;  // heads per forward block (1 or 2, of one group; 2 only for P <= 64)
+  // Forward block shape (P <= 64 only; else 11): 11 one head, 8 warps (2 blocks/SM); 21 two heads
+  // per warp, 8 warps; 12 one head per group of 8 warps, 16 warps. Heads of one group.
+  int fwd_variant = 11;
   float* ws_seg = nullptr;
   float* ws_seg_gamma = nullptr;
 };
@@ -264,8 +266,10 @@ struct FastCfg {
 template <class Cfg>
 struct StateFrag {
   float v[Cfg::kSMT][Cfg::kSNT][4];
-  __device__ __forceinline__ int p0() const { return (static_cast<int>(threadIdx.x) >> 5) % Cfg::kSWarpsP * Cfg::kSRows; }
-  __device__ __forceinline__ int n0() const { return (static_cast<int>(threadIdx.x) >> 5) / Cfg::kSWarpsP * Cfg::kSCols; }
+  // Warp within its group of kWarps (blocks of several warp groups run one StateFrag per group).
+  __device__ __forceinline__ int wg() const { return (static_cast<int>(threadIdx.x) >> 5) % Cfg::kWarps; }
+  __device__ __forceinline__ int p0() const { return wg() % Cfg::kSWarpsP * Cfg::kSRows; }
+  __device__ __forceinline__ int n0() const { return wg() / Cfg::kSWarpsP * Cfg::kSCols; }
 
   __device__ __forceinline__ void load(const float* src) {  // src [P][N] fp32 or null (zero)
 #pragma unroll
