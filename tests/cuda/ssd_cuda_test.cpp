@@ -328,6 +328,18 @@ TEST(SsdCuda, SegmentSplits) {
   unsetenv("HLM_SSD_SEG_CHUNKS");
 }
 
+// The forward's other block shapes (the default for P = 64 is 12: two heads on 16 warps).
+TEST(SsdCuda, ForwardBlockShapes) {
+  HLM_REQUIRE_GPU();
+  for (const char* v : {"11", "21"}) {
+    SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
+    setenv("HLM_SSD_FWD_VARIANT", v, 1);
+    check_forward({2, 1000, 8, 2, 64, 128});
+    check_forward({1, 333, 16, 4, 64, 64});
+  }
+  unsetenv("HLM_SSD_FWD_VARIANT");
+}
+
 // --- the generic path (any P, N, fp32 activations) ---
 
 TEST(SsdCuda, GenericTinyShape) {
