@@ -353,6 +353,11 @@ int main(int argc, char** argv) {
       unsetenv("HLM_SSD_SEG_CHUNKS");
     }
     unsetenv("HLM_SSD_FWD_VARIANT");
+    setenv("HLM_SSD_SWEEP_HEADS", "1", 1);  // one head per sweep block, forward and backward
+    setenv("HLM_SSD_SEG_CHUNKS", "2", 1);
+    run_case("sweep1", 2, 333, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
+    unsetenv("HLM_SSD_SEG_CHUNKS");
+    unsetenv("HLM_SSD_SWEEP_HEADS");
   }
   if (want("fastexact")) run_case("fastexact", 1, 64, 2, 1, 64, 128, false, false, DType::BF16, 1e-2, true);
   if (want("fast64x64")) run_case("fast64x64", 1, 100, 2, 2, 64, 64, true, true, DType::BF16, 1e-2, true);

@@ -214,6 +214,8 @@ void split_segments(SsdArgs* a, int64_t units) {
   const int64_t slots = static_cast<int64_t>(num_sms()) * (a->P <= 64 ? 2 : 1);
   a->seg_chunks = choose_seg_chunks(a->nchunks, units, slots, static_cast<int64_t>(a->P) * a->N);
   a->nseg = (a->nchunks + a->seg_chunks - 1) / a->seg_chunks;
+  const char* env = std::getenv("HLM_SSD_SWEEP_HEADS");  // 1: one head per sweep block
+  a->sweep_heads = a->P <= 64 && (a->H / a->G) % 2 == 0 && !(env && std::atoi(env) == 1) ? 2 : 1;
 }
 
 // Zero-fills or copies a [B,H,P,N] fp32 state (for T == 0).

@@ -87,6 +87,7 @@ struct SsdArgs {
   // Forward block shape (P <= 64 only; else 11): 11 one head, 8 warps (2 blocks/SM); 21 two heads
   // per warp, 8 warps; 12 one head per group of 8 warps, 16 warps. Heads of one group.
   int fwd_variant = 11;
+  int sweep_heads = 1;  // heads per sweep block: 2 (of one group, on 16 warps) or 1
   float* ws_seg = nullptr;
   float* ws_seg_gamma = nullptr;
 };
