@@ -17,6 +17,8 @@
 // agree to rounding).
 #include <algorithm>
 #include <cstdlib>
+#include <utility>
+#include <vector>
 
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/ssd.h"
@@ -178,41 +180,47 @@ const FastShape* fast_shape(const SsdArgs& a) {
   return nullptr;
 }
 
-// Chunks per segment for nseg = ceil(nchunks / seg_chunks) segments. `units` blocks run per
-// segment index (B * H, times 2 for the backward's two directions), `slots` blocks fit on the GPU
-// at once. Wanted: at least ~4 waves (so the tail is short), then the fewest predicted seconds:
-// waves x chunks per segment x ~2 us, plus the segment states' traffic (written, read and written
-// by the pass, read: 16 bytes per state element) at ~3.5 TB/s. HLM_SSD_SEG_CHUNKS=n forces n
-// (tests, experiments).
-int choose_seg_chunks(int nchunks, int64_t units, int64_t slots, int64_t state_elems_per_unit) {
+// Chunks per segment for nseg = ceil(nchunks / seg_chunks) segments: the count with the fewest
+// predicted seconds. `units` heads run per segment index (B * H, times 2 for the backward's two
+// directions), `slots` heads fit on the GPU at once; a wave costs its chunks per segment times
+// main_s (the walk that produces the output) plus, with more than one segment, local_s (the local
+// sweep), the segment states' traffic (16 bytes per state element: written, read and written by
+// the pass, read) at ~3.5 TB/s and ~5 us for the two extra launches. Near-ties (2%) go to fewer
+// segments. HLM_SSD_SEG_CHUNKS=n forces n (tests, experiments).
+int choose_seg_chunks(int nchunks, int64_t units, int64_t slots, int64_t state_elems_per_unit, double main_s,
+                      double local_s) {
   if (const char* env = std::getenv("HLM_SSD_SEG_CHUNKS")) {
     const int v = std::atoi(env);
     if (v > 0) return std::min(v, nchunks);
   }
-  constexpr double kChunkSeconds = 2e-6, kBytesPerSecond = 3.5e12;
-  constexpr int64_t kMaxSegs = 65535;  // grid.y
+  constexpr double kBytesPerSecond = 3.5e12, kLaunchSeconds = 5e-6;
+  constexpr int64_t kMaxSegs = 4096;  // search bound (grid.y allows 65535)
   auto ceil_div = [](int64_t x, int64_t y) { return (x + y - 1) / y; };
-  const int64_t min_segs = std::clamp<int64_t>(ceil_div(4 * slots, units), 1, nchunks);
-  int best_len = static_cast<int>(ceil_div(nchunks, std::min(min_segs, kMaxSegs)));
-  double best = 1e30;
-  for (int64_t s = min_segs; s <= std::min<int64_t>({nchunks, 4 * min_segs, kMaxSegs}); ++s) {
-    const int64_t len = ceil_div(nchunks, s), segs = ceil_div(nchunks, len);
-    const double waves = static_cast<double>(ceil_div(segs * units, slots));
-    const double secs = waves * static_cast<double>(len) * kChunkSeconds +
-                        (segs > 1 ? static_cast<double>(segs * units * state_elems_per_unit) * 16.0 / kBytesPerSecond : 0.0);
-    if (secs < best) {
-      best = secs;
-      best_len = static_cast<int>(len);
-    }
+  auto cost = [&](int64_t len) {
+    const int64_t segs = ceil_div(nchunks, len);
+    const double chunks = static_cast<double>(ceil_div(segs * units, slots) * len);  // per slot
+    if (segs == 1) return chunks * main_s;
+    return chunks * (main_s + local_s) + kLaunchSeconds +
+           static_cast<double>(segs * units * state_elems_per_unit) * 16.0 / kBytesPerSecond;
+  };
+  std::vector<std::pair<double, int64_t>> c;  // (seconds, chunks per segment) by segment count
+  for (int64_t s = 1; s <= std::min<int64_t>(nchunks, kMaxSegs); ++s) {
+    const int64_t len = ceil_div(nchunks, s);
+    if (c.empty() || c.back().second != len) c.emplace_back(cost(len), len);
   }
-  return best_len;
+  double best = 1e30;
+  for (const auto& e : c) best = std::min(best, e.first);
+  for (const auto& e : c)  // fewest segments first (len decreasing)
+    if (e.first <= 1.02 * best) return static_cast<int>(e.second);
+  return nchunks;
 }
 
-// Sets nchunks, seg_chunks, nseg of the fast path.
-void split_segments(SsdArgs* a, int64_t units) {
+// Sets nchunks, seg_chunks, nseg of the fast path (per-chunk seconds: see the NOTES' model).
+void split_segments(SsdArgs* a, int64_t units, bool backward) {
   a->nchunks = (a->T + kFastChunk - 1) / kFastChunk;
   const int64_t slots = static_cast<int64_t>(num_sms()) * (a->P <= 64 ? 2 : 1);
-  a->seg_chunks = choose_seg_chunks(a->nchunks, units, slots, static_cast<int64_t>(a->P) * a->N);
+  const double main_s = backward ? 1.0e-6 : 2.0e-6, local_s = backward ? 0.8e-6 : 0.6e-6;
+  a->seg_chunks = choose_seg_chunks(a->nchunks, units, slots, static_cast<int64_t>(a->P) * a->N, main_s, local_s);
   a->nseg = (a->nchunks + a->seg_chunks - 1) / a->seg_chunks;
   const char* env = std::getenv("HLM_SSD_SWEEP_HEADS");  // 1: one head per sweep block
   a->sweep_heads = a->P <= 64 && (a->H / a->G) % 2 == 0 && !(env && std::atoi(env) == 1) ? 2 : 1;
@@ -250,7 +258,7 @@ void ssd_forward(const SsdParams& p, const Tensor& y, const Tensor& h_final) {
                     row_view_aligned(a.Bm, a.ld_B) && row_view_aligned(a.Cm, a.ld_C) &&
                     row_view_aligned(a.y, a.ld_y);
   if (fast) {
-    split_segments(&a, d.B * d.H);
+    split_segments(&a, d.B * d.H, false);
     // Two heads of a group per block share the B, C tiles, on 16 warps (12, the default) or with
     // both heads in each of 8 warps (21); 11: one head, 2 blocks/SM. HLM_SSD_FWD_VARIANT picks.
     const char* variant_env = std::getenv("HLM_SSD_FWD_VARIANT");
@@ -321,7 +329,7 @@ void ssd_backward(const SsdParams& p, const Tensor& dy, const Tensor& dh_final, 
 
   int part_rows = 0;
   if (fast) {
-    split_segments(&a, 2 * d.B * d.H);
+    split_segments(&a, 2 * d.B * d.H, true);
     const size_t states = static_cast<size_t>(d.B) * d.H * a.nchunks * d.P * d.N;  // per workspace
     const size_t part = (static_cast<size_t>(d.B) * a.nchunks * d.H * 3 + 3) / 4 * 4;  // 16-byte aligned after
     const size_t seg_states = a.nseg > 1 ? static_cast<size_t>(2 * d.B) * a.nseg * d.H * d.P * d.N : 0;
