@@ -1,7 +1,9 @@
 // CUDA SSD (forward, backward, decode step) matches its CPU twin on fresh random inputs: odd
 // lengths, packed documents, h0 / h_final, clamped dt, column-slice inputs, every fast (P, N)
 // instantiation and the generic path; outputs are poisoned first; two runs are bitwise equal.
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/memory.h"
@@ -309,6 +311,33 @@ TEST(SsdCuda, Instantiation128x128) {
   HLM_REQUIRE_GPU();
   check_forward({1, 1030, 32, 4, 128, 128});
   check_backward({1, 1030, 32, 4, 128, 128});
+}
+
+// The chunk-parallel split: chunks per segment forced from 1 (every chunk its own segment) to more
+// than the row has (no state pass), with a partial last segment and documents across segment edges.
+TEST(SsdCuda, SegmentSplits) {
+  HLM_REQUIRE_GPU();
+  for (const char* seg : {"1", "3", "7", "100000"}) {
+    SCOPED_TRACE(std::string("HLM_SSD_SEG_CHUNKS=") + seg);
+    setenv("HLM_SSD_SEG_CHUNKS", seg, 1);
+    Case c{2, 1000, 8, 2, 64, 128};
+    c.seed = 11;
+    check_forward(c);
+    check_backward(c);
+  }
+  unsetenv("HLM_SSD_SEG_CHUNKS");
+}
+
+// The forward's other block shapes (the default for P = 64 is 12: two heads on 16 warps).
+TEST(SsdCuda, ForwardBlockShapes) {
+  HLM_REQUIRE_GPU();
+  for (const char* v : {"11", "21"}) {
+    SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
+    setenv("HLM_SSD_FWD_VARIANT", v, 1);
+    check_forward({2, 1000, 8, 2, 64, 128});
+    check_forward({1, 333, 16, 4, 64, 64});
+  }
+  unsetenv("HLM_SSD_FWD_VARIANT");
 }
 
 // --- the generic path (any P, N, fp32 activations) ---

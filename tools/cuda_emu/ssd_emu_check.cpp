@@ -3,6 +3,7 @@
 //   ssd_emu_check [case-filter]
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -333,6 +334,31 @@ int main(int argc, char** argv) {
     run_case("generic-bf16", 1, 20, 2, 1, 5, 6, false, false, DType::BF16, 1e-2, true);
   }
   if (want("fast64x128")) run_case("fast64x128", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
+  if (want("segments")) {  // chunk-parallel split: 1 chunk per segment .. one segment; partial last segment
+    for (const char* seg : {"1", "2", "4", "1000"}) {
+      setenv("HLM_SSD_SEG_CHUNKS", seg, 1);
+      std::printf("HLM_SSD_SEG_CHUNKS=%s\n", seg);
+      run_case("segments", 2, 333, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
+      run_case("segments-nodoc", 1, 300, 2, 1, 64, 64, false, false, DType::BF16, 1e-2, true);
+    }
+    unsetenv("HLM_SSD_SEG_CHUNKS");
+  }
+  if (want("variants")) {  // the forward's other block shapes (the default for P = 64 is 12)
+    for (const char* v : {"11", "21"}) {
+      setenv("HLM_SSD_FWD_VARIANT", v, 1);
+      std::printf("HLM_SSD_FWD_VARIANT=%s\n", v);
+      run_case("variant", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, false);
+      setenv("HLM_SSD_SEG_CHUNKS", "2", 1);
+      run_case("variant-seg2", 1, 333, 2, 1, 64, 64, true, true, DType::BF16, 1e-2, false);
+      unsetenv("HLM_SSD_SEG_CHUNKS");
+    }
+    unsetenv("HLM_SSD_FWD_VARIANT");
+    setenv("HLM_SSD_SWEEP_HEADS", "1", 1);  // one head per sweep block, forward and backward
+    setenv("HLM_SSD_SEG_CHUNKS", "2", 1);
+    run_case("sweep1", 2, 333, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
+    unsetenv("HLM_SSD_SEG_CHUNKS");
+    unsetenv("HLM_SSD_SWEEP_HEADS");
+  }
   if (want("fastexact")) run_case("fastexact", 1, 64, 2, 1, 64, 128, false, false, DType::BF16, 1e-2, true);
   if (want("fast64x64")) run_case("fast64x64", 1, 100, 2, 2, 64, 64, true, true, DType::BF16, 1e-2, true);
   if (want("fast128x128")) run_case("fast128x128", 1, 70, 2, 1, 128, 128, true, false, DType::BF16, 1e-2, true);
@@ -340,6 +366,9 @@ int main(int argc, char** argv) {
     run_step_case(2, 4, 2, 8, 128, DType::BF16, 1e-2);
     run_step_case(1, 2, 1, 3, 16, DType::F32, 1e-5);
     run_step_case(1, 2, 1, 3, 6, DType::F32, 1e-5);
+    run_step_case(1, 128, 8, 64, 128, DType::BF16, 1e-2);  // 2 float4 per thread (8B, batch 1)
+    run_step_case(9, 16, 2, 64, 128, DType::BF16, 1e-2);   // 4 float4 per thread
+    run_step_case(9, 16, 2, 64, 128, DType::F32, 1e-5);
   }
   std::printf("output hash %016llx\n%s\n", static_cast<unsigned long long>(g_hash), g_fail ? "FAILED" : "all ok");
   return g_fail ? 1 : 0;

@@ -182,6 +182,67 @@ __global__ void __launch_bounds__(128) conv_fwd_kernel(const ConvArgs a) {
   }
 }
 
+// 16-byte vector path of the forward: each thread owns 16 bytes of channels and a strip of time;
+// its rows stream through a private ring of shared memory by cp.async, kConvStages groups of
+// kConvRows rows in flight per thread (the copy engine holds the bytes in flight, not registers),
+// and the K-1 previous inputs stay in registers. No barriers: a thread reads only its own slots.
+constexpr int kConvRows = 4, kConvStages = 4, kConvThreads = 128;
+constexpr size_t kConvSmem = size_t{kConvRows} * kConvStages * kConvThreads * 16;
+
+template <typename T, int K, int V>
+__global__ void __launch_bounds__(kConvThreads, 4) conv_fwd_vec_kernel(const ConvArgs a) {
+  static_assert(V * sizeof(T) == 16, "16-byte vectors");
+  const int c0 = (blockIdx.x * kConvThreads + threadIdx.x) * V;
+  if (c0 >= a.C) return;
+  const int seg = blockIdx.y, b = blockIdx.z;
+  const int t_begin = seg * a.seg_len, t_end = min(a.T, t_begin + a.seg_len);
+  auto* ring = reinterpret_cast<uint4*>(mma::dynamic_smem()) + threadIdx.x;  // slot i at ring[i * kConvThreads]
+  const T* xg = static_cast<const T*>(a.x) + static_cast<int64_t>(b) * a.T * a.ld_x + c0;
+  T* yg = static_cast<T*>(a.y) + static_cast<int64_t>(b) * a.T * a.ld_y + c0;
+  const int ngroups = (t_end - t_begin + kConvRows - 1) / kConvRows;
+  auto issue = [&](int grp) {  // rows of group grp into its slots (zero-filled past the strip)
+    if (grp < ngroups)
+#pragma unroll
+      for (int u = 0; u < kConvRows; ++u) {
+        const int t = t_begin + grp * kConvRows + u;
+        const bool valid = t < t_end;
+        mma::cp_async16(ring + ((grp % kConvStages) * kConvRows + u) * kConvThreads,
+                        xg + static_cast<int64_t>(valid ? t : t_begin) * a.ld_x, valid);
+      }
+    mma::cp_async_commit();
+  };
+#pragma unroll
+  for (int g = 0; g < kConvStages; ++g) issue(g);
+  ChannelParams<K, V> cp;
+  cp.load(a, c0);
+  SegCounter sc{a.doc ? a.doc + b * a.ld_doc : nullptr};
+  Window<T, K, V> win;
+  win.init(a, b, t_begin, c0, sc);
+  for (int grp = 0; grp < ngroups; ++grp) {
+    mma::cp_async_wait<kConvStages - 1>();  // group grp has landed
+#pragma unroll
+    for (int u = 0; u < kConvRows; ++u) {
+      const int t = t_begin + grp * kConvRows + u;
+      if (t < t_end) {
+        const uint4 raw = ring[((grp % kConvStages) * kConvRows + u) * kConvThreads];
+        T e[V];
+        memcpy(e, &raw, 16);
+        float cur[V], z[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) cur[v] = to_f32<T>(e[v]);
+        const int d = sc.next(t);
+        win.z(cp, cur, d, z);
+#pragma unroll
+        for (int v = 0; v < V; ++v) z[v] = z[v] * sigmoidf_(z[v]);
+        store_vec<T, V>(yg + static_cast<int64_t>(t) * a.ld_y, z);
+        win.push(cur, d);
+      }
+    }
+    issue(grp + kConvStages);  // into the slots just consumed (their values are in registers)
+  }
+  mma::cp_async_wait<0>();
+}
+
 // dz_t = dy_t silu'(z_t); dx_t = sum_k w_k dz_{t+K-1-k} (same document); dw_k, dbias summed
 // over the segment into the partials.
 template <typename T, int K, int V>
@@ -441,14 +502,25 @@ void conv1d_silu_forward(const Tensor& x, const Tensor& w, const Tensor& bias, c
   a.ld_y = yr.ld;
   const int V = 16 / static_cast<int>(dtype_size(x.dtype));
   const bool vec = d.C % V == 0 && vec_ok(a.x, a.ld_x, V) && vec_ok(a.y, a.ld_y, V);
-  a.seg_len = 64;
+  // Time strips: as long as possible (the K-1 halo rows are read twice) while the grid still
+  // gives each SM ~16 blocks to cycle through.
+  const int64_t cblocks = ((d.C + V - 1) / V + kConvThreads - 1) / kConvThreads;
+  a.seg_len = 256;
+  while (a.seg_len > 32 && cblocks * d.B * ((d.T + a.seg_len - 1) / a.seg_len) < 16 * num_sms()) a.seg_len /= 2;
   a.nseg = static_cast<int>((d.T + a.seg_len - 1) / a.seg_len);
   HLM_CHECK_ARG(a.nseg < 65536, "conv1d (CUDA): sequence too long ({} positions)", d.T);
   dispatch_conv(x.dtype, d.K, vec, [&]<typename T, int K, int VV>() {
     const int64_t threads_c = (d.C + VV - 1) / VV;
-    dim3 grid(static_cast<unsigned>((threads_c + 127) / 128), static_cast<unsigned>(a.nseg), static_cast<unsigned>(d.B));
-    auto kernel = conv_fwd_kernel<T, K, VV>;
-    HLM_LAUNCH(kernel, grid, dim3(128), 0, a);
+    if constexpr (VV * sizeof(T) == 16) {
+      dim3 grid(static_cast<unsigned>((threads_c + kConvThreads - 1) / kConvThreads), static_cast<unsigned>(a.nseg),
+                static_cast<unsigned>(d.B));
+      auto kernel = conv_fwd_vec_kernel<T, K, VV>;
+      HLM_LAUNCH(kernel, grid, dim3(kConvThreads), kConvSmem, a);
+    } else {
+      dim3 grid(static_cast<unsigned>((threads_c + 127) / 128), static_cast<unsigned>(a.nseg), static_cast<unsigned>(d.B));
+      auto kernel = conv_fwd_kernel<T, K, VV>;
+      HLM_LAUNCH(kernel, grid, dim3(128), 0, a);
+    }
     HLM_CUDA_CHECK_LAUNCH();
   });
 }

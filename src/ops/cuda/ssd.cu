@@ -2,16 +2,23 @@
 // argument checks, the choice between the tensor-core path and the generic fallback, workspace.
 //
 // Tensor-core path (bf16 activations, 16-byte aligned rows, (P, N) in kFastShapes), chunk Q = 64:
-//  forward   1 kernel : per (row, head) a persistent block walks the chunks; per chunk it forms
-//                       G = C Bᵀ, M = G ∘ decay ∘ dt, y = M x + decay (C Hᵀ) + D x and updates the
-//                       fp32 state in registers (ssd_fwd.cu).
-//  backward  3 kernels: state sweeps (forward: states entering each chunk; reverse: state gradients
-//                       leaving each chunk), per-(chunk, group) gradients, parameter reduction
-//                       (ssd_bwd.cu, ssd_generic.cu).
+// the chunks of each row are cut into segments (enough blocks to fill the GPU, see
+// choose_seg_chunks); with one segment the state passes are skipped.
+//  forward   3 kernels: local state of each segment (sweep), state pass over segments, then per
+//                       (head, segment, row) a block walks the segment's chunks: G = C Bᵀ,
+//                       M = G ∘ decay ∘ dt, y = M x + decay (C Hᵀ) + D x, fp32 state in registers
+//                       (ssd_state.cu, ssd_fwd.cu).
+//  backward  5 kernels: local segment sweeps and the state pass (both directions), state sweeps
+//                       storing the states entering / gradients leaving each chunk, per-(chunk,
+//                       group) gradients, parameter reduction (ssd_state.cu, ssd_bwd.cu,
+//                       ssd_generic.cu).
 // Generic path (anything else): the sequential recurrence in fp32, one block per (row, head).
 // SsdParams::chunk is a hint for the CPU algorithm; the CUDA path picks its own chunk (results
 // agree to rounding).
 #include <algorithm>
+#include <cstdlib>
+#include <utility>
+#include <vector>
 
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/ssd.h"
@@ -173,6 +180,52 @@ const FastShape* fast_shape(const SsdArgs& a) {
   return nullptr;
 }
 
+// Chunks per segment for nseg = ceil(nchunks / seg_chunks) segments: the count with the fewest
+// predicted seconds. `units` heads run per segment index (B * H, times 2 for the backward's two
+// directions), `slots` heads fit on the GPU at once; a wave costs its chunks per segment times
+// main_s (the walk that produces the output) plus, with more than one segment, local_s (the local
+// sweep), the segment states' traffic (16 bytes per state element: written, read and written by
+// the pass, read) at ~3.5 TB/s and ~5 us for the two extra launches. Near-ties (2%) go to fewer
+// segments. HLM_SSD_SEG_CHUNKS=n forces n (tests, experiments).
+int choose_seg_chunks(int nchunks, int64_t units, int64_t slots, int64_t state_elems_per_unit, double main_s,
+                      double local_s) {
+  if (const char* env = std::getenv("HLM_SSD_SEG_CHUNKS")) {
+    const int v = std::atoi(env);
+    if (v > 0) return std::min(v, nchunks);
+  }
+  constexpr double kBytesPerSecond = 3.5e12, kLaunchSeconds = 5e-6;
+  constexpr int64_t kMaxSegs = 4096;  // search bound (grid.y allows 65535)
+  auto ceil_div = [](int64_t x, int64_t y) { return (x + y - 1) / y; };
+  auto cost = [&](int64_t len) {
+    const int64_t segs = ceil_div(nchunks, len);
+    const double chunks = static_cast<double>(ceil_div(segs * units, slots) * len);  // per slot
+    if (segs == 1) return chunks * main_s;
+    return chunks * (main_s + local_s) + kLaunchSeconds +
+           static_cast<double>(segs * units * state_elems_per_unit) * 16.0 / kBytesPerSecond;
+  };
+  std::vector<std::pair<double, int64_t>> c;  // (seconds, chunks per segment) by segment count
+  for (int64_t s = 1; s <= std::min<int64_t>(nchunks, kMaxSegs); ++s) {
+    const int64_t len = ceil_div(nchunks, s);
+    if (c.empty() || c.back().second != len) c.emplace_back(cost(len), len);
+  }
+  double best = 1e30;
+  for (const auto& e : c) best = std::min(best, e.first);
+  for (const auto& e : c)  // fewest segments first (len decreasing)
+    if (e.first <= 1.02 * best) return static_cast<int>(e.second);
+  return nchunks;
+}
+
+// Sets nchunks, seg_chunks, nseg of the fast path (per-chunk seconds: see the NOTES' model).
+void split_segments(SsdArgs* a, int64_t units, bool backward) {
+  a->nchunks = (a->T + kFastChunk - 1) / kFastChunk;
+  const int64_t slots = static_cast<int64_t>(num_sms()) * (a->P <= 64 ? 2 : 1);
+  const double main_s = backward ? 1.0e-6 : 2.0e-6, local_s = backward ? 0.8e-6 : 0.6e-6;
+  a->seg_chunks = choose_seg_chunks(a->nchunks, units, slots, static_cast<int64_t>(a->P) * a->N, main_s, local_s);
+  a->nseg = (a->nchunks + a->seg_chunks - 1) / a->seg_chunks;
+  const char* env = std::getenv("HLM_SSD_SWEEP_HEADS");  // 1: one head per sweep block
+  a->sweep_heads = a->P <= 64 && (a->H / a->G) % 2 == 0 && !(env && std::atoi(env) == 1) ? 2 : 1;
+}
+
 // Zero-fills or copies a [B,H,P,N] fp32 state (for T == 0).
 void copy_or_zero(float* dst, const float* src, size_t n) {
   if (src)
@@ -205,7 +258,18 @@ void ssd_forward(const SsdParams& p, const Tensor& y, const Tensor& h_final) {
                     row_view_aligned(a.Bm, a.ld_B) && row_view_aligned(a.Cm, a.ld_C) &&
                     row_view_aligned(a.y, a.ld_y);
   if (fast) {
-    a.nchunks = static_cast<int>((d.T + kFastChunk - 1) / kFastChunk);
+    split_segments(&a, d.B * d.H, false);
+    // Two heads of a group per block share the B, C tiles, on 16 warps (12, the default) or with
+    // both heads in each of 8 warps (21); 11: one head, 2 blocks/SM. HLM_SSD_FWD_VARIANT picks.
+    const char* variant_env = std::getenv("HLM_SSD_FWD_VARIANT");
+    const int variant = variant_env ? std::atoi(variant_env) : 12;
+    a.fwd_variant = d.P <= 64 && (d.H / d.G) % 2 == 0 && (variant == 12 || variant == 21) ? variant : 11;
+    if (a.nseg > 1) {
+      const size_t seg_states = static_cast<size_t>(d.B) * a.nseg * d.H * d.P * d.N;
+      auto* base = static_cast<float*>(ssd_scratch().get((seg_states + static_cast<size_t>(d.B) * a.nseg * d.H) * 4));
+      a.ws_seg = base;
+      a.ws_seg_gamma = base + seg_states;
+    }
     fs->fwd(a);
   } else {
     auto* ws = static_cast<float*>(ssd_scratch().get(state_elems * sizeof(float)));
@@ -265,13 +329,18 @@ void ssd_backward(const SsdParams& p, const Tensor& dy, const Tensor& dh_final, 
 
   int part_rows = 0;
   if (fast) {
-    a.nchunks = static_cast<int>((d.T + kFastChunk - 1) / kFastChunk);
+    split_segments(&a, 2 * d.B * d.H, true);
     const size_t states = static_cast<size_t>(d.B) * d.H * a.nchunks * d.P * d.N;  // per workspace
-    const size_t part = static_cast<size_t>(d.B) * a.nchunks * d.H * 3;
-    auto* base = static_cast<unsigned char*>(ssd_scratch().get(2 * states * 2 + part * 4));
+    const size_t part = (static_cast<size_t>(d.B) * a.nchunks * d.H * 3 + 3) / 4 * 4;  // 16-byte aligned after
+    const size_t seg_states = a.nseg > 1 ? static_cast<size_t>(2 * d.B) * a.nseg * d.H * d.P * d.N : 0;
+    const size_t seg_gamma = a.nseg > 1 ? static_cast<size_t>(d.B) * a.nseg * d.H : 0;
+    auto* base = static_cast<unsigned char*>(ssd_scratch().get(2 * states * 2 + (part + seg_states + seg_gamma) * 4));
     a.ws_hin = reinterpret_cast<ssd::bf16_t*>(base);
     a.ws_dhout = a.ws_hin + states;
-    a.ws_part = params ? reinterpret_cast<float*>(base + 4 * states) : nullptr;
+    auto* f32 = reinterpret_cast<float*>(base + 4 * states);
+    a.ws_part = params ? f32 : nullptr;
+    a.ws_seg = a.nseg > 1 ? f32 + part : nullptr;
+    a.ws_seg_gamma = a.nseg > 1 ? f32 + part + seg_states : nullptr;
     part_rows = static_cast<int>(d.B) * a.nchunks;
     fs->bwd(a);
   } else {

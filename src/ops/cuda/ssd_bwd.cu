@@ -1,7 +1,8 @@
-// SSD backward on tensor cores, three kernels:
-//  1. ssd_state_sweep: per (row, head) two persistent blocks recompute the states entering each
-//     chunk (forward sweep) and the state gradients leaving each chunk (reverse sweep, from dy),
-//     keeping the running state in fp32 registers and storing a bf16 copy per chunk.
+// SSD backward on tensor cores:
+//  1. state sweeps (ssd_state.cu), chunk-parallel over segments: local segment sweeps, the state
+//     pass over segments, then per (head, segment, row, direction) a block recomputes the states
+//     entering each chunk (forwards) and the state gradients leaving each chunk (backwards, from
+//     dy), fp32 in registers, storing a bf16 copy per chunk.
 //  2. ssd_bwd_chunk: per (row, chunk, group) one block loops over the group's heads and produces
 //     dx, d(dt), dB, dC (dB, dC summed over the heads in registers: no atomics) and per-head
 //     partial sums of dA, dD, ddt_bias.
@@ -10,106 +11,6 @@
 
 namespace hlm::cuda::ssd {
 namespace {
-
-// ---------------------------------------------------------------------------------------------
-// 1. State sweeps. blockIdx.z = 0: H_in(c) for c = 0.. (from h0, x, B);
-//                  blockIdx.z = 1: dH_out(c) for c = C-1.. (from dh_final, dy, C); dh0 at the end.
-// Both are the same recurrence S <- gamma S + (act * coef)ᵀ V with (act, coef, V) = (x, w dt, B)
-// forwards and (dy, eoff, C) backwards.
-
-template <class Cfg>
-struct SweepLayout {
-  static constexpr size_t kX = size_t{Cfg::Q} * Cfg::LDX * 2;
-  static constexpr size_t kN = size_t{Cfg::Q} * Cfg::LDN * 2;
-  static constexpr size_t as = 0;
-  static constexpr size_t vs = as + 2 * kX;
-  static constexpr size_t xw = vs + 2 * kN;
-  static constexpr size_t raw = xw + kX;
-  static constexpr size_t bnd = raw + 2 * Cfg::Q * 4;
-  static constexpr size_t scan = bnd + 2 * Cfg::Q * 4;
-  static constexpr size_t total = scan + sizeof(ChunkScan<Cfg::Q>);
-};
-
-template <int Q, int P, int N>
-__global__ void __launch_bounds__(256, P <= 64 ? 2 : 1) ssd_state_sweep_kernel(const SsdArgs a) {
-  using Cfg = FastCfg<Q, P, N>;
-  using L = SweepLayout<Cfg>;
-  constexpr int LDX = Cfg::LDX, LDN = Cfg::LDN;
-  constexpr int kXE = Q * LDX, kNE = Q * LDN;
-  unsigned char* sm = mma::dynamic_smem();
-  auto* As0 = reinterpret_cast<bf16_t*>(sm + L::as);
-  auto* Vs0 = reinterpret_cast<bf16_t*>(sm + L::vs);
-  auto* Xw = reinterpret_cast<bf16_t*>(sm + L::xw);
-  auto* raw = reinterpret_cast<float*>(sm + L::raw);
-  auto* bnd = reinterpret_cast<int*>(sm + L::bnd);
-  auto& sc = *reinterpret_cast<ChunkScan<Q>*>(sm + L::scan);
-
-  const int h = blockIdx.x, b = blockIdx.y;
-  const bool reverse = blockIdx.z == 1;
-  const int g = h / (a.H / a.G);
-  const int tid = threadIdx.x, warp = tid >> 5;
-  const float A = -expf(load_any(a.A_log, a.A_type, h));
-  const float bias = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h) : 0.f;
-  const int T = a.T, C = a.nchunks;
-  const int64_t rowb = static_cast<int64_t>(b) * T;
-  const auto* act = static_cast<const bf16_t*>(reverse ? a.dy : a.x) + static_cast<int64_t>(h) * P;
-  const int64_t ld_act = reverse ? a.ld_dy : a.ld_x;
-  const auto* vec = static_cast<const bf16_t*>(reverse ? a.Cm : a.Bm) + static_cast<int64_t>(g) * N;
-  const int64_t ld_vec = reverse ? a.ld_C : a.ld_B;
-  bf16_t* ws = (reverse ? a.ws_dhout : a.ws_hin) + (static_cast<int64_t>(b) * a.H + h) * C * P * N;
-  const int64_t state_off = (static_cast<int64_t>(b) * a.H + h) * P * N;
-
-  auto chunk_of = [&](int it) { return reverse ? C - 1 - it : it; };
-  auto issue_loads = [&](int c, int buf) {
-    const int t0 = c * Q;
-    const int valid = min(Q, T - t0);
-    load_tile_async<Q, P, LDX, 256>(As0 + buf * kXE, act, ld_act, rowb + t0, valid);
-    load_tile_async<Q, N, LDN, 256>(Vs0 + buf * kNE, vec, ld_vec, rowb + t0, valid);
-  };
-
-  StateFrag<Cfg> S;
-  S.load(reverse ? (a.dh_final ? a.dh_final + state_off : nullptr) : (a.h0 ? a.h0 + state_off : nullptr));
-  issue_loads(chunk_of(0), 0);
-  mma::cp_async_commit();
-  if (tid < Q) {
-    const int t = chunk_of(0) * Q + tid;
-    raw[tid] = raw_dt_at(a, b, t, h);
-    bnd[tid] = boundary_at(a, b, t);
-  }
-  for (int it = 0; it < C; ++it) {
-    const int c = chunk_of(it);
-    const int buf = it & 1;
-    const int len = min(Q, T - c * Q);
-    const bool has_next = it + 1 < C;
-    // The state entering (forwards) / the gradient leaving (backwards) chunk c.
-    S.store_bf16(ws + static_cast<int64_t>(c) * P * N, N);
-    float next_raw = 0.f;
-    int next_bnd = 0;
-    if (has_next && tid < Q) {
-      const int t = chunk_of(it + 1) * Q + tid;
-      next_raw = raw_dt_at(a, b, t, h);
-      next_bnd = boundary_at(a, b, t);
-    }
-    mma::cp_async_wait<0>();
-    __syncthreads();  // chunk tiles in; previous chunk done
-    if (has_next) issue_loads(chunk_of(it + 1), buf ^ 1);
-    mma::cp_async_commit();
-    if (warp == 0) chunk_scan_warp<Q>(sc, raw + buf * Q, bnd + buf * Q, len, A, bias, a.dt_min, a.dt_max);
-    if (has_next && tid < Q) {
-      raw[(buf ^ 1) * Q + tid] = next_raw;
-      bnd[(buf ^ 1) * Q + tid] = next_bnd;
-    }
-    __syncthreads();  // scan visible
-    if (reverse)
-      scale_rows<Cfg>(Xw, As0 + buf * kXE, sc.eoff, nullptr);
-    else
-      scale_rows<Cfg>(Xw, As0 + buf * kXE, sc.w, sc.dt);
-    __syncthreads();  // Xw complete
-    S.scale(sc.gamma);
-    S.add_outer(Xw, Vs0 + buf * kNE);
-  }
-  if (reverse && a.dh0) S.store_f32(a.dh0 + state_off);
-}
 
 // ---------------------------------------------------------------------------------------------
 // 2. Chunk gradients. For one chunk of one head (positions t, s in [0, Q); G = C Bᵀ shared by the
@@ -579,18 +480,14 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
 template <int Q, int P, int N>
 void launch_bwd_fast(const SsdArgs& a) {
   using Cfg = FastCfg<Q, P, N>;
-  using LS = SweepLayout<Cfg>;
   using LC = ChunkLayout<Cfg>;
-  auto sweep = ssd_state_sweep_kernel<Q, P, N>;
-  static const bool sweep_attr = [&] {
-    HLM_CUDA_CHECK(cudaFuncSetAttribute(sweep, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(LS::total)));
-    return true;
-  }();
-  (void)sweep_attr;
-  HLM_LAUNCH(sweep, dim3(static_cast<unsigned>(a.H), static_cast<unsigned>(a.B), 2), dim3(256), LS::total, a);
-  HLM_CUDA_CHECK_LAUNCH();
   const bool chunk_outputs = a.dx || a.ddt || a.dBm || a.dCm || a.ws_part;
+  if (a.nseg > 1) {
+    launch_state_sweep<Q, P, N>(a, 0, 2, true);
+    launch_state_pass(a, 0, 2);  // dh0 written here
+  }
+  if (!chunk_outputs && a.nseg > 1) return;
+  launch_state_sweep<Q, P, N>(a, 0, 2, false);
   if (!chunk_outputs) return;
   auto chunk = ssd_bwd_chunk_kernel<Q, P, N>;
   static const bool chunk_attr = [&] {

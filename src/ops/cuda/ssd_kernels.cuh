@@ -10,6 +10,11 @@ namespace hlm::cuda::ssd {
 
 using mma::bf16_t;
 
+// Unroll factor of the k loops of the per-chunk products: full unrolling made the forward's chunk
+// loop ~50 KB of SASS (more than the instruction caches close to the warps hold); the accumulator
+// chains along k are sequential anyway, so 2 keeps the next fragment loads overlapped.
+constexpr int kKUnroll = 2;
+
 // Element type of a scalar-valued tensor read or written one element at a time.
 enum ScalarType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
@@ -74,7 +79,23 @@ struct SsdArgs {
   bf16_t* ws_dhout = nullptr;
   float* ws_part = nullptr;
   int nchunks = 0;
+  // Chunk-parallel split: the chunks of a row are cut into nseg segments of seg_chunks chunks.
+  // ws_seg [2][B][nseg][H][P][N] fp32 (direction 0: states, 1: state gradients) holds first each
+  // segment's local state (from zero), then, after the state pass, the state entering (gradient
+  // leaving) each segment; ws_seg_gamma [B][nseg][H] is each segment's total decay.
+  int nseg = 1, seg_chunks = 0;
+  // Forward block shape (P <= 64 only; else 11): 11 one head, 8 warps (2 blocks/SM); 21 two heads
+  // per warp, 8 warps; 12 one head per group of 8 warps, 16 warps. Heads of one group.
+  int fwd_variant = 11;
+  int sweep_heads = 1;  // heads per sweep block: 2 (of one group, on 16 warps) or 1
+  float* ws_seg = nullptr;
+  float* ws_seg_gamma = nullptr;
 };
+
+// Offset (floats) of the [P, N] state of (dir, b, segment s, h) in SsdArgs::ws_seg.
+__host__ __device__ __forceinline__ int64_t seg_state_offset(const SsdArgs& a, int dir, int b, int s, int h) {
+  return (((static_cast<int64_t>(dir) * a.B + b) * a.nseg + s) * a.H + h) * a.P * a.N;
+}
 
 // dt = clamp(softplus(raw + bias), dt_min, dt_max); dsp = d dt / d raw (zero where clamped).
 __device__ __forceinline__ void dt_from_raw(float raw, float bias, float dt_min, float dt_max,
@@ -100,13 +121,15 @@ __device__ __forceinline__ void dt_from_raw(float raw, float bias, float dt_min,
 // from the chunk start to t (0 after a boundary); gamma = decay over the whole chunk.
 template <int Q>
 struct ChunkScan {
-  float dt[Q], dsp[Q], cum[Q], w[Q], eoff[Q];
+  float dt[Q], dsp[Q], cum[Q], w[Q], eoff[Q], wdt[Q];
   int seg[Q];
   float gamma;
   float pad_[3];
 };
 
-template <int Q>
+// kGrad = false (forward, sweeps): d dt / d raw is not needed (left unwritten) and the decays use
+// the fast exponential (arguments <= 0, results in [0, 1]: absolute error ~1e-7).
+template <int Q, bool kGrad = true>
 __device__ __forceinline__ void chunk_scan_warp(ChunkScan<Q>& s, const float* raw, const int* bnd,
                                                 int len, float A, float bias, float dt_min,
                                                 float dt_max) {
@@ -159,13 +182,15 @@ __device__ __forceinline__ void chunk_scan_warp(ChunkScan<Q>& s, const float* ra
   for (int e = 0; e < E; ++e) {
     int t = lane * E + e;
     s.dt[t] = dt[e];
-    s.dsp[t] = dsp[e];
+    if constexpr (kGrad) s.dsp[t] = dsp[e];
     s.cum[t] = cum[e];
     s.seg[t] = sg[e];
-    s.w[t] = sg[e] == send ? expf(fminf(cend - cum[e], 0.f)) : 0.f;
-    s.eoff[t] = sg[e] == 0 ? expf(fminf(cum[e], 0.f)) : 0.f;
+    const float w = sg[e] == send ? (kGrad ? expf(fminf(cend - cum[e], 0.f)) : __expf(fminf(cend - cum[e], 0.f))) : 0.f;
+    s.w[t] = w;
+    s.wdt[t] = w * dt[e];
+    s.eoff[t] = sg[e] == 0 ? (kGrad ? expf(fminf(cum[e], 0.f)) : __expf(fminf(cum[e], 0.f))) : 0.f;
   }
-  if (lane == 0) s.gamma = send == 0 ? expf(fminf(cend, 0.f)) : 0.f;
+  if (lane == 0) s.gamma = send == 0 ? (kGrad ? expf(fminf(cend, 0.f)) : __expf(fminf(cend, 0.f))) : 0.f;
 }
 
 // Raw dt and document-boundary flag of position t of row b (zero past the row end).
@@ -242,8 +267,10 @@ struct FastCfg {
 template <class Cfg>
 struct StateFrag {
   float v[Cfg::kSMT][Cfg::kSNT][4];
-  __device__ __forceinline__ int p0() const { return (static_cast<int>(threadIdx.x) >> 5) % Cfg::kSWarpsP * Cfg::kSRows; }
-  __device__ __forceinline__ int n0() const { return (static_cast<int>(threadIdx.x) >> 5) / Cfg::kSWarpsP * Cfg::kSCols; }
+  // Warp within its group of kWarps (blocks of several warp groups run one StateFrag per group).
+  __device__ __forceinline__ int wg() const { return (static_cast<int>(threadIdx.x) >> 5) % Cfg::kWarps; }
+  __device__ __forceinline__ int p0() const { return wg() % Cfg::kSWarpsP * Cfg::kSRows; }
+  __device__ __forceinline__ int n0() const { return wg() / Cfg::kSWarpsP * Cfg::kSCols; }
 
   __device__ __forceinline__ void load(const float* src) {  // src [P][N] fp32 or null (zero)
 #pragma unroll
@@ -289,13 +316,27 @@ struct StateFrag {
 #pragma unroll
         for (int i = 0; i < 4; ++i) v[mt][nt][i] *= s;
   }
-  // v += Aᵀ V over the chunk: A [Q][P] (pitch LDX) is the scaled activation, V [Q][N] (pitch LDN).
-  __device__ __forceinline__ void add_outer(const bf16_t* As, const bf16_t* Vs) {
-#pragma unroll
+  // v += Aᵀ V over the chunk: A [Q][P] (pitch LDX) is the activation, V [Q][N] (pitch LDN); with
+  // coef, row t of A is first scaled by coef[t] (in the fragments, rounded to bf16 as a scaled
+  // copy of the tile would be).
+  __device__ __forceinline__ void add_outer(const bf16_t* As, const bf16_t* Vs, const float* coef = nullptr) {
+    const int q2 = 2 * (mma::lane_id() & 3);
+#pragma unroll kKUnroll
     for (int ks = 0; ks < Cfg::Q / 16; ++ks) {
       uint32_t af[Cfg::kSMT][4];
 #pragma unroll
       for (int mt = 0; mt < Cfg::kSMT; ++mt) mma::load_a_t(af[mt], As, Cfg::LDX, p0() + 16 * mt, 16 * ks);
+      if (coef) {  // A fragment k (= t) columns of this lane: 2q, 2q+1 (regs 0, 1), 2q+8, 2q+9 (regs 2, 3)
+        const float2 c0 = *reinterpret_cast<const float2*>(coef + 16 * ks + q2);
+        const float2 c8 = *reinterpret_cast<const float2*>(coef + 16 * ks + q2 + 8);
+#pragma unroll
+        for (int mt = 0; mt < Cfg::kSMT; ++mt)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const float2 c = r < 2 ? c0 : c8;
+            af[mt][r] = mma::pack_bf16x2(mma::bf16_lo(af[mt][r]) * c.x, mma::bf16_hi(af[mt][r]) * c.y);
+          }
+      }
 #pragma unroll
       for (int nt = 0; nt < Cfg::kSNT; nt += 2) {
         uint32_t bfr[4];
@@ -326,11 +367,22 @@ __device__ __forceinline__ void scale_rows(bf16_t* out, const bf16_t* in, const 
   }
 }
 
-// Launchers (host), instantiated in ssd_fwd.cu / ssd_bwd.cu / ssd_generic.cu.
+// Launchers (host), instantiated in ssd_fwd.cu / ssd_bwd.cu / ssd_state.cu / ssd_generic.cu.
+// With a.nseg > 1 the forward and backward first run the segment sweeps and the state pass.
 template <int Q, int P, int N>
 void launch_fwd_fast(const SsdArgs& a);
 template <int Q, int P, int N>
 void launch_bwd_fast(const SsdArgs& a);  // sweeps + chunk kernel; partials left in ws_part
+// Sweeps over directions dir_first .. dir_first + ndir - 1 (0: states forwards from x, B;
+// 1: state gradients backwards from dy, C), one block per (head, segment, row, direction).
+// local: each segment from zero, leaving its local state in ws_seg and its decay in ws_seg_gamma;
+// otherwise from the state pass's result (or h0 / dh_final when nseg == 1), storing the bf16
+// state entering (gradient leaving) every chunk in ws_hin (ws_dhout).
+template <int Q, int P, int N>
+void launch_state_sweep(const SsdArgs& a, int dir_first, int ndir, bool local);
+// The short sequential pass over segments (fp32, in place in ws_seg): local states -> states
+// entering (gradients leaving) each segment; writes h_final (direction 0) and dh0 (direction 1).
+void launch_state_pass(const SsdArgs& a, int dir_first, int ndir);
 void launch_fwd_generic(const SsdArgs& a, int act_type, float* ws_state);
 // Generic backward: ws_f32 needs generic_bwd_ws_floats(a) floats; partials left in ws_part.
 size_t generic_bwd_ws_floats(const SsdArgs& a);

@@ -46,8 +46,26 @@ __device__ __forceinline__ RowCoef row_coef(const StepArgs& a, int b, int h, int
   return r;
 }
 
-template <typename T, int kLanes>
-__global__ void __launch_bounds__(256) ssd_step_vec_kernel(const StepArgs a) {
+// Four consecutive elements as floats: one 8- or 16-byte load when `vec` (aligned), else four.
+template <typename T>
+__device__ __forceinline__ float4 load4(const T* p, bool vec) {
+  if (vec) {
+    if constexpr (sizeof(T) == 4) {
+      return *reinterpret_cast<const float4*>(p);
+    } else {
+      const uint2 u = *reinterpret_cast<const uint2*>(p);
+      T e[4];
+      memcpy(e, &u, 8);
+      return make_float4(to_f32<T>(e[0]), to_f32<T>(e[1]), to_f32<T>(e[2]), to_f32<T>(e[3]));
+    }
+  }
+  return make_float4(to_f32<T>(p[0]), to_f32<T>(p[1]), to_f32<T>(p[2]), to_f32<T>(p[3]));
+}
+
+// kLanes threads per state row, each owning kVec float4s of it (lane q: float4s q + j kLanes, so a
+// warp's j-th loads are contiguous). The kVec state loads are issued together before any use.
+template <typename T, int kLanes, int kVec>
+__global__ void __launch_bounds__(256) ssd_step_vec_kernel(const StepArgs a, bool vec_bc) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t rows = static_cast<int64_t>(a.B) * a.H * a.P;
   const bool valid = idx < rows * kLanes;
@@ -57,23 +75,29 @@ __global__ void __launch_bounds__(256) ssd_step_vec_kernel(const StepArgs a) {
   RowCoef rc{0.f, 0.f, 0.f, 0.f};
   int b = 0, h = 0, p = 0;
   if (valid) {
+    float4* sp = reinterpret_cast<float4*>(a.state + row * a.N) + q;
+    float4 s[kVec];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) s[j] = sp[j * kLanes];
     p = static_cast<int>(row % a.P);
     const int64_t bh = row / a.P;
     h = static_cast<int>(bh % a.H);
     b = static_cast<int>(bh / a.H);
     const int g = h / (a.H / a.G);
     rc = row_coef<T>(a, b, h, p);
-    float4* sp = reinterpret_cast<float4*>(a.state + row * a.N) + q;
-    float4 s = *sp;
     const T* Bv = static_cast<const T*>(a.Bm) + b * a.ld_B + static_cast<int64_t>(g) * a.N + 4 * q;
     const T* Cv = static_cast<const T*>(a.Cm) + b * a.ld_C + static_cast<int64_t>(g) * a.N + 4 * q;
     const float xd = rc.dt * rc.x;
-    s.x = rc.decay * s.x + xd * to_f32<T>(Bv[0]);
-    s.y = rc.decay * s.y + xd * to_f32<T>(Bv[1]);
-    s.z = rc.decay * s.z + xd * to_f32<T>(Bv[2]);
-    s.w = rc.decay * s.w + xd * to_f32<T>(Bv[3]);
-    *sp = s;
-    partial = s.x * to_f32<T>(Cv[0]) + s.y * to_f32<T>(Cv[1]) + s.z * to_f32<T>(Cv[2]) + s.w * to_f32<T>(Cv[3]);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const float4 bv = load4<T>(Bv + 4 * j * kLanes, vec_bc), cv = load4<T>(Cv + 4 * j * kLanes, vec_bc);
+      s[j].x = rc.decay * s[j].x + xd * bv.x;
+      s[j].y = rc.decay * s[j].y + xd * bv.y;
+      s[j].z = rc.decay * s[j].z + xd * bv.z;
+      s[j].w = rc.decay * s[j].w + xd * bv.w;
+      sp[j * kLanes] = s[j];
+      partial += s[j].x * cv.x + s[j].y * cv.y + s[j].z * cv.z + s[j].w * cv.w;
+    }
   }
 #pragma unroll
   for (int off = kLanes / 2; off > 0; off >>= 1) partial += __shfl_xor_sync(0xffffffffu, partial, off);
@@ -121,12 +145,23 @@ void require(const Tensor& t, std::initializer_list<int64_t> shape, const char* 
   HLM_CHECK_ARG(ok, "ssd_step (CUDA): {} has shape {} (wrong rank or size)", what, t.shape_str());
 }
 
-template <typename T, int kLanes>
-void launch_vec(const StepArgs& a) {
+template <typename T, int kLanes, int kVec>
+void launch_vec(const StepArgs& a, bool vec_bc) {
   const int64_t threads = static_cast<int64_t>(a.B) * a.H * a.P * kLanes;
-  auto kernel = ssd_step_vec_kernel<T, kLanes>;
-  HLM_LAUNCH(kernel, dim3(static_cast<unsigned>((threads + 255) / 256)), dim3(256), 0, a);
+  auto kernel = ssd_step_vec_kernel<T, kLanes, kVec>;
+  HLM_LAUNCH(kernel, dim3(static_cast<unsigned>((threads + 255) / 256)), dim3(256), 0, a, vec_bc);
   HLM_CUDA_CHECK_LAUNCH();
+}
+template <typename T, int kVec>
+void launch_vec_lanes(const StepArgs& a, int lanes, bool vec_bc) {
+  switch (lanes) {
+    case 1: launch_vec<T, 1, kVec>(a, vec_bc); break;
+    case 2: launch_vec<T, 2, kVec>(a, vec_bc); break;
+    case 4: launch_vec<T, 4, kVec>(a, vec_bc); break;
+    case 8: launch_vec<T, 8, kVec>(a, vec_bc); break;
+    case 16: launch_vec<T, 16, kVec>(a, vec_bc); break;
+    default: launch_vec<T, 32, kVec>(a, vec_bc); break;
+  }
 }
 
 }  // namespace
@@ -183,7 +218,14 @@ void ssd_step(const SsdStepParams& p, const Tensor& state, const Tensor& y) {
   a.N = static_cast<int>(N);
   a.dt_min = p.dt_min;
   a.dt_max = p.dt_max;
-  const bool vec = N % 4 == 0 && N / 4 <= 32 && ((N / 4) & (N / 4 - 1)) == 0 &&
+  // float4s per row = lanes x kVec, lanes a power of two <= 32. kVec (float4s per thread, loads in
+  // flight) grows with the state while at least ~512 threads per SM remain.
+  const int64_t n4 = N / 4;
+  const int64_t f4_total = B * H * P * n4;
+  int kvec = 1;
+  while (kvec < 4 && f4_total / (2 * kvec) >= static_cast<int64_t>(num_sms()) * 512 && n4 % (2 * kvec) == 0) kvec *= 2;
+  const int64_t lanes = n4 / kvec;
+  const bool vec = N % 4 == 0 && lanes <= 32 && (lanes & (lanes - 1)) == 0 &&
                    (reinterpret_cast<uintptr_t>(a.state) & 15) == 0;
   dispatch_float(p.x.dtype, "ssd_step x", [&]<typename T>() {
     if (!vec) {
@@ -192,14 +234,15 @@ void ssd_step(const SsdStepParams& p, const Tensor& state, const Tensor& y) {
       HLM_CUDA_CHECK_LAUNCH();
       return;
     }
-    switch (N / 4) {
-      case 1: launch_vec<T, 1>(a); break;
-      case 2: launch_vec<T, 2>(a); break;
-      case 4: launch_vec<T, 4>(a); break;
-      case 8: launch_vec<T, 8>(a); break;
-      case 16: launch_vec<T, 16>(a); break;
-      default: launch_vec<T, 32>(a); break;
-    }
+    const uintptr_t align = 4 * sizeof(T) - 1;
+    const bool vec_bc = (reinterpret_cast<uintptr_t>(a.Bm) & align) == 0 && (reinterpret_cast<uintptr_t>(a.Cm) & align) == 0 &&
+                        a.ld_B % 4 == 0 && a.ld_C % 4 == 0;
+    if (kvec == 4)
+      launch_vec_lanes<T, 4>(a, static_cast<int>(lanes), vec_bc);
+    else if (kvec == 2)
+      launch_vec_lanes<T, 2>(a, static_cast<int>(lanes), vec_bc);
+    else
+      launch_vec_lanes<T, 1>(a, static_cast<int>(lanes), vec_bc);
   });
 }
 
