@@ -410,6 +410,7 @@ class ConvScratch {
  public:
   void* get(size_t bytes) {
     if (bytes > size_) {
+      note_reallocation();  // recorded graphs holding the old address must be re-recorded
       if (ptr_) HLM_CUDA_CHECK(cudaFreeAsync(ptr_, stream()));
       HLM_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream()));
       size_ = bytes;

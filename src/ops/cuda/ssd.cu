@@ -33,6 +33,7 @@ class SsdScratch {
  public:
   void* get(size_t bytes) {
     if (bytes > size_) {
+      note_reallocation();  // recorded graphs holding the old address must be re-recorded
       if (ptr_) HLM_CUDA_CHECK(cudaFreeAsync(ptr_, stream()));
       size_t rounded = (bytes + (size_t{1} << 21) - 1) & ~((size_t{1} << 21) - 1);
       HLM_CUDA_CHECK(cudaMallocAsync(&ptr_, rounded, stream()));
