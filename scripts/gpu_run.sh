@@ -19,12 +19,12 @@ run_stage() {
   local name=$1 limit=$2
   local t0=$(date +%s)
   case "$name" in
-    tests) timeout "$limit" "$bin/hybridlm_tests" --gtest_filter='*Cuda*' --gtest_color=no > "$logs/tests.log" 2>&1 ;;
-    ssd) timeout "$limit" "$bin/bench_ssd_cuda" --json "$logs/ssd.json" > "$logs/ssd.log" 2>&1 ;;
-    ops) timeout "$limit" "$bin/bench_ops_cuda" --json "$logs/ops.json" > "$logs/ops.log" 2>&1 ;;
+    tests) timeout "$limit" stdbuf -oL "$bin/hybridlm_tests" --gtest_filter='*Cuda*' --gtest_color=no > "$logs/tests.log" 2>&1 ;;
+    ssd) timeout "$limit" stdbuf -oL "$bin/bench_ssd_cuda" --json "$logs/ssd.json" > "$logs/ssd.log" 2>&1 ;;
+    ops) timeout "$limit" stdbuf -oL "$bin/bench_ops_cuda" --json "$logs/ops.json" > "$logs/ops.log" 2>&1 ;;
     torch) timeout "$limit" "$py" bench/cuda/torch_reference.py --json "$logs/torch.json" > "$logs/torch.log" 2>&1 &&
            "$py" bench/cuda/compare.py "$logs/ops.json" "$logs/torch.json" > "$logs/compare.log" 2>&1 ;;
-    layers|train|decode) timeout "$limit" "$bin/bench_model_cuda" "--$name" --json "$logs/$name.json" > "$logs/$name.log" 2>&1 ;;
+    layers|train|decode) timeout "$limit" stdbuf -oL "$bin/bench_model_cuda" "--$name" --json "$logs/$name.json" > "$logs/$name.log" 2>&1 ;;
     *) echo "unknown stage $name"; return 1 ;;
   esac
   local rc=$?

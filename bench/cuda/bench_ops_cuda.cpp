@@ -260,8 +260,8 @@ void bench_gemv(const RandomSource& rnd) {
       Tensor x = rnd.make(keep, DType::BF16, {M, K});
       Tensor y = rnd.make(keep, DType::BF16, {M, N});
       const std::string shape = fmt::format("M={} N={} K={} floor {:.1f} us", M, N, K, wbytes / 4.2e6);
-      for (const char* mode : {"auto", "cublaslt"}) {
-        const std::string name = base + (std::strcmp(mode, "auto") == 0 ? "" : "_cublaslt");
+      for (const char* mode : {"gemv", "cublaslt"}) {
+        const std::string name = base + (std::strcmp(mode, "gemv") == 0 ? "" : "_cublaslt");
         if (!selected(name)) continue;
         setenv("HLM_GEMM", mode, 1);
         int i = 0;

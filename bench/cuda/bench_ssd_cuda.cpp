@@ -140,6 +140,11 @@ struct Row {
   std::string note;
 };
 std::vector<Row> g_rows;
+// Prints a row as soon as it is measured (a run cut short by a time limit still reports it).
+void progress(const Row& r) {
+  std::printf("  measured %s: %.4f\n", r.name.c_str(), r.ms);
+  std::fflush(stdout);
+}
 
 // ---- correctness against the CPU op at a small length ----
 
@@ -256,6 +261,7 @@ void bench_ssd(int64_t B, int64_t L, double ref_fwd, double ref_fb, double tgt_f
   char note[128];
   std::snprintf(note, sizeof note, "%.2f TB/s (x,B,C,dt in + y out)", (in_bytes + double(B) * L * H * P * 2) / fwd / 1e9);
   g_rows.push_back({"SSD fwd " + tag, fwd, ref_fwd, tgt_fwd, note});
+  progress(g_rows.back());
   if (quick && L > 16384) {
     for (auto* s : sets) delete s;
     return;
@@ -266,6 +272,7 @@ void bench_ssd(int64_t B, int64_t L, double ref_fwd, double ref_fb, double tgt_f
     ssd_backward(s.p, s.dy.t, Tensor(), s.g);
   });
   g_rows.push_back({"SSD fwd+bwd " + tag, fb, ref_fb, tgt_fb, ""});
+  progress(g_rows.back());
   for (auto* s : sets) delete s;
 }
 
@@ -283,6 +290,7 @@ void bench_conv(int64_t L, int64_t C) {
   std::snprintf(note, sizeof note, "copy of the same bytes %.3f ms; conv / copy = %.2f (%.2f TB/s)", copy, conv / copy,
                 2.0 * bytes / conv / 1e9);
   g_rows.push_back({"conv1d+SiLU fwd L=" + std::to_string(L / 1024) + "K C=" + std::to_string(C), conv, NAN, 1.3 * copy, note});
+  progress(g_rows.back());
 }
 
 void bench_step(int64_t B, double ref_us, double tgt_us) {
@@ -320,6 +328,7 @@ void bench_step(int64_t B, double ref_us, double tgt_us) {
   char note[128];
   std::snprintf(note, sizeof note, "%.2f TB/s on the fp32 state (read + write)", 2.0 * st.t.nbytes() / (us * 1e-6) / 1e12);
   g_rows.push_back({"ssd_step batch " + std::to_string(B) + " (us)", us, ref_us, tgt_us, note});
+  progress(g_rows.back());
 }
 
 }  // namespace

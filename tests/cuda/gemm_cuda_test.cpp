@@ -147,7 +147,7 @@ TEST(LinearCuda, DecodeGemvMatchesCpu) {
     DeviceTensor dx = make_row_view(DType::BF16, c.M, c.K, c.ldx);
     upload_into(dx.t, x);
     DeviceTensor dw = upload(w, DType::BF16);
-    for (const char* mode : {"auto", "cublaslt"}) {
+    for (const char* mode : {"gemv", "auto", "cublaslt"}) {
       setenv("HLM_GEMM", mode, 1);
       for (int bias_kind : {0, 1, 2}) {  // none, BF16, F32
         const bool has_bias = bias_kind != 0;
