@@ -306,7 +306,7 @@ void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, f
   // (bench/RESULTS.md): for weights of 16M+ elements cuBLASLt streams them at 3.5–4.2 TB/s and our
   // GEMV at ~2.2 TB/s, while for small weights (k/v projections, 4M) ours is 1.7× faster.
   constexpr int64_t kGemvMaxWeight = int64_t{8} << 20;
-  if ((mode == GemmMode::Gemv || (mode == GemmMode::Auto && b.numel() <= kGemvMaxWeight)) && !ta && tb &&
+  if ((mode == GemmMode::Gemv || (mode == GemmMode::Auto && b.rows * b.cols <= kGemvMaxWeight)) && !ta && tb &&
       gemv_applies(a, b, c)) {
     gemv(a, b, c, alpha, beta, bias, bias_dtype);
     return;
