@@ -691,11 +691,14 @@ void Model::decode_body(InferenceState& st) {
   Tensor out = scratch.alloc(a, {B, D});
   Tensor rstd = scratch.alloc(sd, {B});
   embedding_forward(ids, Wg("backbone.embeddings.weight"), x);
-  for (size_t li = 0; li < kinds_.size(); ++li) {
+  // Each layer's residual add is fused with the next norm (the final one after the last layer):
+  // xn always holds the norm of the current residual stream x.
+  const size_t L = kinds_.size();
+  rmsnorm_forward(x, L > 0 ? W(0, "norm.weight") : Wg("backbone.norm_f.weight"), c.norm_eps, xn, rstd);
+  for (size_t li = 0; li < L; ++li) {
     const int l = static_cast<int>(li);
     LayerState& s = st.layers[li];
     size_t mark = scratch.mark();
-    rmsnorm_forward(x, W(l, "norm.weight"), c.norm_eps, xn, rstd);
     switch (kinds_[li]) {
       case LayerKind::Mamba: {
         const int64_t Di = c.d_inner(), Cd = c.conv_dim(), GN = c.n_groups * c.ssm_state;
@@ -754,10 +757,10 @@ void Model::decode_body(InferenceState& st) {
         break;
       }
     }
-    add_scaled(out, 1.0f, x);
+    residual_rmsnorm_forward(x, out, li + 1 < L ? W(l + 1, "norm.weight") : Wg("backbone.norm_f.weight"),
+                             c.norm_eps, xn, rstd);
     scratch.release_to(mark);
   }
-  rmsnorm_forward(x, Wg("backbone.norm_f.weight"), c.norm_eps, xn, rstd);
   st.logits = scratch.alloc(a, {B, c.vocab_size});
   Tensor head = c.tie_embeddings ? Wg("backbone.embeddings.weight") : Wg("lm_head.weight");
   linear_forward(xn, head, Tensor{}, st.logits);
