@@ -674,6 +674,16 @@ Tensor Model::decode(const Tensor& ids, InferenceState& st) {
   return st.logits;
 }
 
+namespace {
+// Whether b starts right where a ends in memory: two contiguous [*, K] weights of one dtype that
+// together form one contiguous matrix.
+bool follows(const Tensor& a, const Tensor& b) {
+  return a.defined() && b.defined() && a.ndim == 2 && b.ndim == 2 && a.dtype == b.dtype && a.device == b.device &&
+         a.size(1) == b.size(1) && a.is_contiguous() && b.is_contiguous() &&
+         static_cast<const char*>(a.data) + a.numel() * static_cast<int64_t>(dtype_size(a.dtype)) == b.data;
+}
+}  // namespace
+
 void Model::decode_body(InferenceState& st) {
   const ModelConfig& c = cfg_;
   const int64_t B = st.batch;
@@ -691,11 +701,14 @@ void Model::decode_body(InferenceState& st) {
   Tensor out = scratch.alloc(a, {B, D});
   Tensor rstd = scratch.alloc(sd, {B});
   embedding_forward(ids, Wg("backbone.embeddings.weight"), x);
-  for (size_t li = 0; li < kinds_.size(); ++li) {
+  // Each layer's residual add is fused with the next norm (the final one after the last layer):
+  // xn always holds the norm of the current residual stream x.
+  const size_t L = kinds_.size();
+  rmsnorm_forward(x, L > 0 ? W(0, "norm.weight") : Wg("backbone.norm_f.weight"), c.norm_eps, xn, rstd);
+  for (size_t li = 0; li < L; ++li) {
     const int l = static_cast<int>(li);
     LayerState& s = st.layers[li];
     size_t mark = scratch.mark();
-    rmsnorm_forward(x, W(l, "norm.weight"), c.norm_eps, xn, rstd);
     switch (kinds_[li]) {
       case LayerKind::Mamba: {
         const int64_t Di = c.d_inner(), Cd = c.conv_dim(), GN = c.n_groups * c.ssm_state;
@@ -726,21 +739,38 @@ void Model::decode_body(InferenceState& st) {
         break;
       }
       case LayerKind::Attention: {
-        const int64_t E = c.head_dim();
-        Tensor q = scratch.alloc(a, {B, 1, c.attn_heads, E});
-        Tensor k = scratch.alloc(a, {B, 1, c.kv_heads, E});
-        Tensor v = scratch.alloc(a, {B, 1, c.kv_heads, E});
-        linear_forward(xn, W(l, "mixer.q_proj.weight"), W(l, "mixer.q_proj.bias"), q.reshape({B, -1}));
-        linear_forward(xn, W(l, "mixer.k_proj.weight"), W(l, "mixer.k_proj.bias"), k.reshape({B, -1}));
-        linear_forward(xn, W(l, "mixer.v_proj.weight"), W(l, "mixer.v_proj.bias"), v.reshape({B, -1}));
-        if (c.rope) {
-          rope_apply(q, pos, c.rope_theta, c.rope_dim(), false);
-          rope_apply(k, pos, c.rope_theta, c.rope_dim(), false);
+        const int64_t E = c.head_dim(), Q = c.attn_heads * E, KV = c.kv_heads * E;
+        const Tensor wq = W(l, "mixer.q_proj.weight"), wk = W(l, "mixer.k_proj.weight"),
+                     wv = W(l, "mixer.v_proj.weight");
+        const Tensor bq = W(l, "mixer.q_proj.bias"), bk = W(l, "mixer.k_proj.bias"), bv = W(l, "mixer.v_proj.bias");
+        Tensor q3, k3, v3;  // [B,Hq,E], [B,Hkv,E], [B,Hkv,E]
+        if (!c.rope && !bq.defined() && !bk.defined() && !bv.defined() && follows(wq, wk) && follows(wk, wv)) {
+          // The three weights lie back to back in the arena: one [Q+2KV, D] product instead of three
+          // launches (k and v alone are too small to stream the weights at full bandwidth).
+          Tensor qkv = scratch.alloc(a, {B, Q + 2 * KV});
+          linear_forward(xn, Tensor(wq.data, wq.dtype, device_, {Q + 2 * KV, D}), Tensor{}, qkv);
+          q3 = qkv.slice(1, 0, Q).split_last({c.attn_heads, E});
+          k3 = qkv.slice(1, Q, KV).split_last({c.kv_heads, E});
+          v3 = qkv.slice(1, Q + KV, KV).split_last({c.kv_heads, E});
+        } else {
+          Tensor q = scratch.alloc(a, {B, 1, c.attn_heads, E});
+          Tensor k = scratch.alloc(a, {B, 1, c.kv_heads, E});
+          Tensor v = scratch.alloc(a, {B, 1, c.kv_heads, E});
+          linear_forward(xn, wq, bq, q.reshape({B, -1}));
+          linear_forward(xn, wk, bk, k.reshape({B, -1}));
+          linear_forward(xn, wv, bv, v.reshape({B, -1}));
+          if (c.rope) {
+            rope_apply(q, pos, c.rope_theta, c.rope_dim(), false);
+            rope_apply(k, pos, c.rope_theta, c.rope_dim(), false);
+          }
+          q3 = q.reshape({B, c.attn_heads, E});
+          k3 = k.reshape({B, c.kv_heads, E});
+          v3 = v.reshape({B, c.kv_heads, E});
         }
-        kv_cache_write(k.reshape({B, c.kv_heads, E}), s.k_cache, len);
-        kv_cache_write(v.reshape({B, c.kv_heads, E}), s.v_cache, len);
+        kv_cache_write(k3, s.k_cache, len);
+        kv_cache_write(v3, s.v_cache, len);
         Tensor att = scratch.alloc(a, {B, c.attn_heads, E});
-        attention_decode(q.reshape({B, c.attn_heads, E}), s.k_cache, s.v_cache, start, len,
+        attention_decode(q3, s.k_cache, s.v_cache, start, len,
                          static_cast<float>(1.0 / std::sqrt(static_cast<double>(E))), att);
         linear_forward(att.reshape({B, -1}), W(l, "mixer.o_proj.weight"), W(l, "mixer.o_proj.bias"), out);
         break;
@@ -754,10 +784,10 @@ void Model::decode_body(InferenceState& st) {
         break;
       }
     }
-    add_scaled(out, 1.0f, x);
+    residual_rmsnorm_forward(x, out, li + 1 < L ? W(l + 1, "norm.weight") : Wg("backbone.norm_f.weight"),
+                             c.norm_eps, xn, rstd);
     scratch.release_to(mark);
   }
-  rmsnorm_forward(x, Wg("backbone.norm_f.weight"), c.norm_eps, xn, rstd);
   st.logits = scratch.alloc(a, {B, c.vocab_size});
   Tensor head = c.tie_embeddings ? Wg("backbone.embeddings.weight") : Wg("lm_head.weight");
   linear_forward(xn, head, Tensor{}, st.logits);

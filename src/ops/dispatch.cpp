@@ -57,6 +57,10 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& 
                      const Tensor& rstd) {
   HLM_DISPATCH(x.device, rmsnorm_forward, x, w, eps, y, rstd);
 }
+void residual_rmsnorm_forward(const Tensor& x, const Tensor& d, const Tensor& w, float eps,
+                              const Tensor& y, const Tensor& rstd) {
+  HLM_DISPATCH(x.device, residual_rmsnorm_forward, x, d, w, eps, y, rstd);
+}
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                       const Tensor& dx, const Tensor& dw) {
   HLM_DISPATCH(x.device, rmsnorm_backward, dy, x, w, rstd, dx, dw);

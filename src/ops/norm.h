@@ -9,6 +9,11 @@ namespace hlm {
 // rstd [M] (F32, or F64 when x is F64) is saved for the backward.
 HLM_DECLARE_OP(void, rmsnorm_forward,
                (const Tensor& x, const Tensor& w, float eps, const Tensor& y, const Tensor& rstd))
+// The pre-norm residual step in one pass (decode): x += d, stored in x's dtype exactly as
+// add_scaled(d, 1, x) stores it, then y = rmsnorm(x) as rmsnorm_forward. x, d, y [M,D] row views.
+HLM_DECLARE_OP(void, residual_rmsnorm_forward,
+               (const Tensor& x, const Tensor& d, const Tensor& w, float eps, const Tensor& y,
+                const Tensor& rstd))
 // dx overwritten; dw accumulated.
 HLM_DECLARE_OP(void, rmsnorm_backward,
                (const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,

@@ -1,8 +1,10 @@
-// CUDA RMSNorm and gated RMSNorm (forward and backward) match the CPU ops on odd shapes and row
-// views; the weight gradients accumulate and are bitwise reproducible.
+// CUDA RMSNorm, the fused residual + RMSNorm and gated RMSNorm (forward and backward) match the CPU
+// ops on odd shapes, row views and decode sizes; the weight gradients accumulate and are bitwise
+// reproducible.
 #include <gtest/gtest.h>
 
 #include "cuda/cuda_test_util.h"
+#include "ops/elementwise.h"
 #include "ops/norm.h"
 
 namespace hlm::test {
@@ -121,6 +123,74 @@ TEST_P(RmsNormCuda, GatedForwardBackwardMatchCpu) {
     EXPECT_LT(rel_error(download(gdw.t), dw), 1e-5) << "group " << gs;
     gated_rmsnorm_backward(gdy.t, gx.t, gz.t, gw.t, gr.t, gs, gdx.t, gdz.t, gdw2.t);
     EXPECT_EQ(raw_bytes(gdw.t), raw_bytes(gdw2.t)) << "group " << gs;
+  }
+}
+
+// Decode sizes (a few rows spread over whole blocks, w loaded before the reduction) and the
+// many-row layout, z a column slice of in_proj's output as the Mamba mixer passes it.
+TEST_P(RmsNormCuda, GatedDecodeShapesMatchCpu) {
+  HLM_REQUIRE_GPU();
+  const DType dt = GetParam();
+  const double tol = dt == DType::F32 ? 1e-5 : 1e-2;
+  const float eps = 1e-5f;
+  struct Case {
+    int64_t M, D, gs, ldz;
+    DType wdt;
+  };
+  for (Case c : {Case{1, 8192, 1024, 18560, DType::BF16}, Case{3, 8192, 1024, 18560, DType::F32},
+                 Case{32, 8192, 1024, 18560, DType::BF16}, Case{64, 4096, 512, 4104, DType::BF16},
+                 Case{300, 4096, 1024, 4096, DType::F32}, Case{2, 520, 40, 528, DType::BF16},
+                 Case{3, 500, 100, 500, DType::BF16}}) {
+    const int64_t ng = c.D / c.gs;
+    HostTensor x = bf16_normal({c.M, c.D}, 31), z = bf16_normal({c.M, c.D}, 32, 1.5), w = bf16_normal({c.D}, 33);
+    HostTensor y(DType::F32, {c.M, c.D}), rstd(DType::F32, {c.M, ng});
+    gated_rmsnorm_forward(x.t, z.t, w.t, c.gs, eps, y.t, rstd.t);
+    DeviceTensor gx = upload(x, dt), gz = make_row_view(dt, c.M, c.D, c.ldz), gw = upload(w, c.wdt);
+    upload_into(gz.t, z);
+    DeviceTensor gy(dt, {c.M, c.D}), gr(DType::F32, {c.M, ng});
+    poison(gy.t);
+    poison(gr.t);
+    gated_rmsnorm_forward(gx.t, gz.t, gw.t, c.gs, eps, gy.t, gr.t);
+    const std::string what = "M=" + std::to_string(c.M) + " D=" + std::to_string(c.D) + " gs=" + std::to_string(c.gs);
+    EXPECT_LT(rel_error(download(gy.t), y), tol) << what;
+    EXPECT_LT(rel_error(download(gr.t), rstd), 1e-5) << what;
+  }
+}
+
+// residual_rmsnorm_forward: x (a row view) += d exactly as the two CUDA ops store it, y and rstd as
+// the CPU op; decode rows, many rows, and the fallback layouts (odd D, unaligned stride).
+TEST_P(RmsNormCuda, ResidualFusedMatchesCpuAndTwoOps) {
+  HLM_REQUIRE_GPU();
+  const DType dt = GetParam();
+  const double tol = dt == DType::F32 ? 1e-5 : 1e-2;
+  const float eps = 1e-5f;
+  struct Case {
+    int64_t M, D, ld;
+    DType wdt;
+  };
+  for (Case c : {Case{1, 4096, 4096, DType::BF16}, Case{5, 4096, 4104, DType::F32}, Case{64, 2048, 2048, DType::BF16},
+                 Case{1100, 2048, 2048, DType::BF16}, Case{3, 1001, 1001, DType::F32}, Case{4, 512, 515, DType::BF16}}) {
+    HostTensor x = bf16_normal({c.M, c.D}, 41, 2.0), d = bf16_normal({c.M, c.D}, 42), w = bf16_normal({c.D}, 43, 0.5);
+    HostTensor sum(DType::F32, {c.M, c.D});
+    for (int64_t i = 0; i < c.M * c.D; ++i) sum.set(i, x.get(i) + d.get(i));
+    HostTensor y(DType::F32, {c.M, c.D}), rstd(DType::F32, {c.M});
+    rmsnorm_forward(sum.t, w.t, eps, y.t, rstd.t);
+
+    DeviceTensor gx = make_row_view(dt, c.M, c.D, c.ld), gx2 = make_row_view(dt, c.M, c.D, c.ld);
+    upload_into(gx.t, x);
+    upload_into(gx2.t, x);
+    DeviceTensor gd = upload(d, dt), gw = upload(w, c.wdt), gy(dt, {c.M, c.D}), gr(DType::F32, {c.M});
+    DeviceTensor gy2(dt, {c.M, c.D}), gr2(DType::F32, {c.M});
+    poison(gy.t);
+    poison(gr.t);
+    residual_rmsnorm_forward(gx.t, gd.t, gw.t, eps, gy.t, gr.t);
+    add_scaled(gd.t, 1.0f, gx2.t);
+    rmsnorm_forward(gx2.t, gw.t, eps, gy2.t, gr2.t);
+    const std::string what = "M=" + std::to_string(c.M) + " D=" + std::to_string(c.D) + " ld=" + std::to_string(c.ld);
+    EXPECT_EQ(raw_bytes(gx.t), raw_bytes(gx2.t)) << what;
+    EXPECT_LT(rel_error(download(gx.t), sum), dt == DType::F32 ? 1e-6 : 5e-3) << what;
+    EXPECT_LT(rel_error(download(gy.t), y), tol) << what;
+    EXPECT_LT(rel_error(download(gr.t), rstd), 1e-5) << what;
   }
 }
 

@@ -1,5 +1,6 @@
 // RMSNorm and the group-wise gated RMSNorm: forward matches the formula (rstd saved), backward
-// passes float64 finite differences for x, z and w on row views, dx / dz overwrite, dw accumulates.
+// passes float64 finite differences for x, z and w on row views, dx / dz overwrite, dw accumulates;
+// the fused residual + RMSNorm equals its two ops.
 #include <gtest/gtest.h>
 
 #include "ops/norm.h"
@@ -22,6 +23,28 @@ TEST(Norm, RmsnormMatchesFormula) {
     const double r = 1.0 / std::sqrt(ss / D + eps);
     EXPECT_NEAR(rstd.get(m), r, 1e-5 * r);
     for (int64_t i = 0; i < D; ++i) EXPECT_NEAR(y.get(m * D + i), x.get(m * D + i) * r * w.get(i), 1e-5);
+  }
+}
+
+TEST(Norm, ResidualRmsnormEqualsAddThenNorm) {
+  const int64_t M = 3, D = 10;
+  const float eps = 1e-5f;
+  HostTensor xw = test::randn(DType::F32, {M, D + 4}, 11), d = test::randn(DType::F32, {M, D}, 12);
+  HostTensor w = test::randn(DType::F32, {D}, 13);
+  Tensor xv = xw.t.slice(1, 1, D);  // the residual stream as a row view
+  HostTensor ref(DType::F32, {M, D});
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t i = 0; i < D; ++i) ref.set(m * D + i, xw.get(m * (D + 4) + 1 + i) + d.get(m * D + i));
+  HostTensor y(DType::F32, {M, D}), rstd(DType::F32, {M}), ry(DType::F32, {M, D}), rr(DType::F32, {M});
+  residual_rmsnorm_forward(xv, d.t, w.t, eps, y.t, rstd.t);
+  rmsnorm_forward(ref.t, w.t, eps, ry.t, rr.t);
+  for (int64_t m = 0; m < M; ++m) {
+    EXPECT_EQ(rstd.get(m), rr.get(m));
+    EXPECT_EQ(xw.get(m * (D + 4)), test::randn(DType::F32, {M, D + 4}, 11).get(m * (D + 4)));  // outside the view
+    for (int64_t i = 0; i < D; ++i) {
+      EXPECT_EQ(xw.get(m * (D + 4) + 1 + i), ref.get(m * D + i));
+      EXPECT_EQ(y.get(m * D + i), ry.get(m * D + i));
+    }
   }
 }
 

@@ -309,6 +309,107 @@ void check_rmsnorm(int64_t M, int64_t D, int64_t ld, DType dt) {
   }
 }
 
+// Gated RMSNorm forward vs float64 (x, z row views of a wider activation, as the model passes
+// them), every output written (y poisoned), rstd per (row, group).
+void check_gated(int64_t M, int64_t D, int64_t gs, int64_t ldx, int64_t ldz, DType dt, DType wdt) {
+  const std::string name = "gated M=" + std::to_string(M) + " D=" + std::to_string(D) + " gs=" + std::to_string(gs) +
+                           " ldx=" + std::to_string(ldx) + " ldz=" + std::to_string(ldz) + " " + dtype_name(dt) +
+                           " w " + dtype_name(wdt);
+  if (!want(name)) return;
+  const float eps = 1e-5f;
+  const int64_t ng = D / gs;
+  Mat x(dt, M, D, ldx), z(dt, M, D, ldz), y(dt, M, D, D), w(wdt, 1, D, D), rstd(DType::F32, M, ng, ng);
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t c = 0; c < D; ++c) {
+      x.set(r, c, randn());
+      z.set(r, c, 1.5 * randn());
+    }
+  for (int64_t c = 0; c < D; ++c) w.set(0, c, 1.0 + 0.5 * randn());
+  std::vector<double> Y(size_t(M * D)), R(size_t(M * ng)), gy(Y.size()), gr(R.size());
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t g = 0; g < ng; ++g) {
+      double ss = 0;
+      std::vector<double> gate(static_cast<size_t>(gs));
+      for (int64_t i = 0; i < gs; ++i) {
+        const double zv = z.get(r, g * gs + i);
+        gate[size_t(i)] = x.get(r, g * gs + i) * zv / (1.0 + std::exp(-zv));
+        ss += gate[size_t(i)] * gate[size_t(i)];
+      }
+      const double rs = 1.0 / std::sqrt(ss / double(gs) + eps);
+      R[size_t(r * ng + g)] = rs;
+      for (int64_t i = 0; i < gs; ++i) Y[size_t(r * D + g * gs + i)] = gate[size_t(i)] * rs * w.get(0, g * gs + i);
+    }
+  auto tensor = [](Mat& m) {
+    Tensor t(m.base(), m.dt, Device::CUDA, {m.rows, m.cols});
+    t.stride[0] = m.ld;
+    return t;
+  };
+  Tensor tw(w.base(), wdt, Device::CUDA, {D});
+  cuda::gated_rmsnorm_forward(tensor(x), tensor(z), tw, gs, eps, tensor(y), tensor(rstd));
+  for (int64_t r = 0; r < M; ++r) {
+    for (int64_t g = 0; g < ng; ++g) gr[size_t(r * ng + g)] = rstd.get(r, g);
+    for (int64_t c = 0; c < D; ++c) gy[size_t(r * D + c)] = y.get(r, c);
+  }
+  report(name + " y", rel(gy, Y), dt == DType::F32 ? 2e-6 : 6e-3);
+  report(name + " rstd", rel(gr, R), 2e-6);
+}
+
+// residual_rmsnorm_forward vs float64: x (a row view) += d, rounded to x's dtype, then RMSNorm of
+// the rounded sum; x's columns past D untouched.
+void check_residual(int64_t M, int64_t D, int64_t ld, DType dt, DType wdt) {
+  const std::string name = "residual M=" + std::to_string(M) + " D=" + std::to_string(D) + " ld=" + std::to_string(ld) +
+                           " " + dtype_name(dt) + " w " + dtype_name(wdt);
+  if (!want(name)) return;
+  const float eps = 1e-5f;
+  Mat x(dt, M, D, ld), d(dt, M, D, D), y(dt, M, D, D), w(wdt, 1, D, D), rstd(DType::F32, 1, M, M);
+  std::vector<double> X(size_t(M * D)), Y(X.size()), R(static_cast<size_t>(M)), gx(X.size()), gy(X.size()), gr(R.size());
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t c = 0; c < D; ++c) {
+      x.set(r, c, 2.0 * randn());
+      d.set(r, c, randn());
+    }
+  for (int64_t c = 0; c < D; ++c) w.set(0, c, 1.0 + 0.5 * randn());
+  Mat sum(dt, M, D, D);  // x + d rounded to dt: the residual the op must store
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t c = 0; c < D; ++c) {
+      sum.set(r, c, float(float(x.get(r, c)) + float(d.get(r, c))));
+      X[size_t(r * D + c)] = sum.get(r, c);
+    }
+  for (int64_t r = 0; r < M; ++r) {
+    double ss = 0;
+    for (int64_t c = 0; c < D; ++c) ss += X[size_t(r * D + c)] * X[size_t(r * D + c)];
+    const double rs = 1.0 / std::sqrt(ss / double(D) + eps);
+    R[size_t(r)] = rs;
+    for (int64_t c = 0; c < D; ++c) Y[size_t(r * D + c)] = X[size_t(r * D + c)] * rs * w.get(0, c);
+  }
+  auto tensor = [](Mat& m) {
+    Tensor t(m.base(), m.dt, Device::CUDA, {m.rows, m.cols});
+    t.stride[0] = m.ld;
+    return t;
+  };
+  Tensor tw(w.base(), wdt, Device::CUDA, {D}), tr(rstd.base(), DType::F32, Device::CUDA, {M});
+  cuda::residual_rmsnorm_forward(tensor(x), tensor(d), tw, eps, tensor(y), tr);
+  bool untouched = true;
+  for (int64_t r = 0; r < M; ++r) {
+    gr[size_t(r)] = rstd.get(0, r);
+    for (int64_t c = 0; c < D; ++c) {
+      gx[size_t(r * D + c)] = x.get(r, c);
+      gy[size_t(r * D + c)] = y.get(r, c);
+    }
+    for (int64_t c = D; c < ld; ++c) {
+      const unsigned char* p = x.base() + size_t(r * ld + c) * dtype_size(dt);
+      if (p[0] != 0xFF) untouched = false;
+    }
+  }
+  if (!untouched) {
+    std::printf("  %-60s wrote outside the view: FAIL\n", name.c_str());
+    ++g_fail;
+  }
+  report(name + " x (exact)", rel(gx, X), 0.0);
+  report(name + " y", rel(gy, Y), dt == DType::F32 ? 2e-6 : 6e-3);
+  report(name + " rstd", rel(gr, R), 2e-6);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -325,6 +426,26 @@ int main(int argc, char** argv) {
   check_rmsnorm(9, 4096, 4104, DType::BF16);  // several warps per row
   check_rmsnorm(40, 8192, 8192, DType::BF16);
   check_rmsnorm(5, 1001, 1001, DType::BF16);  // plain kernels
+  check_rmsnorm(1, 4096, 4096, DType::BF16);  // decode: one row spread over the block, w prefetched
+  check_rmsnorm(3, 8192, 8200, DType::BF16);
+  check_rmsnorm(2, 2048, 2048, DType::F32);
+  // Gated RMSNorm: decode shapes (8 groups of 1024, z a slice of in_proj's output), spread and
+  // several-vectors-per-thread layouts, f32 and bf16 weights, and the per-warp fallback.
+  check_gated(1, 8192, 1024, 8192, 18560, DType::BF16, DType::BF16);
+  check_gated(3, 8192, 1024, 8192, 18560, DType::BF16, DType::F32);
+  check_gated(2, 2048, 2048, 2056, 2048, DType::BF16, DType::BF16);
+  check_gated(700, 512, 128, 512, 520, DType::BF16, DType::BF16);  // many short segments
+  check_gated(300, 4096, 1024, 4096, 4104, DType::BF16, DType::BF16);  // not spread: kVpt 4
+  check_gated(5, 384, 64, 392, 384, DType::F32, DType::F32);
+  check_gated(4, 520, 40, 520, 520, DType::BF16, DType::BF16);     // 40 % 8 = 0: vector, tiny group
+  check_gated(3, 500, 100, 500, 500, DType::BF16, DType::BF16);    // 100 % 8 ≠ 0: per-warp kernel
+  // Residual + RMSNorm: decode rows, a row view, many rows, and the fallback (odd D).
+  check_residual(1, 4096, 4096, DType::BF16, DType::BF16);
+  check_residual(5, 4096, 4104, DType::BF16, DType::F32);
+  check_residual(300, 1024, 1024, DType::BF16, DType::BF16);
+  check_residual(1100, 2048, 2048, DType::BF16, DType::BF16);  // not spread: 8 vectors per thread
+  check_residual(3, 2048, 2048, DType::F32, DType::F32);
+  check_residual(4, 1001, 1001, DType::BF16, DType::BF16);
   std::printf("%s (%d failures)\n", g_fail ? "FAIL" : "all ok", g_fail);
   return g_fail ? 1 : 0;
 }

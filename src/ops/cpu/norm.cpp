@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ops/cpu/common.h"
+#include "ops/elementwise.h"
 
 namespace hlm::cpu {
 
@@ -75,6 +76,13 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& 
       for (int64_t i = 0; i < n.D; ++i) yr[i] = xr[i] * r * wp[i];
     }
   });
+}
+
+// The definition: the two ops it fuses, in order.
+void residual_rmsnorm_forward(const Tensor& x, const Tensor& d, const Tensor& w, float eps,
+                              const Tensor& y, const Tensor& rstd) {
+  cpu::add_scaled(d, 1.0f, x);
+  cpu::rmsnorm_forward(x, w, eps, y, rstd);
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,

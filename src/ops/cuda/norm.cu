@@ -9,6 +9,7 @@
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/warp_mma.cuh"
+#include "ops/elementwise.h"
 
 namespace hlm::cuda {
 
@@ -75,9 +76,9 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[N]) {
     }
   }
 }
-// N floats stored as T at p (16 bytes: p aligned so).
+// N floats as T packed into 16 bytes.
 template <typename T, int N>
-__device__ __forceinline__ void store_vec(T* p, const float (&in)[N]) {
+__device__ __forceinline__ uint4 pack_vec(const float (&in)[N]) {
   static_assert(N * sizeof(T) == 16, "vector width");
   uint4 raw;
 #pragma unroll
@@ -85,7 +86,12 @@ __device__ __forceinline__ void store_vec(T* p, const float (&in)[N]) {
     const T e = from_f32<T>(in[i]);
     memcpy(reinterpret_cast<unsigned char*>(&raw) + i * sizeof(T), &e, sizeof(T));
   }
-  *reinterpret_cast<uint4*>(p) = raw;
+  return raw;
+}
+// N floats stored as T at p (16 bytes: p aligned so).
+template <typename T, int N>
+__device__ __forceinline__ void store_vec(T* p, const float (&in)[N]) {
+  *reinterpret_cast<uint4*>(p) = pack_vec<T, N>(in);
 }
 
 // Sum over the tpr threads of a row (whole warps): warp butterfly, then the row's warps in order
@@ -103,24 +109,48 @@ __device__ __forceinline__ float row_sum(float v, int tpr, float* red /* [kVecTh
   return s;
 }
 
-template <typename TX, typename TW, typename TY, int kVpt>
+// kAdd: x is the residual stream and d a delta of the same layout: x += d (rounded to TX, as
+// add_scaled stores it) is written back and normalised. kPrefetchW: w is loaded before the
+// reduction (decode sizes, few vectors per thread), so a row costs one round trip to memory.
+template <typename TX, typename TW, typename TY, int kVpt, bool kAdd, bool kPrefetchW>
 __global__ void __launch_bounds__(kVecThreads)
-    rmsnorm_forward_vec_kernel(const TX* x, int64_t ldx, const TW* w, float eps, TY* y, int64_t ldy,
-                               float* rstd, int64_t M, int64_t D, int tpr) {
+    rmsnorm_forward_vec_kernel(TX* x, int64_t ldx, const TX* d, int64_t ldd, const TW* w, float eps, TY* y,
+                               int64_t ldy, float* rstd, int64_t M, int64_t D, int tpr) {
   constexpr int N = Vec16<TX>::N;
+  constexpr int kWv = kPrefetchW ? kVpt : 1;
   __shared__ float red[kVecThreads / 32];
   const int nvec = static_cast<int>(D / N);
   const int slot = static_cast<int>(threadIdx.x) / tpr, i = static_cast<int>(threadIdx.x) % tpr;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kVecThreads / tpr) + slot;
   const bool live = row < M;  // dead slots still take part in row_sum's barriers
-  const TX* xr = x + (live ? row : 0) * ldx;
+  TX* xr = x + (live ? row : 0) * ldx;
+  const TX* dr = kAdd ? d + (live ? row : 0) * ldd : nullptr;
   uint4 xv[kVpt];
+  float wv[kWv][N];
   float ss = 0.0f;
 #pragma unroll
   for (int v = 0; v < kVpt; ++v) {
     const int c = i + v * tpr;
-    xv[v] = live && c < nvec ? *reinterpret_cast<const uint4*>(xr + static_cast<int64_t>(c) * N)
-                             : make_uint4(0u, 0u, 0u, 0u);
+    const bool in = live && c < nvec;
+    xv[v] = in ? *reinterpret_cast<const uint4*>(xr + static_cast<int64_t>(c) * N) : make_uint4(0u, 0u, 0u, 0u);
+    if constexpr (kAdd) {
+      if (in) {
+        const uint4 dv = *reinterpret_cast<const uint4*>(dr + static_cast<int64_t>(c) * N);
+        float sum[N];
+#pragma unroll
+        for (int j = 0; j < N; ++j) sum[j] = elem<TX>(xv[v], j) + elem<TX>(dv, j);
+        xv[v] = pack_vec<TX, N>(sum);  // rounded as stored
+        *reinterpret_cast<uint4*>(xr + static_cast<int64_t>(c) * N) = xv[v];
+      }
+    }
+    if constexpr (kPrefetchW) {
+      if (in) {
+        load_vec<TW, N>(w + static_cast<int64_t>(c) * N, wv[v]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < N; ++j) wv[v][j] = 0.0f;
+      }
+    }
 #pragma unroll
     for (int j = 0; j < N; ++j) ss += elem<TX>(xv[v], j) * elem<TX>(xv[v], j);
   }
@@ -133,10 +163,10 @@ __global__ void __launch_bounds__(kVecThreads)
   for (int v = 0; v < kVpt; ++v) {
     const int c = i + v * tpr;
     if (c >= nvec) break;
-    float wv[N], out[N];
-    load_vec<TW, N>(w + static_cast<int64_t>(c) * N, wv);
+    float out[N];
+    if constexpr (!kPrefetchW) load_vec<TW, N>(w + static_cast<int64_t>(c) * N, wv[0]);
 #pragma unroll
-    for (int j = 0; j < N; ++j) out[j] = elem<TX>(xv[v], j) * r * wv[j];
+    for (int j = 0; j < N; ++j) out[j] = elem<TX>(xv[v], j) * r * wv[kPrefetchW ? v : 0][j];
     store_vec<TY, N>(yr + static_cast<int64_t>(c) * N, out);
   }
 }
@@ -261,6 +291,68 @@ __global__ void dw_finish_kernel(const float* partial, int64_t chunks, int64_t D
   dw[c] = from_f32<TW>(to_f32(dw[c]) + acc);
 }
 
+// ---- gated RMSNorm, vectorised: segments (row, group) of whole aligned 16-byte vectors -----------
+//
+// Segment s = (row s / ngroups, group s % ngroups) belongs to `tpr` consecutive threads of a
+// 256-thread block, laid out as in the RMSNorm vector kernel; thread i holds x and z vectors
+// i, i + tpr, ... (at most kVpt) in registers and loads its w vectors before the reduction, so a
+// segment costs one round trip to memory. At decode sizes (M = 1, 8 groups of 1024) tpr is the
+// whole group: one 16-byte x, z and w load per thread.
+
+template <typename TX, typename TW, typename TY, int kVpt>
+__global__ void __launch_bounds__(kVecThreads)
+    gated_forward_vec_kernel(const TX* x, int64_t ldx, const TX* z, int64_t ldz, const TW* w, int64_t gs,
+                             int64_t ngroups, float eps, TY* y, int64_t ldy, float* rstd, int64_t ldr,
+                             int64_t segments, int tpr) {
+  constexpr int N = Vec16<TX>::N;
+  __shared__ float red[kVecThreads / 32];
+  const int nvec = static_cast<int>(gs / N);
+  const int slot = static_cast<int>(threadIdx.x) / tpr, i = static_cast<int>(threadIdx.x) % tpr;
+  const int64_t seg = static_cast<int64_t>(blockIdx.x) * (kVecThreads / tpr) + slot;
+  const bool live = seg < segments;  // dead slots still take part in row_sum's barriers
+  const int64_t row = live ? seg / ngroups : 0, grp = live ? seg % ngroups : 0;
+  const int64_t c0 = grp * gs;
+  const TX* xr = x + row * ldx + c0;
+  const TX* zr = z + row * ldz + c0;
+  float gv[kVpt][N], wv[kVpt][N];
+  float ss = 0.0f;
+#pragma unroll
+  for (int v = 0; v < kVpt; ++v) {
+    const int c = i + v * tpr;
+    const bool in = live && c < nvec;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    const uint4 xv = in ? *reinterpret_cast<const uint4*>(xr + static_cast<int64_t>(c) * N) : zero;
+    const uint4 zv = in ? *reinterpret_cast<const uint4*>(zr + static_cast<int64_t>(c) * N) : zero;
+    if (in) {
+      load_vec<TW, N>(w + c0 + static_cast<int64_t>(c) * N, wv[v]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < N; ++j) wv[v][j] = 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float zf = elem<TX>(zv, j);
+      const float g = elem<TX>(xv, j) * zf * sigmoidf_(zf);
+      gv[v][j] = g;
+      ss += g * g;
+    }
+  }
+  ss = row_sum(ss, tpr, red);
+  const float r = 1.0f / sqrtf(ss / static_cast<float>(gs) + eps);
+  if (!live) return;
+  if (i == 0) rstd[row * ldr + grp] = r;
+  TY* yr = y + row * ldy + c0;
+#pragma unroll
+  for (int v = 0; v < kVpt; ++v) {
+    const int c = i + v * tpr;
+    if (c >= nvec) break;
+    float out[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) out[j] = gv[v][j] * r * wv[v][j];
+    store_vec<TY, N>(yr + static_cast<int64_t>(c) * N, out);
+  }
+}
+
 // ---- gated RMSNorm: one warp per (row, group) forward -----------------------------------------
 
 template <typename TX, typename TW, typename TY>
@@ -382,6 +474,36 @@ int vec_threads_per_row(DType xdt, std::initializer_list<std::pair<const void*, 
   return static_cast<int64_t>(tpr) * kVpt >= nvec ? tpr : 0;
 }
 
+// Widens a row's thread count (powers of two up to the block, at most one thread per vector)
+// while the launch would not fill two 256-thread blocks per SM: at decode sizes (a few rows) a
+// row is spread over many threads with one or two vectors each instead of a few threads with many.
+int spread_threads_per_row(int tpr, int64_t nvec, int64_t rows) {
+  const int64_t fill = 2 * static_cast<int64_t>(num_sms()) * kVecThreads;
+  while (tpr < kVecThreads && tpr < nvec && 2 * rows * tpr <= fill) tpr *= 2;
+  return tpr;
+}
+
+// RMSNorm forward through the vector kernel (tpr from vec_threads_per_row<8>), optionally adding
+// d into x first (kAdd). Few vectors per thread after spreading: the w-prefetching variant.
+template <bool kAdd>
+void launch_rmsnorm_vec(DType xdt, DType wdt, void* x, int64_t ldx, const void* d, int64_t ldd, const void* w,
+                        float eps, void* y, int64_t ldy, float* rstd, int64_t M, int64_t D, int tpr,
+                        const char* op) {
+  const int64_t nvec = D / (16 / static_cast<int64_t>(dtype_size(xdt)));
+  tpr = spread_threads_per_row(tpr, nvec, M);
+  const unsigned grid = grid_for(M, kVecThreads / tpr);
+  dispatch_float(xdt, op, [&]<typename TX>() {
+    dispatch_float(wdt, op, [&]<typename TW>() {
+      auto* kernel_fn = 2 * static_cast<int64_t>(tpr) >= nvec
+                            ? rmsnorm_forward_vec_kernel<TX, TW, TX, 2, kAdd, true>
+                            : rmsnorm_forward_vec_kernel<TX, TW, TX, 8, kAdd, false>;
+      HLM_LAUNCH(kernel_fn, grid, kVecThreads, 0, static_cast<TX*>(x), ldx, static_cast<const TX*>(d), ldd,
+                 static_cast<const TW*>(w), eps, static_cast<TX*>(y), ldy, rstd, M, D, tpr);
+      HLM_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
 void check_vector(const Tensor& v, int64_t D, const char* op, const char* name) {
   require_cuda(v, op, name);
   require_float(v, op, name);
@@ -414,16 +536,8 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& 
                       ? vec_threads_per_row<kFwdVpt>(x.dtype, {{X.data, X.ld}, {Y.data, Y.ld}}, w.data, D)
                       : 0;
   if (tpr > 0) {
-    const int64_t rows_per_block = kVecThreads / tpr;
-    dispatch_float(x.dtype, op, [&]<typename TX>() {
-      dispatch_float(w.dtype, op, [&]<typename TW>() {
-        auto* kernel_fn = rmsnorm_forward_vec_kernel<TX, TW, TX, kFwdVpt>;
-        HLM_LAUNCH(kernel_fn, grid_for(M, static_cast<int>(rows_per_block)), kVecThreads, 0,
-                static_cast<const TX*>(X.data), X.ld, w.ptr<TW>(), eps, static_cast<TX*>(Y.data), Y.ld,
-                rstd.ptr<float>(), M, D, tpr);
-        HLM_CUDA_CHECK_LAUNCH();
-      });
-    });
+    launch_rmsnorm_vec<false>(x.dtype, w.dtype, const_cast<void*>(X.data), X.ld, nullptr, 0, w.data, eps, Y.data, Y.ld,
+                              rstd.ptr<float>(), M, D, tpr, op);
     return;
   }
   dispatch_float(x.dtype, op, [&]<typename TX>() {
@@ -437,6 +551,38 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& 
       });
     });
   });
+}
+
+void residual_rmsnorm_forward(const Tensor& x, const Tensor& d, const Tensor& w, float eps,
+                              const Tensor& y, const Tensor& rstd) {
+  const char* op = "residual_rmsnorm_forward";
+  for (auto [t, name] : {std::pair{&x, "x"}, {&d, "d"}, {&y, "y"}}) {
+    require_cuda(*t, op, name);
+    require_float(*t, op, name);
+  }
+  HLM_REQUIRE(same_shape(x, d), ErrorKind::Internal, "{}: x {} and d {} differ in shape", op, x.describe(),
+              d.describe());
+  RowView X = as_rows(x, 1, op), DD = as_rows(d, 1, op), Y = as_rows(y, 1, op);
+  const int64_t M = X.rows, D = X.cols;
+  HLM_REQUIRE(Y.rows == M && Y.cols == D, ErrorKind::Internal, "{}: y {} must match x {}", op, y.describe(),
+              x.describe());
+  check_vector(w, D, op, "w");
+  constexpr int kFwdVpt = 8;
+  const int tpr = x.dtype == d.dtype && x.dtype == y.dtype
+                      ? vec_threads_per_row<kFwdVpt>(x.dtype, {{X.data, X.ld}, {DD.data, DD.ld}, {Y.data, Y.ld}},
+                                                     w.data, D)
+                      : 0;
+  if (tpr == 0 || M == 0) {  // other layouts: the two ops it fuses
+    cuda::add_scaled(d, 1.0f, x);
+    cuda::rmsnorm_forward(x, w, eps, y, rstd);
+    return;
+  }
+  require_cuda(rstd, op, "rstd");
+  require_dtype(rstd, DType::F32, op, "rstd");
+  HLM_REQUIRE(rstd.is_contiguous() && rstd.numel() == M, ErrorKind::Internal,
+              "{}: rstd {} must be contiguous with {} entries", op, rstd.describe(), M);
+  launch_rmsnorm_vec<true>(x.dtype, w.dtype, X.data, X.ld, DD.data, DD.ld, w.data, eps, Y.data, Y.ld,
+                           rstd.ptr<float>(), M, D, tpr, op);
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
@@ -521,6 +667,30 @@ void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, in
   HLM_REQUIRE(RS.rows == M && RS.cols == ng, ErrorKind::Internal, "{}: rstd {} must be [{},{}]",
               op, rstd.describe(), M, ng);
   if (M == 0) return;
+  // Vector path: segments of whole aligned 16-byte vectors, y in x's dtype (group starts are then
+  // aligned too). kVpt = 1 once the segment is spread over one thread per vector.
+  constexpr int kGatedVpt = 4;
+  const int tpr = x.dtype == y.dtype
+                      ? vec_threads_per_row<kGatedVpt>(x.dtype, {{X.data, X.ld}, {Z.data, Z.ld}, {Y.data, Y.ld}},
+                                                       w.data, group_size)
+                      : 0;
+  if (tpr > 0) {
+    const int64_t nvec = group_size / (16 / static_cast<int64_t>(dtype_size(x.dtype)));
+    const int64_t segments = M * ng;
+    const int spread = spread_threads_per_row(tpr, nvec, segments);
+    const unsigned grid = grid_for(segments, kVecThreads / spread);
+    dispatch_float(x.dtype, op, [&]<typename TX>() {
+      dispatch_float(w.dtype, op, [&]<typename TW>() {
+        auto* kernel_fn = spread >= nvec ? gated_forward_vec_kernel<TX, TW, TX, 1>
+                                         : gated_forward_vec_kernel<TX, TW, TX, kGatedVpt>;
+        HLM_LAUNCH(kernel_fn, grid, kVecThreads, 0, static_cast<const TX*>(X.data), X.ld,
+                   static_cast<const TX*>(Z.data), Z.ld, w.ptr<TW>(), group_size, ng, eps, static_cast<TX*>(Y.data),
+                   Y.ld, static_cast<float*>(RS.data), RS.ld, segments, spread);
+        HLM_CUDA_CHECK_LAUNCH();
+      });
+    });
+    return;
+  }
   const int64_t warps = M * ng;
   const unsigned blocks = static_cast<unsigned>((warps * 32 + kNormThreads - 1) / kNormThreads);
   dispatch_float(x.dtype, op, [&]<typename TX>() {
