@@ -366,9 +366,9 @@ int main(int argc, char** argv) {
     bench_ssd(1, 65536, 5.03, 22.7, 1.7, 7.5, quick);
     bench_ssd(8, 8192, 4.92, 21.8, NAN, NAN, quick);
     // A/B of the forward's block shapes in the same run (knobs read by src/ops/cuda/ssd.cu):
-    // default 12 (2 heads on 16 warps), 21 (2 heads per warp), 11 (1 head, 2 blocks/SM), and 11
+    // default 11 (1 head, 2 blocks/SM), 21 (2 heads per warp), 12 (2 heads on 16 warps), and 11
     // with one segment per row (the version-1 grid with the version-2 chunk loop).
-    for (auto [env, label] : {std::pair{"21:0", " variant 21"}, std::pair{"11:0", " variant 11"},
+    for (auto [env, label] : {std::pair{"21:0", " variant 21"}, std::pair{"12:0", " variant 12"},
                               std::pair{"11:100000", " variant 11, 1 segment"}}) {
       const std::string e = env;
       setenv("HLM_SSD_FWD_VARIANT", e.substr(0, e.find(':')).c_str(), 1);

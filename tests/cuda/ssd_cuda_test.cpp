@@ -307,6 +307,15 @@ TEST(SsdCuda, Instantiation64x64) {
   check_forward({2, 300, 16, 4, 64, 64});
   check_backward({2, 300, 16, 4, 64, 64});
 }
+// Odd and small head counts per group: the backward chunk kernel pipelines the per-head scan (one
+// head ahead) and epilogue (one head behind) over the group's heads; P = 128 has one head buffer.
+TEST(SsdCuda, HeadsPerGroup) {
+  HLM_REQUIRE_GPU();
+  check_backward({2, 333, 6, 2, 64, 128});   // 3 per group
+  check_backward({1, 200, 5, 1, 64, 64});    // 5 per group
+  check_backward({1, 300, 3, 3, 64, 128});   // 1 per group
+  check_backward({1, 130, 3, 1, 128, 128});  // 3 per group, single head buffer
+}
 TEST(SsdCuda, Instantiation128x128) {
   HLM_REQUIRE_GPU();
   check_forward({1, 1030, 32, 4, 128, 128});
@@ -328,10 +337,10 @@ TEST(SsdCuda, SegmentSplits) {
   unsetenv("HLM_SSD_SEG_CHUNKS");
 }
 
-// The forward's other block shapes (the default for P = 64 is 12: two heads on 16 warps).
+// The forward's other block shapes (the default is 11: one head, 2 blocks per SM).
 TEST(SsdCuda, ForwardBlockShapes) {
   HLM_REQUIRE_GPU();
-  for (const char* v : {"11", "21"}) {
+  for (const char* v : {"12", "21"}) {
     SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
     setenv("HLM_SSD_FWD_VARIANT", v, 1);
     check_forward({2, 1000, 8, 2, 64, 128});

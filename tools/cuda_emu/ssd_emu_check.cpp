@@ -343,8 +343,8 @@ int main(int argc, char** argv) {
     }
     unsetenv("HLM_SSD_SEG_CHUNKS");
   }
-  if (want("variants")) {  // the forward's other block shapes (the default for P = 64 is 12)
-    for (const char* v : {"11", "21"}) {
+  if (want("variants")) {  // the forward's other block shapes (the default is 11)
+    for (const char* v : {"12", "21"}) {
       setenv("HLM_SSD_FWD_VARIANT", v, 1);
       std::printf("HLM_SSD_FWD_VARIANT=%s\n", v);
       run_case("variant", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, false);
@@ -362,6 +362,14 @@ int main(int argc, char** argv) {
   if (want("fastexact")) run_case("fastexact", 1, 64, 2, 1, 64, 128, false, false, DType::BF16, 1e-2, true);
   if (want("fast64x64")) run_case("fast64x64", 1, 100, 2, 2, 64, 64, true, true, DType::BF16, 1e-2, true);
   if (want("fast128x128")) run_case("fast128x128", 1, 70, 2, 1, 128, 128, true, false, DType::BF16, 1e-2, true);
+  // Many heads per group: the backward chunk kernel's scan (one head ahead, 3 slots), epilogue (one
+  // head behind) and raw dt (two heads ahead) rotate through every slot; 3 heads per group also
+  // takes the odd-group paths (forward 11, one-head sweeps), P = 128 its single head buffer.
+  if (want("heads")) {
+    run_case("heads8", 1, 200, 8, 1, 64, 128, true, true, DType::BF16, 1e-2, true);
+    run_case("heads3", 2, 130, 6, 2, 64, 64, true, false, DType::BF16, 1e-2, true);
+    run_case("heads3-p128", 1, 70, 3, 1, 128, 128, true, true, DType::BF16, 1e-2, true);
+  }
   if (want("step")) {
     run_step_case(2, 4, 2, 8, 128, DType::BF16, 1e-2);
     run_step_case(1, 2, 1, 3, 16, DType::F32, 1e-5);

@@ -45,7 +45,7 @@ struct ChunkLayout {
   // (conflict-free), to keep the kernel within 255 registers.
   static constexpr size_t kPriv = size_t{Cfg::kQTiles} * 4 * Cfg::kThreads * 4;
   static constexpr size_t kRest =
-      2 * kN + kM + 3 * Cfg::Q * 4 + sizeof(ChunkScan<Cfg::Q>) + sizeof(ChunkReduce<Cfg>) + 2 * kPriv;
+      2 * kN + kM + 3 * Cfg::Q * 4 + 3 * sizeof(ChunkScan<Cfg::Q>) + 2 * sizeof(ChunkReduce<Cfg>) + 2 * kPriv;
   static constexpr int kHeadBufs = kRest + 2 * (2 * kX + 2 * kH) <= 227 * 1024 ? 2 : 1;
   static constexpr size_t bs = 0;
   static constexpr size_t cs = bs + kN;
@@ -57,8 +57,8 @@ struct ChunkLayout {
   static constexpr size_t raw = ms + kM;
   static constexpr size_t bnd = raw + 2 * Cfg::Q * 4;
   static constexpr size_t scan = bnd + Cfg::Q * 4;
-  static constexpr size_t red = scan + sizeof(ChunkScan<Cfg::Q>);
-  static constexpr size_t gp = red + sizeof(ChunkReduce<Cfg>);
+  static constexpr size_t red = scan + 3 * sizeof(ChunkScan<Cfg::Q>);  // head hi's scan at hi % 3
+  static constexpr size_t gp = red + 2 * sizeof(ChunkReduce<Cfg>);     // head hi's partials at hi % 2
   static constexpr size_t dgp = gp + kPriv;
   static constexpr size_t total = dgp + kPriv;
   static_assert(total <= 227 * 1024, "chunk kernel shared memory");
@@ -81,8 +81,8 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
   auto* Ms = reinterpret_cast<bf16_t*>(sm + L::ms);
   auto* raw = reinterpret_cast<float*>(sm + L::raw);
   auto* bnd = reinterpret_cast<int*>(sm + L::bnd);
-  auto& sc = *reinterpret_cast<ChunkScan<Q>*>(sm + L::scan);
-  auto& red = *reinterpret_cast<ChunkReduce<Cfg>*>(sm + L::red);
+  auto* scans = reinterpret_cast<ChunkScan<Q>*>(sm + L::scan);
+  auto* reds = reinterpret_cast<ChunkReduce<Cfg>*>(sm + L::red);
   auto* Gp = reinterpret_cast<float*>(sm + L::gp);    // [kQTiles*4][256]: G = C Bᵀ
   auto* dGp = reinterpret_cast<float*>(sm + L::dgp);  // [kQTiles*4][256]: sum over heads of dG
 
@@ -116,12 +116,16 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
   load_tile_async<Q, N, LDN, 256>(Cs, static_cast<const bf16_t*>(a.Cm) + static_cast<int64_t>(g) * N, a.ld_C, row0, len);
   issue_head_loads(h_first, 0);
   mma::cp_async_commit();
-  if (tid < Q) {
+  auto head_A = [&](int h) { return -expf(load_any(a.A_log, a.A_type, h)); };
+  auto head_bias = [&](int h) { return a.dt_bias ? load_any(a.dt_bias, a.bias_type, h) : 0.f; };
+  if (tid < Q) {  // raw dt of heads 0 and 1 (head hi's in slot hi % 2)
     bnd[tid] = boundary_at(a, b, t0 + tid);
     raw[tid] = raw_dt_at(a, b, t0 + tid, h_first);
+    if (hpg > 1) raw[Q + tid] = raw_dt_at(a, b, t0 + tid, h_first + 1);
   }
   mma::cp_async_wait<0>();
   __syncthreads();
+  if (warp == Cfg::kScanWarp) chunk_scan_warp<Q>(scans[0], raw, bnd, len, head_A(h_first), head_bias(h_first), a.dt_min, a.dt_max);
 
   // G = C Bᵀ (this warp's [16, kQCols] tile), kept for all heads.
   {
@@ -159,26 +163,107 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
 #pragma unroll
     for (int i = 0; i < 4; ++i) dCa[j][i] = dBa[j][i] = 0.f;
 
+  // dcum -> da -> d(dt) of head hi and its partial sums of dA, dD, ddt_bias (one warp), from the
+  // head's row partials; run during the next head's products (or after the loop for the last).
+  auto head_epilogue = [&](int hi) {
+    const int h = h_first + hi;
+    const ChunkScan<Q>& sc = scans[hi % 3];
+    const ChunkReduce<Cfg>& red = reds[hi & 1];
+    const float A = head_A(h);
+    constexpr int E = Q / 32;
+    float dcum[E], vs = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int t = lane * E + e;
+      float v = 0.f, zrow = 0.f, zcol = 0.f, orow = 0.f, vrow = 0.f;
+#pragma unroll
+      for (int k = 0; k < Cfg::kColSplit; ++k) {
+        zrow += red.zrow[k][t];
+        orow += red.orow[k][t];
+        vrow += red.vrow[k][t];
+      }
+#pragma unroll
+      for (int k = 0; k < Cfg::kRowBlocks; ++k) zcol += red.zcol[k][t];
+      v = zrow - zcol + orow - vrow;
+      vs += vrow;
+      dcum[e] = v;
+    }
+    vs = warp_sum(vs);
+    float gsum = 0.f;
+#pragma unroll
+    for (int k = 0; k < Cfg::kWarps; ++k) gsum += red.gdot[k];
+    if (lane == 31) dcum[E - 1] += vs + sc.gamma * gsum;
+    // da_s = sum_{t >= s} dcum_t
+    float suf[E], run = 0.f;
+#pragma unroll
+    for (int e = E - 1; e >= 0; --e) {
+      run += dcum[e];
+      suf[e] = run;
+    }
+    float inc = run;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const float v = __shfl_down_sync(0xffffffffu, inc, off);
+      if (lane + off < 32) inc += v;
+    }
+    float after = __shfl_down_sync(0xffffffffu, inc, 1);
+    if (lane == 31) after = 0.f;
+    float pA = 0.f, pB = 0.f, pD = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int t = lane * E + e;
+      const float da = suf[e] + after;
+      float xs = 0.f;
+#pragma unroll
+      for (int k = 0; k < Cfg::kColSplit; ++k) xs += red.xrow[k][t];
+      const float graw = (xs + A * da) * sc.dsp[t];
+      if (a.ddt && t < len) store_any(a.ddt, a.ddt_type, (row0 + t) * a.ld_ddt + h, graw);
+      pA += da * sc.dt[t];
+      pB += graw;
+      pD += red.ddiag[t];
+    }
+    pA = warp_sum(pA);
+    pB = warp_sum(pB);
+    pD = warp_sum(pD);
+    if (lane == 0 && a.ws_part) {
+      float* part = a.ws_part + ((static_cast<int64_t>(b) * C + c) * a.H + h) * 3;
+      part[0] = pA;
+      part[1] = pD;
+      part[2] = pB;
+    }
+  };
+
+  // Per head two barriers: the scan of head hi runs one head ahead (warp kScanWarp, during head
+  // hi-1's products) and its epilogue one head behind (warp kEpilogueWarp, during head hi+1's),
+  // so neither single-warp phase holds the other warps at a barrier. Scans rotate over 3 slots,
+  // row partials over 2, raw dt over 2 (loaded two heads ahead).
   constexpr int kBufs = L::kHeadBufs;
+  constexpr int kEpilogueWarp = 0;  // light on dYX (one tile pair); kScanWarp has none
+  static_assert(kEpilogueWarp != Cfg::kScanWarp, "epilogue and scan warps");
   for (int hi = 0; hi < hpg; ++hi) {
     const int h = h_first + hi;
     const int buf = kBufs == 2 ? (hi & 1) : 0;
     const bool has_next = hi + 1 < hpg;
-    const float A = -expf(load_any(a.A_log, a.A_type, h));
     const float Dh = a.D ? load_any(a.D, a.D_type, h) : 0.f;
-    const float bias = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h) : 0.f;
     const bf16_t* Xs = Xs0 + buf * kXE;
     const bf16_t* Ys = Ys0 + buf * kXE;
     const bf16_t* Hin = Hin0 + buf * kHE;
     const bf16_t* Dho = Dho0 + buf * kHE;
+    const ChunkScan<Q>& sc = scans[hi % 3];
+    ChunkReduce<Cfg>& red = reds[hi & 1];
     float next_raw = 0.f;
-    if (has_next && tid < Q) next_raw = raw_dt_at(a, b, t0 + tid, h + 1);
+    if (hi + 2 < hpg && tid < Q) next_raw = raw_dt_at(a, b, t0 + tid, h + 2);
     mma::cp_async_wait<0>();
-    __syncthreads();  // head h's tiles in; head h-1 completely done with its buffers
+    // Head h's tiles in; head h's scan (run during head h-1) and head h-1's row partials visible;
+    // every read of head h-1's tiles, Ms and scan slot (h+1) % 3 (= h-2's) done.
+    __syncthreads();
     if (kBufs == 2 && has_next) issue_head_loads(h + 1, buf ^ 1);
     mma::cp_async_commit();
-    if (warp == Cfg::kScanWarp) chunk_scan_warp<Q>(sc, raw + (hi & 1) * Q, bnd, len, A, bias, a.dt_min, a.dt_max);
-    if (has_next && tid < Q) raw[((hi & 1) ^ 1) * Q + tid] = next_raw;
+    if (warp == Cfg::kScanWarp && has_next)
+      chunk_scan_warp<Q>(scans[(hi + 1) % 3], raw + ((hi + 1) & 1) * Q, bnd, len, head_A(h + 1), head_bias(h + 1),
+                         a.dt_min, a.dt_max);
+    if (hi + 2 < hpg && tid < Q) raw[(hi & 1) * Q + tid] = next_raw;  // head hi's slot: scanned before this barrier
+    if (warp == kEpilogueWarp && hi > 0) head_epilogue(hi - 1);
 
     // (a) dYX = dY Xᵀ on this warp's [16, kQCols] tile.
     float dyx[kQT][4];
@@ -225,7 +310,6 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
       gd = warp_sum(gd);
       if (lane == 0) red.gdot[warp] = gd;
     }
-    __syncthreads();  // scan visible
 
     // Phase 2: masks and decays on the [Q,Q] tile, state terms on [Q,N] tiles.
     {
@@ -368,74 +452,14 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
         if (qd == 0) red.xrow[wc][r0 + gr + 8 * half] = v;
       }
     }
-    __syncthreads();  // all partials in; every read of this head's tiles is done
-    if (kBufs == 1 && has_next) issue_head_loads(h + 1, 0);
-    mma::cp_async_commit();
-
-    if (warp == Cfg::kScanWarp) {  // dcum -> da -> d(dt), and the per-head partial sums
-      constexpr int E = Q / 32;
-      float dcum[E], vs = 0.f;
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const int t = lane * E + e;
-        float v = 0.f, zrow = 0.f, zcol = 0.f, orow = 0.f, vrow = 0.f;
-#pragma unroll
-        for (int k = 0; k < Cfg::kColSplit; ++k) {
-          zrow += red.zrow[k][t];
-          orow += red.orow[k][t];
-          vrow += red.vrow[k][t];
-        }
-#pragma unroll
-        for (int k = 0; k < Cfg::kRowBlocks; ++k) zcol += red.zcol[k][t];
-        v = zrow - zcol + orow - vrow;
-        vs += vrow;
-        dcum[e] = v;
-      }
-      vs = warp_sum(vs);
-      float gsum = 0.f;
-#pragma unroll
-      for (int k = 0; k < Cfg::kWarps; ++k) gsum += red.gdot[k];
-      if (lane == 31) dcum[E - 1] += vs + sc.gamma * gsum;
-      // da_s = sum_{t >= s} dcum_t
-      float suf[E], run = 0.f;
-#pragma unroll
-      for (int e = E - 1; e >= 0; --e) {
-        run += dcum[e];
-        suf[e] = run;
-      }
-      float inc = run;
-#pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const float v = __shfl_down_sync(0xffffffffu, inc, off);
-        if (lane + off < 32) inc += v;
-      }
-      float after = __shfl_down_sync(0xffffffffu, inc, 1);
-      if (lane == 31) after = 0.f;
-      float pA = 0.f, pB = 0.f, pD = 0.f;
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const int t = lane * E + e;
-        const float da = suf[e] + after;
-        float xs = 0.f;
-#pragma unroll
-        for (int k = 0; k < Cfg::kColSplit; ++k) xs += red.xrow[k][t];
-        const float graw = (xs + A * da) * sc.dsp[t];
-        if (a.ddt && t < len) store_any(a.ddt, a.ddt_type, (row0 + t) * a.ld_ddt + h, graw);
-        pA += da * sc.dt[t];
-        pB += graw;
-        pD += red.ddiag[t];
-      }
-      pA = warp_sum(pA);
-      pB = warp_sum(pB);
-      pD = warp_sum(pD);
-      if (lane == 0 && a.ws_part) {
-        float* part = a.ws_part + ((static_cast<int64_t>(b) * C + c) * a.H + h) * 3;
-        part[0] = pA;
-        part[1] = pD;
-        part[2] = pB;
-      }
+    if constexpr (kBufs == 1) {
+      __syncthreads();  // every read of this head's tiles is done
+      if (has_next) issue_head_loads(h + 1, 0);
     }
+    mma::cp_async_commit();
   }
+  __syncthreads();  // the last head's row partials in; every read of Ms done
+  if (warp == kEpilogueWarp) head_epilogue(hpg - 1);
 
   // dC += dGsum B, dB += dGsumᵀ C (dGsum summed over the group's heads, staged in Ms as bf16).
 #pragma unroll
