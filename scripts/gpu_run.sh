@@ -2,7 +2,7 @@
 # Runs on the GPU machine over the binaries scripts/gpu_stage.sh put in .gpu/bin: the CUDA tests,
 # then the benchmarks with the PyTorch references of the same run. Each stage has a time limit;
 # logs and JSON go to $OUT (bundled into results.tgz), a summary is printed last.
-#   scripts/gpu_run.sh STAGE:SECONDS ...   stages: tests ssd ops torch layers train decode
+#   scripts/gpu_run.sh STAGE:SECONDS ...   stages: tests ssd ops torch layers train decode ncu
 set -u
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -24,6 +24,12 @@ run_stage() {
     ops) timeout "$limit" stdbuf -oL "$bin/bench_ops_cuda" --json "$logs/ops.json" > "$logs/ops.log" 2>&1 ;;
     torch) timeout "$limit" "$py" bench/cuda/torch_reference.py --json "$logs/torch.json" > "$logs/torch.log" 2>&1 &&
            "$py" bench/cuda/compare.py "$logs/ops.json" "$logs/torch.json" > "$logs/compare.log" 2>&1 ;;
+    ncu) # where the SSD kernels' warps stall (one launch of each, after the correctness checks)
+         for k in ssd_fwd_fast_kernel ssd_bwd_chunk; do
+           timeout "$((limit / 2))" ncu --clock-control none --section WarpStateStats --section SchedulerStats \
+             --section LaunchStats --section Occupancy -k "regex:$k" --launch-skip 12 -c 1 \
+             "$bin/bench_ssd_cuda" --quick --iters 5 > "$logs/ncu_$k.log" 2>&1
+         done ;;
     layers|train|decode) timeout "$limit" stdbuf -oL "$bin/bench_model_cuda" "--$name" --json "$logs/$name.json" > "$logs/$name.log" 2>&1 ;;
     *) echo "unknown stage $name"; return 1 ;;
   esac
@@ -37,7 +43,7 @@ tar -czf "$out/results.tgz" -C "$out" logs
 rm -rf "$logs"
 # What matters most, last (the reply carries the end of the output).
 tar -xzOf "$out/results.tgz" logs/tests.log 2>/dev/null | grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests? ran" | tail -40
-for f in ssd ops compare layers train decode; do
+for f in ssd ops compare layers train decode ncu_ssd_fwd_fast_kernel ncu_ssd_bwd_chunk; do
   tar -xzOf "$out/results.tgz" "logs/$f.log" 2>/dev/null | tail -40
 done
 cat "$out/summary.txt"
