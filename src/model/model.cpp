@@ -332,7 +332,7 @@ void Model::layer_forward(int l, const ModelInput& in, Tensor out, InferenceStat
       if (st) conv1d_state_from_sequence(xbc_raw, in.doc, st->layers[static_cast<size_t>(l)].conv);
       gated_rmsnorm_forward(a.y, z, W(l, "mixer.norm.weight"), c.norm_group_size(), c.norm_eps, a.yn,
                             a.gn_rstd);
-      linear_forward(a.yn, W(l, "mixer.out_proj.weight"), W(l, "mixer.out_proj.bias"), out);
+      linear_residual_forward(a.yn, W(l, "mixer.out_proj.weight"), W(l, "mixer.out_proj.bias"), a.resid_in, out);
       break;
     }
     case LayerKind::Attention: {
@@ -358,16 +358,15 @@ void Model::layer_forward(int l, const ModelInput& in, Tensor out, InferenceStat
         copy_tensor(s.k_cache.slice(1, 0, T), p.k);
         copy_tensor(s.v_cache.slice(1, 0, T), p.v);
       }
-      linear_forward(a.att, W(l, "mixer.o_proj.weight"), W(l, "mixer.o_proj.bias"), out);
+      linear_residual_forward(a.att, W(l, "mixer.o_proj.weight"), W(l, "mixer.o_proj.bias"), a.resid_in, out);
       break;
     }
     case LayerKind::Mlp:
       linear_forward(a.normed, W(l, "mixer.up_proj.weight"), W(l, "mixer.up_proj.bias"), a.up);
       activation_forward(c.mlp_activation, a.up, a.act);
-      linear_forward(a.act, W(l, "mixer.down_proj.weight"), W(l, "mixer.down_proj.bias"), out);
+      linear_residual_forward(a.act, W(l, "mixer.down_proj.weight"), W(l, "mixer.down_proj.bias"), a.resid_in, out);
       break;
   }
-  add_scaled(a.resid_in, 1.0f, out);
 }
 
 double Model::forward(const ModelInput& in) {
@@ -495,10 +494,7 @@ void Model::layer_backward(int l, const ModelInput& in, Tensor dres, Tensor dnor
   }
   scratch_.release_to(mark);
   // Through the pre-norm: dres += d(rmsnorm input).
-  Tensor dx = scratch_.alloc(dt_act, {B, T, c.d_model});
-  rmsnorm_backward(dnormed, a.resid_in, W(l, "norm.weight"), a.rstd, dx, G(l, "norm.weight"));
-  add_scaled(dx, 1.0f, dres);
-  scratch_.release_to(mark);
+  residual_rmsnorm_backward(dnormed, a.resid_in, W(l, "norm.weight"), a.rstd, dres, G(l, "norm.weight"));
 }
 
 void Model::backward(float loss_scale) {

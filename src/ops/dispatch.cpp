@@ -25,6 +25,10 @@ void matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
   HLM_DISPATCH(y.device, linear_forward, x, w, bias, y);
 }
+void linear_residual_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual,
+                             const Tensor& y) {
+  HLM_DISPATCH(x.device, linear_residual_forward, x, w, bias, residual, y);
+}
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& dx,
                      const Tensor& dw, const Tensor& dbias, bool accumulate_dx) {
   HLM_DISPATCH(dy.device, linear_backward, dy, x, w, dx, dw, dbias, accumulate_dx);
@@ -64,6 +68,10 @@ void residual_rmsnorm_forward(const Tensor& x, const Tensor& d, const Tensor& w,
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                       const Tensor& dx, const Tensor& dw) {
   HLM_DISPATCH(x.device, rmsnorm_backward, dy, x, w, rstd, dx, dw);
+}
+void residual_rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                               const Tensor& dres, const Tensor& dw) {
+  HLM_DISPATCH(x.device, residual_rmsnorm_backward, dy, x, w, rstd, dres, dw);
 }
 void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, int64_t group_size,
                            float eps, const Tensor& y, const Tensor& rstd) {

@@ -17,6 +17,12 @@ HLM_DECLARE_OP(void, matmul,
 HLM_DECLARE_OP(void, linear_forward,
                (const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y))
 
+// y = residual + x · wᵀ (+ bias): the pre-norm block's output projection with its residual add
+// (on CUDA in the GEMM's epilogue, residual read as C). residual has y's shape; it may be y itself.
+HLM_DECLARE_OP(void, linear_residual_forward,
+               (const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual,
+                const Tensor& y))
+
 // dx = dy · w (overwritten; added to dx when accumulate_dx); dw += dyᵀ · x; dbias += Σ_rows dy.
 // Undefined dx / dw / dbias are skipped. Parameter gradients always accumulate.
 HLM_DECLARE_OP(void, linear_backward,

@@ -18,6 +18,11 @@ HLM_DECLARE_OP(void, residual_rmsnorm_forward,
 HLM_DECLARE_OP(void, rmsnorm_backward,
                (const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                 const Tensor& dx, const Tensor& dw))
+// The pre-norm residual step's backward: dres += the gradient of the norm's input (the sum taken
+// in float before dres is stored), dw accumulated; otherwise as rmsnorm_backward.
+HLM_DECLARE_OP(void, residual_rmsnorm_backward,
+               (const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                const Tensor& dres, const Tensor& dw))
 
 // g = x · silu(z); within each group of `group_size` consecutive channels:
 // y = g · rsqrt(mean(g²) + eps) · w. x, z, y [M,D] row views; w [D]; rstd [M, D/group_size].

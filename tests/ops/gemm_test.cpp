@@ -97,5 +97,22 @@ TEST(Linear, ForwardMatchesFormulaInF32) {
     }
 }
 
+// y = residual + x·wᵀ + b, out of place (residual untouched) and in place (residual = y).
+TEST(Linear, ResidualForwardAddsTheResidual) {
+  const int64_t M = 7, K = 11, N = 5;
+  HostTensor x = test::randn(DType::F32, {M, K}, 4), w = test::randn(DType::F32, {N, K}, 5);
+  HostTensor b = test::randn(DType::F32, {N}, 6), r = test::randn(DType::F32, {M, N}, 7);
+  HostTensor plain(DType::F32, {M, N}), y(DType::F32, {M, N}), inplace = test::randn(DType::F32, {M, N}, 7);
+  linear_forward(x.t, w.t, b.t, plain.t);
+  linear_residual_forward(x.t, w.t, b.t, r.t, y.t);
+  linear_residual_forward(x.t, w.t, b.t, inplace.t, inplace.t);
+  for (int64_t i = 0; i < M * N; ++i) {
+    EXPECT_EQ(y.get(i), static_cast<float>(plain.get(i) + r.get(i)));
+    EXPECT_EQ(inplace.get(i), y.get(i));
+  }
+  HostTensor wrong(DType::F32, {M, N + 1});
+  EXPECT_THROW(linear_residual_forward(x.t, w.t, b.t, wrong.t, y.t), Error);
+}
+
 }  // namespace
 }  // namespace hlm

@@ -307,6 +307,20 @@ void check_rmsnorm(int64_t M, int64_t D, int64_t ld, DType dt) {
     std::printf("  %-60s dw rerun differs: FAIL\n", name.c_str());
     ++g_fail;
   }
+  // residual_rmsnorm_backward: dres (starting at a known value) += dx; dw accumulates again.
+  Mat dres(dt, M, D, x.ld);
+  std::vector<double> RES(Y.size()), gres(Y.size());
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t c = 0; c < D; ++c) {
+      dres.set(r, c, randn());
+      RES[size_t(r * D + c)] = dres.get(r, c) + DX[size_t(r * D + c)];
+    }
+  cuda::residual_rmsnorm_backward(tensor(dy), tensor(x), tw, tr, tensor(dres), tdw2);
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t c = 0; c < D; ++c) gres[size_t(r * D + c)] = dres.get(r, c);
+  for (int64_t c = 0; c < D; ++c) gdw[size_t(c)] = (dw2.get(0, c) - 0.25) / 2.0;
+  report(name + " residual dres", rel(gres, RES), tol);
+  report(name + " residual dw", rel(gdw, DW), 1e-5);
 }
 
 // Gated RMSNorm forward vs float64 (x, z row views of a wider activation, as the model passes
@@ -429,6 +443,7 @@ int main(int argc, char** argv) {
   check_rmsnorm(1, 4096, 4096, DType::BF16);  // decode: one row spread over the block, w prefetched
   check_rmsnorm(3, 8192, 8200, DType::BF16);
   check_rmsnorm(2, 2048, 2048, DType::F32);
+  check_rmsnorm(600, 256, 256, DType::BF16);  // hundreds of dw partials (the finish lanes)
   // Gated RMSNorm: decode shapes (8 groups of 1024, z a slice of in_proj's output), spread and
   // several-vectors-per-thread layouts, f32 and bf16 weights, and the per-warp fallback.
   check_gated(1, 8192, 1024, 8192, 18560, DType::BF16, DType::BF16);

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "ops/cpu/common.h"
+#include "ops/elementwise.h"
 
 namespace hlm::cpu {
 
@@ -67,6 +68,26 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
     }
     gemm(false, true, M, N, K, T(1), X.row<T>(0), X.ld, W.row<T>(0), W.ld, beta, Y.row<T>(0), Y.ld);
   });
+}
+
+// The definition: the projection, then the residual added (y may be the residual itself).
+void linear_residual_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual,
+                             const Tensor& y) {
+  const char* op = "linear_residual_forward";
+  require_cpu(residual, op, "residual");
+  require_dtype(residual, x.dtype, op, "residual");
+  HLM_REQUIRE(same_shape(residual, y), ErrorKind::Internal, "{}: residual {} must match y {}", op,
+              residual.describe(), y.describe());
+  if (residual.data == y.data) {
+    HLM_REQUIRE(residual.stride == y.stride, ErrorKind::Internal, "{}: residual and y overlap differently", op);
+    std::vector<std::byte> buf(static_cast<size_t>(y.numel()) * dtype_size(y.dtype));
+    Tensor tmp(buf.data(), y.dtype, Device::CPU, Shape(y.shape.data(), static_cast<size_t>(y.ndim)));
+    cpu::linear_forward(x, w, bias, tmp);
+    cpu::add_scaled(tmp, 1.0f, y);
+    return;
+  }
+  cpu::linear_forward(x, w, bias, y);
+  cpu::add_scaled(residual, 1.0f, y);
 }
 
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& dx,

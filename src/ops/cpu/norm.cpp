@@ -131,6 +131,20 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   });
 }
 
+// The definition: rmsnorm_backward into a temporary, added to dres.
+void residual_rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                               const Tensor& dres, const Tensor& dw) {
+  const char* op = "residual_rmsnorm_backward";
+  require_cpu(dres, op, "dres");
+  require_dtype(dres, x.dtype, op, "dres");
+  HLM_REQUIRE(same_shape(dres, x), ErrorKind::Internal, "{}: dres {} must match x {}", op, dres.describe(),
+              x.describe());
+  std::vector<std::byte> buf(static_cast<size_t>(x.numel()) * dtype_size(x.dtype));
+  Tensor dx(buf.data(), x.dtype, Device::CPU, Shape(x.shape.data(), static_cast<size_t>(x.ndim)));
+  cpu::rmsnorm_backward(dy, x, w, rstd, dx, dw);
+  cpu::add_scaled(dx, 1.0f, dres);
+}
+
 void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, int64_t group_size,
                            float eps, const Tensor& y, const Tensor& rstd) {
   const char* op = "gated_rmsnorm_forward";

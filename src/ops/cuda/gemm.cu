@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <unordered_map>
 
+#include "core/memory.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm_own.cuh"
 #include "ops/cuda/handles.cuh"
@@ -194,17 +195,20 @@ unsigned long long output_checksum(const Mat& c) {
 }
 
 // One-time choice among the heuristic's candidates for a plan, on the first call of its shape
-// with beta = 0 (c is scratch until the real product overwrites it): each candidate runs once,
+// that overwrites c (beta = 0, or C read from c_in, not c: c is scratch until the real product
+// overwrites it): each candidate runs once,
 // must give bit for bit the output of the heuristic's first choice (else the choice could change
 // results from run to run), and is timed (median of 5); the fastest such one is kept. Skipped
 // while a graph is being captured (tried again on a later call) and with HLM_GEMM_TUNE=0.
-void tune_plan(GemmPlan& plan, const Mat& a, const Mat& b, const Mat& c, void* ws, const char* op) {
+void tune_plan(GemmPlan& plan, const Mat& a, const Mat& b, const Mat& c, float beta, const void* c_in, void* ws,
+               const char* op) {
   const char* env = std::getenv("HLM_GEMM_TUNE");
   if ((env && env[0] == '0') || stream_capturing()) return;
-  const float one = 1.0f, zero = 0.0f;
+  const float one = 1.0f;
+  const void* cread = c_in ? c_in : c.data;
   auto run = [&](const cublasLtMatmulAlgo_t& algo) {
-    return cublasLtMatmul(cublaslt_handle(), plan.op, &one, b.data, plan.a, a.data, plan.b, &zero,
-                          c.data, plan.c, const_cast<void*>(c.data), plan.c, &algo, ws,
+    return cublasLtMatmul(cublaslt_handle(), plan.op, &one, b.data, plan.a, a.data, plan.b, &beta,
+                          cread, plan.c, const_cast<void*>(c.data), plan.c, &algo, ws,
                           kGemmWorkspace, stream());
   };
   cudaEvent_t ev[2];
@@ -272,10 +276,21 @@ void add_bias(const Mat& c, const void* bias, DType bias_dtype, const char* op) 
   });
 }
 
-// c = alpha · op(a) · op(b) + beta · c (+ bias[N] per column of the row-major result).
+// c = alpha · op(a) · op(b) + beta · C (+ bias[N] per column of the row-major result), C = c, or
+// c_in when given: a matrix of c's layout (rows, cols, ld, dtype) that cuBLASLt reads as C (the
+// residual add in the epilogue); the other paths copy it into c first.
 void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, float alpha,
-                   float beta, const void* bias, DType bias_dtype, const char* op) {
+                   float beta, const void* bias, DType bias_dtype, const char* op,
+                   const void* c_in = nullptr) {
   const int64_t M = c.rows, N = c.cols;
+  if (c_in == c.data || beta == 0.0f) c_in = nullptr;
+  auto stage_c_in = [&] {
+    if (!c_in || M == 0 || N == 0) return;
+    const size_t esz = dtype_size(c.dtype), pitch = static_cast<size_t>(c.ld) * esz;
+    HLM_CUDA_CHECK(cudaMemcpy2DAsync(const_cast<void*>(c.data), pitch, c_in, pitch, static_cast<size_t>(N) * esz,
+                                     static_cast<size_t>(M), cudaMemcpyDeviceToDevice, stream()));
+    c_in = nullptr;
+  };
   const int64_t K = ta ? a.rows : a.cols;
   HLM_REQUIRE((ta ? a.cols : a.rows) == M, ErrorKind::Internal,
               "{}: op(a) is [{},{}] but c has {} rows", op, ta ? a.cols : a.rows, K, M);
@@ -287,6 +302,7 @@ void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, f
               dtype_name(b.dtype));
   if (M == 0 || N == 0) return;
   if (K == 0) {  // nothing to multiply: c = beta · c (+ bias)
+    stage_c_in();
     Tensor ct(const_cast<void*>(c.data), c.dtype, Device::CUDA, {M, N});
     ct.stride[0] = c.ld;
     if (beta == 0.0f) {
@@ -299,6 +315,7 @@ void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, f
   }
   const GemmMode mode = gemm_mode();
   if (mode == GemmMode::Fallback) {
+    stage_c_in();
     gemm_fallback(a, ta, b, tb, c, alpha, beta, bias, bias_dtype);
     return;
   }
@@ -308,6 +325,7 @@ void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, f
   constexpr int64_t kGemvMaxWeight = int64_t{8} << 20;
   if ((mode == GemmMode::Gemv || (mode == GemmMode::Auto && b.rows * b.cols <= kGemvMaxWeight)) && !ta && tb &&
       gemv_applies(a, b, c)) {
+    stage_c_in();
     gemv(a, b, c, alpha, beta, bias, bias_dtype);
     return;
   }
@@ -325,7 +343,7 @@ void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, f
   key.ldc = c.ld;
   key.align_a = capped_alignment(a.data);
   key.align_b = capped_alignment(b.data);
-  key.align_c = capped_alignment(c.data);
+  key.align_c = c_in ? std::min(capped_alignment(c.data), capped_alignment(c_in)) : capped_alignment(c.data);
   key.align_bias = bias ? capped_alignment(bias) : 0;
   key.epilogue = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
   // Candidates in order: with the bias epilogue, plain, plain with alignments declared as one
@@ -349,10 +367,10 @@ void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, f
       HLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                       &bias, sizeof(bias)));
     }
-    if (!plan->tuned && beta == 0.0f && alpha == 1.0f) tune_plan(*plan, a, b, c, ws, op);
+    if (!plan->tuned && (beta == 0.0f || c_in) && alpha == 1.0f) tune_plan(*plan, a, b, c, beta, c_in, ws, op);
     const cublasStatus_t st =
         cublasLtMatmul(cublaslt_handle(), plan->op, &alpha, b.data, plan->a, a.data, plan->b, &beta,
-                       c.data, plan->c, const_cast<void*>(c.data), plan->c, &plan->algo, ws,
+                       c_in ? c_in : c.data, plan->c, const_cast<void*>(c.data), plan->c, &plan->algo, ws,
                        kGemmWorkspace, stream());
     if (st != CUBLAS_STATUS_SUCCESS) {
       // Parameter errors are raised before any work is queued: safe to try the next candidate.
@@ -376,6 +394,7 @@ void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, f
                  dtype_name(a.dtype), dtype_name(c.dtype), static_cast<long long>(a.ld),
                  static_cast<long long>(b.ld), static_cast<long long>(c.ld), why.c_str());
   }
+  stage_c_in();
   gemm_fallback(a, ta, b, tb, c, alpha, beta, bias, bias_dtype);
 }
 
@@ -447,6 +466,30 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
     bias_ptr = bias.data;
   }
   gemm_rowmajor(X, false, W, true, Y, 1.0f, 0.0f, bias_ptr, bias.defined() ? bias.dtype : DType::F32, op);
+}
+
+void linear_residual_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual,
+                             const Tensor& y) {
+  const char* op = "linear_residual_forward";
+  Mat X = mat_of(x, op, "x"), W = mat_of(w, op, "w"), Y = mat_of(y, op, "y"), R = mat_of(residual, op, "residual");
+  HLM_REQUIRE(w.ndim == 2, ErrorKind::Internal, "{}: w {} must be [N,K]", op, w.describe());
+  HLM_REQUIRE(R.rows == Y.rows && R.cols == Y.cols, ErrorKind::Internal, "{}: residual {} must match y {}", op,
+              residual.describe(), y.describe());
+  const void* bias_ptr = nullptr;
+  if (bias.defined()) {
+    require_cuda(bias, op, "bias");
+    require_float(bias, op, "bias");
+    HLM_REQUIRE(bias.is_contiguous() && bias.numel() == W.rows, ErrorKind::Internal,
+                "{}: bias {} must be contiguous with {} entries", op, bias.describe(), W.rows);
+    bias_ptr = bias.data;
+  }
+  const void* c_in = R.data;
+  if (R.data != Y.data && (R.ld != Y.ld || R.dtype != Y.dtype)) {  // another layout: into y first
+    copy_tensor(y, residual);
+    c_in = Y.data;
+  }
+  HLM_REQUIRE(c_in != Y.data || R.ld == Y.ld, ErrorKind::Internal, "{}: residual and y overlap differently", op);
+  gemm_rowmajor(X, false, W, true, Y, 1.0f, 1.0f, bias_ptr, bias.defined() ? bias.dtype : DType::F32, op, c_in);
 }
 
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& dx,
