@@ -2,6 +2,8 @@
 // backward, in F32 and BF16, on row views.
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include "cuda/cuda_test_util.h"
 #include "ops/activation.h"
 
@@ -19,9 +21,12 @@ const char* act_name(Activation a) {
   return "?";
 }
 
+// Odd widths and unaligned row strides (the scalar kernels), whole 16-byte vectors (the vector
+// kernels: many rows, a wide row).
 TEST(ActivationCuda, ForwardBackwardMatchCpu) {
   HLM_REQUIRE_GPU();
-  const int64_t M = 23, F = 301;
+  for (auto [M, F, pad] : {std::tuple<int64_t, int64_t, int64_t>{23, 301, 8}, {37, 256, 0}, {5, 4096, 16},
+                           {3, 264, 3}, {700, 64, 8}})
   for (Activation act : {Activation::ReluSquared, Activation::Gelu, Activation::GeluTanh,
                          Activation::Silu, Activation::SwiGlu}) {
     const int64_t Fin = activation_input_width(act, F);
@@ -36,15 +41,15 @@ TEST(ActivationCuda, ForwardBackwardMatchCpu) {
       activation_forward(act, in.t, out.t);
       activation_backward(act, in.t, dout.t, din.t);
 
-      DeviceTensor gin = make_row_view(dt, M, Fin, Fin + 8);
+      DeviceTensor gin = make_row_view(dt, M, Fin, Fin + pad);
       upload_into(gin.t, in);
       DeviceTensor gout(dt, {M, F}), gdo = upload(dout, dt), gdin(dt, {M, Fin});
       poison(gout.t);
       poison(gdin.t);
       activation_forward(act, gin.t, gout.t);
       activation_backward(act, gin.t, gdo.t, gdin.t);
-      EXPECT_LT(rel_error(download(gout.t), out), tol) << act_name(act) << " " << dtype_name(dt);
-      EXPECT_LT(rel_error(download(gdin.t), din), tol) << act_name(act) << " " << dtype_name(dt);
+      EXPECT_LT(rel_error(download(gout.t), out), tol) << act_name(act) << " " << dtype_name(dt) << " M=" << M << " F=" << F << " pad=" << pad;
+      EXPECT_LT(rel_error(download(gdin.t), din), tol) << act_name(act) << " " << dtype_name(dt) << " M=" << M << " F=" << F << " pad=" << pad;
     }
   }
 }
