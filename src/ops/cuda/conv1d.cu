@@ -63,7 +63,7 @@ __device__ __forceinline__ void store_vec(T* p, const float (&in)[V]) {
 }
 
 // sigmoid(z) = 1 / (1 + 2^(-z log2 e)) by ex2.approx and rcp.approx: 2 MUFU and 3 other
-// instructions, relative error ~2^-21 everywhere, tails included. 1.f / x is an IEEE division (~8
+// instructions, relative error of a few float ulps everywhere, tails included. 1.f / x is an IEEE division (~8
 // instructions and a slow-path check per element); tanh.approx (1 MUFU) has 2^-11 relative error
 // on tanh, which near tanh = -1 is no accuracy at all for sigmoid = (1 + tanh) / 2 (silu's negative
 // tail). z -> -inf: 2^inf = inf, rcp(inf) = 0.
