@@ -223,6 +223,63 @@ bool check_conv(int64_t L, int64_t C) {
   return e <= 1e-2;
 }
 
+// The 1.43B training step's conv (B = 1): x = xBC, columns [4096, 4096 + 6144) of in_proj's
+// [T, 10304] output; dy contiguous [T, 6144]; dx into the same columns of in_proj's gradient;
+// packed documents (a new one every 1000 positions); F32 w, bias and their gradients.
+constexpr int64_t kTrainLd = 10304, kTrainOff = 4096, kTrainC = 6144;
+struct ConvTrainSet {
+  DevBuf xw, dy, dxw, y, w, b, dw, db, doc;
+  Tensor x, dx;
+  explicit ConvTrainSet(int64_t T)
+      : xw(DType::BF16, {1, T, kTrainLd}), dy(DType::BF16, {1, T, kTrainC}), dxw(DType::BF16, {1, T, kTrainLd}),
+        y(DType::BF16, {1, T, kTrainC}), w(DType::F32, {kTrainC, 4}), b(DType::F32, {kTrainC}), dw(DType::F32, {kTrainC, 4}),
+        db(DType::F32, {kTrainC}), doc(DType::I32, {1, T}) {
+    fill_random(xw.t.data, DType::BF16, xw.t.numel(), 41, 1.0);
+    fill_random(dy.t.data, DType::BF16, dy.t.numel(), 42, 1.0);
+    fill_random(w.t.data, DType::F32, w.t.numel(), 43, 0.5);
+    fill_random(b.t.data, DType::F32, kTrainC, 44, 0.5);
+    CK(cudaMemset(dxw.t.data, 0xFF, dxw.t.nbytes()));
+    CK(cudaMemset(dw.t.data, 0, dw.t.nbytes()));
+    CK(cudaMemset(db.t.data, 0, db.t.nbytes()));
+    std::vector<int32_t> ids(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) ids[static_cast<size_t>(t)] = static_cast<int32_t>(t / 1000);
+    CK(cudaMemcpy(doc.t.data, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+    x = xw.t.slice(2, kTrainOff, kTrainC);
+    dx = dxw.t.slice(2, kTrainOff, kTrainC);
+  }
+  void forward() { conv1d_silu_forward(x, w.t, b.t, doc.t, y.t); }
+  void backward() { conv1d_silu_backward(dy.t, x, w.t, b.t, doc.t, dx, dw.t, db.t); }
+};
+
+// Columns [kTrainOff, kTrainOff + kTrainC) of a downloaded [T, kTrainLd] buffer.
+std::vector<float> train_columns(const std::vector<float>& wide, int64_t T) {
+  std::vector<float> out(static_cast<size_t>(T * kTrainC));
+  for (int64_t t = 0; t < T; ++t)
+    std::copy_n(wide.begin() + t * kTrainLd + kTrainOff, kTrainC, out.begin() + t * kTrainC);
+  return out;
+}
+
+bool check_conv_train(int64_t T) {
+  ConvTrainSet s(T);
+  s.forward();
+  s.backward();
+  HostF32 x(train_columns(download_f32(s.xw.t), T), {1, T, kTrainC}), dy(download_f32(s.dy.t), {1, T, kTrainC}),
+      w(download_f32(s.w.t), {kTrainC, 4}), b(download_f32(s.b.t), {kTrainC}),
+      y(std::vector<float>(size_t(T * kTrainC)), {1, T, kTrainC}), dx(std::vector<float>(size_t(T * kTrainC)), {1, T, kTrainC}),
+      dw(std::vector<float>(size_t(kTrainC * 4)), {kTrainC, 4}), db(std::vector<float>(size_t(kTrainC)), {kTrainC});
+  std::vector<int32_t> ids(static_cast<size_t>(T));
+  CK(cudaMemcpy(ids.data(), s.doc.t.data, ids.size() * 4, cudaMemcpyDeviceToHost));
+  Tensor doc(ids.data(), DType::I32, Device::CPU, {1, T});
+  conv1d_silu_forward(x.t, w.t, b.t, doc, y.t);
+  conv1d_silu_backward(dy.t, x.t, w.t, b.t, doc, dx.t, dw.t, db.t);
+  const double ey = rel_err(download_f32(s.y.t), y.v), edx = rel_err(train_columns(download_f32(s.dxw.t), T), dx.v),
+               edw = rel_err(download_f32(s.dw.t), dw.v), edb = rel_err(download_f32(s.db.t), db.v);
+  const bool ok = ey <= 1e-2 && edx <= 1e-2 && edw <= 1e-2 && edb <= 1e-2;
+  std::printf("check conv1d training layout T=%lld vs CPU: y %.1e dx %.1e dw %.1e dbias %.1e -> %s\n", static_cast<long long>(T),
+              ey, edx, edw, edb, ok ? "ok" : "MISMATCH");
+  return ok;
+}
+
 bool check_step(int64_t B) {
   DevBuf x(DType::BF16, {B, H, P}), dt(DType::BF16, {B, H}), Bm(DType::BF16, {B, G, N}), Cm(DType::BF16, {B, G, N}),
       A(DType::F32, {H}), D(DType::F32, {H}), bias(DType::F32, {H}), st(DType::F32, {B, H, P, N}), y(DType::BF16, {B, H, P});
@@ -293,6 +350,35 @@ void bench_conv(int64_t L, int64_t C) {
   progress(g_rows.back());
 }
 
+// Forward and backward at the training layout, each next to a device copy that moves the same
+// bytes (forward: x read + y written = 2 S, a copy of S; backward: x, dy read + dx written = 3 S,
+// a copy of 1.5 S; S = T x 6144 x 2 bytes). Backward target 0.120 ms at T = 8192 (was 0.369 ms
+// per call in the training step, 2026-11-28).
+void bench_conv_train(int64_t T) {
+  ConvTrainSet s(T);
+  const size_t S = static_cast<size_t>(T * kTrainC * 2);
+  DevBuf scratch(DType::BF16, {3 * T * kTrainC / 2});  // 1.5 S bytes; the source is dx's wider buffer (1.68 S)
+  auto copy_ms = [&](size_t bytes) {
+    return median_ms([&](int) {
+      CK(cudaMemcpyAsync(scratch.t.data, s.dxw.t.data, bytes, cudaMemcpyDeviceToDevice, cuda::stream()));
+    });
+  };
+  const double fwd = median_ms([&](int) { s.forward(); });
+  const double copy_f = copy_ms(S);
+  char note[192];
+  std::snprintf(note, sizeof note, "copy of the same bytes %.3f ms; conv / copy = %.2f (%.2f TB/s)", copy_f, fwd / copy_f,
+                2.0 * S / fwd / 1e9);
+  const std::string tag = "T=" + std::to_string(T / 1024) + "K C=6144 slice";
+  g_rows.push_back({"conv1d+SiLU fwd " + tag, fwd, NAN, 1.3 * copy_f, note});
+  progress(g_rows.back());
+  const double bwd = median_ms([&](int) { s.backward(); });
+  const double copy_b = copy_ms(3 * S / 2);
+  std::snprintf(note, sizeof note, "copy of the same bytes (x, dy in; dx out) %.3f ms; bwd / copy = %.2f (%.2f TB/s); was 0.369",
+                copy_b, bwd / copy_b, 3.0 * S / bwd / 1e9);
+  g_rows.push_back({"conv1d+SiLU bwd " + tag, bwd, NAN, T == 8192 ? 0.120 : NAN, note});
+  progress(g_rows.back());
+}
+
 void bench_step(int64_t B, double ref_us, double tgt_us) {
   DevBuf x(DType::BF16, {B, H, P}), dt(DType::BF16, {B, H}), Bm(DType::BF16, {B, G, N}), Cm(DType::BF16, {B, G, N}),
       A(DType::F32, {H}), D(DType::F32, {H}), bias(DType::F32, {H}), st(DType::F32, {B, H, P, N}), y(DType::BF16, {B, H, P});
@@ -356,7 +442,7 @@ int main(int argc, char** argv) {
     }
     const cudaDeviceProp& prop = cuda::device_props();
     std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
-    bool ok = check_ssd(1, 512) && check_ssd(2, 333) && check_conv(700, 10240) && check_step(1) && check_step(32);
+    bool ok = check_ssd(1, 512) && check_ssd(2, 333) && check_conv(700, 10240) && check_conv_train(2100) && check_step(1) && check_step(32);
     if (!ok) {
       std::fprintf(stderr, "bench_ssd_cuda: correctness check failed, not timing\n");
       return 1;
@@ -379,6 +465,16 @@ int main(int argc, char** argv) {
     unsetenv("HLM_SSD_FWD_VARIANT");
     unsetenv("HLM_SSD_SEG_CHUNKS");
     bench_conv(65536, 10240);
+    bench_conv_train(8192);
+    // A/B of the conv's one-wave strips (src/ops/cuda/conv1d.cu): short strips, many waves.
+    setenv("HLM_CONV_STRIP", "256", 1);
+    bench_conv(65536, 10240);
+    g_rows.back().name += " strip 256";
+    setenv("HLM_CONV_STRIP", "64", 1);
+    bench_conv_train(8192);
+    g_rows[g_rows.size() - 2].name += " strip 64";
+    g_rows.back().name += " strip 64";
+    unsetenv("HLM_CONV_STRIP");
     bench_step(1, 43, 5);
     bench_step(32, 130, 75);
 

@@ -1,8 +1,10 @@
 // CUDA causal depthwise conv1d + bias + SiLU (the Mamba-2 short conv): forward, backward (dw and
 // dbias through per-segment partials reduced in a fixed order), the decode update and the state
-// taken from a prefill. Memory-bound: each thread owns 16 bytes of channels and walks a segment of
-// time with the last K-1 inputs in registers.
+// taken from a prefill. Memory-bound: each thread owns 16 bytes of channels and walks a strip of
+// time with the last K-1 inputs in registers; rows stream through a per-thread cp.async ring.
 #include <algorithm>
+#include <cstdlib>
+#include <type_traits>
 
 #include "ops/conv1d.h"
 #include "ops/cuda/ssd_kernels.cuh"
@@ -60,7 +62,47 @@ __device__ __forceinline__ void store_vec(T* p, const float (&in)[V]) {
   }
 }
 
-__device__ __forceinline__ float sigmoidf_(float z) { return 1.f / (1.f + __expf(-z)); }
+// sigmoid(z) = 1 / (1 + 2^(-z log2 e)) by ex2.approx and rcp.approx: 2 MUFU and 3 other
+// instructions, relative error of a few float ulps everywhere, tails included. 1.f / x is an IEEE division (~8
+// instructions and a slow-path check per element); tanh.approx (1 MUFU) has 2^-11 relative error
+// on tanh, which near tanh = -1 is no accuracy at all for sigmoid = (1 + tanh) / 2 (silu's negative
+// tail). z -> -inf: 2^inf = inf, rcp(inf) = 0.
+__device__ __forceinline__ float sigmoidf_(float z) {
+#ifdef HLM_CUDA_EMU
+  return 1.f / (1.f + std::exp2(-z * 1.4426950408889634f));
+#else
+  float e, r;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(e) : "f"(-z * 1.4426950408889634f));
+  asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(1.f + e));
+  return r;
+#endif
+}
+
+// 16 bytes of T from floats; bf16 pairs through one cvt.rn.bf16x2.f32 each.
+template <typename T, int V>
+__device__ __forceinline__ uint4 pack16(const float (&in)[V]) {
+  static_assert(V * sizeof(T) == 16, "16-byte vectors");
+  uint4 u;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    __nv_bfloat162 e[V / 2];
+#pragma unroll
+    for (int v = 0; v < V / 2; ++v) e[v] = __floats2bfloat162_rn(in[2 * v], in[2 * v + 1]);
+    memcpy(&u, e, 16);
+  } else {
+    T e[V];
+#pragma unroll
+    for (int v = 0; v < V; ++v) e[v] = from_f32<T>(in[v]);
+    memcpy(&u, e, 16);
+  }
+  return u;
+}
+template <typename T, int V>
+__device__ __forceinline__ void unpack16(const uint4& u, float (&out)[V]) {
+  T e[V];
+  memcpy(e, &u, 16);
+#pragma unroll
+  for (int v = 0; v < V; ++v) out[v] = to_f32<T>(e[v]);
+}
 
 // Weights and bias of channels c0 .. c0+V-1.
 template <int K, int V>
@@ -84,20 +126,20 @@ struct SegCounter {
   int seg = 0;
   int32_t prev = 0;
   bool has_prev = false;
-  // Segment of position t; successive calls must be for consecutive positions.
-  __device__ __forceinline__ int next(int t) {
-    if (doc) {
-      const int32_t d = doc[t];
-      if (has_prev && d != prev) ++seg;
-      prev = d;
-      has_prev = true;
-    }
+  // Segment of the next position, given its document id.
+  __device__ __forceinline__ int with_id(int32_t d) {
+    if (has_prev && d != prev) ++seg;
+    prev = d;
+    has_prev = true;
     return seg;
   }
+  // Segment of position t; successive calls must be for consecutive positions.
+  __device__ __forceinline__ int next(int t) { return doc ? with_id(doc[t]) : seg; }
 };
 
-// The K-1 inputs before the current position, oldest first, with their segments.
-template <typename T, int K, int V>
+// The K-1 inputs before the current position, oldest first, with their segments (all 0 and never
+// compared without documents: kDoc false).
+template <typename T, int K, int V, bool kDoc = true>
 struct Window {
   float x[K > 1 ? K - 1 : 1][V];
   int doc[K > 1 ? K - 1 : 1];  // segment (SegCounter) of each entry
@@ -109,7 +151,7 @@ struct Window {
       const int pos = t - (K - 1) + j;
       ok[j] = pos >= 0;
       doc[j] = 0;
-      if (ok[j]) doc[j] = sc.next(pos);
+      if (kDoc && ok[j]) doc[j] = sc.next(pos);
       if (ok[j])
         load_vec<T, V>(static_cast<const T*>(a.x) + (static_cast<int64_t>(b) * a.T + pos) * a.ld_x + c0, x[j]);
       else
@@ -117,18 +159,25 @@ struct Window {
         for (int v = 0; v < V; ++v) x[j][v] = 0.f;
     }
   }
-  // Pre-activation at a position with input cur and document d.
+  // Pre-activation at a position with input cur and document d (kCheck false: every entry counts,
+  // see all_in).
+  template <bool kCheck = true>
   __device__ __forceinline__ void z(const ChannelParams<K, V>& cp, const float (&cur)[V], int d,
                                     float (&out)[V]) const {
 #pragma unroll
     for (int v = 0; v < V; ++v) out[v] = cp.b[v] + cp.w[v][K - 1] * cur[v];
 #pragma unroll
     for (int j = 0; j < K - 1; ++j) {
-      if (ok[j] && doc[j] == d)
+      if (!kCheck || same(j, d))
 #pragma unroll
         for (int v = 0; v < V; ++v) out[v] += cp.w[v][j] * x[j][v];
     }
   }
+  // Whether entry j counts for a position of document d.
+  __device__ __forceinline__ bool same(int j, int d) const { return ok[j] && (!kDoc || doc[j] == d); }
+  // Whether every entry counts for document d: positions and segments only grow along the window,
+  // so the oldest entry decides.
+  __device__ __forceinline__ bool all_in(int d) const { return ok[0] && (!kDoc || doc[0] == d); }
   __device__ __forceinline__ void push(const float (&cur)[V], int d) {
 #pragma unroll
     for (int j = 0; j + 1 < K - 1; ++j) {
@@ -182,65 +231,238 @@ __global__ void __launch_bounds__(128) conv_fwd_kernel(const ConvArgs a) {
   }
 }
 
-// 16-byte vector path of the forward: each thread owns 16 bytes of channels and a strip of time;
-// its rows stream through a private ring of shared memory by cp.async, kConvStages groups of
-// kConvRows rows in flight per thread (the copy engine holds the bytes in flight, not registers),
-// and the K-1 previous inputs stay in registers. No barriers: a thread reads only its own slots.
-constexpr int kConvRows = 4, kConvStages = 4, kConvThreads = 128;
-constexpr size_t kConvSmem = size_t{kConvRows} * kConvStages * kConvThreads * 16;
+// 16-byte vector paths. A block of `threads` threads covers threads x 16 contiguous bytes of each
+// row (4 KiB for the forward) and one strip of time; each thread streams its rows through a
+// private ring of shared memory by cp.async, `stages` groups of `rows` rows (stages - 1 groups in
+// flight while one is consumed: the copy engine holds the bytes, not registers). No barriers: a
+// thread reads only its own slots, which are thread-contiguous per slot (a warp's 16-byte reads of
+// one slot are 512 contiguous bytes: conflict-free). The grid is one wave: blocks_per_sm (launch
+// bounds; registers and shared memory allow it) x SMs blocks with equally long strips.
+struct StripCfg {
+  int threads, rows, stages, blocks_per_sm, bytes_per_row;  // bytes_per_row: per thread and position
+  constexpr size_t smem() const { return size_t(threads) * rows * stages * bytes_per_row; }
+};
+// Forward: 126 registers (bf16, K = 4, documents); 64 KiB per block, 96 KiB in flight per SM.
+constexpr StripCfg kFwd{256, 4, 4, 2, 16};
+// Backward: w, bias, the x window, the dx partial sums, dw and dbias are 128 floats live through
+// the loop at K = 4, V = 8; three blocks per SM (168 registers at most) spilled ~200 bytes, so two
+// blocks of 4 warps (221 registers) with a deeper ring: 96 KiB per block, 160 KiB in flight per SM.
+constexpr StripCfg kBwd{128, 4, 6, 2, 32};
+constexpr int kMinStrip = 32;  // rows: the K-1 halo rows are read twice
 
-template <typename T, int K, int V>
-__global__ void __launch_bounds__(kConvThreads, 4) conv_fwd_vec_kernel(const ConvArgs a) {
+// Document ids of the kRows positions of group grp (0 past t_end): loaded one group ahead so their
+// latency hides behind a group's work (every thread of the grid reads the same few ids: L1 / L2).
+template <int kRows>
+__device__ __forceinline__ void load_ids(const int32_t* doc, int t0, int t_end, int32_t (&ids)[kRows]) {
+#pragma unroll
+  for (int u = 0; u < kRows; ++u) ids[u] = t0 + u < t_end ? doc[t0 + u] : 0;
+}
+
+template <typename T, int K, int V, bool kDoc>
+__global__ void __launch_bounds__(kFwd.threads, kFwd.blocks_per_sm) conv_fwd_vec_kernel(const ConvArgs a) {
   static_assert(V * sizeof(T) == 16, "16-byte vectors");
-  const int c0 = (blockIdx.x * kConvThreads + threadIdx.x) * V;
+  constexpr int R = kFwd.rows, S = kFwd.stages, NT = kFwd.threads;
+  const int c0 = (blockIdx.x * NT + threadIdx.x) * V;
   if (c0 >= a.C) return;
   const int seg = blockIdx.y, b = blockIdx.z;
   const int t_begin = seg * a.seg_len, t_end = min(a.T, t_begin + a.seg_len);
-  auto* ring = reinterpret_cast<uint4*>(mma::dynamic_smem()) + threadIdx.x;  // slot i at ring[i * kConvThreads]
+  auto* ring = reinterpret_cast<uint4*>(mma::dynamic_smem()) + threadIdx.x;  // slot i at ring[i * NT]
   const T* xg = static_cast<const T*>(a.x) + static_cast<int64_t>(b) * a.T * a.ld_x + c0;
   T* yg = static_cast<T*>(a.y) + static_cast<int64_t>(b) * a.T * a.ld_y + c0;
-  const int ngroups = (t_end - t_begin + kConvRows - 1) / kConvRows;
+  const int ngroups = (t_end - t_begin + R - 1) / R;
   auto issue = [&](int grp) {  // rows of group grp into its slots (zero-filled past the strip)
     if (grp < ngroups)
 #pragma unroll
-      for (int u = 0; u < kConvRows; ++u) {
-        const int t = t_begin + grp * kConvRows + u;
+      for (int u = 0; u < R; ++u) {
+        const int t = t_begin + grp * R + u;
         const bool valid = t < t_end;
-        mma::cp_async16(ring + ((grp % kConvStages) * kConvRows + u) * kConvThreads,
-                        xg + static_cast<int64_t>(valid ? t : t_begin) * a.ld_x, valid);
+        mma::cp_async16(ring + ((grp % S) * R + u) * NT, xg + static_cast<int64_t>(valid ? t : t_begin) * a.ld_x, valid);
       }
     mma::cp_async_commit();
   };
 #pragma unroll
-  for (int g = 0; g < kConvStages; ++g) issue(g);
+  for (int g = 0; g < S; ++g) issue(g);
   ChannelParams<K, V> cp;
   cp.load(a, c0);
-  SegCounter sc{a.doc ? a.doc + b * a.ld_doc : nullptr};
-  Window<T, K, V> win;
+  const int32_t* doc = kDoc ? a.doc + static_cast<int64_t>(b) * a.ld_doc : nullptr;
+  SegCounter sc{doc};
+  Window<T, K, V, kDoc> win;
   win.init(a, b, t_begin, c0, sc);
+  int32_t ids[R] = {};
+  if constexpr (kDoc) load_ids<R>(doc, t_begin, t_end, ids);
   for (int grp = 0; grp < ngroups; ++grp) {
-    mma::cp_async_wait<kConvStages - 1>();  // group grp has landed
+    int32_t next_ids[R] = {};
+    if constexpr (kDoc) load_ids<R>(doc, t_begin + (grp + 1) * R, t_end, next_ids);
+    mma::cp_async_wait<S - 1>();  // group grp has landed
+    const int t0 = t_begin + grp * R;
+    auto rows = [&](auto checked) {  // checked false: no bounds or document tests (see fast below)
+      constexpr bool kChecked = decltype(checked)::value;
 #pragma unroll
-    for (int u = 0; u < kConvRows; ++u) {
-      const int t = t_begin + grp * kConvRows + u;
-      if (t < t_end) {
-        const uint4 raw = ring[((grp % kConvStages) * kConvRows + u) * kConvThreads];
-        T e[V];
-        memcpy(e, &raw, 16);
-        float cur[V], z[V];
+      for (int u = 0; u < R; ++u) {
+        const int t = t0 + u;
+        if (!kChecked || t < t_end) {
+          float cur[V], z[V];
+          unpack16<T, V>(ring[((grp % S) * R + u) * NT], cur);
+          const int d = kDoc && kChecked ? sc.with_id(ids[u]) : sc.seg;
+          win.template z<kChecked>(cp, cur, d, z);
 #pragma unroll
-        for (int v = 0; v < V; ++v) cur[v] = to_f32<T>(e[v]);
-        const int d = sc.next(t);
-        win.z(cp, cur, d, z);
-#pragma unroll
-        for (int v = 0; v < V; ++v) z[v] = z[v] * sigmoidf_(z[v]);
-        store_vec<T, V>(yg + static_cast<int64_t>(t) * a.ld_y, z);
-        win.push(cur, d);
+          for (int v = 0; v < V; ++v) z[v] = z[v] * sigmoidf_(z[v]);
+          *reinterpret_cast<uint4*>(yg + static_cast<int64_t>(t) * a.ld_y) = pack16<T, V>(z);
+          win.push(cur, d);
+        }
       }
-    }
-    issue(grp + kConvStages);  // into the slots just consumed (their values are in registers)
+    };
+    // The common group: whole, inside the strip, window and rows in one document. Its rows are
+    // straight-line code (no branch per row and window entry) that the compiler can interleave.
+    bool fast = t0 + R <= t_end && win.all_in(sc.seg);
+    if constexpr (kDoc)
+#pragma unroll
+      for (int u = 0; u < R; ++u) fast = fast && ids[u] == sc.prev;
+    if (fast)
+      rows(std::false_type{});
+    else
+      rows(std::true_type{});
+    issue(grp + S);  // into the slots just consumed (their values are in registers)
+#pragma unroll
+    for (int u = 0; u < R; ++u) ids[u] = next_ids[u];
   }
   mma::cp_async_wait<0>();
+}
+
+// Backward, 16-byte vector path: the forward's strip layout with x and dy rows in the ring. Step t
+// (t_begin <= t < t_end + K-1) recomputes z_t and dz_t = dy_t silu'(z_t), adds dz_t's terms to
+// the dx partial sums of positions t-K+1 .. t-1 (acc, aligned with the x window: the same
+// document test serves dw and dx) and writes dx of position t-K+1, now complete. dw and dbias
+// sum over t < t_end into the block's partial row (reduced in a fixed order later).
+template <typename T, int K, int V, bool kDoc>
+__global__ void __launch_bounds__(kBwd.threads, kBwd.blocks_per_sm) conv_bwd_vec_kernel(const ConvArgs a) {
+  static_assert(V * sizeof(T) == 16 && K >= 2, "16-byte vectors, K >= 2");
+  constexpr int R = kBwd.rows, S = kBwd.stages, NT = kBwd.threads;
+  const int c0 = (blockIdx.x * NT + threadIdx.x) * V;
+  if (c0 >= a.C) return;
+  const int seg = blockIdx.y, b = blockIdx.z;
+  const int t_begin = seg * a.seg_len, t_end = min(a.T, t_begin + a.seg_len);
+  const int t_stop = t_end + K - 1, t_hi = min(a.T, t_stop);  // steps; rows read
+  auto* ring = reinterpret_cast<uint4*>(mma::dynamic_smem()) + threadIdx.x;  // x of slot i at ring[2i * NT], dy at ring[(2i+1) * NT]
+  const int64_t rb = static_cast<int64_t>(b) * a.T;
+  const T* xg = static_cast<const T*>(a.x) + rb * a.ld_x + c0;
+  const T* dyg = static_cast<const T*>(a.dy) + rb * a.ld_dy + c0;
+  T* dxg = a.dx ? static_cast<T*>(a.dx) + rb * a.ld_dx + c0 : nullptr;
+  const int ngroups = (t_stop - t_begin + R - 1) / R;
+  auto issue = [&](int grp) {
+    if (grp < ngroups)
+#pragma unroll
+      for (int u = 0; u < R; ++u) {
+        const int t = t_begin + grp * R + u;
+        const bool valid = t < t_hi;
+        const int64_t tt = valid ? t : t_begin;
+        const int i = (grp % S) * R + u;
+        mma::cp_async16(ring + (2 * i) * NT, xg + tt * a.ld_x, valid);
+        mma::cp_async16(ring + (2 * i + 1) * NT, dyg + tt * a.ld_dy, valid);
+      }
+    mma::cp_async_commit();
+  };
+#pragma unroll
+  for (int g = 0; g < S; ++g) issue(g);
+  ChannelParams<K, V> cp;
+  cp.load(a, c0);
+  const int32_t* doc = kDoc ? a.doc + static_cast<int64_t>(b) * a.ld_doc : nullptr;
+  SegCounter sc{doc};
+  Window<T, K, V, kDoc> win;
+  win.init(a, b, t_begin, c0, sc);
+  float acc[K - 1][V], dw[V][K], db[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    db[v] = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) dw[v][k] = 0.f;
+#pragma unroll
+    for (int j = 0; j < K - 1; ++j) acc[j][v] = 0.f;
+  }
+  int32_t ids[R] = {};
+  if constexpr (kDoc) load_ids<R>(doc, t_begin, t_hi, ids);
+  for (int grp = 0; grp < ngroups; ++grp) {
+    int32_t next_ids[R] = {};
+    if constexpr (kDoc) load_ids<R>(doc, t_begin + (grp + 1) * R, t_hi, next_ids);
+    mma::cp_async_wait<S - 1>();  // group grp has landed
+    const int t0 = t_begin + grp * R;
+    auto rows = [&](auto checked) {  // checked false: no bounds or document tests (see fast below)
+      constexpr bool kChecked = decltype(checked)::value;
+#pragma unroll
+      for (int u = 0; u < R; ++u) {
+        const int t = t0 + u;
+        if (!kChecked || t < t_stop) {
+          float dz[V];
+          if (!kChecked || t < t_hi) {
+            const int i = (grp % S) * R + u;
+            float cur[V], g[V], z[V];
+            unpack16<T, V>(ring[(2 * i) * NT], cur);
+            unpack16<T, V>(ring[(2 * i + 1) * NT], g);
+            const int d = kDoc && kChecked ? sc.with_id(ids[u]) : sc.seg;
+            win.template z<kChecked>(cp, cur, d, z);
+#pragma unroll
+            for (int v = 0; v < V; ++v) {
+              const float s = sigmoidf_(z[v]);
+              dz[v] = g[v] * s * (1.f + z[v] * (1.f - s));
+            }
+            if (!kChecked || t < t_end) {
+#pragma unroll
+              for (int v = 0; v < V; ++v) {
+                db[v] += dz[v];
+                dw[v][K - 1] += dz[v] * cur[v];
+              }
+#pragma unroll
+              for (int j = 0; j < K - 1; ++j)
+                if (!kChecked || win.same(j, d))
+#pragma unroll
+                  for (int v = 0; v < V; ++v) dw[v][j] += dz[v] * win.x[j][v];
+            }
+#pragma unroll
+            for (int j = 0; j < K - 1; ++j)
+              if (!kChecked || win.same(j, d))
+#pragma unroll
+                for (int v = 0; v < V; ++v) acc[j][v] += cp.w[v][j] * dz[v];
+            win.push(cur, d);
+          } else {
+#pragma unroll
+            for (int v = 0; v < V; ++v) dz[v] = 0.f;
+          }
+          const int tp = t - (K - 1);  // acc[0]'s position: dz_t was its last term
+          if ((!kChecked || tp >= t_begin) && dxg)
+            *reinterpret_cast<uint4*>(dxg + static_cast<int64_t>(tp) * a.ld_dx) = pack16<T, V>(acc[0]);
+#pragma unroll
+          for (int j = 0; j + 1 < K - 1; ++j)
+#pragma unroll
+            for (int v = 0; v < V; ++v) acc[j][v] = acc[j + 1][v];
+#pragma unroll
+          for (int v = 0; v < V; ++v) acc[K - 2][v] = cp.w[v][K - 1] * dz[v];
+        }
+      }
+    };
+    // The common group: whole, inside [t_begin + K-1, t_end) (rows read and summed into dw, dx
+    // written for every row), window and rows in one document: straight-line code.
+    bool fast = t0 >= t_begin + K - 1 && t0 + R <= t_end && win.all_in(sc.seg);
+    if constexpr (kDoc)
+#pragma unroll
+      for (int u = 0; u < R; ++u) fast = fast && ids[u] == sc.prev;
+    if (fast)
+      rows(std::false_type{});
+    else
+      rows(std::true_type{});
+    issue(grp + S);
+#pragma unroll
+    for (int u = 0; u < R; ++u) ids[u] = next_ids[u];
+  }
+  mma::cp_async_wait<0>();
+  if (a.part) {
+    float* pp = a.part + (static_cast<int64_t>(b) * a.nseg + seg) * (K + 1) * a.C + c0;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) pp[static_cast<int64_t>(k) * a.C + v] = dw[v][k];
+      pp[static_cast<int64_t>(K) * a.C + v] = db[v];
+    }
+  }
 }
 
 // dz_t = dy_t silu'(z_t); dx_t = sum_k w_k dz_{t+K-1-k} (same document); dw_k, dbias summed
@@ -329,7 +551,7 @@ __global__ void __launch_bounds__(128) conv_bwd_kernel(const ConvArgs a) {
     }
   }
   if (a.part) {
-    float* pp = a.part + static_cast<int64_t>(b * a.nseg + seg) * (K + 1) * a.C + c0;
+    float* pp = a.part + (static_cast<int64_t>(b) * a.nseg + seg) * (K + 1) * a.C + c0;
 #pragma unroll
     for (int v = 0; v < V; ++v) {
 #pragma unroll
@@ -470,6 +692,34 @@ bool vec_ok(const void* p, int64_t ld, int V) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0 && ld % V == 0;
 }
 
+// Strips for the vector kernels: one wave of units * nseg <= blocks_per_sm * SMs blocks (units =
+// channel blocks x rows), strips of equal length, at least kMinStrip rows. HLM_CONV_STRIP=n forces
+// n rows (tests: many strips, partial groups, strips shorter than the halo).
+void set_strips(int64_t T, int64_t units, const StripCfg& cfg, ConvArgs* a) {
+  int64_t len = 0;
+  if (const char* env = std::getenv("HLM_CONV_STRIP")) len = std::atoi(env);
+  if (len <= 0) {
+    const int64_t nseg = std::max<int64_t>(1, int64_t{cfg.blocks_per_sm} * num_sms() / std::max<int64_t>(1, units));
+    len = std::max<int64_t>(kMinStrip, (T + nseg - 1) / nseg);
+  }
+  len = std::min<int64_t>(len, std::max<int64_t>(T, 1));
+  a->seg_len = static_cast<int>(len);
+  a->nseg = static_cast<int>((T + len - 1) / len);
+  HLM_CHECK_ARG(a->nseg < 65536, "conv1d (CUDA): sequence too long ({} positions in strips of {})", T, len);
+}
+
+template <auto kKernel>
+void launch_strips(dim3 grid, const StripCfg& cfg, const ConvArgs& a) {
+  auto kernel = kKernel;
+  static const bool attr_set = [&] {  // once per kernel
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cfg.smem())));
+    return true;
+  }();
+  (void)attr_set;
+  HLM_LAUNCH(kernel, grid, dim3(cfg.threads), cfg.smem(), a);
+  HLM_CUDA_CHECK_LAUNCH();
+}
+
 // Calls f.template operator()<T, K, V>() for the element type, kernel size and vector width.
 template <typename F>
 void dispatch_conv(DType dt, int64_t K, bool vec, F&& f) {
@@ -503,26 +753,28 @@ void conv1d_silu_forward(const Tensor& x, const Tensor& w, const Tensor& bias, c
   a.ld_y = yr.ld;
   const int V = 16 / static_cast<int>(dtype_size(x.dtype));
   const bool vec = d.C % V == 0 && vec_ok(a.x, a.ld_x, V) && vec_ok(a.y, a.ld_y, V);
-  // Time strips: as long as possible (the K-1 halo rows are read twice) while the grid still
-  // gives each SM ~16 blocks to cycle through.
-  const int64_t cblocks = ((d.C + V - 1) / V + kConvThreads - 1) / kConvThreads;
-  a.seg_len = 256;
-  while (a.seg_len > 32 && cblocks * d.B * ((d.T + a.seg_len - 1) / a.seg_len) < 16 * num_sms()) a.seg_len /= 2;
-  a.nseg = static_cast<int>((d.T + a.seg_len - 1) / a.seg_len);
-  HLM_CHECK_ARG(a.nseg < 65536, "conv1d (CUDA): sequence too long ({} positions)", d.T);
   dispatch_conv(x.dtype, d.K, vec, [&]<typename T, int K, int VV>() {
     const int64_t threads_c = (d.C + VV - 1) / VV;
     if constexpr (VV * sizeof(T) == 16) {
-      dim3 grid(static_cast<unsigned>((threads_c + kConvThreads - 1) / kConvThreads), static_cast<unsigned>(a.nseg),
-                static_cast<unsigned>(d.B));
-      auto kernel = conv_fwd_vec_kernel<T, K, VV>;
-      HLM_LAUNCH(kernel, grid, dim3(kConvThreads), kConvSmem, a);
+      const int64_t cblocks = (threads_c + kFwd.threads - 1) / kFwd.threads;
+      set_strips(d.T, cblocks * d.B, kFwd, &a);
+      dim3 grid(static_cast<unsigned>(cblocks), static_cast<unsigned>(a.nseg), static_cast<unsigned>(d.B));
+      if (a.doc)
+        launch_strips<conv_fwd_vec_kernel<T, K, VV, true>>(grid, kFwd, a);
+      else
+        launch_strips<conv_fwd_vec_kernel<T, K, VV, false>>(grid, kFwd, a);
     } else {
-      dim3 grid(static_cast<unsigned>((threads_c + 127) / 128), static_cast<unsigned>(a.nseg), static_cast<unsigned>(d.B));
+      // Scalar path: strips as long as possible while the grid gives each SM ~16 blocks.
+      const int64_t cblocks = (threads_c + 127) / 128;
+      a.seg_len = 256;
+      while (a.seg_len > 32 && cblocks * d.B * ((d.T + a.seg_len - 1) / a.seg_len) < 16 * num_sms()) a.seg_len /= 2;
+      a.nseg = static_cast<int>((d.T + a.seg_len - 1) / a.seg_len);
+      HLM_CHECK_ARG(a.nseg < 65536, "conv1d (CUDA): sequence too long ({} positions)", d.T);
+      dim3 grid(static_cast<unsigned>(cblocks), static_cast<unsigned>(a.nseg), static_cast<unsigned>(d.B));
       auto kernel = conv_fwd_kernel<T, K, VV>;
       HLM_LAUNCH(kernel, grid, dim3(128), 0, a);
+      HLM_CUDA_CHECK_LAUNCH();
     }
-    HLM_CUDA_CHECK_LAUNCH();
   });
 }
 
@@ -556,21 +808,34 @@ void conv1d_silu_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
   const int V = 16 / static_cast<int>(dtype_size(x.dtype));
   const bool vec = d.C % V == 0 && vec_ok(a.x, a.ld_x, V) && vec_ok(a.dy, a.ld_dy, V) &&
                    (!a.dx || vec_ok(a.dx, a.ld_dx, V));
-  // Segments long enough to keep the partials small, short enough to fill the GPU.
   const int64_t threads_c = (d.C + (vec ? V : 1) - 1) / (vec ? V : 1);
-  const int64_t want_segs = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, threads_c * d.B));
-  a.seg_len = static_cast<int>(std::max<int64_t>(64, (d.T + want_segs - 1) / want_segs));
-  a.nseg = static_cast<int>((d.T + a.seg_len - 1) / a.seg_len);
-  HLM_CHECK_ARG(a.nseg < 65536, "conv1d (CUDA): sequence too long ({} positions)", d.T);
+  if (vec) {
+    set_strips(d.T, (threads_c + kBwd.threads - 1) / kBwd.threads * d.B, kBwd, &a);
+  } else {
+    // Scalar path: segments long enough to keep the partials small, short enough to fill the GPU.
+    const int64_t want_segs = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, threads_c * d.B));
+    a.seg_len = static_cast<int>(std::max<int64_t>(64, (d.T + want_segs - 1) / want_segs));
+    a.nseg = static_cast<int>((d.T + a.seg_len - 1) / a.seg_len);
+    HLM_CHECK_ARG(a.nseg < 65536, "conv1d (CUDA): sequence too long ({} positions)", d.T);
+  }
   const bool params = dw.defined() || dbias.defined();
   static ConvScratch scratch;
   if (params)
     a.part = static_cast<float*>(scratch.get(static_cast<size_t>(d.B) * a.nseg * (d.K + 1) * d.C * sizeof(float)));
   dispatch_conv(x.dtype, d.K, vec, [&]<typename T, int K, int VV>() {
-    dim3 grid(static_cast<unsigned>((threads_c + 127) / 128), static_cast<unsigned>(a.nseg), static_cast<unsigned>(d.B));
-    auto kernel = conv_bwd_kernel<T, K, VV>;
-    HLM_LAUNCH(kernel, grid, dim3(128), 0, a);
-    HLM_CUDA_CHECK_LAUNCH();
+    if constexpr (VV * sizeof(T) == 16) {
+      dim3 grid(static_cast<unsigned>((threads_c + kBwd.threads - 1) / kBwd.threads), static_cast<unsigned>(a.nseg),
+                static_cast<unsigned>(d.B));
+      if (a.doc)
+        launch_strips<conv_bwd_vec_kernel<T, K, VV, true>>(grid, kBwd, a);
+      else
+        launch_strips<conv_bwd_vec_kernel<T, K, VV, false>>(grid, kBwd, a);
+    } else {
+      dim3 grid(static_cast<unsigned>((threads_c + 127) / 128), static_cast<unsigned>(a.nseg), static_cast<unsigned>(d.B));
+      auto kernel = conv_bwd_kernel<T, K, VV>;
+      HLM_LAUNCH(kernel, grid, dim3(128), 0, a);
+      HLM_CUDA_CHECK_LAUNCH();
+    }
   });
   if (params) {
     const int64_t n = d.C * (d.K + 1);
