@@ -418,6 +418,7 @@ __global__ void __launch_bounds__(kVecThreads, kVpt <= 2 ? 3 : 1)
       uint4 gv[kVpt], xv[kVpt], zv[kVpt];
       float sg[kVpt][N];
       float dot = 0.0f;
+      const float r = live ? rstd[row * ldr + grp] : 0.0f;  // in flight with the vectors
 #pragma unroll
       for (int v = 0; v < kVpt; ++v) {  // all loads issued before any use
         const int c = i + v * tpr;
@@ -451,7 +452,6 @@ __global__ void __launch_bounds__(kVecThreads, kVpt <= 2 ? 3 : 1)
         opaque(xv[v]);
         opaque(zv[v]);
       }
-      const float r = rstd[row * ldr + grp];
       const float kk = r * r * dot * inv_gs;
       TX* dxr = dx + row * lddx + c0;
       TX* dzr = dz + row * lddz + c0;
