@@ -354,6 +354,32 @@ void bench_rmsnorm(const RandomSource& rnd) {
   }
 }
 
+// Gated RMSNorm at the 1.43B training shape (T = 8192, d_inner 4096, 8 groups of 512): z and dz
+// are column slices of the [T, 10304] in_proj activation and its gradient, as the mixer passes them.
+void bench_gated_rmsnorm(const RandomSource& rnd) {
+  const std::string name = "gated_rmsnorm_1p4b";
+  if (!selected(name)) return;
+  const int64_t M = 8192, D = 4096, gs = 512, W = 10304;
+  std::vector<Buffer> keep;
+  Tensor x = rnd.make(keep, DType::BF16, {M, D});
+  Tensor zx = rnd.make(keep, DType::BF16, {M, W});
+  Tensor dzx = rnd.make(keep, DType::BF16, {M, W});
+  Tensor z = zx.slice(-1, 0, D), dz = dzx.slice(-1, 0, D);
+  Tensor y = rnd.make(keep, DType::BF16, {M, D});
+  Tensor dx = rnd.make(keep, DType::BF16, {M, D});
+  Tensor w = rnd.make(keep, DType::F32, {D});
+  Tensor dw = rnd.make(keep, DType::F32, {D});
+  Tensor rstd = rnd.make(keep, DType::F32, {M, D / gs});
+  const double tensor_bytes = 2.0 * M * D;  // one [M, D] bf16 tensor
+  auto floor_note = [](double bytes, const char* what) {
+    return fmt::format("{}; byte floor {:.1f} us at 4.0 TB/s", what, bytes / 4.0e12 * 1e6);
+  };
+  record(name + "_fwd", "norm", time_ms([&] { gated_rmsnorm_forward(x, z, w, gs, 1e-5f, y, rstd); }), 0,
+         3 * tensor_bytes, floor_note(3 * tensor_bytes, "x, z in, y out"));
+  record(name + "_bwd", "norm", time_ms([&] { gated_rmsnorm_backward(y, x, z, w, rstd, gs, dx, dz, dw); }), 0,
+         5 * tensor_bytes, floor_note(5 * tensor_bytes, "dy, x, z in, dx, dz out"));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -391,6 +417,7 @@ int main(int argc, char** argv) {
     bench_decode(rnd);
     bench_ce(rnd);
     bench_rmsnorm(rnd);
+    bench_gated_rmsnorm(rnd);
     bench_adamw(rnd);
   } catch (const std::exception& e) {
     fmt::print(stderr, "bench_ops_cuda: {}\n", e.what());

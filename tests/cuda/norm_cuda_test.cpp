@@ -1,6 +1,6 @@
 // CUDA RMSNorm, the fused residual + RMSNorm and gated RMSNorm (forward and backward) match the CPU
-// ops on odd shapes, row views and decode sizes; the weight gradients accumulate and are bitwise
-// reproducible.
+// ops on odd shapes, row views, decode and training sizes; the weight gradients accumulate and are
+// bitwise reproducible.
 #include <gtest/gtest.h>
 
 #include "cuda/cuda_test_util.h"
@@ -193,6 +193,56 @@ TEST_P(RmsNormCuda, GatedDecodeShapesMatchCpu) {
     const std::string what = "M=" + std::to_string(c.M) + " D=" + std::to_string(c.D) + " gs=" + std::to_string(c.gs);
     EXPECT_LT(rel_error(download(gy.t), y), tol) << what;
     EXPECT_LT(rel_error(download(gr.t), rstd), 1e-5) << what;
+  }
+}
+
+// The gated backward's vector kernel (segments of whole aligned 16-byte vectors) in each of its
+// layouts, and the per-element kernel it falls back to: the 1.43B training shape's segments (8
+// groups of 512; z and dz column slices of the 10304-wide in_proj activation, as the mixer passes
+// them), one row, one group (several rows per pass), more groups than a block has slots, 4 vectors
+// per thread, bf16 weights, and gradients of another dtype than x (per-element kernel). M in the
+// hundreds or more gives a block several rows (one wave is ~3 blocks per SM).
+TEST_P(RmsNormCuda, GatedBackwardVectorAndPlainPathsMatchCpu) {
+  HLM_REQUIRE_GPU();
+  const DType dt = GetParam();
+  const double tol = dt == DType::F32 ? 1e-5 : 1e-2;
+  const float eps = 1e-5f;
+  struct Case {
+    int64_t M, D, gs, ldz;
+    DType wdt, gdt;  // gdt: dtype of dy, dx and dz; F64 stands for "as x"
+  };
+  const DType same = DType::F64;
+  for (Case c : {Case{256, 4096, 512, 10304, DType::F32, same}, Case{1, 4096, 512, 10304, DType::BF16, same},
+                 Case{1333, 4096, 512, 10304, DType::BF16, same}, Case{29, 256, 256, 264, DType::F32, same},
+                 Case{1000, 256, 256, 264, DType::F32, same}, Case{13, 1536, 32, 1544, DType::BF16, same},
+                 Case{900, 1536, 32, 1544, DType::F32, same}, Case{7, 8192, 8192, 8200, DType::F32, same},
+                 Case{6, 1024, 512, 1032, DType::F32, DType::F32}, Case{5, 1000, 100, 1003, DType::F32, same}}) {
+    const DType gdt = c.gdt == same ? dt : c.gdt;
+    const int64_t ng = c.D / c.gs;
+    HostTensor x = bf16_normal({c.M, c.D}, 51), z = bf16_normal({c.M, c.D}, 52, 1.5), w = bf16_normal({c.D}, 53);
+    HostTensor dy = bf16_normal({c.M, c.D}, 54), dw0 = random_normal({c.D}, 55);
+    HostTensor y(DType::F32, {c.M, c.D}), rstd(DType::F32, {c.M, ng});
+    gated_rmsnorm_forward(x.t, z.t, w.t, c.gs, eps, y.t, rstd.t);
+    HostTensor dx(DType::F32, {c.M, c.D}), dz(DType::F32, {c.M, c.D}), dw = convert_host(dw0, DType::F32);
+    gated_rmsnorm_backward(dy.t, x.t, z.t, w.t, rstd.t, c.gs, dx.t, dz.t, dw.t);
+
+    DeviceTensor gx = upload(x, dt), gz = make_row_view(dt, c.M, c.D, c.ldz), gw = upload(w, c.wdt);
+    upload_into(gz.t, z);
+    DeviceTensor gr(DType::F32, {c.M, ng}), gy(dt, {c.M, c.D});
+    gated_rmsnorm_forward(gx.t, gz.t, gw.t, c.gs, eps, gy.t, gr.t);
+    DeviceTensor gdy = upload(dy, gdt), gdx(gdt, {c.M, c.D}), gdz = make_row_view(gdt, c.M, c.D, c.ldz);
+    DeviceTensor gdw = upload(dw0, DType::F32), gdw2 = upload(dw0, DType::F32);
+    poison(gdx.t);
+    poison(gdz.t);
+    gated_rmsnorm_backward(gdy.t, gx.t, gz.t, gw.t, gr.t, c.gs, gdx.t, gdz.t, gdw.t);
+    const std::string what = "M=" + std::to_string(c.M) + " D=" + std::to_string(c.D) + " gs=" + std::to_string(c.gs) +
+                             " grads " + dtype_name(gdt);
+    const double gtol = gdt == DType::F32 ? 1e-5 : 1e-2;
+    EXPECT_LT(rel_error(download(gdx.t), dx), std::max(tol, gtol)) << what;
+    EXPECT_LT(rel_error(download(gdz.t), dz), std::max(tol, gtol)) << what;
+    EXPECT_LT(rel_error(download(gdw.t), dw), 1e-5) << what;
+    gated_rmsnorm_backward(gdy.t, gx.t, gz.t, gw.t, gr.t, c.gs, gdx.t, gdz.t, gdw2.t);
+    EXPECT_EQ(raw_bytes(gdw.t), raw_bytes(gdw2.t)) << what;
   }
 }
 

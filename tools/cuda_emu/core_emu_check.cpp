@@ -323,49 +323,95 @@ void check_rmsnorm(int64_t M, int64_t D, int64_t ld, DType dt) {
   report(name + " residual dw", rel(gdw, DW), 1e-5);
 }
 
-// Gated RMSNorm forward vs float64 (x, z row views of a wider activation, as the model passes
-// them), every output written (y poisoned), rstd per (row, group).
-void check_gated(int64_t M, int64_t D, int64_t gs, int64_t ldx, int64_t ldz, DType dt, DType wdt) {
+// Gated RMSNorm forward and backward vs float64 (x, z, dz row views of a wider activation, as the
+// model passes them), every output written (y, dx, dz poisoned), rstd per (row, group), dw
+// accumulating onto 0.25, backward rerun bitwise equal. gdt: dtype of dy, dx, dz (x's dtype takes
+// the vector path, F32 grads under BF16 x the per-element kernel).
+void check_gated(int64_t M, int64_t D, int64_t gs, int64_t ldx, int64_t ldz, DType dt, DType wdt,
+                 bool f32_grads = false) {
+  const DType gdt = f32_grads ? DType::F32 : dt;
   const std::string name = "gated M=" + std::to_string(M) + " D=" + std::to_string(D) + " gs=" + std::to_string(gs) +
                            " ldx=" + std::to_string(ldx) + " ldz=" + std::to_string(ldz) + " " + dtype_name(dt) +
-                           " w " + dtype_name(wdt);
+                           " w " + dtype_name(wdt) + (gdt != dt ? std::string(" grads ") + dtype_name(gdt) : "");
   if (!want(name)) return;
   const float eps = 1e-5f;
   const int64_t ng = D / gs;
   Mat x(dt, M, D, ldx), z(dt, M, D, ldz), y(dt, M, D, D), w(wdt, 1, D, D), rstd(DType::F32, M, ng, ng);
+  Mat dy(gdt, M, D, D), dx(gdt, M, D, D + 8), dz(gdt, M, D, ldz), dw(wdt, 1, D, D), dw2(wdt, 1, D, D);
   for (int64_t r = 0; r < M; ++r)
     for (int64_t c = 0; c < D; ++c) {
       x.set(r, c, randn());
       z.set(r, c, 1.5 * randn());
+      dy.set(r, c, randn());
     }
-  for (int64_t c = 0; c < D; ++c) w.set(0, c, 1.0 + 0.5 * randn());
+  for (int64_t c = 0; c < D; ++c) {
+    w.set(0, c, 1.0 + 0.5 * randn());
+    dw.set(0, c, 0.25);
+    dw2.set(0, c, 0.25);
+  }
   std::vector<double> Y(size_t(M * D)), R(size_t(M * ng)), gy(Y.size()), gr(R.size());
+  std::vector<double> DX(Y.size()), DZ(Y.size()), DW(size_t(D), 0.0), gdx(Y.size()), gdz(Y.size()), gdw(DW.size());
   for (int64_t r = 0; r < M; ++r)
     for (int64_t g = 0; g < ng; ++g) {
-      double ss = 0;
-      std::vector<double> gate(static_cast<size_t>(gs));
+      double ss = 0, dot = 0;
+      std::vector<double> gate(static_cast<size_t>(gs)), sig(gate.size());
       for (int64_t i = 0; i < gs; ++i) {
         const double zv = z.get(r, g * gs + i);
-        gate[size_t(i)] = x.get(r, g * gs + i) * zv / (1.0 + std::exp(-zv));
+        sig[size_t(i)] = 1.0 / (1.0 + std::exp(-zv));
+        gate[size_t(i)] = x.get(r, g * gs + i) * zv * sig[size_t(i)];
         ss += gate[size_t(i)] * gate[size_t(i)];
+        dot += w.get(0, g * gs + i) * dy.get(r, g * gs + i) * gate[size_t(i)];
       }
       const double rs = 1.0 / std::sqrt(ss / double(gs) + eps);
       R[size_t(r * ng + g)] = rs;
-      for (int64_t i = 0; i < gs; ++i) Y[size_t(r * D + g * gs + i)] = gate[size_t(i)] * rs * w.get(0, g * gs + i);
+      for (int64_t i = 0; i < gs; ++i) {
+        const int64_t c = g * gs + i;
+        const double s = sig[size_t(i)], zv = z.get(r, c), xv = x.get(r, c), gv = dy.get(r, c);
+        Y[size_t(r * D + c)] = gate[size_t(i)] * rs * w.get(0, c);
+        const double dgate = rs * (w.get(0, c) * gv - gate[size_t(i)] * rs * rs * dot / double(gs));
+        DX[size_t(r * D + c)] = dgate * zv * s;
+        DZ[size_t(r * D + c)] = dgate * xv * s * (1.0 + zv * (1.0 - s));
+        DW[size_t(c)] += gv * gate[size_t(i)] * rs;
+      }
     }
   auto tensor = [](Mat& m) {
     Tensor t(m.base(), m.dt, Device::CUDA, {m.rows, m.cols});
     t.stride[0] = m.ld;
     return t;
   };
-  Tensor tw(w.base(), wdt, Device::CUDA, {D});
+  Tensor tw(w.base(), wdt, Device::CUDA, {D}), tdw(dw.base(), wdt, Device::CUDA, {D}),
+      tdw2(dw2.base(), wdt, Device::CUDA, {D});
   cuda::gated_rmsnorm_forward(tensor(x), tensor(z), tw, gs, eps, tensor(y), tensor(rstd));
+  cuda::gated_rmsnorm_backward(tensor(dy), tensor(x), tensor(z), tw, tensor(rstd), gs, tensor(dx), tensor(dz), tdw);
+  cuda::gated_rmsnorm_backward(tensor(dy), tensor(x), tensor(z), tw, tensor(rstd), gs, tensor(dx), tensor(dz), tdw2);
+  bool untouched = true;
   for (int64_t r = 0; r < M; ++r) {
     for (int64_t g = 0; g < ng; ++g) gr[size_t(r * ng + g)] = rstd.get(r, g);
-    for (int64_t c = 0; c < D; ++c) gy[size_t(r * D + c)] = y.get(r, c);
+    for (int64_t c = 0; c < D; ++c) {
+      gy[size_t(r * D + c)] = y.get(r, c);
+      gdx[size_t(r * D + c)] = dx.get(r, c);
+      gdz[size_t(r * D + c)] = dz.get(r, c);
+    }
+    for (int64_t c = D; c < ldz; ++c) {
+      const unsigned char* p = dz.base() + size_t(r * ldz + c) * dtype_size(gdt);
+      if (p[0] != 0xFF) untouched = false;
+    }
   }
-  report(name + " y", rel(gy, Y), dt == DType::F32 ? 2e-6 : 6e-3);
+  for (int64_t c = 0; c < D; ++c) gdw[size_t(c)] = dw.get(0, c) - 0.25;
+  if (!untouched) {
+    std::printf("  %-60s dz written outside the view: FAIL\n", name.c_str());
+    ++g_fail;
+  }
+  const double tol = dt == DType::F32 ? 2e-6 : 6e-3, gtol = dt == DType::F32 && gdt == DType::F32 ? 1e-5 : 6e-3;
+  report(name + " y", rel(gy, Y), tol);
   report(name + " rstd", rel(gr, R), 2e-6);
+  report(name + " dx", rel(gdx, DX), gtol);
+  report(name + " dz", rel(gdz, DZ), gtol);
+  report(name + " dw", rel(gdw, DW), wdt == DType::F32 ? 2e-5 : 6e-3);
+  if (dw.bytes() != dw2.bytes()) {
+    std::printf("  %-60s dw rerun differs: FAIL\n", name.c_str());
+    ++g_fail;
+  }
 }
 
 // residual_rmsnorm_forward vs float64: x (a row view) += d, rounded to x's dtype, then RMSNorm of
@@ -454,6 +500,21 @@ int main(int argc, char** argv) {
   check_gated(5, 384, 64, 392, 384, DType::F32, DType::F32);
   check_gated(4, 520, 40, 520, 520, DType::BF16, DType::BF16);     // 40 % 8 = 0: vector, tiny group
   check_gated(3, 500, 100, 500, 500, DType::BF16, DType::BF16);    // 100 % 8 ≠ 0: per-warp kernel
+  // Backward layouts: the 1.43B training shape's segments (8 groups of 512, z and dz slices of
+  // the 10304-wide in_proj activation; fewer rows), one group (several rows per pass), more groups
+  // than slots (sub-passes), 4 vectors per thread, mixed grad dtype. M > 396 (3 blocks x 132 SMs
+  // here) gives blocks several rows, so dw sums over rows and over the shared-memory copies.
+  check_gated(64, 4096, 512, 4096, 10304, DType::BF16, DType::BF16);
+  check_gated(800, 4096, 512, 4096, 10304, DType::BF16, DType::F32);
+  check_gated(1000, 256, 256, 264, 256, DType::BF16, DType::F32);  // 8 rows per pass
+  check_gated(900, 1536, 32, 1536, 1544, DType::BF16, DType::BF16);
+  check_gated(61, 4096, 512, 4096, 10304, DType::BF16, DType::F32);
+  check_gated(1, 4096, 512, 4096, 10304, DType::BF16, DType::BF16);
+  check_gated(29, 256, 256, 264, 256, DType::BF16, DType::F32);     // ng 1: 8 rows per pass
+  check_gated(13, 1536, 32, 1536, 1544, DType::BF16, DType::BF16);  // 48 groups > 8 slots
+  check_gated(7, 8192, 8192, 8192, 8200, DType::BF16, DType::BF16); // 1024 vectors: 4 per thread
+  check_gated(9, 768, 256, 776, 768, DType::F32, DType::BF16);      // f32: 64 vectors per group
+  check_gated(6, 1024, 512, 1024, 1032, DType::BF16, DType::BF16, true);  // per-element kernel
   // Residual + RMSNorm: decode rows, a row view, many rows, and the fallback (odd D).
   check_residual(1, 4096, 4096, DType::BF16, DType::BF16);
   check_residual(5, 4096, 4104, DType::BF16, DType::F32);

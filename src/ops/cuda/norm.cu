@@ -316,10 +316,12 @@ __global__ void __launch_bounds__(kFinishCols* kFinishLanes)
 // 256-thread block, laid out as in the RMSNorm vector kernel; thread i holds x and z vectors
 // i, i + tpr, ... (at most kVpt) in registers and loads its w vectors before the reduction, so a
 // segment costs one round trip to memory. At decode sizes (M = 1, 8 groups of 1024) tpr is the
-// whole group: one 16-byte x, z and w load per thread.
+// whole group: one 16-byte x, z and w load per thread. At most 2 vectors per thread fit in 64
+// registers: 4 blocks per SM (the 1.43B training shape, 64-vector segments over 32 threads); x and
+// z are read once, past L1.
 
 template <typename TX, typename TW, typename TY, int kVpt>
-__global__ void __launch_bounds__(kVecThreads)
+__global__ void __launch_bounds__(kVecThreads, kVpt <= 2 ? 4 : 2)
     gated_forward_vec_kernel(const TX* x, int64_t ldx, const TX* z, int64_t ldz, const TW* w, int64_t gs,
                              int64_t ngroups, float eps, TY* y, int64_t ldy, float* rstd, int64_t ldr,
                              int64_t segments, int tpr) {
@@ -340,8 +342,8 @@ __global__ void __launch_bounds__(kVecThreads)
     const int c = i + v * tpr;
     const bool in = live && c < nvec;
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-    const uint4 xv = in ? *reinterpret_cast<const uint4*>(xr + static_cast<int64_t>(c) * N) : zero;
-    const uint4 zv = in ? *reinterpret_cast<const uint4*>(zr + static_cast<int64_t>(c) * N) : zero;
+    const uint4 xv = in ? load_stream16(xr + static_cast<int64_t>(c) * N) : zero;
+    const uint4 zv = in ? load_stream16(zr + static_cast<int64_t>(c) * N) : zero;
     if (in) {
       load_vec<TW, N>(w + c0 + static_cast<int64_t>(c) * N, wv[v]);
     } else {
@@ -370,6 +372,171 @@ __global__ void __launch_bounds__(kVecThreads)
     for (int j = 0; j < N; ++j) out[j] = gv[v][j] * r * wv[v][j];
     store_vec<TY, N>(yr + static_cast<int64_t>(c) * N, out);
   }
+}
+
+// Makes v opaque to the compiler: what was computed from it before must be computed again after,
+// so the 16-byte raw vectors stay in registers across a reduction instead of their fp32 expansions
+// (half the registers for bf16: more blocks per SM, more loads in flight).
+__device__ __forceinline__ void opaque(uint4& v) {
+#ifndef HLM_CUDA_EMU
+  asm volatile("" : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w));
+#else
+  (void)v;
+#endif
+}
+
+// ---- gated RMSNorm backward, vectorised: segments of whole aligned 16-byte vectors -------------
+//
+// Block b owns rows [b·R, b·R + R) (one full wave of blocks); its spt = 256 / tpr slots take
+// segments with a fixed group each:
+//   ngroups <= spt: a pass covers rpp = spt / ngroups rows, slot s takes row s / ngroups, group
+//     s % ngroups (slots past the last whole row idle);
+//   ngroups > spt: a pass is one row in ceil(ngroups / spt) sub-passes, slot s takes groups
+//     s, s + spt, ...
+// dw: shared memory holds rpp copies of the row's D columns, copy k summed over the pass rows k:
+// every column of every copy has one owner thread (no races, a fixed order); the copies are added
+// in order into partial[b, :] at the end. A thread holds its dy, x, z vectors raw (16 bytes each)
+// and sigmoid(z) in fp32 between the group's reduction and the output pass: each input is read
+// once, with 16-byte loads that bypass L1 (w stays there).
+template <typename TX, typename TW, int kVpt>
+__global__ void __launch_bounds__(kVecThreads, kVpt <= 2 ? 3 : 1)
+    gated_backward_vec_kernel(const TX* dy, int64_t lddy, const TX* x, int64_t ldx, const TX* z, int64_t ldz,
+                              const TW* w, const float* rstd, int64_t ldr, int64_t gs, int64_t ngroups, TX* dx,
+                              int64_t lddx, TX* dz, int64_t lddz, int64_t M, int64_t rows_per_block, int tpr,
+                              float* partial) {
+  constexpr int N = Vec16<TX>::N;
+  static_assert(N % 4 == 0, "dw columns are updated as float4");
+  float* dw_s = reinterpret_cast<float*>(mma::dynamic_smem());  // [rpp][D]
+  __shared__ float red[kVecThreads / 32];
+  const int64_t D = gs * ngroups;
+  const int nvec = static_cast<int>(gs / N);
+  const int spt = kVecThreads / tpr;
+  const int slot = static_cast<int>(threadIdx.x) / tpr, i = static_cast<int>(threadIdx.x) % tpr;
+  const bool whole_rows = ngroups <= spt;
+  const int rpp = whole_rows ? spt / static_cast<int>(ngroups) : 1;
+  const int subpasses = whole_rows ? 1 : static_cast<int>((ngroups + spt - 1) / spt);
+  const int row_in_pass = whole_rows ? slot / static_cast<int>(ngroups) : 0;
+  const int64_t grp0 = whole_rows ? slot % ngroups : slot;
+  const bool slot_used = row_in_pass < rpp;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int64_t r1 = min(M, r0 + rows_per_block);
+  const float inv_gs = 1.0f / static_cast<float>(gs);
+  for (int64_t c = threadIdx.x; c < rpp * D; c += kVecThreads) dw_s[c] = 0.0f;
+  __syncthreads();
+  float* dw_copy = dw_s + (slot_used ? row_in_pass : 0) * D;
+  // Every slot runs the same number of iterations (row_sum has barriers when tpr > 32).
+  for (int64_t base = r0; base < r1; base += rpp) {
+    for (int k = 0; k < subpasses; ++k) {
+      const int64_t row = base + row_in_pass, grp = grp0 + static_cast<int64_t>(k) * spt;
+      const bool live = slot_used && row < r1 && grp < ngroups;
+      const int64_t c0 = (live ? grp : 0) * gs, rr = live ? row : 0;
+      const TX* gr = dy + rr * lddy + c0;
+      const TX* xr = x + rr * ldx + c0;
+      const TX* zr = z + rr * ldz + c0;
+      const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+      uint4 gv[kVpt], xv[kVpt], zv[kVpt];
+      float sg[kVpt][N];
+      float dot = 0.0f;
+      const float r = live ? rstd[row * ldr + grp] : 0.0f;  // in flight with the vectors
+#pragma unroll
+      for (int v = 0; v < kVpt; ++v) {  // all loads issued before any use
+        const int c = i + v * tpr;
+        const bool in = live && c < nvec;
+        gv[v] = in ? load_stream16(gr + static_cast<int64_t>(c) * N) : zero;
+        xv[v] = in ? load_stream16(xr + static_cast<int64_t>(c) * N) : zero;
+        zv[v] = in ? load_stream16(zr + static_cast<int64_t>(c) * N) : zero;
+      }
+#pragma unroll
+      for (int v = 0; v < kVpt; ++v) {
+        const int c = i + v * tpr;
+        float wv[N];
+        if (live && c < nvec) {
+          load_vec<TW, N>(w + c0 + static_cast<int64_t>(c) * N, wv);
+        } else {
+#pragma unroll
+          for (int j = 0; j < N; ++j) wv[j] = 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+          const float zf = elem<TX>(zv[v], j);
+          sg[v][j] = sigmoidf_(zf);
+          dot += wv[j] * elem<TX>(gv[v], j) * (elem<TX>(xv[v], j) * zf * sg[v][j]);
+        }
+      }
+      dot = row_sum(dot, tpr, red);
+      if (!live) continue;
+#pragma unroll
+      for (int v = 0; v < kVpt; ++v) {
+        opaque(gv[v]);
+        opaque(xv[v]);
+        opaque(zv[v]);
+      }
+      const float kk = r * r * dot * inv_gs;
+      TX* dxr = dx + row * lddx + c0;
+      TX* dzr = dz + row * lddz + c0;
+#pragma unroll
+      for (int v = 0; v < kVpt; ++v) {
+        const int c = i + v * tpr;
+        if (c >= nvec) break;
+        float wv[N], ox[N], oz[N], dwv[N];
+        load_vec<TW, N>(w + c0 + static_cast<int64_t>(c) * N, wv);
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+          const float s = sg[v][j], zf = elem<TX>(zv[v], j), xf = elem<TX>(xv[v], j), gf = elem<TX>(gv[v], j);
+          const float silu = zf * s;
+          const float gate = xf * silu;
+          const float dgate = r * (wv[j] * gf - gate * kk);
+          ox[j] = dgate * silu;
+          oz[j] = dgate * xf * s * (1.0f + zf * (1.0f - s));
+          dwv[j] = gf * gate * r;
+        }
+        store_vec<TX, N>(dxr + static_cast<int64_t>(c) * N, ox);
+        store_vec<TX, N>(dzr + static_cast<int64_t>(c) * N, oz);
+        float4* dwp = reinterpret_cast<float4*>(dw_copy + c0 + static_cast<int64_t>(c) * N);
+#pragma unroll
+        for (int q = 0; q < N / 4; ++q) {  // this thread owns these columns of its copy
+          float4 a = dwp[q];
+          a.x += dwv[4 * q];
+          a.y += dwv[4 * q + 1];
+          a.z += dwv[4 * q + 2];
+          a.w += dwv[4 * q + 3];
+          dwp[q] = a;
+        }
+      }
+    }
+  }
+  __syncthreads();
+  float* part = partial + static_cast<int64_t>(blockIdx.x) * D;
+  for (int64_t c = threadIdx.x; c < D; c += kVecThreads) {
+    float acc = dw_s[c];
+    for (int k = 1; k < rpp; ++k) acc += dw_s[k * D + c];
+    part[c] = acc;
+  }
+}
+
+// dw += the sum of partial[0..chunks) for the vector backward: block b owns 32 columns, warp j
+// adds chunks j, j + 8, ... with 8 loads in flight (dw_finish_kernel's one thread per column has
+// 4: ~100 L2 round trips for the ~400 chunks of the training shape, tens of µs), then the 8 warp
+// sums are added in warp order: a fixed order, deterministic.
+constexpr int kFinishWarps = 8;
+template <typename TW>
+__global__ void __launch_bounds__(kFinishWarps * 32)
+    dw_finish_wide_kernel(const float* partial, int64_t chunks, int64_t D, TW* dw) {
+  __shared__ float sums[kFinishWarps][32];
+  const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + lane;
+  float acc = 0.0f;
+  if (c < D) {
+#pragma unroll 8
+    for (int64_t b = warp; b < chunks; b += kFinishWarps) acc += partial[b * D + c];
+  }
+  sums[warp][lane] = acc;
+  __syncthreads();
+  if (warp != 0 || c >= D) return;
+  float total = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kFinishWarps; ++j) total += sums[j][lane];
+  dw[c] = from_f32<TW>(to_f32(dw[c]) + total);
 }
 
 // ---- gated RMSNorm: one warp per (row, group) forward -----------------------------------------
@@ -467,6 +634,21 @@ void set_smem(K kernel, size_t bytes, const char* op) {
     HLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(bytes)));
   }
+}
+
+// Blocks of a 256-thread vector kernel with `smem` bytes of dynamic shared memory that fit on an
+// SM at once.
+template <typename K>
+int resident_vec_blocks(K kernel, size_t smem) {
+#ifdef HLM_CUDA_EMU
+  (void)kernel;
+  (void)smem;
+  return 3;
+#else
+  int n = 0;
+  HLM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kVecThreads, smem));
+  return std::max(n, 1);
+#endif
 }
 
 void finish_dw(const float* partial, int64_t chunks, const Tensor& dw, int64_t D, const char* op) {
@@ -703,7 +885,7 @@ void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, in
               op, rstd.describe(), M, ng);
   if (M == 0) return;
   // Vector path: segments of whole aligned 16-byte vectors, y in x's dtype (group starts are then
-  // aligned too). kVpt = 1 once the segment is spread over one thread per vector.
+  // aligned too).
   constexpr int kGatedVpt = 4;
   const int tpr = x.dtype == y.dtype
                       ? vec_threads_per_row<kGatedVpt>(x.dtype, {{X.data, X.ld}, {Z.data, Z.ld}, {Y.data, Y.ld}},
@@ -716,8 +898,12 @@ void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, in
     const unsigned grid = grid_for(segments, kVecThreads / spread);
     dispatch_float(x.dtype, op, [&]<typename TX>() {
       dispatch_float(w.dtype, op, [&]<typename TW>() {
-        auto* kernel_fn = spread >= nvec ? gated_forward_vec_kernel<TX, TW, TX, 1>
-                                         : gated_forward_vec_kernel<TX, TW, TX, kGatedVpt>;
+        // As few register vectors as the segment needs (the 1.43B training shape, 64 vectors per
+        // segment over 32 threads: 2), so more blocks fit on an SM and more loads are in flight.
+        const int64_t vpt = (nvec + spread - 1) / spread;
+        auto* kernel_fn = vpt <= 1   ? gated_forward_vec_kernel<TX, TW, TX, 1>
+                          : vpt <= 2 ? gated_forward_vec_kernel<TX, TW, TX, 2>
+                                     : gated_forward_vec_kernel<TX, TW, TX, kGatedVpt>;
         HLM_LAUNCH(kernel_fn, grid, kVecThreads, 0, static_cast<const TX*>(X.data), X.ld,
                    static_cast<const TX*>(Z.data), Z.ld, w.ptr<TW>(), group_size, ng, eps, static_cast<TX*>(Y.data),
                    Y.ld, static_cast<float*>(RS.data), RS.ld, segments, spread);
@@ -769,10 +955,54 @@ void gated_rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& z, 
   HLM_REQUIRE(RS.rows == M && RS.cols == ng, ErrorKind::Internal, "{}: rstd {} must be [{},{}]",
               op, rstd.describe(), M, ng);
   if (M == 0 || D == 0) return;
+  const size_t smem = static_cast<size_t>(D) * sizeof(float);
+  // Vector path: dy, x, z, dx and dz of one dtype, segments of whole aligned 16-byte vectors. Two
+  // vectors per thread where the segment allows (registers: occupancy), else four.
+  const bool one_dtype = dy.dtype == x.dtype && dx.dtype == x.dtype;
+  const std::initializer_list<std::pair<const void*, int64_t>> rows = {
+      {G.data, G.ld}, {X.data, X.ld}, {Z.data, Z.ld}, {DX.data, DX.ld}, {DZ.data, DZ.ld}};
+  int vpt = 2;
+  int tpr = one_dtype ? vec_threads_per_row<2>(x.dtype, rows, w.data, group_size) : 0;
+  if (one_dtype && tpr == 0) {
+    vpt = 4;
+    tpr = vec_threads_per_row<4>(x.dtype, rows, w.data, group_size);
+  }
+  if (tpr > 0) {
+    const int64_t nvec = group_size / (16 / static_cast<int64_t>(dtype_size(x.dtype)));
+    if (static_cast<int64_t>(tpr) >= nvec) vpt = 1;
+    const int64_t spt = kVecThreads / tpr;  // segments a block works on at once
+    const int64_t copies = ng <= spt ? spt / ng : 1;  // rows per pass: dw copies in shared memory
+    const size_t vsmem = static_cast<size_t>(copies * D) * sizeof(float);
+    int64_t chunks = 0;
+    float* partial = nullptr;
+    dispatch_float(x.dtype, op, [&]<typename TX>() {
+      dispatch_float(w.dtype, op, [&]<typename TW>() {
+        auto kernel = vpt == 1 ? gated_backward_vec_kernel<TX, TW, 1>
+                               : vpt == 2 ? gated_backward_vec_kernel<TX, TW, 2> : gated_backward_vec_kernel<TX, TW, 4>;
+        set_smem(kernel, vsmem, op);
+        // One full wave of equal blocks (no tail); fixed for a given build and device, so the
+        // dw summation order is too.
+        const int64_t slots = static_cast<int64_t>(resident_vec_blocks(kernel, vsmem)) * num_sms();
+        const int64_t rpb = std::max<int64_t>(1, (M + slots - 1) / slots);
+        chunks = (M + rpb - 1) / rpb;
+        partial = scratch_as<float>(Scratch::Reduce, static_cast<size_t>(chunks * D));
+        HLM_LAUNCH(kernel, static_cast<unsigned>(chunks), kVecThreads, vsmem, static_cast<const TX*>(G.data), G.ld,
+                   static_cast<const TX*>(X.data), X.ld, static_cast<const TX*>(Z.data), Z.ld, w.ptr<TW>(),
+                   static_cast<const float*>(RS.data), RS.ld, group_size, ng, static_cast<TX*>(DX.data), DX.ld,
+                   static_cast<TX*>(DZ.data), DZ.ld, M, rpb, tpr, partial);
+        HLM_CUDA_CHECK_LAUNCH();
+      });
+    });
+    dispatch_float(dw.dtype, op, [&]<typename TW>() {
+      auto* kernel_fn = dw_finish_wide_kernel<TW>;
+      HLM_LAUNCH(kernel_fn, grid_for(D, 32), kFinishWarps * 32, 0, partial, chunks, D, dw.ptr<TW>());
+      HLM_CUDA_CHECK_LAUNCH();
+    });
+    return;
+  }
   const int64_t rpb = rows_per_block(M);
   const int64_t chunks = (M + rpb - 1) / rpb;
   float* partial = scratch_as<float>(Scratch::Reduce, static_cast<size_t>(chunks * D));
-  const size_t smem = static_cast<size_t>(D) * sizeof(float);
   dispatch_float(x.dtype, op, [&]<typename TX>() {
     dispatch_float(w.dtype, op, [&]<typename TW>() {
       dispatch_float(dy.dtype, op, [&]<typename TG>() {
