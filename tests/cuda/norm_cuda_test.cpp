@@ -277,7 +277,7 @@ TEST_P(RmsNormCuda, ResidualFusedMatchesCpuAndTwoOps) {
     EXPECT_EQ(raw_bytes(gx.t), raw_bytes(gx2.t)) << what;
     // The stored residual is the sum rounded to dt; y and rstd are the CPU op's over that stored
     // residual (the one backward sees), not over the unrounded sum.
-    const HostTensor stored = download(gx.t);
+    const HostTensor stored = convert_host(download(gx.t), DType::F32);
     EXPECT_LT(rel_error(stored, sum), dt == DType::F32 ? 1e-6 : 5e-3) << what;
     HostTensor y(DType::F32, {c.M, c.D}), rstd(DType::F32, {c.M});
     rmsnorm_forward(stored.t, w.t, eps, y.t, rstd.t);

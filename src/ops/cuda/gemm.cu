@@ -484,11 +484,13 @@ void linear_residual_forward(const Tensor& x, const Tensor& w, const Tensor& bia
     bias_ptr = bias.data;
   }
   const void* c_in = R.data;
-  if (R.data != Y.data && (R.ld != Y.ld || R.dtype != Y.dtype)) {  // another layout: into y first
+  if (R.data == Y.data) {  // in place: the residual stream is the output
+    HLM_REQUIRE(R.ld == Y.ld && R.dtype == Y.dtype, ErrorKind::Internal, "{}: residual {} and y {} overlap differently",
+                op, residual.describe(), y.describe());
+  } else if (R.ld != Y.ld || R.dtype != Y.dtype) {  // another layout: into y first, then in place
     copy_tensor(y, residual);
     c_in = Y.data;
   }
-  HLM_REQUIRE(c_in != Y.data || R.ld == Y.ld, ErrorKind::Internal, "{}: residual and y overlap differently", op);
   gemm_rowmajor(X, false, W, true, Y, 1.0f, 1.0f, bias_ptr, bias.defined() ? bias.dtype : DType::F32, op, c_in);
 }
 

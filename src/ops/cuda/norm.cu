@@ -171,6 +171,17 @@ __global__ void __launch_bounds__(kVecThreads)
   }
 }
 
+// Makes v opaque to the compiler: what was computed from it before must be computed again after,
+// so the 16-byte raw vectors stay in registers across a reduction instead of their fp32 expansions
+// (half the registers for bf16: more blocks per SM, more loads in flight).
+__device__ __forceinline__ void opaque(uint4& v) {
+#ifndef HLM_CUDA_EMU
+  asm volatile("" : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w));
+#else
+  (void)v;
+#endif
+}
+
 // Block b owns rows [b·R, b·R + R); its row slots take them in turn. dx per row from registers;
 // each thread accumulates dw for its own columns over its slot's rows, the slots are added into
 // shared memory in slot order, and the block writes partial[b, :].
@@ -199,18 +210,21 @@ __global__ void __launch_bounds__(kVecThreads)
     const bool live = row < r1;
     const TG* g = dy + (live ? row : 0) * lddy;
     const TX* xr = x + (live ? row : 0) * ldx;
-    float gv[kVpt][N], xv[kVpt][N];
+    // The raw 16-byte vectors stay in registers across the reduction (opaque below), not their
+    // fp32 expansions: half the registers for bf16, so more blocks per SM and loads in flight.
+    uint4 graw[kVpt], xraw[kVpt];
     float dot = 0.0f;
 #pragma unroll
     for (int v = 0; v < kVpt; ++v) {
       const int c = i + v * tpr;
-      if (live && c < nvec) {
+      const bool in = live && c < nvec;
+      graw[v] = in ? *reinterpret_cast<const uint4*>(g + static_cast<int64_t>(c) * N) : make_uint4(0u, 0u, 0u, 0u);
+      xraw[v] = in ? *reinterpret_cast<const uint4*>(xr + static_cast<int64_t>(c) * N) : make_uint4(0u, 0u, 0u, 0u);
+      if (in) {
         float wv[N];
-        load_vec<TG, N>(g + static_cast<int64_t>(c) * N, gv[v]);
-        load_vec<TX, N>(xr + static_cast<int64_t>(c) * N, xv[v]);
         load_vec<TW, N>(w + static_cast<int64_t>(c) * N, wv);
 #pragma unroll
-        for (int j = 0; j < N; ++j) dot += wv[j] * gv[v][j] * xv[v][j];
+        for (int j = 0; j < N; ++j) dot += wv[j] * elem<TG>(graw[v], j) * elem<TX>(xraw[v], j);
       }
     }
     dot = row_sum(dot, tpr, red);
@@ -222,14 +236,17 @@ __global__ void __launch_bounds__(kVecThreads)
     for (int v = 0; v < kVpt; ++v) {
       const int c = i + v * tpr;
       if (c >= nvec) break;
+      opaque(graw[v]);
+      opaque(xraw[v]);
       float wv[N], o[N], prev[N];
       load_vec<TW, N>(w + static_cast<int64_t>(c) * N, wv);
       if constexpr (kAccum) load_vec<TD, N>(out + static_cast<int64_t>(c) * N, prev);
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        o[j] = r * (wv[j] * gv[v][j] - xv[v][j] * k);
+        const float gj = elem<TG>(graw[v], j), xj = elem<TX>(xraw[v], j);
+        o[j] = r * (wv[j] * gj - xj * k);
         if constexpr (kAccum) o[j] += prev[j];
-        dw_acc[v][j] += gv[v][j] * xv[v][j] * r;
+        dw_acc[v][j] += gj * xj * r;
       }
       store_vec<TD, N>(out + static_cast<int64_t>(c) * N, o);
     }
@@ -372,17 +389,6 @@ __global__ void __launch_bounds__(kVecThreads, kVpt <= 2 ? 4 : 2)
     for (int j = 0; j < N; ++j) out[j] = gv[v][j] * r * wv[v][j];
     store_vec<TY, N>(yr + static_cast<int64_t>(c) * N, out);
   }
-}
-
-// Makes v opaque to the compiler: what was computed from it before must be computed again after,
-// so the 16-byte raw vectors stay in registers across a reduction instead of their fp32 expansions
-// (half the registers for bf16: more blocks per SM, more loads in flight).
-__device__ __forceinline__ void opaque(uint4& v) {
-#ifndef HLM_CUDA_EMU
-  asm volatile("" : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w));
-#else
-  (void)v;
-#endif
 }
 
 // ---- gated RMSNorm backward, vectorised: segments of whole aligned 16-byte vectors -------------
