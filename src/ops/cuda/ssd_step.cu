@@ -84,21 +84,13 @@ __global__ void __launch_bounds__(256) ssd_step_vec_kernel(const StepArgs a, boo
     h = static_cast<int>(bh % a.H);
     b = static_cast<int>(bh / a.H);
     const int g = h / (a.H / a.G);
+    rc = row_coef<T>(a, b, h, p);
     const T* Bv = static_cast<const T*>(a.Bm) + b * a.ld_B + static_cast<int64_t>(g) * a.N + 4 * q;
     const T* Cv = static_cast<const T*>(a.Cm) + b * a.ld_C + static_cast<int64_t>(g) * a.N + 4 * q;
-    // B and C loaded up front with the state: inside the update loop each j's loads would wait
-    // for the previous j's state store (the compiler cannot prove they do not alias).
-    float4 bvs[kVec], cvs[kVec];
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      bvs[j] = load4<T>(Bv + 4 * j * kLanes, vec_bc);
-      cvs[j] = load4<T>(Cv + 4 * j * kLanes, vec_bc);
-    }
-    rc = row_coef<T>(a, b, h, p);
     const float xd = rc.dt * rc.x;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
-      const float4 bv = bvs[j], cv = cvs[j];
+      const float4 bv = load4<T>(Bv + 4 * j * kLanes, vec_bc), cv = load4<T>(Cv + 4 * j * kLanes, vec_bc);
       s[j].x = rc.decay * s[j].x + xd * bv.x;
       s[j].y = rc.decay * s[j].y + xd * bv.y;
       s[j].z = rc.decay * s[j].z + xd * bv.z;
