@@ -180,6 +180,11 @@ struct Trainer::Impl {
       step = resume();
     } else {
       write_file_atomic(metrics_path, std::string());
+      if (val && opt.eval_every > 0) {  // where the curve starts: the untrained model (≈ ln V)
+        const double vl = evaluate();
+        append_metrics({{"step", 0}, {"val_loss", vl}, {"val_ppl", std::exp(vl)}});
+        if (!opt.quiet) fmt::print(stderr, "eval step 0: val loss {:.4f} | ppl {:.1f}\n", vl, std::exp(vl));
+      }
     }
     const int64_t tokens_per_step = opt.batch * opt.seq_len * opt.grad_accum;
     TrainSummary sum;
