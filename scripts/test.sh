@@ -18,7 +18,12 @@ if [ -x /usr/local/cuda/bin/nvcc ]; then
   echo "== cuda build (sm_90a) + tests"
   cmake --preset cuda >/dev/null
   cmake --build --preset cuda -j "$jobs"
-  (cd build/cuda && ctest --output-on-failure -j "$jobs")
+  (cd build/cuda && ctest --output-on-failure -j "$jobs" | tee ctest.log)
+  skipped=$(grep -c '\*\*\*Skipped' build/cuda/ctest.log || true)
+  if [ "$skipped" -gt 0 ]; then  # say why, in the GPU tests' own words
+    why=$(build/cuda/hybridlm_tests --gtest_filter='ActivationCuda.*' 2>&1 | grep -m1 '^skipped:' || true)
+    echo "== $skipped GPU tests ${why:-skipped}"
+  fi
 else
   echo "== no nvcc at /usr/local/cuda/bin: release CPU build + tests"
   cmake --preset cpu >/dev/null
