@@ -11,6 +11,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/memory.h"
@@ -421,7 +422,7 @@ void bench_step(int64_t B, double ref_us, double tgt_us) {
 
 int main(int argc, char** argv) {
   std::string json;
-  bool quick = false;
+  bool quick = false, step_only = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--json" && i + 1 < argc)
@@ -430,8 +431,10 @@ int main(int argc, char** argv) {
       g_iters = std::max(5, std::atoi(argv[++i]));
     else if (a == "--quick")
       quick = true;
+    else if (a == "--step-only")
+      step_only = true;
     else {
-      std::fprintf(stderr, "usage: bench_ssd_cuda [--json FILE] [--iters N] [--quick]\n");
+      std::fprintf(stderr, "usage: bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only]\n");
       return 2;
     }
   }
@@ -447,6 +450,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "bench_ssd_cuda: correctness check failed, not timing\n");
       return 1;
     }
+    if (!step_only) {  // --step-only: the decode state update alone (its A/B runs)
     bench_ssd(1, 4096, 1.03, 5.26, 0.15, NAN, quick);
     bench_ssd(1, 16384, 1.15, 5.45, NAN, NAN, quick);
     bench_ssd(1, 65536, 5.03, 22.7, 1.7, 7.5, quick);
@@ -475,8 +479,23 @@ int main(int argc, char** argv) {
     g_rows[g_rows.size() - 2].name += " strip 64";
     g_rows.back().name += " strip 64";
     unsetenv("HLM_CONV_STRIP");
+    }
     bench_step(1, 43, 5);
     bench_step(32, 130, 75);
+    // A/B of the state update at batch 32 (knobs read by src/ops/cuda/ssd_step.cu).
+    for (auto [var, val, label] : {std::tuple{"HLM_SSD_STEP_KVEC", "2", " kvec 2"}, {"HLM_SSD_STEP_KVEC", "1", " kvec 1"},
+                                   {"HLM_SSD_STEP_STREAM", "1", " evict-first"}}) {
+      setenv(var, val, 1);
+      bench_step(32, 130, 75);
+      g_rows.back().name += label;
+      unsetenv(var);
+    }
+    setenv("HLM_SSD_STEP_STREAM", "1", 1);
+    setenv("HLM_SSD_STEP_KVEC", "2", 1);
+    bench_step(32, 130, 75);
+    g_rows.back().name += " kvec 2 evict-first";
+    unsetenv("HLM_SSD_STEP_STREAM");
+    unsetenv("HLM_SSD_STEP_KVEC");
 
     std::printf("\n%-32s %12s %12s %12s  %s\n", "measurement (ms unless noted)", "ours", "reference", "target", "notes");
     for (const Row& r : g_rows) {

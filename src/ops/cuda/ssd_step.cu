@@ -1,6 +1,8 @@
 // One decode token of the SSD (hlm::cuda::ssd_step): state <- exp(dt A) state + dt x Bᵀ and
 // y = state C + D x. Memory-bound on the fp32 state: each thread owns 4 consecutive state
 // elements (one 16-byte load and store), the N/4 threads of a state row reduce y by shuffles.
+#include <cstdlib>
+
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/ssd.h"
 
@@ -62,10 +64,29 @@ __device__ __forceinline__ float4 load4(const T* p, bool vec) {
   return make_float4(to_f32<T>(p[0]), to_f32<T>(p[1]), to_f32<T>(p[2]), to_f32<T>(p[3]));
 }
 
+// The state's 16-byte load and store, optionally with the streaming (evict-first) cache hints.
+__device__ __forceinline__ float4 load_state(const float4* p, bool stream) {
+#ifndef HLM_CUDA_EMU
+  if (stream) return __ldcs(p);
+#endif
+  (void)stream;
+  return *p;
+}
+__device__ __forceinline__ void store_state(float4* p, const float4& v, bool stream) {
+#ifndef HLM_CUDA_EMU
+  if (stream) {
+    __stcs(p, v);
+    return;
+  }
+#endif
+  (void)stream;
+  *p = v;
+}
+
 // kLanes threads per state row, each owning kVec float4s of it (lane q: float4s q + j kLanes, so a
 // warp's j-th loads are contiguous). The kVec state loads are issued together before any use.
 template <typename T, int kLanes, int kVec>
-__global__ void __launch_bounds__(256) ssd_step_vec_kernel(const StepArgs a, bool vec_bc) {
+__global__ void __launch_bounds__(256) ssd_step_vec_kernel(const StepArgs a, bool vec_bc, bool stream) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t rows = static_cast<int64_t>(a.B) * a.H * a.P;
   const bool valid = idx < rows * kLanes;
@@ -78,7 +99,7 @@ __global__ void __launch_bounds__(256) ssd_step_vec_kernel(const StepArgs a, boo
     float4* sp = reinterpret_cast<float4*>(a.state + row * a.N) + q;
     float4 s[kVec];
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) s[j] = sp[j * kLanes];
+    for (int j = 0; j < kVec; ++j) s[j] = load_state(sp + j * kLanes, stream);
     p = static_cast<int>(row % a.P);
     const int64_t bh = row / a.P;
     h = static_cast<int>(bh % a.H);
@@ -95,7 +116,7 @@ __global__ void __launch_bounds__(256) ssd_step_vec_kernel(const StepArgs a, boo
       s[j].y = rc.decay * s[j].y + xd * bv.y;
       s[j].z = rc.decay * s[j].z + xd * bv.z;
       s[j].w = rc.decay * s[j].w + xd * bv.w;
-      sp[j * kLanes] = s[j];
+      store_state(sp + j * kLanes, s[j], stream);
       partial += s[j].x * cv.x + s[j].y * cv.y + s[j].z * cv.z + s[j].w * cv.w;
     }
   }
@@ -145,11 +166,19 @@ void require(const Tensor& t, std::initializer_list<int64_t> shape, const char* 
   HLM_CHECK_ARG(ok, "ssd_step (CUDA): {} has shape {} (wrong rank or size)", what, t.shape_str());
 }
 
+// Knobs for A/B runs (bench_ssd_cuda), read per call: HLM_SSD_STEP_KVEC=1|2|4 forces the float4s
+// per thread; HLM_SSD_STEP_STREAM=1 loads and stores the state with evict-first hints.
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
+
 template <typename T, int kLanes, int kVec>
 void launch_vec(const StepArgs& a, bool vec_bc) {
   const int64_t threads = static_cast<int64_t>(a.B) * a.H * a.P * kLanes;
   auto kernel = ssd_step_vec_kernel<T, kLanes, kVec>;
-  HLM_LAUNCH(kernel, dim3(static_cast<unsigned>((threads + 255) / 256)), dim3(256), 0, a, vec_bc);
+  const bool stream = env_int("HLM_SSD_STEP_STREAM", 0) == 1;
+  HLM_LAUNCH(kernel, dim3(static_cast<unsigned>((threads + 255) / 256)), dim3(256), 0, a, vec_bc, stream);
   HLM_CUDA_CHECK_LAUNCH();
 }
 template <typename T, int kVec>
@@ -224,6 +253,8 @@ void ssd_step(const SsdStepParams& p, const Tensor& state, const Tensor& y) {
   const int64_t f4_total = B * H * P * n4;
   int kvec = 1;
   while (kvec < 4 && f4_total / (2 * kvec) >= static_cast<int64_t>(num_sms()) * 512 && n4 % (2 * kvec) == 0) kvec *= 2;
+  if (const int forced = env_int("HLM_SSD_STEP_KVEC", 0); (forced == 1 || forced == 2 || forced == 4) && n4 % forced == 0)
+    kvec = forced;
   const int64_t lanes = n4 / kvec;
   const bool vec = N % 4 == 0 && lanes <= 32 && (lanes & (lanes - 1)) == 0 &&
                    (reinterpret_cast<uintptr_t>(a.state) & 15) == 0;
