@@ -3,6 +3,7 @@
 
 #include <vector>
 
+#include "core/memory.h"
 #include "ops/cpu/common.h"
 #include "ops/elementwise.h"
 
@@ -80,8 +81,9 @@ void linear_residual_forward(const Tensor& x, const Tensor& w, const Tensor& bia
               residual.describe(), y.describe());
   if (residual.data == y.data) {
     HLM_REQUIRE(residual.stride == y.stride, ErrorKind::Internal, "{}: residual and y overlap differently", op);
-    std::vector<std::byte> buf(static_cast<size_t>(y.numel()) * dtype_size(y.dtype));
-    Tensor tmp(buf.data(), y.dtype, Device::CPU, Shape(y.shape.data(), static_cast<size_t>(y.ndim)));
+    const Shape shape(y.shape.data(), static_cast<size_t>(y.ndim));
+    const Buffer buf(Device::CPU, Arena::bytes_for(y.dtype, shape));
+    const Tensor tmp = buf.as(y.dtype, shape);
     cpu::linear_forward(x, w, bias, tmp);
     cpu::add_scaled(tmp, 1.0f, y);
     return;

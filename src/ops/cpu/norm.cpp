@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "core/memory.h"
 #include "ops/cpu/common.h"
 #include "ops/elementwise.h"
 
@@ -139,8 +140,9 @@ void residual_rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& 
   require_dtype(dres, x.dtype, op, "dres");
   HLM_REQUIRE(same_shape(dres, x), ErrorKind::Internal, "{}: dres {} must match x {}", op, dres.describe(),
               x.describe());
-  std::vector<std::byte> buf(static_cast<size_t>(x.numel()) * dtype_size(x.dtype));
-  Tensor dx(buf.data(), x.dtype, Device::CPU, Shape(x.shape.data(), static_cast<size_t>(x.ndim)));
+  const Shape shape(x.shape.data(), static_cast<size_t>(x.ndim));
+  const Buffer buf(Device::CPU, Arena::bytes_for(x.dtype, shape));
+  const Tensor dx = buf.as(x.dtype, shape);
   cpu::rmsnorm_backward(dy, x, w, rstd, dx, dw);
   cpu::add_scaled(dx, 1.0f, dres);
 }

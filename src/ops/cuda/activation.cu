@@ -3,8 +3,6 @@
 #include "ops/activation.h"
 
 #include <algorithm>
-#include <initializer_list>
-#include <utility>
 
 #include "ops/cuda/common.cuh"
 
@@ -151,16 +149,6 @@ __global__ void act_backward_vec_kernel(const T* in, int64_t ld_in, const T* dou
   }
 }
 
-// Whether the vector path applies: every matrix's base and row stride 16-byte aligned, F whole vectors.
-bool vec_applies(DType dt, int64_t F, std::initializer_list<std::pair<const void*, int64_t>> mats) {
-  if (dt == DType::F64) return false;
-  const int64_t esz = static_cast<int64_t>(dtype_size(dt));
-  if ((F * esz) % 16 != 0) return false;
-  for (auto [p, ld] : mats)
-    if (pointer_alignment(p) < 16 || (ld * esz) % 16 != 0) return false;
-  return true;
-}
-
 dim3 vec_grid(int64_t rows, int64_t F, DType dt) {
   const int64_t nv = F / (16 / static_cast<int64_t>(dtype_size(dt)));
   const int64_t gx = std::min<int64_t>((nv + 255) / 256, 64);
@@ -198,7 +186,7 @@ void activation_forward(Activation act, const Tensor& in, const Tensor& out) {
   HLM_REQUIRE(I.rows == O.rows && I.cols == activation_input_width(act, F), ErrorKind::Internal,
               "{}: in {} does not fit out {}", op, in.describe(), out.describe());
   if (O.rows * F == 0) return;
-  if (vec_applies(in.dtype, F, {{I.data, I.ld}, {O.data, O.ld}})) {
+  if (in.dtype != DType::F64 && vec16_rows(in.dtype, F, {{I.data, I.ld}, {O.data, O.ld}})) {
     dispatch_float(in.dtype, op, [&]<typename T>() {
       dispatch_activation(act, [&]<Activation A>() {
         act_forward_vec_kernel<T, A><<<vec_grid(O.rows, F, in.dtype), 256, 0, stream()>>>(
@@ -232,7 +220,7 @@ void activation_backward(Activation act, const Tensor& in, const Tensor& dout, c
               ErrorKind::Internal, "{}: in {}, dout {} and din {} do not fit", op, in.describe(),
               dout.describe(), din.describe());
   if (G.rows * F == 0) return;
-  if (vec_applies(in.dtype, F, {{I.data, I.ld}, {G.data, G.ld}, {D.data, D.ld}})) {
+  if (in.dtype != DType::F64 && vec16_rows(in.dtype, F, {{I.data, I.ld}, {G.data, G.ld}, {D.data, D.ld}})) {
     dispatch_float(in.dtype, op, [&]<typename T>() {
       dispatch_activation(act, [&]<Activation A>() {
         act_backward_vec_kernel<T, A><<<vec_grid(G.rows, F, in.dtype), 256, 0, stream()>>>(

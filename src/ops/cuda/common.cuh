@@ -2,6 +2,9 @@
 // and element load/store helpers that read F32/BF16 (and F16) storage into fp32 registers.
 #pragma once
 
+#include <initializer_list>
+#include <utility>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -148,6 +151,16 @@ inline int pointer_alignment(const void* p) {
   int al = 1;
   while (al < 256 && (a % static_cast<uintptr_t>(al * 2)) == 0) al *= 2;
   return al;
+}
+
+// Whether matrices of `cols` elements of dtype per row, given as (base, row stride in elements),
+// are rows of whole 16-byte vectors at 16-byte aligned addresses: the vector kernels' condition.
+inline bool vec16_rows(DType dtype, int64_t cols, std::initializer_list<std::pair<const void*, int64_t>> mats) {
+  const int64_t esz = static_cast<int64_t>(dtype_size(dtype));
+  if (cols <= 0 || (cols * esz) % 16 != 0) return false;
+  for (auto [p, ld] : mats)
+    if (pointer_alignment(p) < 16 || (ld * esz) % 16 != 0) return false;
+  return true;
 }
 
 // 16-byte vectors of storage elements (8 bf16 / 8 f16 / 4 f32).

@@ -453,18 +453,25 @@ void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const 
                 alpha, beta, nullptr, DType::F32, op);
 }
 
+namespace {
+
+// The bias of a projection with n outputs (checked), or null when there is none.
+const void* bias_data(const Tensor& bias, int64_t n, const char* op) {
+  if (!bias.defined()) return nullptr;
+  require_cuda(bias, op, "bias");
+  require_float(bias, op, "bias");
+  HLM_REQUIRE(bias.is_contiguous() && bias.numel() == n, ErrorKind::Internal,
+              "{}: bias {} must be contiguous with {} entries", op, bias.describe(), n);
+  return bias.data;
+}
+
+}  // namespace
+
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
   const char* op = "linear_forward";
   Mat X = mat_of(x, op, "x"), W = mat_of(w, op, "w"), Y = mat_of(y, op, "y");
   HLM_REQUIRE(w.ndim == 2, ErrorKind::Internal, "{}: w {} must be [N,K]", op, w.describe());
-  const void* bias_ptr = nullptr;
-  if (bias.defined()) {
-    require_cuda(bias, op, "bias");
-    require_float(bias, op, "bias");
-    HLM_REQUIRE(bias.is_contiguous() && bias.numel() == W.rows, ErrorKind::Internal,
-                "{}: bias {} must be contiguous with {} entries", op, bias.describe(), W.rows);
-    bias_ptr = bias.data;
-  }
+  const void* bias_ptr = bias_data(bias, W.rows, op);
   gemm_rowmajor(X, false, W, true, Y, 1.0f, 0.0f, bias_ptr, bias.defined() ? bias.dtype : DType::F32, op);
 }
 
@@ -475,14 +482,7 @@ void linear_residual_forward(const Tensor& x, const Tensor& w, const Tensor& bia
   HLM_REQUIRE(w.ndim == 2, ErrorKind::Internal, "{}: w {} must be [N,K]", op, w.describe());
   HLM_REQUIRE(R.rows == Y.rows && R.cols == Y.cols, ErrorKind::Internal, "{}: residual {} must match y {}", op,
               residual.describe(), y.describe());
-  const void* bias_ptr = nullptr;
-  if (bias.defined()) {
-    require_cuda(bias, op, "bias");
-    require_float(bias, op, "bias");
-    HLM_REQUIRE(bias.is_contiguous() && bias.numel() == W.rows, ErrorKind::Internal,
-                "{}: bias {} must be contiguous with {} entries", op, bias.describe(), W.rows);
-    bias_ptr = bias.data;
-  }
+  const void* bias_ptr = bias_data(bias, W.rows, op);
   const void* c_in = R.data;
   if (R.data == Y.data) {  // in place: the residual stream is the output
     HLM_REQUIRE(R.ld == Y.ld && R.dtype == Y.dtype, ErrorKind::Internal, "{}: residual {} and y {} overlap differently",

@@ -520,31 +520,6 @@ __global__ void __launch_bounds__(kVecThreads, kVpt <= 2 ? 3 : 1)
   }
 }
 
-// dw += the sum of partial[0..chunks) for the vector backward: block b owns 32 columns, warp j
-// adds chunks j, j + 8, ... with 8 loads in flight (dw_finish_kernel's one thread per column has
-// 4: ~100 L2 round trips for the ~400 chunks of the training shape, tens of µs), then the 8 warp
-// sums are added in warp order: a fixed order, deterministic.
-constexpr int kFinishWarps = 8;
-template <typename TW>
-__global__ void __launch_bounds__(kFinishWarps * 32)
-    dw_finish_wide_kernel(const float* partial, int64_t chunks, int64_t D, TW* dw) {
-  __shared__ float sums[kFinishWarps][32];
-  const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + lane;
-  float acc = 0.0f;
-  if (c < D) {
-#pragma unroll 8
-    for (int64_t b = warp; b < chunks; b += kFinishWarps) acc += partial[b * D + c];
-  }
-  sums[warp][lane] = acc;
-  __syncthreads();
-  if (warp != 0 || c >= D) return;
-  float total = 0.0f;
-#pragma unroll
-  for (int j = 0; j < kFinishWarps; ++j) total += sums[j][lane];
-  dw[c] = from_f32<TW>(to_f32(dw[c]) + total);
-}
-
 // ---- gated RMSNorm: one warp per (row, group) forward -----------------------------------------
 
 template <typename TX, typename TW, typename TY>
@@ -671,12 +646,8 @@ void finish_dw(const float* partial, int64_t chunks, const Tensor& dw, int64_t D
 template <int kVpt>
 int vec_threads_per_row(DType xdt, std::initializer_list<std::pair<const void*, int64_t>> rows,
                         const void* w, int64_t D) {
-  const int64_t n = 16 / static_cast<int64_t>(dtype_size(xdt));
-  if (D <= 0 || D % n != 0) return 0;
-  for (auto [p, ld] : rows)
-    if (pointer_alignment(p) < 16 || (ld * static_cast<int64_t>(dtype_size(xdt))) % 16 != 0) return 0;
-  if (pointer_alignment(w) < 16) return 0;
-  const int64_t nvec = D / n;
+  if (!vec16_rows(xdt, D, rows) || pointer_alignment(w) < 16) return 0;
+  const int64_t nvec = D / (16 / static_cast<int64_t>(dtype_size(xdt)));
   int tpr = 32;
   while (tpr < kVecThreads && static_cast<int64_t>(tpr) * kVpt < nvec) tpr *= 2;
   return static_cast<int64_t>(tpr) * kVpt >= nvec ? tpr : 0;
@@ -999,11 +970,7 @@ void gated_rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& z, 
         HLM_CUDA_CHECK_LAUNCH();
       });
     });
-    dispatch_float(dw.dtype, op, [&]<typename TW>() {
-      auto* kernel_fn = dw_finish_wide_kernel<TW>;
-      HLM_LAUNCH(kernel_fn, grid_for(D, 32), kFinishWarps * 32, 0, partial, chunks, D, dw.ptr<TW>());
-      HLM_CUDA_CHECK_LAUNCH();
-    });
+    finish_dw(partial, chunks, dw, D, op);
     return;
   }
   const int64_t rpb = rows_per_block(M);
