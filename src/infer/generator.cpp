@@ -78,7 +78,6 @@ GenerateResult generate(Model& model, const std::vector<std::vector<int32_t>>& p
   for (int64_t b = 0; b < B; ++b) samplers.emplace_back(opt.sampling, static_cast<uint64_t>(b));
   std::vector<bool> done(static_cast<size_t>(B), false);
   std::vector<int32_t> next(static_cast<size_t>(B), 0);
-  Buffer next_dev(dev, static_cast<size_t>(B) * sizeof(int32_t));
 
   InferenceState st = model.new_state(B, capacity);
   auto t0 = Clock::now();
@@ -101,8 +100,7 @@ GenerateResult generate(Model& model, const std::vector<std::vector<int32_t>>& p
         any = true;
     }
     if (!any || step + 1 == opt.max_new_tokens) break;
-    device_copy(next_dev.data(), dev, next.data(), Device::CPU, next.size() * sizeof(int32_t));
-    logits = model.decode(Tensor(next_dev.data(), DType::I32, dev, {B}), st);
+    logits = model.decode(Tensor(next.data(), DType::I32, Device::CPU, {B}), st);  // ids go up with the step's lengths
     host = host_logits(logits);
     ++res.decode_steps;
   }

@@ -629,15 +629,18 @@ Tensor Model::decode(const Tensor& ids, InferenceState& st) {
                 st.capacity);
   // Everything a step reads that changes per token sits at fixed device addresses: the ids, and per
   // row the document start, the length after this token and this token's position.
-  std::vector<int32_t> small(static_cast<size_t>(3 * B));
+  // Ids given on the host travel with them: one asynchronous upload, no wait for the device.
+  const bool host_ids = ids.device == Device::CPU && ids.is_contiguous();
+  std::vector<int32_t> small(static_cast<size_t>((host_ids ? 4 : 3) * B));
   for (int64_t b = 0; b < B; ++b) {
     small[static_cast<size_t>(b)] = st.start[static_cast<size_t>(b)];
     small[static_cast<size_t>(B + b)] = static_cast<int32_t>(st.length + 1);
     small[static_cast<size_t>(2 * B + b)] = static_cast<int32_t>(st.length - st.start[static_cast<size_t>(b)]);
+    if (host_ids) small[static_cast<size_t>(3 * B + b)] = ids.ptr<int32_t>()[b];
   }
   int32_t* io = static_cast<int32_t*>(st.small.data());
-  device_copy(io, device_, small.data(), Device::CPU, small.size() * sizeof(int32_t));
-  copy_tensor(Tensor(io + 3 * B, DType::I32, device_, {B}), ids.reshape({B}));
+  upload(io, device_, small.data(), small.size() * sizeof(int32_t));
+  if (!host_ids) copy_tensor(Tensor(io + 3 * B, DType::I32, device_, {B}), ids.reshape({B}));
 
   if (st.scratch.capacity() == 0) {
     const DType a = act_dtype_, sd = stat_dtype(a);

@@ -98,7 +98,8 @@ class Model {
   // document) and fills the state; returns the logits [B,V] of the last position (a view into
   // the model's buffers, valid until the next call).
   Tensor prefill(const ModelInput& in, InferenceState& st);
-  // One token per row ([B] I32 ids on the device): recurrent step of every layer; logits [B,V].
+  // One token per row ([B] I32 ids, on the host or the model's device): recurrent step of every
+  // layer; logits [B,V]. Host ids are uploaded with the step's lengths, without waiting.
   Tensor decode(const Tensor& ids, InferenceState& st);
 
   // Long-sequence memory mode: forward keeps only each layer's input and recomputes the layer's

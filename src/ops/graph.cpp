@@ -1,6 +1,8 @@
 // OpGraph: CUDA graphs on CUDA, re-running the function on the CPU.
 #include "ops/graph.h"
 
+#include <cstring>
+
 #include "ops/dispatch.h"
 
 namespace hlm {
@@ -55,6 +57,19 @@ void OpGraph::record(Device device, std::function<void()> work) {
 #endif
   }
   recorded_ = true;
+}
+
+void upload(void* dst, Device device, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  if (device == Device::CPU) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+#ifdef HLM_CUDA
+  cuda::upload_async(dst, src, bytes);
+#else
+  no_cuda_backend("upload");
+#endif
 }
 
 bool OpGraph::recorded() const {

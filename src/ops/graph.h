@@ -34,11 +34,18 @@ class OpGraph {
   uint64_t generation_ = 0;  // CUDA memory generation at recording time
 };
 
+// Copies `bytes` of host memory to device memory in stream order with the ops, without waiting
+// for the device: src is staged at once (page-locked memory on CUDA), so the caller may reuse it
+// on return. For the few per-step values of a decode step (ids, lengths). On the CPU, a memcpy.
+void upload(void* dst, Device device, const void* src, size_t bytes);
+
 namespace cuda {
 // CUDA graph capture of `work` on the op stream; returns a cudaGraphExec_t. Replay / destroy it.
 void* graph_capture(const std::function<void()>& work);
 void graph_replay(void* exec);
 void graph_destroy(void* exec) noexcept;
+// upload() on CUDA: one staging buffer; waits only for the previous upload's copy to be done.
+void upload_async(void* dst, const void* src, size_t bytes);
 // See ops/cuda/common.cuh: bumps whenever memory a recording may point into was reallocated.
 uint64_t memory_generation();
 }  // namespace cuda

@@ -18,4 +18,5 @@ const cudaDeviceProp& device_props() {
 }
 int num_sms() { return device_props().multiProcessorCount; }
 void note_reallocation() {}
+bool pdl_enabled() { return false; }
 }  // namespace hlm::cuda

@@ -96,6 +96,8 @@ __global__ void act_forward_vec_kernel(const T* in, int64_t ld_in, T* out, int64
                                        int64_t F) {
   constexpr int N = Vec16<T>::N;
   const int64_t nv = F / N;
+  pdl_wait();  // PDL-launched (decode): in comes from the previous kernel
+  pdl_trigger();
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const T* x = in + r * ld_in;
     T* y = out + r * ld_out;
@@ -189,8 +191,8 @@ void activation_forward(Activation act, const Tensor& in, const Tensor& out) {
   if (in.dtype != DType::F64 && vec16_rows(in.dtype, F, {{I.data, I.ld}, {O.data, O.ld}})) {
     dispatch_float(in.dtype, op, [&]<typename T>() {
       dispatch_activation(act, [&]<Activation A>() {
-        act_forward_vec_kernel<T, A><<<vec_grid(O.rows, F, in.dtype), 256, 0, stream()>>>(
-            static_cast<const T*>(I.data), I.ld, static_cast<T*>(O.data), O.ld, O.rows, F);
+        launch_pdl(act_forward_vec_kernel<T, A>, vec_grid(O.rows, F, in.dtype), dim3(256), 0,
+                   static_cast<const T*>(I.data), I.ld, static_cast<T*>(O.data), O.ld, O.rows, F);
         HLM_CUDA_CHECK_LAUNCH();
       });
     });

@@ -52,6 +52,8 @@ __global__ void __launch_bounds__(kDecThreads) attn_decode_split_kernel(const De
   __shared__ float o_s[kDecWarps][H][E];
 
   const DecodeProblem& p = a.p;
+  pdl_wait();  // PDL-launched (decode): q, the caches and the lengths come from earlier kernels
+  pdl_trigger();
   const int t = static_cast<int>(threadIdx.x), lane = t & 31, warp = t >> 5;
   const int g = lane >> 2, qd = lane & 3;
   const int split = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
@@ -216,6 +218,8 @@ __global__ void __launch_bounds__(256) attn_decode_combine_kernel(const float* p
   constexpr int kLanes = E / 4, kGroups = 256 / kLanes;
   __shared__ float4 red_o[kGroups][kLanes];
   __shared__ float red_m[kGroups], red_l[kGroups];
+  pdl_wait();
+  pdl_trigger();
   const int bh = static_cast<int>(blockIdx.x), b = bh / Hq, h = bh % Hq;
   const int t = static_cast<int>(threadIdx.x), e4 = t % kLanes, sg = t / kLanes;
   const float* ml = part_ml + static_cast<int64_t>(bh) * nsplit * 2;
@@ -289,11 +293,11 @@ void launch_decode(DecodeArgs& a) {
   a.part_ml = scratch_as<float>(Scratch::Attn1, rows * 2);
   const dim3 grid(static_cast<unsigned>(a.nsplit), static_cast<unsigned>(p.Hkv * a.groups),
                   static_cast<unsigned>(p.B));
-  HLM_LAUNCH(split_kernel, grid, dim3(kDecThreads), 0, a);
+  HLM_LAUNCH_PDL(split_kernel, grid, dim3(kDecThreads), 0, a);
   HLM_CUDA_CHECK_LAUNCH();
-  HLM_LAUNCH(attn_decode_combine_kernel<E>, dim3(static_cast<unsigned>(p.B * p.Hq)), dim3(256), 0,
-             static_cast<const float*>(a.part_o), static_cast<const float*>(a.part_ml), a.nsplit, p.Hq,
-             static_cast<bf16_t*>(p.out), p.ldo);
+  HLM_LAUNCH_PDL(attn_decode_combine_kernel<E>, dim3(static_cast<unsigned>(p.B * p.Hq)), dim3(256), 0,
+                 static_cast<const float*>(a.part_o), static_cast<const float*>(a.part_ml), a.nsplit, p.Hq,
+                 static_cast<bf16_t*>(p.out), p.ldo);
   HLM_CUDA_CHECK_LAUNCH();
 }
 

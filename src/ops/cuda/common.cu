@@ -72,6 +72,11 @@ bool deterministic() {
 }
 void set_deterministic(bool on) { g_deterministic = on ? 1 : 0; }
 
+bool pdl_enabled() {
+  static const bool on = device_props().major >= 9 && env_flag("HLM_PDL", true);
+  return on;
+}
+
 namespace {
 std::atomic<uint64_t> g_memory_generation{0};
 }

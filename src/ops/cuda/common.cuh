@@ -199,6 +199,44 @@ __device__ __forceinline__ uint4 load_stream16(const void* p) {
 #endif
 }
 
+// ---- Programmatic dependent launch (PDL, sm_90) -----------------------------------------------
+// A kernel launched with HLM_LAUNCH_PDL (warp_mma.cuh) may start while the kernel before it on the
+// stream is still running. Such a kernel calls pdl_wait() before it reads anything an earlier
+// kernel wrote or writes anything at all; before that it may only read memory no kernel of the
+// stream changes (weights). pdl_trigger() right after pdl_wait() lets the next PDL kernel start
+// once every block of this one is past its wait, so at most two kernels overlap and every kernel
+// before the previous one has completed. Both are no-ops for a plain launch and below sm_90.
+__device__ __forceinline__ void pdl_wait() {
+#if !defined(HLM_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if !defined(HLM_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Whether HLM_LAUNCH_PDL sets the launch attribute: a device of compute capability 9.0 or later
+// and HLM_PDL not 0 in the environment (read once).
+bool pdl_enabled();
+
+#ifndef HLM_CUDA_EMU
+template <typename... KArgs, typename... Args>
+void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream();
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  HLM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+#endif
+
 // Block-wide sum of one float per thread (blockDim.x a multiple of 32, at most 1024); every
 // thread gets the result. The order is fixed: bitwise reproducible.
 __device__ __forceinline__ float warp_sum(float v) {

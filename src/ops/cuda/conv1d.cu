@@ -580,6 +580,8 @@ template <typename T>
 __global__ void conv_update_kernel(const void* x, int64_t ld_x, const void* w, int w_type, const void* bias,
                                    int bias_type, void* state, int state_type, void* y, int64_t ld_y, int B,
                                    int C, int K) {
+  pdl_wait();  // PDL-launched (decode): x comes from the previous kernel
+  pdl_trigger();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<int64_t>(B) * C) return;
   const int b = static_cast<int>(i / C), c = static_cast<int>(i % C);
@@ -865,7 +867,7 @@ void conv1d_silu_update(const Tensor& x, const Tensor& w, const Tensor& bias, co
   const int wt = scalar_type(w, "w"), bt = bias.defined() ? scalar_type(bias, "bias") : 0;
   dispatch_float(x.dtype, "conv1d_update x", [&]<typename T>() {
     auto kernel = conv_update_kernel<T>;
-    HLM_LAUNCH(kernel, dim3(static_cast<unsigned>((B * C + 255) / 256)), dim3(256), 0, static_cast<const void*>(xr.data),
+    HLM_LAUNCH_PDL(kernel, dim3(static_cast<unsigned>((B * C + 255) / 256)), dim3(256), 0, static_cast<const void*>(xr.data),
                xr.ld, static_cast<const void*>(w.data), wt, static_cast<const void*>(bias.data), bt, state.data, st, yr.data,
                yr.ld, static_cast<int>(B), static_cast<int>(C), static_cast<int>(K));
     HLM_CUDA_CHECK_LAUNCH();

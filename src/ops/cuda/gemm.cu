@@ -281,7 +281,7 @@ void add_bias(const Mat& c, const void* bias, DType bias_dtype, const char* op) 
 // residual add in the epilogue); the other paths copy it into c first.
 void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, float alpha,
                    float beta, const void* bias, DType bias_dtype, const char* op,
-                   const void* c_in = nullptr) {
+                   const void* c_in = nullptr, bool b_weight = false) {
   const int64_t M = c.rows, N = c.cols;
   if (c_in == c.data || beta == 0.0f) c_in = nullptr;
   auto stage_c_in = [&] {
@@ -319,14 +319,16 @@ void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, f
     gemm_fallback(a, ta, b, tb, c, alpha, beta, bias, bias_dtype);
     return;
   }
-  // Decode-sized products (M ≤ 8 rows against a weight in [N,K] layout). Measured on the H200
-  // (bench/RESULTS.md): for weights of 16M+ elements cuBLASLt streams them at 3.5–4.2 TB/s and our
-  // GEMV at ~2.2 TB/s, while for small weights (k/v projections, 4M) ours is 1.7× faster.
+  // Decode-sized products (M ≤ 8 rows against a weight in [N,K] layout): our row-streaming GEMV
+  // (PDL-launched, see gemm_own.cu). The tensor-core GEMV (HLM_GEMV=mma) streamed large weights at
+  // only ~2.2 TB/s against cuBLASLt's 3.5–4.2 (bench/RESULTS.md), so it keeps the small ones only.
   constexpr int64_t kGemvMaxWeight = int64_t{8} << 20;
-  if ((mode == GemmMode::Gemv || (mode == GemmMode::Auto && b.rows * b.cols <= kGemvMaxWeight)) && !ta && tb &&
-      gemv_applies(a, b, c)) {
+  const char* gv = std::getenv("HLM_GEMV");
+  const bool mma_gemv = gv && std::strcmp(gv, "mma") == 0;
+  if ((mode == GemmMode::Gemv || (mode == GemmMode::Auto && (!mma_gemv || b.rows * b.cols <= kGemvMaxWeight))) &&
+      !ta && tb && gemv_applies(a, b, c)) {
     stage_c_in();
-    gemv(a, b, c, alpha, beta, bias, bias_dtype);
+    gemv(a, b, c, alpha, beta, bias, bias_dtype, b_weight);
     return;
   }
   GemmKey key{};
@@ -472,7 +474,8 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
   Mat X = mat_of(x, op, "x"), W = mat_of(w, op, "w"), Y = mat_of(y, op, "y");
   HLM_REQUIRE(w.ndim == 2, ErrorKind::Internal, "{}: w {} must be [N,K]", op, w.describe());
   const void* bias_ptr = bias_data(bias, W.rows, op);
-  gemm_rowmajor(X, false, W, true, Y, 1.0f, 0.0f, bias_ptr, bias.defined() ? bias.dtype : DType::F32, op);
+  gemm_rowmajor(X, false, W, true, Y, 1.0f, 0.0f, bias_ptr, bias.defined() ? bias.dtype : DType::F32, op,
+                nullptr, /*b_weight=*/true);
 }
 
 void linear_residual_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual,
@@ -491,7 +494,8 @@ void linear_residual_forward(const Tensor& x, const Tensor& w, const Tensor& bia
     copy_tensor(y, residual);
     c_in = Y.data;
   }
-  gemm_rowmajor(X, false, W, true, Y, 1.0f, 1.0f, bias_ptr, bias.defined() ? bias.dtype : DType::F32, op, c_in);
+  gemm_rowmajor(X, false, W, true, Y, 1.0f, 1.0f, bias_ptr, bias.defined() ? bias.dtype : DType::F32, op, c_in,
+                /*b_weight=*/true);
 }
 
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& dx,

@@ -3,6 +3,8 @@
 #include "ops/cuda/gemm_own.cuh"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 #include "ops/cuda/common.cuh"
@@ -69,6 +71,7 @@ struct GemvParams {
   int64_t steps_per_split, nsteps;
   float* partial;  // [tiles, splits, 128] when splits > 1
   int* counters;   // [tiles], zero between launches
+  bool prefetch_w;  // rows kernel: load the first W pieces before pdl_wait (w is a weight)
 };
 
 // Partial sums written by other blocks of this launch: read past L1.
@@ -154,6 +157,124 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) 
   }
 }
 
+// ---- GEMV, row streaming: the default ---------------------------------------------------------
+//
+// A warp owns R consecutive W rows; lane l reads the 16-byte pieces j·32 + l of each row (k =
+// (j·32 + l)·8), U pieces per row per round, and issues the next round's W loads before it uses
+// the current one: each warp streams 512 contiguous bytes of a row per load instruction with
+// 2·R·U loads in flight per lane. x pieces at the same k come from L1 / L2 (x is small and read by
+// every warp). fp32 FMAs, then a butterfly sum over the lanes per (row, x row): a fixed order,
+// deterministic. Launched with PDL: when W is a weight (prefetch_w), the first round of W is loaded
+// before pdl_wait, so it overlaps the previous kernel's tail.
+
+constexpr int kRowsWarps = 4;
+constexpr int kRowsThreads = 32 * kRowsWarps;
+
+__device__ __forceinline__ void fma8(float& acc, const uint4& w, const uint4& x) {
+  const uint32_t wu[4] = {w.x, w.y, w.z, w.w}, xu[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    acc = fmaf(mma::bf16_lo(wu[i]), mma::bf16_lo(xu[i]), acc);
+    acc = fmaf(mma::bf16_hi(wu[i]), mma::bf16_hi(xu[i]), acc);
+  }
+}
+
+template <typename TO, int R, int U, int MM>
+__global__ void __launch_bounds__(kRowsThreads) gemv_rows_kernel(const GemvParams p) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kRowsWarps + (threadIdx.x >> 5)) * R;
+  if (n0 >= p.N) {  // nothing to do, but the dependents may only start once every block is past
+    pdl_wait();     // its wait
+    pdl_trigger();
+    return;
+  }
+  const __nv_bfloat16* wr[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) wr[r] = p.w + min(n0 + r, p.N - 1) * p.ldw;  // rows past N: row N-1, unused
+  const int64_t pieces = p.K / 8, rounds = (pieces + 32 * U - 1) / (32 * U);
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  uint4 cur[R][U];
+  auto load_round = [&](int64_t round, uint4 (&dst)[R][U]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t j = (round * U + u) * 32 + lane;
+#pragma unroll
+      for (int r = 0; r < R; ++r) dst[r][u] = j < pieces ? load_stream16(wr[r] + j * 8) : zero;
+    }
+  };
+  if (!p.prefetch_w) pdl_wait();  // W may come from the previous kernel
+  load_round(0, cur);
+  pdl_wait();
+  pdl_trigger();
+  float acc[R][MM];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int m = 0; m < MM; ++m) acc[r][m] = 0.0f;
+  for (int64_t round = 0; round < rounds; ++round) {
+    uint4 next[R][U];
+    if (round + 1 < rounds) load_round(round + 1, next);
+#pragma unroll
+    for (int m = 0; m < MM; ++m) {
+      if (m >= p.M) break;
+      uint4 xv[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t j = (round * U + u) * 32 + lane;
+        xv[u] = j < pieces ? __ldg(reinterpret_cast<const uint4*>(p.x + m * p.ldx + j * 8)) : zero;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int r = 0; r < R; ++r) fma8(acc[r][m], cur[r][u], xv[u]);
+    }
+    if (round + 1 < rounds) {
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int r = 0; r < R; ++r) cur[r][u] = next[r][u];
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int m = 0; m < MM; ++m) {
+      const float v = warp_sum(acc[r][m]);
+      const int64_t n = n0 + r;
+      if (lane == (r * MM + m) % 32 && m < p.M && n < p.N) {
+        TO* out = static_cast<TO*>(p.y) + m * p.ldy + n;
+        float o = p.alpha * v;
+        if (p.beta != 0.0f) o += p.beta * to_f32(*out);
+        o += bias_at(p.bias, p.bias_kind, n);
+        *out = from_f32<TO>(o);
+      }
+    }
+  }
+}
+
+template <typename TO>
+void launch_gemv_rows(const GemvParams& p) {
+  // Two rows per warp where that still gives ≥ 4 warps per SM slot; else one (k/v projections).
+  const bool two = p.N >= 16 * kRowsWarps * static_cast<int64_t>(num_sms()) * 2;
+  const int64_t warps = two ? (p.N + 1) / 2 : p.N;
+  const auto grid = static_cast<unsigned>((warps + kRowsWarps - 1) / kRowsWarps);
+  auto go = [&]<int R, int U>() {
+    if (p.M == 1) HLM_LAUNCH_PDL((gemv_rows_kernel<TO, R, U, 1>), grid, kRowsThreads, 0, p);
+    else if (p.M == 2) HLM_LAUNCH_PDL((gemv_rows_kernel<TO, R, U, 2>), grid, kRowsThreads, 0, p);
+    else if (p.M <= 4) HLM_LAUNCH_PDL((gemv_rows_kernel<TO, R, U, 4>), grid, kRowsThreads, 0, p);
+    else HLM_LAUNCH_PDL((gemv_rows_kernel<TO, R, U, 8>), grid, kRowsThreads, 0, p);
+  };
+  if (two) go.template operator()<2, 4>();
+  else go.template operator()<1, 8>();
+  HLM_CUDA_CHECK_LAUNCH();
+}
+
+// HLM_GEMV=mma selects the tensor-core GEMV above (kept for comparison in bench_ops_cuda).
+bool gemv_rows_mode() {
+  const char* v = std::getenv("HLM_GEMV");
+  return !(v && std::strcmp(v, "mma") == 0);
+}
+
 // Split-K workspace: partial sums, and per-tile counters that the kernel leaves zero.
 struct GemvWorkspace {
   std::mutex mutex;
@@ -213,7 +334,7 @@ bool gemv_applies(const GemmMat& x, const GemmMat& w, const GemmMat& y) {
 }
 
 void gemv(const GemmMat& x, const GemmMat& w, const GemmMat& y, float alpha, float beta,
-          const void* bias, DType bias_dtype) {
+          const void* bias, DType bias_dtype, bool w_is_weight) {
   const int64_t M = x.rows, N = w.rows, K = x.cols;
   HLM_REQUIRE(gemv_applies(x, w, y) && w.cols == K && y.rows == M && y.cols == N, ErrorKind::Internal,
               "gemv: unsupported operands (M={} N={} K={})", M, N, K);
@@ -232,6 +353,11 @@ void gemv(const GemmMat& x, const GemmMat& w, const GemmMat& y, float alpha, flo
   p.beta = beta;
   p.bias = bias;
   p.bias_kind = bias_kind(bias, bias_dtype);
+  p.prefetch_w = w_is_weight;
+  if (gemv_rows_mode()) {
+    dispatch_float(y.dtype, "gemv", [&]<typename TO>() { launch_gemv_rows<TO>(p); });
+    return;
+  }
   // Split K until there are ~4 blocks per SM (small N), keeping at least one step per warp.
   const int64_t tiles = (N + kGemvTileRows - 1) / kGemvTileRows;
   p.nsteps = (K + kGemvStepK - 1) / kGemvStepK;

@@ -9,6 +9,8 @@ namespace {
 template <typename V>
 __global__ void kv_cache_write_kernel(const char* x, int64_t x_ld_bytes, char* cache, int64_t cache_ld_bytes,
                                       int64_t S, const int32_t* len, int64_t row_bytes) {
+  pdl_wait();  // PDL-launched (decode): x comes from the previous kernel
+  pdl_trigger();
   const int64_t b = blockIdx.x;
   int64_t p = static_cast<int64_t>(len[b]) - 1;
   if (p < 0 || p >= S) return;  // out of range: nothing written (the CPU op raises)
@@ -33,14 +35,9 @@ void kv_cache_write(const Tensor& x, const Tensor& cache, const Tensor& len) {
   const bool vec = row_bytes % 16 == 0 && (xr.ld * es) % 16 == 0 && (cr.ld * es) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(xr.data) % 16 == 0 && reinterpret_cast<uintptr_t>(cr.data) % 16 == 0;
   if (B == 0) return;
-  if (vec)
-    kv_cache_write_kernel<int4><<<static_cast<unsigned>(B), 128, 0, stream()>>>(
-        static_cast<const char*>(xr.data), xr.ld * es, static_cast<char*>(cr.data), cr.ld * es, S,
-        len.ptr<int32_t>(), row_bytes);
-  else
-    kv_cache_write_kernel<char><<<static_cast<unsigned>(B), 128, 0, stream()>>>(
-        static_cast<const char*>(xr.data), xr.ld * es, static_cast<char*>(cr.data), cr.ld * es, S,
-        len.ptr<int32_t>(), row_bytes);
+  launch_pdl(vec ? kv_cache_write_kernel<int4> : kv_cache_write_kernel<char>, dim3(static_cast<unsigned>(B)),
+             dim3(128), 0, static_cast<const char*>(xr.data), xr.ld * es, static_cast<char*>(cr.data), cr.ld * es, S,
+             len.ptr<int32_t>(), row_bytes);
   HLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -125,6 +125,8 @@ __global__ void __launch_bounds__(kVecThreads)
   const bool live = row < M;  // dead slots still take part in row_sum's barriers
   TX* xr = x + (live ? row : 0) * ldx;
   const TX* dr = kAdd ? d + (live ? row : 0) * ldd : nullptr;
+  pdl_wait();  // PDL-launched (decode): x and d come from the previous kernels
+  pdl_trigger();
   uint4 xv[kVpt];
   float wv[kWv][N];
   float ss = 0.0f;
@@ -352,6 +354,8 @@ __global__ void __launch_bounds__(kVecThreads, kVpt <= 2 ? 4 : 2)
   const int64_t c0 = grp * gs;
   const TX* xr = x + row * ldx + c0;
   const TX* zr = z + row * ldz + c0;
+  pdl_wait();  // PDL-launched (decode): x and z come from the previous kernels
+  pdl_trigger();
   float gv[kVpt][N], wv[kVpt][N];
   float ss = 0.0f;
 #pragma unroll
@@ -676,7 +680,7 @@ void launch_rmsnorm_vec(DType xdt, DType wdt, void* x, int64_t ldx, const void* 
       auto* kernel_fn = 2 * static_cast<int64_t>(tpr) >= nvec
                             ? rmsnorm_forward_vec_kernel<TX, TW, TX, 2, kAdd, true>
                             : rmsnorm_forward_vec_kernel<TX, TW, TX, 8, kAdd, false>;
-      HLM_LAUNCH(kernel_fn, grid, kVecThreads, 0, static_cast<TX*>(x), ldx, static_cast<const TX*>(d), ldd,
+      HLM_LAUNCH_PDL(kernel_fn, grid, kVecThreads, 0, static_cast<TX*>(x), ldx, static_cast<const TX*>(d), ldd,
                  static_cast<const TW*>(w), eps, static_cast<TX*>(y), ldy, rstd, M, D, tpr);
       HLM_CUDA_CHECK_LAUNCH();
     });
@@ -881,9 +885,9 @@ void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, in
         auto* kernel_fn = vpt <= 1   ? gated_forward_vec_kernel<TX, TW, TX, 1>
                           : vpt <= 2 ? gated_forward_vec_kernel<TX, TW, TX, 2>
                                      : gated_forward_vec_kernel<TX, TW, TX, kGatedVpt>;
-        HLM_LAUNCH(kernel_fn, grid, kVecThreads, 0, static_cast<const TX*>(X.data), X.ld,
-                   static_cast<const TX*>(Z.data), Z.ld, w.ptr<TW>(), group_size, ng, eps, static_cast<TX*>(Y.data),
-                   Y.ld, static_cast<float*>(RS.data), RS.ld, segments, spread);
+        HLM_LAUNCH_PDL(kernel_fn, grid, kVecThreads, 0, static_cast<const TX*>(X.data), X.ld,
+                       static_cast<const TX*>(Z.data), Z.ld, w.ptr<TW>(), group_size, ng, eps, static_cast<TX*>(Y.data),
+                       Y.ld, static_cast<float*>(RS.data), RS.ld, segments, spread);
         HLM_CUDA_CHECK_LAUNCH();
       });
     });

@@ -87,6 +87,8 @@ __device__ __forceinline__ void store_state(float4* p, const float4& v, bool str
 // warp's j-th loads are contiguous). The kVec state loads are issued together before any use.
 template <typename T, int kLanes, int kVec>
 __global__ void __launch_bounds__(256) ssd_step_vec_kernel(const StepArgs a, bool vec_bc, bool stream) {
+  pdl_wait();  // PDL-launched: x, B, C, dt (and the state, e.g. a previous ssd_step) come from earlier kernels
+  pdl_trigger();
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t rows = static_cast<int64_t>(a.B) * a.H * a.P;
   const bool valid = idx < rows * kLanes;
@@ -129,6 +131,8 @@ __global__ void __launch_bounds__(256) ssd_step_vec_kernel(const StepArgs a, boo
 // Any N: one thread per state row.
 template <typename T>
 __global__ void __launch_bounds__(256) ssd_step_row_kernel(const StepArgs a) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= static_cast<int64_t>(a.B) * a.H * a.P) return;
   const int p = static_cast<int>(row % a.P);
@@ -181,7 +185,7 @@ void launch_vec(const StepArgs& a, bool vec_bc) {
   // state of every layer passes through L2 between two visits. Measured at batch 32 (8B shape,
   // H200): 72.4 µs against 89.2 µs with default caching in the same run.
   const bool stream = env_int("HLM_SSD_STEP_STREAM", 1) == 1;
-  HLM_LAUNCH(kernel, dim3(static_cast<unsigned>((threads + 255) / 256)), dim3(256), 0, a, vec_bc, stream);
+  HLM_LAUNCH_PDL(kernel, dim3(static_cast<unsigned>((threads + 255) / 256)), dim3(256), 0, a, vec_bc, stream);
   HLM_CUDA_CHECK_LAUNCH();
 }
 template <typename T, int kVec>
@@ -264,7 +268,7 @@ void ssd_step(const SsdStepParams& p, const Tensor& state, const Tensor& y) {
   dispatch_float(p.x.dtype, "ssd_step x", [&]<typename T>() {
     if (!vec) {
       auto kernel = ssd_step_row_kernel<T>;
-      HLM_LAUNCH(kernel, dim3(static_cast<unsigned>((B * H * P + 255) / 256)), dim3(256), 0, a);
+      HLM_LAUNCH_PDL(kernel, dim3(static_cast<unsigned>((B * H * P + 255) / 256)), dim3(256), 0, a);
       HLM_CUDA_CHECK_LAUNCH();
       return;
     }

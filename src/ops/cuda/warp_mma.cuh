@@ -17,9 +17,13 @@
 
 #ifdef HLM_CUDA_EMU
 #define HLM_LAUNCH(kernel, grid, block, smem, ...) ::emu::launch(kernel, grid, block, smem, __VA_ARGS__)
+#define HLM_LAUNCH_PDL(kernel, grid, block, smem, ...) ::emu::launch(kernel, grid, block, smem, __VA_ARGS__)
 #else
 #define HLM_LAUNCH(kernel, grid, block, smem, ...) \
   kernel<<<grid, block, smem, ::hlm::cuda::stream()>>>(__VA_ARGS__)
+// For kernels that call pdl_wait() before touching what earlier kernels write (common.cuh).
+#define HLM_LAUNCH_PDL(kernel, grid, block, smem, ...) \
+  ::hlm::cuda::launch_pdl(kernel, dim3(grid), dim3(block), smem, __VA_ARGS__)
 #endif
 
 namespace hlm::cuda::mma {
