@@ -1,9 +1,12 @@
 // CUDA attention (cuDNN graph and built-in kernels) matches the CPU op: causal, GQA, packed
 // documents, batch > 1, head dims 64 and 128, T not a multiple of 64, q/k/v as slices of a fused
-// projection; the deterministic backward is bitwise reproducible; decode attention and RoPE too.
+// projection; the deterministic backward is bitwise reproducible, also split into pieces under a
+// small workspace limit; decode attention and RoPE too.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <tuple>
@@ -231,6 +234,96 @@ TEST(AttentionCuda, Hybrid8BShape) {
     d.backward();
     check_backward(c, r, d, std::string(backend) + "/8b");
   }
+}
+
+// dP workspace of cuDNN's deterministic backward for one query head (one row, or every packed
+// sequence of the batch when there are documents), as attention_cudnn.cu counts it: the split
+// tests set the limit in multiples of it.
+double det_head_bytes(const AttnCase& c, const Reference& r) {
+  auto pow2 = [](int64_t v) {
+    int64_t p = 1;
+    while (p < v) p <<= 1;
+    return p;
+  };
+  int64_t b = 1, s = c.T;
+  if (!c.doc_starts.empty()) {
+    int64_t n = 0, longest = 0;
+    for (int64_t row = 0; row < c.B; ++row) {
+      int64_t t0 = 0;
+      for (int64_t t = 1; t <= c.T; ++t) {
+        if (t == c.T || r.doc.get(row * c.T + t) != r.doc.get(row * c.T + t - 1)) {
+          ++n;
+          longest = std::max(longest, t - t0);
+          t0 = t;
+        }
+      }
+    }
+    b = pow2(n);
+    s = std::min(pow2(std::max<int64_t>(longest, 64)), c.T);
+  }
+  return static_cast<double>(b) * static_cast<double>((s + 63) / 64 * 64) *
+         static_cast<double>((s + 127) / 128 * 128) * 2.0;
+}
+
+std::string mib_text(double bytes) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.6f", bytes / 1048576.0);
+  return buf;
+}
+
+// The deterministic cuDNN backward split to fit a small workspace limit: into batch rows (limit of
+// one row's Hq heads), KV-head groups (one group's G heads), and query sub-groups of 2 and 1 heads
+// inside a group (dK/dV partials summed). Every split matches the CPU; dQ is bitwise the unsplit
+// cuDNN result (a query head's dQ needs only its own dS and K, whatever the piece); dK/dV are
+// within bf16 rounding of it (a sub-group's partials are rounded to bf16 before the sum); reruns
+// are bitwise equal. Below one head the call is refused (HLM_ATTENTION=cudnn: an error).
+void run_split_cases(const std::vector<AttnCase>& all) {
+  ScopedEnv be("HLM_ATTENTION", "cudnn");
+  ScopedEnv det("HLM_DETERMINISTIC", "1");
+  uint64_t seed = 500;
+  for (const AttnCase& c : all) {
+    Reference r = cpu_reference(c, seed += 10);
+    DeviceRun d(c, r);
+    d.forward();
+    d.backward();
+    check_backward(c, r, d, std::string(c.name) + "/unsplit");
+    const std::vector<uint8_t> dq_whole = raw_bytes(d.dq);
+    const HostTensor dk_whole = download(d.dk), dv_whole = download(d.dv);
+    const double head = det_head_bytes(c, r);
+    const int64_t G = c.Hq / c.Hkv;
+    std::vector<std::pair<std::string, int64_t>> levels = {{"kv_groups", G}, {"sub_groups_2", 2},
+                                                           {"sub_groups_1", 1}};
+    if (c.doc_starts.empty()) levels.insert(levels.begin(), {"rows", c.Hq});
+    for (const auto& [level, heads] : levels) {
+      const std::string what = std::string(c.name) + "/" + level;
+      ScopedEnv limit("HLM_CUDNN_DET_WORKSPACE_MIB", mib_text((static_cast<double>(heads) + 0.5) * head).c_str());
+      d.backward();
+      check_backward(c, r, d, what);
+      EXPECT_EQ(raw_bytes(d.dq), dq_whole) << what << ": dq differs from the unsplit backward";
+      EXPECT_LT(rel_error(download(d.dk), dk_whole), 1e-2) << what << ": dk vs unsplit";
+      EXPECT_LT(rel_error(download(d.dv), dv_whole), 1e-2) << what << ": dv vs unsplit";
+      const std::vector<uint8_t> first = raw_bytes(d.dqkv.t);
+      d.backward();
+      EXPECT_EQ(first, raw_bytes(d.dqkv.t)) << what << ": split backward not bitwise reproducible";
+    }
+    ScopedEnv limit("HLM_CUDNN_DET_WORKSPACE_MIB", mib_text(0.5 * head).c_str());
+    EXPECT_THROW(d.backward(), Error) << c.name << ": below one head the cuDNN backward must refuse";
+  }
+}
+
+TEST(AttentionCuda, CudnnDeterministicSplit) {
+  HLM_REQUIRE_GPU();
+  run_split_cases({{"split_e128_b2_t300", 2, 300, 8, 2, 128, {}},
+                   {"split_e64_b2_t300", 2, 300, 8, 2, 64, {}},
+                   {"split_e128_b2_t1024", 2, 1024, 8, 2, 128, {}},
+                   {"split_e64_b2_t1024", 2, 1024, 8, 2, 64, {}}});
+}
+
+// Packed documents: split by KV heads and query sub-groups only, the whole packed batch per call.
+TEST(AttentionCuda, CudnnDeterministicSplitDocs) {
+  HLM_REQUIRE_GPU();
+  run_split_cases({{"split_docs_e128_b2_t1024", 2, 1024, 8, 2, 128, {{100, 612}, {300}}},
+                   {"split_docs_e64_b2_t300", 2, 300, 8, 2, 64, {{31, 90, 150}, {5}}}});
 }
 
 TEST(AttentionDecodeCuda, MatchesCpu) {

@@ -106,12 +106,20 @@ Backend backend_from_env() {
 
 // Largest workspace the deterministic cuDNN backward may take (its dP buffer is B·Hq·T²·2 bytes:
 // 2 GiB for the 1.43B model at T = 8192, exactly 16 GiB for the 8B shape at T = 16K). Default:
-// 18 GiB, at most a quarter of the card; HLM_CUDNN_DET_WORKSPACE_MIB overrides. Past it, the
-// deterministic backward runs our own kernels (slower); HLM_DETERMINISTIC=0 takes cuDNN's fast
-// non-deterministic backward instead.
+// 18 GiB, at most a quarter of the card; HLM_CUDNN_DET_WORKSPACE_MIB overrides (fractions of a MiB
+// allowed, so tests can force the split at small sizes). Past it, the deterministic backward runs
+// in pieces that fit (batch rows, KV-head groups, query sub-groups); where one query head does not
+// fit, it runs our own kernels (slower); HLM_DETERMINISTIC=0 takes cuDNN's fast non-deterministic
+// backward instead.
 size_t det_workspace_limit() {
   const char* v = std::getenv("HLM_CUDNN_DET_WORKSPACE_MIB");
-  if (v && *v) return static_cast<size_t>(std::strtoull(v, nullptr, 10)) << 20;
+  if (v && *v) {
+    char* end = nullptr;
+    const double mib = std::strtod(v, &end);
+    HLM_REQUIRE(end != v && *end == '\0' && mib >= 0.0 && mib < 1e12, ErrorKind::InvalidArgument,
+                "HLM_CUDNN_DET_WORKSPACE_MIB={}: expected a number of MiB", v);
+    return static_cast<size_t>(mib * 1048576.0);
+  }
   return std::min<size_t>(size_t{18} << 30, device_props().totalGlobalMem / 4);
 }
 

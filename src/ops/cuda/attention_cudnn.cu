@@ -9,6 +9,10 @@
 // seq_len_q = seq_len_kv), and the padding mask + top-left causal mask then apply per sequence.
 // The number of sequences and the longest one are rounded up to powers of two (empty sequences
 // pad the rest) so that a handful of plans serve every batch.
+//
+// The deterministic backward's dP workspace grows as B·Hq·T²: past the caller's limit it runs as
+// several calls on views of the tensors — batch rows, KV-head groups, or query sub-groups of one
+// KV head whose dK/dV partials are summed in a fixed order (choose_split).
 #include "ops/cuda/attention_cudnn.cuh"
 
 #include <algorithm>
@@ -551,18 +555,79 @@ RaggedArrays upload_ragged(const Segments& sg, const Layout& L,
   return r;
 }
 
-// lse [B, Hq, T] ⇄ token-major stats [B·T, Hq] (the ragged Stats layout).
+// lse [B, Hq, T] ⇄ token-major stats [B·T, Hq] (the ragged Stats layout); the backward reads the
+// heads [h0, h0 + hq) of lse into token-major [B·T, hq].
 __global__ void stats_to_lse_kernel(const float* th, float* lse, int64_t BT, int64_t T, int64_t Hq) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= BT * Hq) return;
   const int64_t tok = i / Hq, h = i % Hq, b = tok / T, t = tok % T;
   lse[(b * Hq + h) * T + t] = th[i];
 }
-__global__ void lse_to_stats_kernel(const float* lse, float* th, int64_t BT, int64_t T, int64_t Hq) {
+__global__ void lse_to_stats_kernel(const float* lse, float* th, int64_t BT, int64_t T, int64_t Hq,
+                                    int64_t h0, int64_t hq) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= BT * Hq) return;
-  const int64_t tok = i / Hq, h = i % Hq, b = tok / T, t = tok % T;
+  if (i >= BT * hq) return;
+  const int64_t tok = i / hq, h = h0 + i % hq, b = tok / T, t = tok % T;
   th[i] = lse[(b * Hq + h) * T + t];
+}
+
+// dK or dV of one KV head from the partials of its query-head sub-groups: parts holds n partials
+// of [rows, E] one after another, summed in fp32 in sub-group order (fixed: deterministic) and
+// rounded once into out (rows ld apart).
+__global__ void sum_partials_kernel(const __nv_bfloat16* parts, int64_t n, int64_t rows, int64_t E,
+                                    __nv_bfloat16* out, int64_t ld) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * E) return;
+  float acc = 0.0f;
+  for (int64_t j = 0; j < n; ++j) acc += __bfloat162float(parts[j * rows * E + i]);
+  out[i / E * ld + i % E] = __float2bfloat16_rn(acc);
+}
+
+// ---- splitting the deterministic backward ------------------------------------------------------
+
+// The dP workspace of cuDNN's deterministic backward for b sequences of length s and hq query
+// heads: dP for every (query, key) pair, the tile-rounded B·Hq·T²·2 bytes.
+double det_workspace_bytes(int64_t b, int64_t hq, int64_t s) {
+  return static_cast<double>(b) * static_cast<double>(hq) * static_cast<double>((s + 63) / 64 * 64) *
+         static_cast<double>((s + 127) / 128 * 128) * 2.0;
+}
+
+int64_t largest_divisor_at_most(int64_t n, int64_t cap) {
+  for (int64_t d = std::min(n, cap); d > 1; --d)
+    if (n % d == 0) return d;
+  return 1;
+}
+
+// The cuDNN calls one deterministic backward is cut into, so that each one's workspace fits the
+// limit. KV head h with its G = Hq/Hkv query heads is an independent problem (its dK/dV come from
+// those heads only; their dQ reads only K/V of head h), and so is every batch row. Every piece has
+// the same shape, so one plan serves them all: `rows` batch rows × `kv_heads` KV heads with all
+// their query heads — whole rows first, then ranges of KV heads within one row — or, where even
+// one KV group does not fit, one KV head with `sub_heads` of its query heads (sub_heads > 0), whose
+// dK/dV partials are summed afterwards. Packed documents (ragged) are split by heads only: the
+// sequences of the whole batch stay in every call, as their offsets and lengths describe them.
+struct Split {
+  int64_t rows = 0, kv_heads = 0, sub_heads = 0;
+};
+
+// False when not even one query head (of one row, or of the whole packed batch) fits.
+bool choose_split(const Layout& L, double limit, Split* sp) {
+  const int64_t G = L.Hq / L.Hkv;
+  const int64_t unit = L.ragged ? L.b : 1;  // the smallest number of rows a piece holds
+  auto bytes = [&](int64_t rows, int64_t hq) { return det_workspace_bytes(rows, hq, L.s); };
+  if (bytes(L.b, L.Hq) <= limit) {
+    *sp = {L.b, L.Hkv, 0};
+  } else if (!L.ragged && bytes(1, L.Hq) <= limit) {
+    *sp = {largest_divisor_at_most(L.b, static_cast<int64_t>(limit / bytes(1, L.Hq))), L.Hkv, 0};
+  } else if (bytes(unit, G) <= limit) {
+    *sp = {unit, largest_divisor_at_most(L.Hkv, static_cast<int64_t>(limit / bytes(unit, G))), 0};
+  } else {
+    int64_t g = G - 1;
+    while (g >= 1 && (G % g != 0 || bytes(unit, g) > limit)) --g;
+    if (g < 1) return false;
+    *sp = {unit, 1, g};
+  }
+  return true;
 }
 
 // ---- plans and execution -----------------------------------------------------------------------
@@ -734,36 +799,46 @@ bool backward(const AttentionParams& p, const Tensor& out, const Tensor& lse, co
     Tensor lens(full_lengths, DType::I32, Device::CUDA, {L.B});
     cuda::fill(lens, static_cast<double>(L.T));
   }
-  if (deterministic) {
-    // cuDNN's deterministic backward keeps dP for all (query, key) pairs in its workspace.
-    const double need = static_cast<double>(L.b) * static_cast<double>(L.Hq) *
-                        static_cast<double>((L.s + 63) / 64 * 64) *
-                        static_cast<double>((L.s + 127) / 128 * 128) * 2.0;
-    if (need > static_cast<double>(max_workspace)) {
-      *why = fmt::format("the deterministic cuDNN backward needs {:.1f} GiB of dP workspace (limit {:.1f} GiB)",
-                         need / 1073741824.0, static_cast<double>(max_workspace) / 1073741824.0);
-      return false;
-    }
+  // The deterministic backward runs as pieces whose dP workspace fits (choose_split); the one
+  // with dQ atomics needs no such workspace and runs whole.
+  const int64_t G = L.Hq / L.Hkv;
+  Split sp{L.b, L.Hkv, 0};
+  if (deterministic && !choose_split(L, static_cast<double>(max_workspace), &sp)) {
+    *why = fmt::format("the deterministic cuDNN backward needs {:.1f} GiB of dP workspace even for one "
+                       "query head (limit {:.1f} GiB)",
+                       det_workspace_bytes(L.ragged ? L.b : 1, 1, L.s) / 1073741824.0,
+                       static_cast<double>(max_workspace) / 1073741824.0);
+    return false;
   }
-  Graph* g = get_plan(PlanKey{deterministic ? 2 : 1, L}, why);
+  Layout P = L;  // one piece: sp.rows rows, sp.kv_heads KV heads, P.Hq query heads
+  P.b = sp.rows;
+  if (!L.ragged) P.B = sp.rows;
+  P.Hkv = sp.kv_heads;
+  P.Hq = sp.sub_heads > 0 ? sp.sub_heads : sp.kv_heads * G;
+  if (sp.sub_heads > 0) P.lddk = P.lddv = L.E;  // dK/dV partials: dense [tokens, E]
+  const bool whole = P.b == L.b && P.Hq == L.Hq;
+  Graph* g = get_plan(PlanKey{deterministic ? 2 : 1, P}, why);
   if (!g) return false;
   if (deterministic && g->workspace() > max_workspace + (size_t{64} << 20)) {
     *why = fmt::format("the deterministic cuDNN plan wants {:.1f} GiB of workspace",
                        static_cast<double>(g->workspace()) / 1073741824.0);
     return false;
   }
-  float scale = p.scale, neg_inf = c.neg_inf, one = 1.0f;
-  const int64_t stat_count = L.B * L.T * L.Hq;
-  float* stats = lse.ptr<float>();
-  if (L.ragged) {
-    stats = scratch_as<float>(Scratch::Attn0, static_cast<size_t>(stat_count));
-    lse_to_stats_kernel<<<grid_for(stat_count, 256), 256, 0, stream()>>>(lse.ptr<float>(), stats,
-                                                                          L.B * L.T, L.T, L.Hq);
-    HLM_CUDA_CHECK_LAUNCH();
-  }
+
+  // Per piece: stats of its heads (ragged: token-major [B·T, P.Hq]; dense rows: [P.b, P.Hq, T],
+  // gathered unless the piece is the whole problem) and its softmax sums, in scratch.
+  const int64_t tokens = L.ragged ? L.B * L.T : P.b * L.T;  // tokens one piece covers
+  const int64_t stat_count = tokens * P.Hq;
+  float* piece_stats = whole && !L.ragged ? lse.ptr<float>()
+                                          : scratch_as<float>(Scratch::Attn0, static_cast<size_t>(stat_count));
   float* softmax_sum = scratch_as<float>(Scratch::Attn1, static_cast<size_t>(stat_count));
+  const int64_t nparts = sp.sub_heads > 0 ? G / sp.sub_heads : 1;
+  __nv_bfloat16* partials = nullptr;  // [dK parts][dV parts], each [tokens, E]
+  if (sp.sub_heads > 0)
+    partials = scratch_as<__nv_bfloat16>(Scratch::Attn2, static_cast<size_t>(2 * nparts * tokens * L.E));
+  float scale = p.scale, neg_inf = c.neg_inf, one = 1.0f;
   std::vector<int64_t> uids = {kQ, kK, kV, kO, kDO, kStats, kDQ, kDK, kDV, kScale, kNegInf, kOne, kSoftmaxSum};
-  std::vector<void*> ptrs = {p.q.data, p.k.data, p.v.data, out.data, dout.data, stats, dq.data,
+  std::vector<void*> ptrs = {p.q.data, p.k.data, p.v.data, out.data, dout.data, piece_stats, dq.data,
                              dk.data, dv.data, &scale, &neg_inf, &one, softmax_sum};
   if (!deterministic) {
     const int64_t acc = L.ragged ? (L.B * L.T - 1) * L.lddq + L.Hq * L.E : L.B * L.Hq * L.T * L.E;
@@ -773,10 +848,11 @@ bool backward(const AttentionParams& p, const Tensor& out, const Tensor& lse, co
     ptrs.push_back(dq_accum);
   }
   if (L.ragged) {
-    RaggedArrays r = upload_ragged(c.sg, L,
-                                   {{kOffQ, L.ldq}, {kOffK, L.ldk}, {kOffV, L.ldv}, {kOffO, L.ldo},
-                                    {kOffStats, L.Hq}, {kOffDO, L.lddo}, {kOffDQ, L.lddq},
-                                    {kOffDK, L.lddk}, {kOffDV, L.lddv}});
+    // The same offsets serve every piece: a piece moves the base pointers by its first head.
+    RaggedArrays r = upload_ragged(c.sg, P,
+                                   {{kOffQ, P.ldq}, {kOffK, P.ldk}, {kOffV, P.ldv}, {kOffO, P.ldo},
+                                    {kOffStats, P.Hq}, {kOffDO, P.lddo}, {kOffDQ, P.lddq},
+                                    {kOffDK, P.lddk}, {kOffDV, P.lddv}});
     for (auto& [uid, ptr] : r.offsets) {
       uids.push_back(uid);
       ptrs.push_back(ptr);
@@ -791,7 +867,53 @@ bool backward(const AttentionParams& p, const Tensor& out, const Tensor& lse, co
     uids.push_back(kSeqKV);
     ptrs.push_back(full_lengths);
   }
-  execute(g, uids, ptrs);
+
+  // Element offsets into the bf16 row views.
+  auto at = [](const Tensor& t, int64_t elems) -> void* {
+    return static_cast<__nv_bfloat16*>(t.data) + elems;
+  };
+  const int64_t T = L.T, E = L.E, rows_per_piece = L.ragged ? L.B : P.b;
+  for (int64_t b0 = 0; b0 < L.B; b0 += rows_per_piece) {
+    for (int64_t k0 = 0; k0 < L.Hkv; k0 += P.Hkv) {
+      for (int64_t part = 0; part < nparts; ++part) {
+        const int64_t h0 = k0 * G + part * P.Hq;  // first query head of the piece
+        if (L.ragged) {
+          lse_to_stats_kernel<<<grid_for(stat_count, 256), 256, 0, stream()>>>(
+              lse.ptr<float>(), piece_stats, L.B * T, T, L.Hq, h0, P.Hq);
+          HLM_CUDA_CHECK_LAUNCH();
+        } else if (!whole) {
+          const size_t width = static_cast<size_t>(P.Hq * T) * sizeof(float);
+          HLM_CUDA_CHECK(cudaMemcpy2DAsync(piece_stats, width, lse.ptr<float>() + (b0 * L.Hq + h0) * T,
+                                           static_cast<size_t>(L.Hq * T) * sizeof(float), width,
+                                           static_cast<size_t>(P.b), cudaMemcpyDeviceToDevice, stream()));
+        }
+        ptrs[0] = at(p.q, b0 * T * L.ldq + h0 * E);
+        ptrs[1] = at(p.k, b0 * T * L.ldk + k0 * E);
+        ptrs[2] = at(p.v, b0 * T * L.ldv + k0 * E);
+        ptrs[3] = at(out, b0 * T * L.ldo + h0 * E);
+        ptrs[4] = at(dout, b0 * T * L.lddo + h0 * E);
+        ptrs[6] = at(dq, b0 * T * L.lddq + h0 * E);
+        if (sp.sub_heads > 0) {
+          ptrs[7] = partials + part * tokens * E;
+          ptrs[8] = partials + (nparts + part) * tokens * E;
+        } else {
+          ptrs[7] = at(dk, b0 * T * L.lddk + k0 * E);
+          ptrs[8] = at(dv, b0 * T * L.lddv + k0 * E);
+        }
+        execute(g, uids, ptrs);
+      }
+      if (sp.sub_heads > 0) {
+        const int64_t n = tokens * E;
+        sum_partials_kernel<<<grid_for(n, 256), 256, 0, stream()>>>(
+            partials, nparts, tokens, E, static_cast<__nv_bfloat16*>(at(dk, b0 * T * L.lddk + k0 * E)), L.lddk);
+        HLM_CUDA_CHECK_LAUNCH();
+        sum_partials_kernel<<<grid_for(n, 256), 256, 0, stream()>>>(
+            partials + nparts * n, nparts, tokens, E,
+            static_cast<__nv_bfloat16*>(at(dv, b0 * T * L.lddv + k0 * E)), L.lddv);
+        HLM_CUDA_CHECK_LAUNCH();
+      }
+    }
+  }
   return true;
 }
 
