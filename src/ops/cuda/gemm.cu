@@ -319,13 +319,12 @@ void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, f
     gemm_fallback(a, ta, b, tb, c, alpha, beta, bias, bias_dtype);
     return;
   }
-  // Decode-sized products (M ≤ 8 rows against a weight in [N,K] layout): our row-streaming GEMV
-  // (PDL-launched, see gemm_own.cu). The tensor-core GEMV (HLM_GEMV=mma) streamed large weights at
-  // only ~2.2 TB/s against cuBLASLt's 3.5–4.2 (bench/RESULTS.md), so it keeps the small ones only.
+  // Decode-sized products (M ≤ 8 rows against a weight in [N,K] layout). M = 1: our streaming
+  // GEMV (gemm_own.cu). M > 1: the tensor-core GEMV streams large weights at only ~2.2 TB/s
+  // against cuBLASLt's 3.5–4.2 (bench/RESULTS.md), so it keeps the small ones (k/v projections).
   constexpr int64_t kGemvMaxWeight = int64_t{8} << 20;
-  const char* gv = std::getenv("HLM_GEMV");
-  const bool mma_gemv = gv && std::strcmp(gv, "mma") == 0;
-  if ((mode == GemmMode::Gemv || (mode == GemmMode::Auto && (!mma_gemv || b.rows * b.cols <= kGemvMaxWeight))) &&
+  const bool stream_gemv = M == 1 && !gemv_mma_forced();
+  if ((mode == GemmMode::Gemv || (mode == GemmMode::Auto && (stream_gemv || b.rows * b.cols <= kGemvMaxWeight))) &&
       !ta && tb && gemv_applies(a, b, c)) {
     stage_c_in();
     gemv(a, b, c, alpha, beta, bias, bias_dtype, b_weight);

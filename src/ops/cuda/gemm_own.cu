@@ -71,7 +71,7 @@ struct GemvParams {
   int64_t steps_per_split, nsteps;
   float* partial;  // [tiles, splits, 128] when splits > 1
   int* counters;   // [tiles], zero between launches
-  bool prefetch_w;  // rows kernel: load the first W pieces before pdl_wait (w is a weight)
+  bool prefetch_w;  // stream kernel: request the first W chunks before pdl_wait (w is a weight)
 };
 
 // Partial sums written by other blocks of this launch: read past L1.
@@ -157,18 +157,24 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) 
   }
 }
 
-// ---- GEMV, row streaming: the default ---------------------------------------------------------
+// ---- GEMV at M = 1: W streamed through shared memory ---------------------------------------------
 //
-// A warp owns R consecutive W rows; lane l reads the 16-byte pieces j·32 + l of each row (k =
-// (j·32 + l)·8), U pieces per row per round, and issues the next round's W loads before it uses
-// the current one: each warp streams 512 contiguous bytes of a row per load instruction with
-// 2·R·U loads in flight per lane. x pieces at the same k come from L1 / L2 (x is small and read by
-// every warp). fp32 FMAs, then a butterfly sum over the lanes per (row, x row): a fixed order,
-// deterministic. Launched with PDL: when W is a weight (prefetch_w), the first round of W is loaded
-// before pdl_wait, so it overlaps the previous kernel's tail.
+// A block owns 4 W rows and walks K in chunks of 1024: every chunk (4 × 2 KB) goes to shared memory
+// by cp.async, 4 stages deep, so each block keeps 24 KB of W in flight and ~7 blocks fit on an
+// SM: enough bytes in flight to stream W at full bandwidth (registers alone, in a row-per-warp
+// design, held too few). Thread t owns row t / 64 and two 16-byte pieces of each chunk of it;
+// x pieces come from L1 / L2. fp32 FMAs, sums over a row's 64 threads in a fixed order:
+// deterministic. Launched with PDL: when W is a weight (prefetch_w), the first three chunks are
+// requested before pdl_wait, overlapping the previous kernel's tail.
 
-constexpr int kRowsWarps = 4;
-constexpr int kRowsThreads = 32 * kRowsWarps;
+constexpr int kStreamThreads = 256;
+constexpr int kStreamRows = 4;
+constexpr int kStreamChunk = 1024;                   // K elements per row and stage
+constexpr int kStreamStages = 4;
+constexpr int kStreamPieces = kStreamChunk / 8;      // 16-byte pieces per row and chunk: 128
+constexpr int kStreamRowThreads = kStreamThreads / kStreamRows;  // 64
+constexpr size_t kStreamSmem = sizeof(uint4) * kStreamStages * kStreamRows * kStreamPieces;  // 32 KB
+static_assert(kStreamRows * kStreamPieces == 2 * kStreamThreads && kStreamPieces == 2 * kStreamRowThreads);
 
 __device__ __forceinline__ void fma8(float& acc, const uint4& w, const uint4& x) {
   const uint32_t wu[4] = {w.x, w.y, w.z, w.w}, xu[4] = {x.x, x.y, x.z, x.w};
@@ -179,100 +185,64 @@ __device__ __forceinline__ void fma8(float& acc, const uint4& w, const uint4& x)
   }
 }
 
-template <typename TO, int R, int U, int MM>
-__global__ void __launch_bounds__(kRowsThreads) gemv_rows_kernel(const GemvParams p) {
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kRowsWarps + (threadIdx.x >> 5)) * R;
-  if (n0 >= p.N) {  // nothing to do, but the dependents may only start once every block is past
-    pdl_wait();     // its wait
-    pdl_trigger();
-    return;
-  }
-  const __nv_bfloat16* wr[R];
+template <typename TO>
+__global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvParams p) {
+  // Stages in dynamic shared memory: [kStreamStages][kStreamRows][kStreamPieces] 16-byte pieces.
+  auto ws = reinterpret_cast<uint4 (*)[kStreamRows][kStreamPieces]>(mma::dynamic_smem());
+  __shared__ float red[kStreamThreads / 32];
+  const int t = static_cast<int>(threadIdx.x);
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kStreamRows;
+  const int64_t chunks = (p.K + kStreamChunk - 1) / kStreamChunk;
+  // Requests chunk c into stage c % kStreamStages (one commit group per call, empty past the end).
+  auto issue = [&](int64_t c) {
+    if (c < chunks) {
 #pragma unroll
-  for (int r = 0; r < R; ++r) wr[r] = p.w + min(n0 + r, p.N - 1) * p.ldw;  // rows past N: row N-1, unused
-  const int64_t pieces = p.K / 8, rounds = (pieces + 32 * U - 1) / (32 * U);
-  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-  uint4 cur[R][U];
-  auto load_round = [&](int64_t round, uint4 (&dst)[R][U]) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t j = (round * U + u) * 32 + lane;
-#pragma unroll
-      for (int r = 0; r < R; ++r) dst[r][u] = j < pieces ? load_stream16(wr[r] + j * 8) : zero;
+      for (int i = 0; i < 2; ++i) {
+        const int piece = t + i * kStreamThreads, r = piece / kStreamPieces, kp = piece % kStreamPieces;
+        const int64_t n = n0 + r, k = c * kStreamChunk + kp * 8;
+        const bool valid = n < p.N && k < p.K;  // K % 8 == 0: a piece is all in or all out
+        mma::cp_async16(&ws[c % kStreamStages][r][kp], p.w + (valid ? n * p.ldw + k : 0), valid);
+      }
     }
+    mma::cp_async_commit();
   };
   if (!p.prefetch_w) pdl_wait();  // W may come from the previous kernel
-  load_round(0, cur);
+  for (int c = 0; c < kStreamStages - 1; ++c) issue(c);
   pdl_wait();
   pdl_trigger();
-  float acc[R][MM];
+  const int r = t / kStreamRowThreads, q = t % kStreamRowThreads;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  float acc = 0.0f;
+  for (int64_t c = 0; c < chunks; ++c) {
+    uint4 xv[2];
 #pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int m = 0; m < MM; ++m) acc[r][m] = 0.0f;
-  for (int64_t round = 0; round < rounds; ++round) {
-    uint4 next[R][U];
-    if (round + 1 < rounds) load_round(round + 1, next);
-#pragma unroll
-    for (int m = 0; m < MM; ++m) {
-      if (m >= p.M) break;
-      uint4 xv[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t j = (round * U + u) * 32 + lane;
-        xv[u] = j < pieces ? __ldg(reinterpret_cast<const uint4*>(p.x + m * p.ldx + j * 8)) : zero;
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int r = 0; r < R; ++r) fma8(acc[r][m], cur[r][u], xv[u]);
+    for (int i = 0; i < 2; ++i) {
+      const int64_t k = c * kStreamChunk + (q + i * kStreamRowThreads) * 8;
+      xv[i] = k < p.K ? __ldg(reinterpret_cast<const uint4*>(p.x + k)) : zero;
     }
-    if (round + 1 < rounds) {
+    mma::cp_async_wait<kStreamStages - 2>();  // chunk c has landed (this thread's pieces)
+    __syncthreads();                          // ... and everyone's; all are done with chunk c - 1
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int r = 0; r < R; ++r) cur[r][u] = next[r][u];
+    for (int i = 0; i < 2; ++i) {
+      fma8(acc, ws[c % kStreamStages][r][q + i * kStreamRowThreads], xv[i]);  // zero-filled past K and N
     }
+    issue(c + kStreamStages - 1);  // into the stage chunk c - 1 used
   }
+  const float v = warp_sum(acc);
+  if ((t & 31) == 0) red[t >> 5] = v;
+  __syncthreads();
+  if (t < kStreamRows && n0 + t < p.N) {
+    constexpr int kWarpsPerRow = kStreamRowThreads / 32;
+    float sum = 0.0f;
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-#pragma unroll
-    for (int m = 0; m < MM; ++m) {
-      const float v = warp_sum(acc[r][m]);
-      const int64_t n = n0 + r;
-      if (lane == (r * MM + m) % 32 && m < p.M && n < p.N) {
-        TO* out = static_cast<TO*>(p.y) + m * p.ldy + n;
-        float o = p.alpha * v;
-        if (p.beta != 0.0f) o += p.beta * to_f32(*out);
-        o += bias_at(p.bias, p.bias_kind, n);
-        *out = from_f32<TO>(o);
-      }
-    }
+    for (int w = 0; w < kWarpsPerRow; ++w) sum += red[t * kWarpsPerRow + w];
+    const int64_t n = n0 + t;
+    TO* out = static_cast<TO*>(p.y) + n;
+    float o = p.alpha * sum;
+    if (p.beta != 0.0f) o += p.beta * to_f32(*out);
+    o += bias_at(p.bias, p.bias_kind, n);
+    *out = from_f32<TO>(o);
   }
-}
-
-template <typename TO>
-void launch_gemv_rows(const GemvParams& p) {
-  // Two rows per warp where that still gives ≥ 4 warps per SM slot; else one (k/v projections).
-  const bool two = p.N >= 16 * kRowsWarps * static_cast<int64_t>(num_sms()) * 2;
-  const int64_t warps = two ? (p.N + 1) / 2 : p.N;
-  const auto grid = static_cast<unsigned>((warps + kRowsWarps - 1) / kRowsWarps);
-  auto go = [&]<int R, int U>() {
-    if (p.M == 1) HLM_LAUNCH_PDL((gemv_rows_kernel<TO, R, U, 1>), grid, kRowsThreads, 0, p);
-    else if (p.M == 2) HLM_LAUNCH_PDL((gemv_rows_kernel<TO, R, U, 2>), grid, kRowsThreads, 0, p);
-    else if (p.M <= 4) HLM_LAUNCH_PDL((gemv_rows_kernel<TO, R, U, 4>), grid, kRowsThreads, 0, p);
-    else HLM_LAUNCH_PDL((gemv_rows_kernel<TO, R, U, 8>), grid, kRowsThreads, 0, p);
-  };
-  if (two) go.template operator()<2, 4>();
-  else go.template operator()<1, 8>();
-  HLM_CUDA_CHECK_LAUNCH();
-}
-
-// HLM_GEMV=mma selects the tensor-core GEMV above (kept for comparison in bench_ops_cuda).
-bool gemv_rows_mode() {
-  const char* v = std::getenv("HLM_GEMV");
-  return !(v && std::strcmp(v, "mma") == 0);
 }
 
 // Split-K workspace: partial sums, and per-tile counters that the kernel leaves zero.
@@ -322,6 +292,11 @@ __global__ void __launch_bounds__(kTile* kTile)
 
 }  // namespace
 
+bool gemv_mma_forced() {
+  const char* v = std::getenv("HLM_GEMV");
+  return v && std::strcmp(v, "mma") == 0;
+}
+
 bool gemv_applies(const GemmMat& x, const GemmMat& w, const GemmMat& y) {
   const int64_t M = x.rows, K = x.cols;
   if (M < 1 || M > kGemvMaxRows || K < 8 || K % 8 != 0) return false;
@@ -354,8 +329,12 @@ void gemv(const GemmMat& x, const GemmMat& w, const GemmMat& y, float alpha, flo
   p.bias = bias;
   p.bias_kind = bias_kind(bias, bias_dtype);
   p.prefetch_w = w_is_weight;
-  if (gemv_rows_mode()) {
-    dispatch_float(y.dtype, "gemv", [&]<typename TO>() { launch_gemv_rows<TO>(p); });
+  if (M == 1 && !gemv_mma_forced()) {
+    const auto grid = static_cast<unsigned>((N + kStreamRows - 1) / kStreamRows);
+    dispatch_float(y.dtype, "gemv", [&]<typename TO>() {
+      HLM_LAUNCH_PDL(gemv_stream_kernel<TO>, grid, kStreamThreads, kStreamSmem, p);
+      HLM_CUDA_CHECK_LAUNCH();
+    });
     return;
   }
   // Split K until there are ~4 blocks per SM (small N), keeping at least one step per warp.

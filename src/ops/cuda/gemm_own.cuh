@@ -25,14 +25,18 @@ constexpr int64_t kGemvMaxRows = 8;
 // y F32 / BF16 / F16 of any layout.
 bool gemv_applies(const GemmMat& x, const GemmMat& w, const GemmMat& y);
 
-// y[M,N] = alpha · x[M,K] · w[N,K]ᵀ + beta · y (+ bias[N]): each W element is read once, with
-// 16-byte loads, and used for all M rows by a tensor-core m16n8k16 product (W rows as the 16,
-// x rows as the 8); fp32 accumulation in a fixed order (split-K partials summed in split order
-// by the last block of each tile): deterministic. Requires gemv_applies. w_is_weight: w is a
+// y[M,N] = alpha · x[M,K] · w[N,K]ᵀ + beta · y (+ bias[N]), each W element read once. M = 1: W
+// streamed through shared memory by cp.async (PDL-launched); M > 1 (or HLM_GEMV=mma): 16-byte
+// loads straight into the fragments of a tensor-core m16n8k16 product (W rows as the 16, x rows as
+// the 8). fp32 accumulation in a fixed order (split-K partials summed in split order by the last
+// block of each tile): deterministic. Requires gemv_applies. w_is_weight: w is a
 // parameter no kernel of the stream writes while this runs (a projection's weight), so the kernel
 // may start reading it before the previous kernel finishes (PDL, see common.cuh).
 void gemv(const GemmMat& x, const GemmMat& w, const GemmMat& y, float alpha, float beta,
           const void* bias, DType bias_dtype, bool w_is_weight = false);
+
+// HLM_GEMV=mma in the environment: the tensor-core kernel at M = 1 too (benchmark comparison).
+bool gemv_mma_forced();
 
 // c = alpha · op(a) · op(b) + beta · c (+ bias[N] per column), any dtypes of F32 / BF16 / F16,
 // fp32 accumulation in a fixed order. Slow (no tensor cores): the last resort.
