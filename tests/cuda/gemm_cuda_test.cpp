@@ -182,7 +182,8 @@ TEST(LinearCuda, DecodeGemvMatchesCpu) {
   };
   for (Case c : {Case{1, 75, 96, 96, 75}, Case{3, 1033, 1000, 1008, 1040}, Case{5, 40, 4096, 4104, 45},
                  Case{8, 300, 2048, 2048, 300}, Case{7, 129, 136, 139, 129}, Case{2, 33, 100, 100, 33},
-                 Case{1, 4097, 512, 512, 4097}}) {
+                 Case{1, 4097, 512, 512, 4097}, Case{1, 3001, 2056, 2064, 3001},
+                 Case{1, 37, 16392, 16400, 37}}) {  // M = 1 streaming: ragged chunk; one row per block (K ≥ 16384)
     HostTensor x = bf16_values({c.M, c.K}, 51), w = bf16_values({c.N, c.K}, 52, 0.05);
     HostTensor bias = bf16_values({c.N}, 53);
     DeviceTensor dx = make_row_view(DType::BF16, c.M, c.K, c.ldx);

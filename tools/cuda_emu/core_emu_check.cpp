@@ -172,7 +172,8 @@ void check_gemm() {
   check_gemv(2, 40, 2048, 2048, 40, DType::BF16, 1, 1.0f, 0.0f, false);  // split-K over 4 tiles... many splits
   check_gemv(1, 17, 4096, 4096, 17, DType::F32, 0, 1.0f, 0.0f, false);   // max splits
   check_gemv(1, 300, 64, 64, 300, DType::F32, 1, 1.0f, 0.0f, false);     // K < one step
-  check_gemv(1, 1001, 2056, 2064, 1001, DType::BF16, 2, 1.0f, 0.5f, false);  // M = 1 stream: 3 chunks, last partial
+  check_gemv(1, 1001, 2056, 2064, 1001, DType::BF16, 2, 1.0f, 0.5f, false);  // M = 1 stream: ragged last chunk
+  check_gemv(1, 37, 16392, 16400, 37, DType::F32, 1, 1.0f, 0.0f, false);    // M = 1 stream, one row per block
   check_gemv(6, 75, 96, 96, 75, DType::F32, 1, 1.0f, 0.0f, true);
   check_gemv(3, 33, 37, 41, 35, DType::BF16, 2, 1.0f, 0.5f, true);       // K not a multiple of 8
   check_gemm_fallback_layouts();

@@ -159,22 +159,15 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) 
 
 // ---- GEMV at M = 1: W streamed through shared memory ---------------------------------------------
 //
-// A block owns 4 W rows and walks K in chunks of 1024: every chunk (4 × 2 KB) goes to shared memory
-// by cp.async, 4 stages deep, so each block keeps 24 KB of W in flight and ~7 blocks fit on an
-// SM: enough bytes in flight to stream W at full bandwidth (registers alone, in a row-per-warp
-// design, held too few). Thread t owns row t / 64 and two 16-byte pieces of each chunk of it;
-// x pieces come from L1 / L2. fp32 FMAs, sums over a row's 64 threads in a fixed order:
-// deterministic. Launched with PDL: when W is a weight (prefetch_w), the first three chunks are
-// requested before pdl_wait, overlapping the previous kernel's tail.
+// A block owns a few W rows (kRows: 2, or 1 for long rows) and walks K in chunks of 2048: every
+// chunk goes to shared memory by cp.async, 4 stages deep (32 KB), so a block keeps 24 KB of W in
+// flight — enough bytes in flight to stream W at the bandwidth (registers alone, in a row-per-warp
+// design, held too few: 2.2–3.5 TB/s). The kRowThreads threads of a row each own kPerThread
+// 16-byte pieces of every chunk of it; x pieces come from L1 / L2. fp32 FMAs, sums over a row's
+// threads in a fixed order: deterministic. Launched with PDL: when W is a weight (prefetch_w),
+// the first chunks are requested before pdl_wait, overlapping the previous kernel's tail.
 
 constexpr int kStreamThreads = 256;
-constexpr int kStreamRows = 4;
-constexpr int kStreamChunk = 1024;                   // K elements per row and stage
-constexpr int kStreamStages = 4;
-constexpr int kStreamPieces = kStreamChunk / 8;      // 16-byte pieces per row and chunk: 128
-constexpr int kStreamRowThreads = kStreamThreads / kStreamRows;  // 64
-constexpr size_t kStreamSmem = sizeof(uint4) * kStreamStages * kStreamRows * kStreamPieces;  // 32 KB
-static_assert(kStreamRows * kStreamPieces == 2 * kStreamThreads && kStreamPieces == 2 * kStreamRowThreads);
 
 __device__ __forceinline__ void fma8(float& acc, const uint4& w, const uint4& x) {
   const uint32_t wu[4] = {w.x, w.y, w.z, w.w}, xu[4] = {x.x, x.y, x.z, x.w};
@@ -185,54 +178,64 @@ __device__ __forceinline__ void fma8(float& acc, const uint4& w, const uint4& x)
   }
 }
 
-template <typename TO>
+// kRows W rows per block, kChunk K elements per row and stage, kStages stages.
+template <int kRows, int kChunk, int kStages>
+struct StreamCfg {
+  static constexpr int kPieces = kChunk / 8;                        // 16-byte pieces per row and chunk
+  static constexpr int kRowThreads = kStreamThreads / kRows;        // threads per row (whole warps)
+  static constexpr int kPerThread = kPieces / kRowThreads;          // pieces per thread and chunk
+  static constexpr size_t kSmem = sizeof(uint4) * kStages * kRows * kPieces;
+  static_assert(kRowThreads % 32 == 0 && kPerThread >= 1 && kPieces % kRowThreads == 0 && kStages >= 2);
+};
+
+template <typename TO, int kRows, int kChunk, int kStages>
 __global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvParams p) {
-  // Stages in dynamic shared memory: [kStreamStages][kStreamRows][kStreamPieces] 16-byte pieces.
-  auto ws = reinterpret_cast<uint4 (*)[kStreamRows][kStreamPieces]>(mma::dynamic_smem());
+  using Cfg = StreamCfg<kRows, kChunk, kStages>;
+  constexpr int kPieces = Cfg::kPieces, kRowThreads = Cfg::kRowThreads, kPer = Cfg::kPerThread;
+  // Stages in dynamic shared memory: [kStages][kRows][kPieces] 16-byte pieces.
+  auto ws = reinterpret_cast<uint4 (*)[kRows][kPieces]>(mma::dynamic_smem());
   __shared__ float red[kStreamThreads / 32];
   const int t = static_cast<int>(threadIdx.x);
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kStreamRows;
-  const int64_t chunks = (p.K + kStreamChunk - 1) / kStreamChunk;
-  // Requests chunk c into stage c % kStreamStages (one commit group per call, empty past the end).
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  const int64_t chunks = (p.K + kChunk - 1) / kChunk;
+  // Requests chunk c into stage c % kStages (one commit group per call, empty past the end).
   auto issue = [&](int64_t c) {
     if (c < chunks) {
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int piece = t + i * kStreamThreads, r = piece / kStreamPieces, kp = piece % kStreamPieces;
-        const int64_t n = n0 + r, k = c * kStreamChunk + kp * 8;
+      for (int i = 0; i < kPer * kRows * kRowThreads / kStreamThreads; ++i) {
+        const int piece = t + i * kStreamThreads, r = piece / kPieces, kp = piece % kPieces;
+        const int64_t n = n0 + r, k = c * kChunk + kp * 8;
         const bool valid = n < p.N && k < p.K;  // K % 8 == 0: a piece is all in or all out
-        mma::cp_async16(&ws[c % kStreamStages][r][kp], p.w + (valid ? n * p.ldw + k : 0), valid);
+        mma::cp_async16(&ws[c % kStages][r][kp], p.w + (valid ? n * p.ldw + k : 0), valid);
       }
     }
     mma::cp_async_commit();
   };
   if (!p.prefetch_w) pdl_wait();  // W may come from the previous kernel
-  for (int c = 0; c < kStreamStages - 1; ++c) issue(c);
+  for (int c = 0; c < kStages - 1; ++c) issue(c);
   pdl_wait();
   pdl_trigger();
-  const int r = t / kStreamRowThreads, q = t % kStreamRowThreads;
+  const int r = t / kRowThreads, q = t % kRowThreads;
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
   float acc = 0.0f;
   for (int64_t c = 0; c < chunks; ++c) {
-    uint4 xv[2];
+    uint4 xv[kPer];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int64_t k = c * kStreamChunk + (q + i * kStreamRowThreads) * 8;
+    for (int i = 0; i < kPer; ++i) {
+      const int64_t k = c * kChunk + (q + i * kRowThreads) * 8;
       xv[i] = k < p.K ? __ldg(reinterpret_cast<const uint4*>(p.x + k)) : zero;
     }
-    mma::cp_async_wait<kStreamStages - 2>();  // chunk c has landed (this thread's pieces)
-    __syncthreads();                          // ... and everyone's; all are done with chunk c - 1
+    mma::cp_async_wait<kStages - 2>();  // chunk c has landed (this thread's pieces)
+    __syncthreads();                    // ... and everyone's; all are done with chunk c - 1
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      fma8(acc, ws[c % kStreamStages][r][q + i * kStreamRowThreads], xv[i]);  // zero-filled past K and N
-    }
-    issue(c + kStreamStages - 1);  // into the stage chunk c - 1 used
+    for (int i = 0; i < kPer; ++i) fma8(acc, ws[c % kStages][r][q + i * kRowThreads], xv[i]);  // zero past K, N
+    issue(c + kStages - 1);  // into the stage chunk c - 1 used
   }
   const float v = warp_sum(acc);
   if ((t & 31) == 0) red[t >> 5] = v;
   __syncthreads();
-  if (t < kStreamRows && n0 + t < p.N) {
-    constexpr int kWarpsPerRow = kStreamRowThreads / 32;
+  if (t < kRows && n0 + t < p.N) {
+    constexpr int kWarpsPerRow = kRowThreads / 32;
     float sum = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarpsPerRow; ++w) sum += red[t * kWarpsPerRow + w];
@@ -242,6 +245,31 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvP
     if (p.beta != 0.0f) o += p.beta * to_f32(*out);
     o += bias_at(p.bias, p.bias_kind, n);
     *out = from_f32<TO>(o);
+  }
+}
+
+template <typename TO, int kRows, int kChunk, int kStages>
+void launch_stream(const GemvParams& p) {
+  using Cfg = StreamCfg<kRows, kChunk, kStages>;
+  const auto grid = static_cast<unsigned>((p.N + kRows - 1) / kRows);
+  HLM_LAUNCH_PDL((gemv_stream_kernel<TO, kRows, kChunk, kStages>), grid, kStreamThreads, Cfg::kSmem, p);
+  HLM_CUDA_CHECK_LAUNCH();
+}
+
+// Rows / chunk / stages by shape, from a sweep on the H200 (bench/RESULTS.md, round 5; µs at the
+// 8B shapes, cuBLASLt in brackets): 2 rows × 2048 × 4 stages — in_proj 40.7 (41.8), out_proj 22.7
+// (23.2), mlp_up 36.7 (36.7), k/v 7.2 (13.7), LM head 99.1 (99.1); for K ≥ 16384 one row ×
+// 2048 × 4 stages — mlp_down 36.7 (38.0; 39.1 with two rows). HLM_GEMV_CFG=0|2|5|7 (read per
+// call) forces a variant of that sweep: 0 = 4 rows × 1024 × 4, 5 = 2 rows × 1024 × 6.
+template <typename TO>
+void launch_stream_cfg(const GemvParams& p) {
+  const char* v = std::getenv("HLM_GEMV_CFG");
+  const int cfg = v && *v ? std::atoi(v) : (p.K >= 16384 ? 7 : 2);
+  switch (cfg) {
+    case 0: launch_stream<TO, 4, 1024, 4>(p); break;
+    case 5: launch_stream<TO, 2, 1024, 6>(p); break;
+    case 7: launch_stream<TO, 1, 2048, 4>(p); break;
+    default: launch_stream<TO, 2, 2048, 4>(p); break;
   }
 }
 
@@ -330,11 +358,7 @@ void gemv(const GemmMat& x, const GemmMat& w, const GemmMat& y, float alpha, flo
   p.bias_kind = bias_kind(bias, bias_dtype);
   p.prefetch_w = w_is_weight;
   if (M == 1 && !gemv_mma_forced()) {
-    const auto grid = static_cast<unsigned>((N + kStreamRows - 1) / kStreamRows);
-    dispatch_float(y.dtype, "gemv", [&]<typename TO>() {
-      HLM_LAUNCH_PDL(gemv_stream_kernel<TO>, grid, kStreamThreads, kStreamSmem, p);
-      HLM_CUDA_CHECK_LAUNCH();
-    });
+    dispatch_float(y.dtype, "gemv", [&]<typename TO>() { launch_stream_cfg<TO>(p); });
     return;
   }
   // Split K until there are ~4 blocks per SM (small N), keeping at least one step per warp.
