@@ -240,8 +240,9 @@ void bench_gemms(const RandomSource& rnd) {
 
 // Decode GEMV: y[M,N] = x[M,K] · Wᵀ at M = 1 and 8, the 8B model's projections; GB/s counts the
 // weight bytes (the floor: W / 4.2 TB/s). Weights rotate over copies totalling ≥ 256 MB so no
-// run finds W in L2. `_cublaslt` rows: the same call with our GEMV off; `_mma` rows: the
-// tensor-core GEMV (HLM_GEMV=mma) instead of the row-streaming one.
+// run finds W in L2. Plain rows: what linear_forward picks (M = 1: our streaming GEMV; M = 8:
+// cuBLASLt for weights above 8M elements); `_cublaslt`: cuBLASLt always; `_mma`: our
+// tensor-core GEMV (HLM_GEMM=gemv HLM_GEMV=mma).
 void bench_gemv(const RandomSource& rnd) {
   const std::vector<Proj> projs = {
       {"8b", "in_proj", 4096, 18560}, {"8b", "out_proj", 8192, 4096}, {"8b", "q_proj", 4096, 4096},
@@ -261,8 +262,8 @@ void bench_gemv(const RandomSource& rnd) {
       Tensor x = rnd.make(keep, DType::BF16, {M, K});
       Tensor y = rnd.make(keep, DType::BF16, {M, N});
       const std::string shape = fmt::format("M={} N={} K={} floor {:.1f} us", M, N, K, wbytes / 4.2e6);
-      for (const char* mode : {"gemv", "cublaslt", "mma"}) {
-        const std::string name = base + (std::strcmp(mode, "gemv") == 0 ? "" : std::string("_") + mode);
+      for (const char* mode : {"auto", "cublaslt", "mma"}) {
+        const std::string name = base + (std::strcmp(mode, "auto") == 0 ? "" : std::string("_") + mode);
         if (!selected(name)) continue;
         setenv("HLM_GEMM", std::strcmp(mode, "mma") == 0 ? "gemv" : mode, 1);
         if (std::strcmp(mode, "mma") == 0) setenv("HLM_GEMV", "mma", 1);

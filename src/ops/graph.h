@@ -48,6 +48,9 @@ void graph_destroy(void* exec) noexcept;
 void upload_async(void* dst, const void* src, size_t bytes);
 // See ops/cuda/common.cuh: bumps whenever memory a recording may point into was reallocated.
 uint64_t memory_generation();
+// Frees the memory ops keep between calls (grow-only scratch and workspaces such as cuDNN's
+// deterministic attention backward's), waiting for the device first; later calls reallocate.
+void release_scratch();
 }  // namespace cuda
 
 }  // namespace hlm

@@ -106,6 +106,16 @@ void* scratch(Scratch slot, size_t bytes) {
   return b.p;
 }
 
+void release_scratch() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  HLM_CUDA_CHECK(cudaDeviceSynchronize());
+  for (ScratchBuf& b : g_scratch) {
+    if (b.p) HLM_CUDA_CHECK(cudaFree(b.p));
+    b = ScratchBuf{};
+  }
+  note_reallocation();
+}
+
 void* pinned_host(int slot, size_t bytes) {
   std::lock_guard<std::mutex> lock(g_mutex);
   ScratchBuf& b = g_pinned.at(static_cast<size_t>(slot));

@@ -115,6 +115,9 @@ enum class Scratch : int {
   Count
 };
 void* scratch(Scratch slot, size_t bytes);
+// Frees every scratch slot (after waiting for the device): between jobs of different sizes, so a
+// large workspace one needed does not stay allocated for the next (ops/graph.h exports it).
+void release_scratch();
 // Counts reallocations of memory that ops keep between calls (scratch slots, op-local workspaces).
 // A recorded CUDA graph holds the old addresses: OpGraph re-records when this count moved.
 uint64_t memory_generation();
