@@ -775,10 +775,14 @@ void Model::decode_body(InferenceState& st) {
         break;
       }
       case LayerKind::Mlp: {
-        Tensor up = scratch.alloc(a, {B, activation_input_width(c.mlp_activation, c.mlp_hidden)});
         Tensor act = scratch.alloc(a, {B, c.mlp_hidden});
-        linear_forward(xn, W(l, "mixer.up_proj.weight"), W(l, "mixer.up_proj.bias"), up);
-        activation_forward(c.mlp_activation, up, act);
+        if (c.mlp_activation == Activation::SwiGlu) {
+          Tensor up = scratch.alloc(a, {B, activation_input_width(c.mlp_activation, c.mlp_hidden)});
+          linear_forward(xn, W(l, "mixer.up_proj.weight"), W(l, "mixer.up_proj.bias"), up);
+          activation_forward(c.mlp_activation, up, act);
+        } else {  // elementwise: in the up projection's epilogue where the backend can
+          linear_act_forward(xn, W(l, "mixer.up_proj.weight"), W(l, "mixer.up_proj.bias"), c.mlp_activation, act);
+        }
         linear_forward(act, W(l, "mixer.down_proj.weight"), W(l, "mixer.down_proj.bias"), out);
         break;
       }

@@ -25,6 +25,9 @@ void matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
   HLM_DISPATCH(y.device, linear_forward, x, w, bias, y);
 }
+void linear_act_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& y) {
+  HLM_DISPATCH(y.device, linear_act_forward, x, w, bias, act, y);
+}
 void linear_residual_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual,
                              const Tensor& y) {
   HLM_DISPATCH(x.device, linear_residual_forward, x, w, bias, residual, y);

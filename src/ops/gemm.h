@@ -2,6 +2,7 @@
 // (BF16 operands, F32 accumulation, BF16 or F32 output).
 #pragma once
 
+#include "ops/activation.h"
 #include "ops/dispatch.h"
 
 namespace hlm {
@@ -16,6 +17,12 @@ HLM_DECLARE_OP(void, matmul,
 // shape ([B,T,K] → M = B·T rows). bias may be undefined.
 HLM_DECLARE_OP(void, linear_forward,
                (const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y))
+
+// y = act(x · wᵀ (+ bias)) for an elementwise activation (not SwiGlu): the MLP's up projection in
+// decode. Defined as linear_forward into y, then activation_forward in place — the product is
+// rounded to y's dtype before the activation; on CUDA the one-row GEMV applies it in its epilogue.
+HLM_DECLARE_OP(void, linear_act_forward,
+               (const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& y))
 
 // y = residual + x · wᵀ (+ bias): the pre-norm block's output projection with its residual add
 // (on CUDA in the GEMM's epilogue, residual read as C). residual has y's shape; it may be y itself.

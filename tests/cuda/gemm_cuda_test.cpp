@@ -1,10 +1,12 @@
 // CUDA GEMMs (cuBLASLt, our decode GEMV and fallback kernel) match the CPU BLAS GEMMs on random
 // inputs: odd shapes, transposes, row views, BF16 / F32 outputs, accumulation, bias, the backward.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 
 #include "cuda/cuda_test_util.h"
+#include "ops/activation.h"
 #include "ops/gemm.h"
 
 namespace hlm::test {
@@ -211,6 +213,42 @@ TEST(LinearCuda, DecodeGemvMatchesCpu) {
       }
     }
     unsetenv("HLM_GEMM");
+  }
+}
+
+// linear_act_forward: the activation in the one-row GEMV's epilogue (M = 1) or after the product
+// (M > 1) — against the CPU definition and against the two-op path on the GPU.
+TEST(LinearCuda, ActivationEpilogueMatchesCpuAndTwoOps) {
+  HLM_REQUIRE_GPU();
+  struct Case {
+    int64_t M, N, K, ldx, ldy;
+  };
+  for (Case c : {Case{1, 1001, 2056, 2064, 1001}, Case{1, 37, 16392, 16392, 40}, Case{3, 129, 520, 528, 131}}) {
+    HostTensor x = bf16_values({c.M, c.K}, 61), w = bf16_values({c.N, c.K}, 62, 0.05);
+    HostTensor bias = bf16_values({c.N}, 63);
+    DeviceTensor dx = make_row_view(DType::BF16, c.M, c.K, c.ldx);
+    upload_into(dx.t, x);
+    DeviceTensor dw = upload(w, DType::BF16), db = upload(bias, DType::BF16);
+    for (Activation act : {Activation::ReluSquared, Activation::Gelu, Activation::GeluTanh, Activation::Silu}) {
+      for (DType out : {DType::BF16, DType::F32}) {
+        // The CPU definition on the values the device holds (F32 throughout: the GPU's bf16 output
+        // rounds once before and once after the activation, hence the looser bound there).
+        HostTensor ref(DType::F32, {c.M, c.N});
+        linear_act_forward(x.t, w.t, bias.t, act, ref.t);
+        DeviceTensor dy = make_row_view(out, c.M, c.N, c.ldy), two = make_row_view(out, c.M, c.N, c.ldy);
+        poison(dy.t);
+        linear_act_forward(dx.t, dw.t, db.t, act, dy.t);
+        const std::string what = fmt::format("act {} M={} N={} K={} out={}", static_cast<int>(act), c.M, c.N,
+                                             c.K, dtype_name(out));
+        EXPECT_LT(rel_error(download(dy.t), ref), out == DType::F32 ? 1e-5 : 2e-2) << what;
+        poison(two.t);
+        linear_forward(dx.t, dw.t, db.t, two.t);
+        activation_forward(act, two.t, two.t);
+        // Same sums, same rounding, same activation expression: expected bitwise equal; allow one
+        // output ulp should the compiler contract the activation differently in the two kernels.
+        EXPECT_LT(rel_error(download(dy.t), download(two.t)), out == DType::F32 ? 1e-6 : 8e-3) << what;
+      }
+    }
   }
 }
 

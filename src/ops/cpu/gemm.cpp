@@ -71,6 +71,13 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
   });
 }
 
+// The definition: the projection into y, then the activation in place.
+void linear_act_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& y) {
+  HLM_REQUIRE(act != Activation::SwiGlu, ErrorKind::Internal, "linear_act_forward: SwiGlu is not elementwise");
+  cpu::linear_forward(x, w, bias, y);
+  cpu::activation_forward(act, y, y);
+}
+
 // The definition: the projection, then the residual added (y may be the residual itself).
 void linear_residual_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual,
                              const Tensor& y) {

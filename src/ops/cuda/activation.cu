@@ -4,33 +4,12 @@
 
 #include <algorithm>
 
+#include "ops/cuda/activation.cuh"
 #include "ops/cuda/common.cuh"
 
 namespace hlm::cuda {
 
 namespace {
-
-constexpr float kSqrt2OverPi = 0.79788456080286535588f;
-constexpr float kInvSqrt2 = 0.70710678118654752440f;
-constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
-constexpr float kGeluCoeff = 0.044715f;
-
-__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-template <Activation A>
-__device__ __forceinline__ float act_value(float x) {
-  if constexpr (A == Activation::ReluSquared) {
-    const float r = x > 0.0f ? x : 0.0f;
-    return r * r;
-  } else if constexpr (A == Activation::Gelu) {
-    return 0.5f * x * (1.0f + erff(x * kInvSqrt2));
-  } else if constexpr (A == Activation::GeluTanh) {
-    const float u = kSqrt2OverPi * (x + kGeluCoeff * x * x * x);
-    return 0.5f * x * (1.0f + tanhf(u));
-  } else {
-    return x * sigmoidf(x);
-  }
-}
 
 template <Activation A>
 __device__ __forceinline__ float act_derivative(float x) {

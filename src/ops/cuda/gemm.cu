@@ -477,6 +477,23 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
                 nullptr, /*b_weight=*/true);
 }
 
+void linear_act_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& y) {
+  const char* op = "linear_act_forward";
+  HLM_REQUIRE(act != Activation::SwiGlu, ErrorKind::Internal, "{}: SwiGlu is not elementwise", op);
+  Mat X = mat_of(x, op, "x"), W = mat_of(w, op, "w"), Y = mat_of(y, op, "y");
+  HLM_REQUIRE(w.ndim == 2 && X.cols == W.cols && Y.rows == X.rows && Y.cols == W.rows, ErrorKind::Internal,
+              "{}: x {} w {} y {} do not fit", op, x.describe(), w.describe(), y.describe());
+  const GemmMode mode = gemm_mode();
+  if ((mode == GemmMode::Auto || mode == GemmMode::Gemv) && gemv_epilogue_act_applies(X, W, Y)) {
+    // One row (decode): the activation in the streaming GEMV's epilogue, one launch fewer.
+    gemv(X, W, Y, 1.0f, 0.0f, bias_data(bias, W.rows, op), bias.defined() ? bias.dtype : DType::F32,
+         /*w_is_weight=*/true, static_cast<int>(act));
+    return;
+  }
+  cuda::linear_forward(x, w, bias, y);
+  cuda::activation_forward(act, y, y);
+}
+
 void linear_residual_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual,
                              const Tensor& y) {
   const char* op = "linear_residual_forward";

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "ops/cuda/activation.cuh"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/warp_mma.cuh"
 
@@ -72,6 +73,7 @@ struct GemvParams {
   float* partial;  // [tiles, splits, 128] when splits > 1
   int* counters;   // [tiles], zero between launches
   bool prefetch_w;  // stream kernel: request the first W chunks before pdl_wait (w is a weight)
+  int act;          // stream kernel: -1, or the Activation applied to the rounded output
 };
 
 // Partial sums written by other blocks of this launch: read past L1.
@@ -244,6 +246,7 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvP
     float o = p.alpha * sum;
     if (p.beta != 0.0f) o += p.beta * to_f32(*out);
     o += bias_at(p.bias, p.bias_kind, n);
+    if (p.act >= 0) o = act_value_dyn(static_cast<Activation>(p.act), to_f32(from_f32<TO>(o)));  // as stored, then act
     *out = from_f32<TO>(o);
   }
 }
@@ -336,8 +339,12 @@ bool gemv_applies(const GemmMat& x, const GemmMat& w, const GemmMat& y) {
   return true;
 }
 
+bool gemv_epilogue_act_applies(const GemmMat& x, const GemmMat& w, const GemmMat& y) {
+  return gemv_applies(x, w, y) && x.rows == 1 && !gemv_mma_forced();
+}
+
 void gemv(const GemmMat& x, const GemmMat& w, const GemmMat& y, float alpha, float beta,
-          const void* bias, DType bias_dtype, bool w_is_weight) {
+          const void* bias, DType bias_dtype, bool w_is_weight, int act) {
   const int64_t M = x.rows, N = w.rows, K = x.cols;
   HLM_REQUIRE(gemv_applies(x, w, y) && w.cols == K && y.rows == M && y.cols == N, ErrorKind::Internal,
               "gemv: unsupported operands (M={} N={} K={})", M, N, K);
@@ -357,6 +364,9 @@ void gemv(const GemmMat& x, const GemmMat& w, const GemmMat& y, float alpha, flo
   p.bias = bias;
   p.bias_kind = bias_kind(bias, bias_dtype);
   p.prefetch_w = w_is_weight;
+  p.act = act;
+  HLM_REQUIRE(act < 0 || gemv_epilogue_act_applies(x, w, y), ErrorKind::Internal,
+              "gemv: an activation epilogue needs the one-row streaming kernel");
   if (M == 1 && !gemv_mma_forced()) {
     dispatch_float(y.dtype, "gemv", [&]<typename TO>() { launch_stream_cfg<TO>(p); });
     return;

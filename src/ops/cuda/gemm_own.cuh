@@ -31,9 +31,12 @@ bool gemv_applies(const GemmMat& x, const GemmMat& w, const GemmMat& y);
 // the 8). fp32 accumulation in a fixed order (split-K partials summed in split order by the last
 // block of each tile): deterministic. Requires gemv_applies. w_is_weight: w is a
 // parameter no kernel of the stream writes while this runs (a projection's weight), so the kernel
-// may start reading it before the previous kernel finishes (PDL, see common.cuh).
+// may start reading it before the previous kernel finishes (PDL, see common.cuh). act ≥ 0: that
+// Activation applied to each output after rounding it to y's dtype (gemv_epilogue_act_applies).
 void gemv(const GemmMat& x, const GemmMat& w, const GemmMat& y, float alpha, float beta,
-          const void* bias, DType bias_dtype, bool w_is_weight = false);
+          const void* bias, DType bias_dtype, bool w_is_weight = false, int act = -1);
+// Whether gemv takes an activation epilogue for these operands (M = 1, the streaming kernel).
+bool gemv_epilogue_act_applies(const GemmMat& x, const GemmMat& w, const GemmMat& y);
 
 // HLM_GEMV=mma in the environment: the tensor-core kernel at M = 1 too (benchmark comparison).
 bool gemv_mma_forced();
