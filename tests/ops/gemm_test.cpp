@@ -3,6 +3,7 @@
 // overwrites or accumulates as asked and dw / dbias accumulate.
 #include <gtest/gtest.h>
 
+#include "ops/activation.h"
 #include "ops/gemm.h"
 #include "test_util.h"
 
@@ -112,6 +113,24 @@ TEST(Linear, ResidualForwardAddsTheResidual) {
   }
   HostTensor wrong(DType::F32, {M, N + 1});
   EXPECT_THROW(linear_residual_forward(x.t, w.t, b.t, wrong.t, y.t), Error);
+}
+
+// y = act(x·wᵀ + b): exactly the projection then the activation, for every elementwise
+// activation in F32 and F64; SwiGlu (not elementwise) is refused.
+TEST(Linear, ActivationForwardIsTheProjectionThenTheActivation) {
+  const int64_t M = 3, K = 17, N = 10;
+  for (DType dt : {DType::F32, DType::F64}) {
+    HostTensor x = test::randn(dt, {M, K}, 8), w = test::randn(dt, {N, K}, 9), b = test::randn(dt, {N}, 10);
+    for (Activation act : {Activation::ReluSquared, Activation::Gelu, Activation::GeluTanh, Activation::Silu}) {
+      HostTensor fused(dt, {M, N}), proj(dt, {M, N}), two(dt, {M, N});
+      linear_act_forward(x.t, w.t, b.t, act, fused.t);
+      linear_forward(x.t, w.t, b.t, proj.t);
+      activation_forward(act, proj.t, two.t);
+      for (int64_t i = 0; i < M * N; ++i) EXPECT_EQ(fused.get(i), two.get(i)) << static_cast<int>(act);
+    }
+    HostTensor y(dt, {M, N});
+    EXPECT_THROW(linear_act_forward(x.t, w.t, b.t, Activation::SwiGlu, y.t), Error);
+  }
 }
 
 }  // namespace
