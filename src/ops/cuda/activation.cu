@@ -75,8 +75,7 @@ __global__ void act_forward_vec_kernel(const T* in, int64_t ld_in, T* out, int64
                                        int64_t F) {
   constexpr int N = Vec16<T>::N;
   const int64_t nv = F / N;
-  pdl_wait();  // PDL-launched (decode): in comes from the previous kernel
-  pdl_trigger();
+  pdl_begin();  // PDL-launched (decode): in comes from the previous kernel
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const T* x = in + r * ld_in;
     T* y = out + r * ld_out;

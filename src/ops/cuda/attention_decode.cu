@@ -52,8 +52,7 @@ __global__ void __launch_bounds__(kDecThreads) attn_decode_split_kernel(const De
   __shared__ float o_s[kDecWarps][H][E];
 
   const DecodeProblem& p = a.p;
-  pdl_wait();  // PDL-launched (decode): q, the caches and the lengths come from earlier kernels
-  pdl_trigger();
+  pdl_begin();  // PDL-launched (decode): q, the caches and the lengths come from earlier kernels
   const int t = static_cast<int>(threadIdx.x), lane = t & 31, warp = t >> 5;
   const int g = lane >> 2, qd = lane & 3;
   const int split = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
@@ -218,8 +217,7 @@ __global__ void __launch_bounds__(256) attn_decode_combine_kernel(const float* p
   constexpr int kLanes = E / 4, kGroups = 256 / kLanes;
   __shared__ float4 red_o[kGroups][kLanes];
   __shared__ float red_m[kGroups], red_l[kGroups];
-  pdl_wait();
-  pdl_trigger();
+  pdl_begin();
   const int bh = static_cast<int>(blockIdx.x), b = bh / Hq, h = bh % Hq;
   const int t = static_cast<int>(threadIdx.x), e4 = t % kLanes, sg = t / kLanes;
   const float* ml = part_ml + static_cast<int64_t>(bh) * nsplit * 2;

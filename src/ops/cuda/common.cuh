@@ -204,17 +204,20 @@ __device__ __forceinline__ uint4 load_stream16(const void* p) {
 
 // ---- Programmatic dependent launch (PDL, sm_90) -----------------------------------------------
 // A kernel launched with HLM_LAUNCH_PDL (warp_mma.cuh) may start while the kernel before it on the
-// stream is still running. Such a kernel calls pdl_wait() before it reads anything an earlier
+// stream is still running. Such a kernel calls pdl_begin() before it reads anything an earlier
 // kernel wrote or writes anything at all; before that it may only read memory no kernel of the
-// stream changes (weights). pdl_trigger() right after pdl_wait() lets the next PDL kernel start
-// once every block of this one is past its wait, so at most two kernels overlap and every kernel
-// before the previous one has completed. Both are no-ops for a plain launch and below sm_90.
+// stream changes (weights). pdl_begin() waits for the previous kernel to complete, then lets the
+// next PDL kernel start once every block of this one is past that point: at most two kernels
+// overlap, and every kernel before the previous one has completed. No-ops for a plain launch and
+// below sm_90. pdl_wait() alone: the wait without the release, for a wait that pdl_begin()
+// follows later.
 __device__ __forceinline__ void pdl_wait() {
 #if !defined(HLM_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void pdl_trigger() {
+__device__ __forceinline__ void pdl_begin() {
+  pdl_wait();
 #if !defined(HLM_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif

@@ -258,6 +258,15 @@ __device__ __forceinline__ void load_ids(const int32_t* doc, int t0, int t_end, 
   for (int u = 0; u < kRows; ++u) ids[u] = t0 + u < t_end ? doc[t0 + u] : 0;
 }
 
+// A group takes the straight-line path only if its rows all belong to the document `id` too
+// (always true without documents): clears `fast` otherwise.
+template <bool kDoc, int kRows>
+__device__ __forceinline__ void require_rows_in_doc(bool& fast, const int32_t (&ids)[kRows], int32_t id) {
+  if constexpr (kDoc)
+#pragma unroll
+    for (int u = 0; u < kRows; ++u) fast = fast && ids[u] == id;
+}
+
 template <typename T, int K, int V, bool kDoc>
 __global__ void __launch_bounds__(kFwd.threads, kFwd.blocks_per_sm) conv_fwd_vec_kernel(const ConvArgs a) {
   static_assert(V * sizeof(T) == 16, "16-byte vectors");
@@ -315,9 +324,7 @@ __global__ void __launch_bounds__(kFwd.threads, kFwd.blocks_per_sm) conv_fwd_vec
     // The common group: whole, inside the strip, window and rows in one document. Its rows are
     // straight-line code (no branch per row and window entry) that the compiler can interleave.
     bool fast = t0 + R <= t_end && win.all_in(sc.seg);
-    if constexpr (kDoc)
-#pragma unroll
-      for (int u = 0; u < R; ++u) fast = fast && ids[u] == sc.prev;
+    require_rows_in_doc<kDoc>(fast, ids, sc.prev);
     if (fast)
       rows(std::false_type{});
     else
@@ -442,9 +449,7 @@ __global__ void __launch_bounds__(kBwd.threads, kBwd.blocks_per_sm) conv_bwd_vec
     // The common group: whole, inside [t_begin + K-1, t_end) (rows read and summed into dw, dx
     // written for every row), window and rows in one document: straight-line code.
     bool fast = t0 >= t_begin + K - 1 && t0 + R <= t_end && win.all_in(sc.seg);
-    if constexpr (kDoc)
-#pragma unroll
-      for (int u = 0; u < R; ++u) fast = fast && ids[u] == sc.prev;
+    require_rows_in_doc<kDoc>(fast, ids, sc.prev);
     if (fast)
       rows(std::false_type{});
     else
@@ -580,8 +585,7 @@ template <typename T>
 __global__ void conv_update_kernel(const void* x, int64_t ld_x, const void* w, int w_type, const void* bias,
                                    int bias_type, void* state, int state_type, void* y, int64_t ld_y, int B,
                                    int C, int K) {
-  pdl_wait();  // PDL-launched (decode): x comes from the previous kernel
-  pdl_trigger();
+  pdl_begin();  // PDL-launched (decode): x comes from the previous kernel
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<int64_t>(B) * C) return;
   const int b = static_cast<int>(i / C), c = static_cast<int>(i % C);

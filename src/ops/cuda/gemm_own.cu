@@ -1,5 +1,5 @@
-// Our own GEMM kernels (see gemm_own.cuh): the decode GEMV on tensor cores and the plain tiled
-// fallback GEMM.
+// Our own GEMM kernels (see gemm_own.cuh): the decode GEMVs (M = 1: W streamed through shared
+// memory; M ≤ 8: tensor cores) and the plain tiled fallback GEMM.
 #include "ops/cuda/gemm_own.cuh"
 
 #include <algorithm>
@@ -72,7 +72,7 @@ struct GemvParams {
   int64_t steps_per_split, nsteps;
   float* partial;  // [tiles, splits, 128] when splits > 1
   int* counters;   // [tiles], zero between launches
-  bool prefetch_w;  // stream kernel: request the first W chunks before pdl_wait (w is a weight)
+  bool prefetch_w;  // stream kernel: request the first W chunks before pdl_begin (w is a weight)
   int act;          // stream kernel: -1, or the Activation applied to the rounded output
 };
 
@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) 
 // design, held too few: 2.2–3.5 TB/s). The kRowThreads threads of a row each own kPerThread
 // 16-byte pieces of every chunk of it; x pieces come from L1 / L2. fp32 FMAs, sums over a row's
 // threads in a fixed order: deterministic. Launched with PDL: when W is a weight (prefetch_w),
-// the first chunks are requested before pdl_wait, overlapping the previous kernel's tail.
+// the first chunks are requested before pdl_begin, overlapping the previous kernel's tail.
 
 constexpr int kStreamThreads = 256;
 
@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvP
   auto issue = [&](int64_t c) {
     if (c < chunks) {
 #pragma unroll
-      for (int i = 0; i < kPer * kRows * kRowThreads / kStreamThreads; ++i) {
+      for (int i = 0; i < kPer; ++i) {  // a stage holds kPer pieces per thread
         const int piece = t + i * kStreamThreads, r = piece / kPieces, kp = piece % kPieces;
         const int64_t n = n0 + r, k = c * kChunk + kp * 8;
         const bool valid = n < p.N && k < p.K;  // K % 8 == 0: a piece is all in or all out
@@ -215,8 +215,7 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvP
   };
   if (!p.prefetch_w) pdl_wait();  // W may come from the previous kernel
   for (int c = 0; c < kStages - 1; ++c) issue(c);
-  pdl_wait();
-  pdl_trigger();
+  pdl_begin();
   const int r = t / kRowThreads, q = t % kRowThreads;
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
   float acc = 0.0f;

@@ -1,8 +1,7 @@
-// CUDA graph capture and replay on the op stream.
+// CUDA graph capture and replay on the op stream, and the per-step host-to-device upload.
 #include "ops/cuda/common.cuh"
 #include "ops/graph.h"
 
-#include <algorithm>
 #include <cstring>
 #include <mutex>
 
@@ -36,23 +35,16 @@ void graph_replay(void* exec) { HLM_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaG
 void graph_destroy(void* exec) noexcept { cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec)); }
 
 void upload_async(void* dst, const void* src, size_t bytes) {
+  constexpr int kUploadSlot = 2;  // pinned_host slot of the uploads (0, 1: attention; 6, 7: checks)
   static std::mutex mutex;
   static cudaEvent_t copied = nullptr;  // recorded after the last copy out of the staging buffer
-  static void* stage = nullptr;
-  static size_t capacity = 0;
   std::lock_guard<std::mutex> lock(mutex);
   if (!copied) {
     HLM_CUDA_CHECK(cudaEventCreateWithFlags(&copied, cudaEventDisableTiming));
   } else {
     HLM_CUDA_CHECK(cudaEventSynchronize(copied));  // the previous upload has left the buffer
   }
-  if (capacity < bytes) {
-    if (stage) HLM_CUDA_CHECK(cudaFreeHost(stage));
-    stage = nullptr;
-    capacity = 0;
-    HLM_CUDA_CHECK(cudaMallocHost(&stage, std::max<size_t>(bytes, 4096)));
-    capacity = std::max<size_t>(bytes, 4096);
-  }
+  void* stage = pinned_host(kUploadSlot, bytes);
   std::memcpy(stage, src, bytes);
   HLM_CUDA_CHECK(cudaMemcpyAsync(dst, stage, bytes, cudaMemcpyHostToDevice, stream()));
   HLM_CUDA_CHECK(cudaEventRecord(copied, stream()));

@@ -9,8 +9,7 @@ namespace {
 template <typename V>
 __global__ void kv_cache_write_kernel(const char* x, int64_t x_ld_bytes, char* cache, int64_t cache_ld_bytes,
                                       int64_t S, const int32_t* len, int64_t row_bytes) {
-  pdl_wait();  // PDL-launched (decode): x comes from the previous kernel
-  pdl_trigger();
+  pdl_begin();  // PDL-launched (decode): x comes from the previous kernel
   const int64_t b = blockIdx.x;
   int64_t p = static_cast<int64_t>(len[b]) - 1;
   if (p < 0 || p >= S) return;  // out of range: nothing written (the CPU op raises)

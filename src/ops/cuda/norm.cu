@@ -125,8 +125,7 @@ __global__ void __launch_bounds__(kVecThreads)
   const bool live = row < M;  // dead slots still take part in row_sum's barriers
   TX* xr = x + (live ? row : 0) * ldx;
   const TX* dr = kAdd ? d + (live ? row : 0) * ldd : nullptr;
-  pdl_wait();  // PDL-launched (decode): x and d come from the previous kernels
-  pdl_trigger();
+  pdl_begin();  // PDL-launched (decode): x and d come from the previous kernels
   uint4 xv[kVpt];
   float wv[kWv][N];
   float ss = 0.0f;
@@ -354,8 +353,7 @@ __global__ void __launch_bounds__(kVecThreads, kVpt <= 2 ? 4 : 2)
   const int64_t c0 = grp * gs;
   const TX* xr = x + row * ldx + c0;
   const TX* zr = z + row * ldz + c0;
-  pdl_wait();  // PDL-launched (decode): x and z come from the previous kernels
-  pdl_trigger();
+  pdl_begin();  // PDL-launched (decode): x and z come from the previous kernels
   float gv[kVpt][N], wv[kVpt][N];
   float ss = 0.0f;
 #pragma unroll

@@ -87,8 +87,7 @@ __device__ __forceinline__ void store_state(float4* p, const float4& v, bool str
 // warp's j-th loads are contiguous). The kVec state loads are issued together before any use.
 template <typename T, int kLanes, int kVec>
 __global__ void __launch_bounds__(256) ssd_step_vec_kernel(const StepArgs a, bool vec_bc, bool stream) {
-  pdl_wait();  // PDL-launched: x, B, C, dt (and the state, e.g. a previous ssd_step) come from earlier kernels
-  pdl_trigger();
+  pdl_begin();  // PDL-launched: x, B, C, dt (and the state, e.g. a previous ssd_step) come from earlier kernels
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t rows = static_cast<int64_t>(a.B) * a.H * a.P;
   const bool valid = idx < rows * kLanes;
@@ -131,8 +130,7 @@ __global__ void __launch_bounds__(256) ssd_step_vec_kernel(const StepArgs a, boo
 // Any N: one thread per state row.
 template <typename T>
 __global__ void __launch_bounds__(256) ssd_step_row_kernel(const StepArgs a) {
-  pdl_wait();
-  pdl_trigger();
+  pdl_begin();
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= static_cast<int64_t>(a.B) * a.H * a.P) return;
   const int p = static_cast<int>(row % a.P);
