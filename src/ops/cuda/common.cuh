@@ -206,21 +206,25 @@ __device__ __forceinline__ uint4 load_stream16(const void* p) {
 // A kernel launched with HLM_LAUNCH_PDL (warp_mma.cuh) may start while the kernel before it on the
 // stream is still running. Such a kernel calls pdl_begin() before it reads anything an earlier
 // kernel wrote or writes anything at all; before that it may only read memory no kernel of the
-// stream changes (weights). pdl_begin() waits for the previous kernel to complete, then lets the
-// next PDL kernel start once every block of this one is past that point: at most two kernels
-// overlap, and every kernel before the previous one has completed. No-ops for a plain launch and
-// below sm_90. pdl_wait() alone: the wait without the release, for a wait that pdl_begin()
-// follows later.
+// stream changes (weights). pdl_begin() first lets the next PDL kernel launch (once every block of
+// this one has reached it), then waits for the previous kernel to complete. Waits chain: the
+// previous kernel completes only after its own wait, so once pdl_begin() returns every earlier
+// kernel has completed. The early release lets a small kernel's successor start while the kernel
+// before the small one drains: a GEMV launched so requests its first weight chunks during that
+// drain instead of after the small kernel. The successor's blocks take only the slots left free:
+// it launches after every block of this kernel is resident, and this kernel's launch came after
+// every block of the previous one was. No-ops for a plain launch and below sm_90. pdl_wait()
+// alone: the wait without the release.
 __device__ __forceinline__ void pdl_wait() {
 #if !defined(HLM_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
 __device__ __forceinline__ void pdl_begin() {
-  pdl_wait();
 #if !defined(HLM_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
+  pdl_wait();
 }
 // Whether HLM_LAUNCH_PDL sets the launch attribute: a device of compute capability 9.0 or later
 // and HLM_PDL not 0 in the environment (read once).
