@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <cstring>
 
 #include "cuda/cuda_test_util.h"
 #include "ops/activation.h"
@@ -213,6 +214,33 @@ TEST(LinearCuda, DecodeGemvMatchesCpu) {
       }
     }
     unsetenv("HLM_GEMM");
+  }
+}
+
+// Every variant of the one-row streaming GEMV (the default: 2 rows per block sharing x; one row
+// per thread; one row per block; 4 rows × 1024; 6 stages) gives the CPU result.
+TEST(LinearCuda, DecodeGemvVariantsMatchCpu) {
+  HLM_REQUIRE_GPU();
+  struct Case {
+    int64_t N, K;
+  };
+  for (Case c : {Case{3001, 2056}, Case{37, 16392}, Case{4097, 512}}) {
+    HostTensor x = bf16_values({1, c.K}, 91), w = bf16_values({c.N, c.K}, 92, 0.05), bias = bf16_values({c.N}, 93);
+    HostTensor ref(DType::F32, {1, c.N});
+    linear_forward(x.t, w.t, bias.t, ref.t);
+    DeviceTensor dx = upload(x, DType::BF16), dw = upload(w, DType::BF16), db = upload(bias, DType::F32);
+    for (const char* v : {"default", "sharex0", "7", "0", "5"}) {
+      if (std::strcmp(v, "sharex0") == 0)
+        setenv("HLM_GEMV_SHAREX", "0", 1);
+      else if (std::strcmp(v, "default") != 0)
+        setenv("HLM_GEMV_CFG", v, 1);
+      DeviceTensor dy(DType::F32, {1, c.N});
+      poison(dy.t);
+      linear_forward(dx.t, dw.t, db.t, dy.t);
+      EXPECT_LT(rel_error(download(dy.t), ref), 1e-5) << "variant " << v << " N=" << c.N << " K=" << c.K;
+      unsetenv("HLM_GEMV_SHAREX");
+      unsetenv("HLM_GEMV_CFG");
+    }
   }
 }
 

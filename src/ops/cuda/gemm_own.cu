@@ -161,11 +161,11 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) 
 
 // ---- GEMV at M = 1: W streamed through shared memory ---------------------------------------------
 //
-// A block owns a few W rows (kRows: 2, or 1 for long rows) and walks K in chunks of 2048: every
-// chunk goes to shared memory by cp.async, 4 stages deep (32 KB), so a block keeps 24 KB of W in
-// flight — enough bytes in flight to stream W at the bandwidth (registers alone, in a row-per-warp
-// design, held too few: 2.2–3.5 TB/s). The kRowThreads threads of a row each own kPerThread
-// 16-byte pieces of every chunk of it; x pieces come from L1 / L2. fp32 FMAs, sums over a row's
+// A block owns 2 W rows and walks K in chunks of 2048: every chunk goes to shared memory by
+// cp.async, 4 stages deep (32 KB), so a block keeps 24 KB of W in flight — enough bytes in flight
+// to stream W at the bandwidth (registers alone, in a row-per-warp design, held too few: 2.2–3.5
+// TB/s). Each thread owns the same 16-byte k-pieces of both rows, so one x piece (from L1 / L2)
+// and its conversion serve both. fp32 FMAs, sums over a row's
 // threads in a fixed order: deterministic. Launched with PDL: when W is a weight (prefetch_w),
 // the first chunks are requested before pdl_begin, overlapping the previous kernel's tail.
 
@@ -180,23 +180,29 @@ __device__ __forceinline__ void fma8(float& acc, const uint4& w, const uint4& x)
   }
 }
 
-// kRows W rows per block, kChunk K elements per row and stage, kStages stages.
-template <int kRows, int kChunk, int kStages>
+// kRows W rows per block, kChunk K elements per row and stage, kStages stages. Each thread owns
+// the same kPerThread k-pieces of every row (kShareX) — one x load and conversion serves all
+// kRows rows: the kernel is issue-bound (ncu, round 6: SM throughput 82 % on the LM head), so
+// fewer instructions per W byte is what counts — or, with kShareX off, the pieces of one row
+// (kRowThreads threads per row; the round-5 mapping, kept for the A/B).
+template <int kRows, int kChunk, int kStages, bool kShareX = false>
 struct StreamCfg {
-  static constexpr int kPieces = kChunk / 8;                        // 16-byte pieces per row and chunk
-  static constexpr int kRowThreads = kStreamThreads / kRows;        // threads per row (whole warps)
-  static constexpr int kPerThread = kPieces / kRowThreads;          // pieces per thread and chunk
+  static constexpr int kPieces = kChunk / 8;                                    // 16-byte pieces per row and chunk
+  static constexpr int kRowThreads = kShareX ? kStreamThreads : kStreamThreads / kRows;  // threads per row
+  static constexpr int kPerThread = kPieces / kRowThreads;                      // pieces per thread, row and chunk
+  static constexpr int kIssue = kRows * kPieces / kStreamThreads;               // cp.async per thread and chunk
   static constexpr size_t kSmem = sizeof(uint4) * kStages * kRows * kPieces;
   static_assert(kRowThreads % 32 == 0 && kPerThread >= 1 && kPieces % kRowThreads == 0 && kStages >= 2);
 };
 
-template <typename TO, int kRows, int kChunk, int kStages>
+template <typename TO, int kRows, int kChunk, int kStages, bool kShareX>
 __global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvParams p) {
-  using Cfg = StreamCfg<kRows, kChunk, kStages>;
+  using Cfg = StreamCfg<kRows, kChunk, kStages, kShareX>;
   constexpr int kPieces = Cfg::kPieces, kRowThreads = Cfg::kRowThreads, kPer = Cfg::kPerThread;
+  constexpr int kMyRows = kShareX ? kRows : 1;  // rows this thread sums
   // Stages in dynamic shared memory: [kStages][kRows][kPieces] 16-byte pieces.
   auto ws = reinterpret_cast<uint4 (*)[kRows][kPieces]>(mma::dynamic_smem());
-  __shared__ float red[kStreamThreads / 32];
+  __shared__ float red[kMyRows][kStreamThreads / 32];
   const int t = static_cast<int>(threadIdx.x);
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const int64_t chunks = (p.K + kChunk - 1) / kChunk;
@@ -204,7 +210,7 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvP
   auto issue = [&](int64_t c) {
     if (c < chunks) {
 #pragma unroll
-      for (int i = 0; i < kPer; ++i) {  // a stage holds kPer pieces per thread
+      for (int i = 0; i < Cfg::kIssue; ++i) {  // a stage holds kIssue pieces per thread
         const int piece = t + i * kStreamThreads, r = piece / kPieces, kp = piece % kPieces;
         const int64_t n = n0 + r, k = c * kChunk + kp * 8;
         const bool valid = n < p.N && k < p.K;  // K % 8 == 0: a piece is all in or all out
@@ -216,9 +222,9 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvP
   if (!p.prefetch_w) pdl_wait();  // W may come from the previous kernel
   for (int c = 0; c < kStages - 1; ++c) issue(c);
   pdl_begin();
-  const int r = t / kRowThreads, q = t % kRowThreads;
+  const int r = kShareX ? 0 : t / kRowThreads, q = t % kRowThreads;  // first row summed; k-slice
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-  float acc = 0.0f;
+  float acc[kMyRows] = {};
   for (int64_t c = 0; c < chunks; ++c) {
     uint4 xv[kPer];
 #pragma unroll
@@ -229,17 +235,27 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvP
     mma::cp_async_wait<kStages - 2>();  // chunk c has landed (this thread's pieces)
     __syncthreads();                    // ... and everyone's; all are done with chunk c - 1
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) fma8(acc, ws[c % kStages][r][q + i * kRowThreads], xv[i]);  // zero past K, N
+    for (int i = 0; i < kPer; ++i)
+#pragma unroll
+      for (int rr = 0; rr < kMyRows; ++rr) fma8(acc[rr], ws[c % kStages][r + rr][q + i * kRowThreads], xv[i]);  // zero past K, N
     issue(c + kStages - 1);  // into the stage chunk c - 1 used
   }
-  const float v = warp_sum(acc);
-  if ((t & 31) == 0) red[t >> 5] = v;
+#pragma unroll
+  for (int rr = 0; rr < kMyRows; ++rr) {
+    const float v = warp_sum(acc[rr]);
+    if ((t & 31) == 0) red[rr][t >> 5] = v;
+  }
   __syncthreads();
   if (t < kRows && n0 + t < p.N) {
     constexpr int kWarpsPerRow = kRowThreads / 32;
     float sum = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarpsPerRow; ++w) sum += red[t * kWarpsPerRow + w];
+    for (int w = 0; w < kWarpsPerRow; ++w) {  // row t: every warp's partial (kShareX) or its own warps'
+      if constexpr (kShareX)
+        sum += red[t][w];
+      else
+        sum += red[0][t * kWarpsPerRow + w];
+    }
     const int64_t n = n0 + t;
     TO* out = static_cast<TO*>(p.y) + n;
     float o = p.alpha * sum;
@@ -250,23 +266,34 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvP
   }
 }
 
-template <typename TO, int kRows, int kChunk, int kStages>
+template <typename TO, int kRows, int kChunk, int kStages, bool kShareX = false>
 void launch_stream(const GemvParams& p) {
-  using Cfg = StreamCfg<kRows, kChunk, kStages>;
+  using Cfg = StreamCfg<kRows, kChunk, kStages, kShareX>;
   const auto grid = static_cast<unsigned>((p.N + kRows - 1) / kRows);
-  HLM_LAUNCH_PDL((gemv_stream_kernel<TO, kRows, kChunk, kStages>), grid, kStreamThreads, Cfg::kSmem, p);
+  HLM_LAUNCH_PDL((gemv_stream_kernel<TO, kRows, kChunk, kStages, kShareX>), grid, kStreamThreads, Cfg::kSmem, p);
   HLM_CUDA_CHECK_LAUNCH();
 }
 
-// Rows / chunk / stages by shape, from a sweep on the H200 (bench/RESULTS.md, round 5; µs at the
-// 8B shapes, cuBLASLt in brackets): 2 rows × 2048 × 4 stages — in_proj 40.7 (41.8), out_proj 22.7
-// (23.2), mlp_up 36.7 (36.7), k/v 7.2 (13.7), LM head 99.1 (99.1); for K ≥ 16384 one row ×
-// 2048 × 4 stages — mlp_down 36.7 (38.0; 39.1 with two rows). HLM_GEMV_CFG=0|2|5|7 (read per
-// call) forces a variant of that sweep: 0 = 4 rows × 1024 × 4, 5 = 2 rows × 1024 × 6.
+// Rows / chunk / stages: 2 rows × 2048 × 4 stages with x shared by the rows (kShareX) for every
+// shape. H200, one run each (bench/RESULTS.md, round 6; µs, the round-5 one-row-per-thread
+// mapping in brackets): in_proj 39.0 (41.4), out_proj 21.5 (22.5), mlp_up 35.1 (36.9), mlp_down
+// 36.2 (36.5 with one row per block, the round-5 choice for K ≥ 16384), LM head 94.9 (98.8); the
+// 8B decode 3.73–3.75 ms (3.85). Round 5's sweep of the older mapping: 2 × 2048 × 4 — in_proj
+// 40.7, out_proj 22.7; one row (K ≥ 16384) — mlp_down 36.7; 4 × 1024 × 4 and 2 × 1024 × 6 slower.
+// HLM_GEMV_CFG=0|2|5|7 (read per call) forces a variant: 0 = 4 rows × 1024 × 4, 5 = 2 rows × 1024
+// × 6, 7 = one row × 2048 × 4; HLM_GEMV_SHAREX=0 the round-5 mapping (0 and 5 only have that one).
 template <typename TO>
 void launch_stream_cfg(const GemvParams& p) {
   const char* v = std::getenv("HLM_GEMV_CFG");
-  const int cfg = v && *v ? std::atoi(v) : (p.K >= 16384 ? 7 : 2);
+  const int cfg = v && *v ? std::atoi(v) : 2;
+  const char* sx = std::getenv("HLM_GEMV_SHAREX");  // 0: one row per thread (the A/B)
+  if (!(sx && std::strcmp(sx, "0") == 0) && (cfg == 2 || cfg == 7)) {
+    if (cfg == 7)
+      launch_stream<TO, 1, 2048, 4, true>(p);
+    else
+      launch_stream<TO, 2, 2048, 4, true>(p);
+    return;
+  }
   switch (cfg) {
     case 0: launch_stream<TO, 4, 1024, 4>(p); break;
     case 5: launch_stream<TO, 2, 1024, 6>(p); break;
