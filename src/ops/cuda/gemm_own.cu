@@ -165,9 +165,9 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) 
 // cp.async, 4 stages deep (32 KB), so a block keeps 24 KB of W in flight — enough bytes in flight
 // to stream W at the bandwidth (registers alone, in a row-per-warp design, held too few: 2.2–3.5
 // TB/s). Each thread owns the same 16-byte k-pieces of both rows, so one x piece (from L1 / L2)
-// and its conversion serve both. fp32 FMAs, sums over a row's
-// threads in a fixed order: deterministic. Launched with PDL: when W is a weight (prefetch_w),
-// the first chunks are requested before pdl_begin, overlapping the previous kernel's tail.
+// and its conversion serve both. fp32 FMAs, sums over the threads in a fixed order:
+// deterministic. Launched with PDL: when W is a weight (prefetch_w), the first chunks are
+// requested before pdl_begin, overlapping the previous kernel's tail.
 
 constexpr int kStreamThreads = 256;
 
