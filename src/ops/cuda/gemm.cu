@@ -323,8 +323,7 @@ void gemm_rowmajor(const Mat& a, bool ta, const Mat& b, bool tb, const Mat& c, f
   // GEMV (gemm_own.cu). M > 1: the tensor-core GEMV streams large weights at only ~2.2 TB/s
   // against cuBLASLt's 3.5–4.2 (bench/RESULTS.md), so it keeps the small ones (k/v projections).
   constexpr int64_t kGemvMaxWeight = int64_t{8} << 20;
-  const bool stream_gemv = M == 1 && !gemv_mma_forced();
-  if ((mode == GemmMode::Gemv || (mode == GemmMode::Auto && (stream_gemv || b.rows * b.cols <= kGemvMaxWeight))) &&
+  if ((mode == GemmMode::Gemv || (mode == GemmMode::Auto && (gemv_streams(a) || b.rows * b.cols <= kGemvMaxWeight))) &&
       !ta && tb && gemv_applies(a, b, c)) {
     stage_c_in();
     gemv(a, b, c, alpha, beta, bias, bias_dtype, b_weight);

@@ -76,6 +76,14 @@ struct GemvParams {
   int act;          // stream kernel: -1, or the Activation applied to the rounded output
 };
 
+// alpha · v + beta · y[n] (+ bias[n]): an output of either GEMV before its rounding to TO.
+template <typename TO>
+__device__ __forceinline__ float gemv_out_value(const GemvParams& p, const TO* out, int64_t n, float v) {
+  float o = p.alpha * v;
+  if (p.beta != 0.0f) o += p.beta * to_f32(*out);
+  return o + bias_at(p.bias, p.bias_kind, n);
+}
+
 // Partial sums written by other blocks of this launch: read past L1.
 __device__ __forceinline__ float load_l2(const float* p) {
 #ifdef HLM_CUDA_EMU
@@ -152,10 +160,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) 
   const int64_t n = n0 + r;
   if (m < p.M && n < p.N) {
     TO* out = static_cast<TO*>(p.y) + m * p.ldy + n;
-    float o = p.alpha * v;
-    if (p.beta != 0.0f) o += p.beta * to_f32(*out);
-    o += bias_at(p.bias, p.bias_kind, n);
-    *out = from_f32<TO>(o);
+    *out = from_f32<TO>(gemv_out_value(p, out, n, v));
   }
 }
 
@@ -258,9 +263,7 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvP
     }
     const int64_t n = n0 + t;
     TO* out = static_cast<TO*>(p.y) + n;
-    float o = p.alpha * sum;
-    if (p.beta != 0.0f) o += p.beta * to_f32(*out);
-    o += bias_at(p.bias, p.bias_kind, n);
+    float o = gemv_out_value(p, out, n, sum);
     if (p.act >= 0) o = act_value_dyn(static_cast<Activation>(p.act), to_f32(from_f32<TO>(o)));  // as stored, then act
     *out = from_f32<TO>(o);
   }
@@ -281,24 +284,23 @@ void launch_stream(const GemvParams& p) {
 // 8B decode 3.73–3.75 ms (3.85). Round 5's sweep of the older mapping: 2 × 2048 × 4 — in_proj
 // 40.7, out_proj 22.7; one row (K ≥ 16384) — mlp_down 36.7; 4 × 1024 × 4 and 2 × 1024 × 6 slower.
 // HLM_GEMV_CFG=0|2|5|7 (read per call) forces a variant: 0 = 4 rows × 1024 × 4, 5 = 2 rows × 1024
-// × 6, 7 = one row × 2048 × 4; HLM_GEMV_SHAREX=0 the round-5 mapping (0 and 5 only have that one).
+// × 6, 7 = one row × 2048 × 4; HLM_GEMV_SHAREX=0 the round-5 mapping for 2 rows (0 and 5 only
+// have that one; with one row the two mappings are the same).
 template <typename TO>
 void launch_stream_cfg(const GemvParams& p) {
   const char* v = std::getenv("HLM_GEMV_CFG");
-  const int cfg = v && *v ? std::atoi(v) : 2;
   const char* sx = std::getenv("HLM_GEMV_SHAREX");  // 0: one row per thread (the A/B)
-  if (!(sx && std::strcmp(sx, "0") == 0) && (cfg == 2 || cfg == 7)) {
-    if (cfg == 7)
-      launch_stream<TO, 1, 2048, 4, true>(p);
-    else
-      launch_stream<TO, 2, 2048, 4, true>(p);
-    return;
-  }
-  switch (cfg) {
+  const bool share_x = !(sx && std::strcmp(sx, "0") == 0);
+  switch (v && *v ? std::atoi(v) : 2) {
     case 0: launch_stream<TO, 4, 1024, 4>(p); break;
     case 5: launch_stream<TO, 2, 1024, 6>(p); break;
-    case 7: launch_stream<TO, 1, 2048, 4>(p); break;
-    default: launch_stream<TO, 2, 2048, 4>(p); break;
+    case 7: launch_stream<TO, 1, 2048, 4, true>(p); break;  // one row: both mappings are the same
+    default:
+      if (share_x)
+        launch_stream<TO, 2, 2048, 4, true>(p);
+      else
+        launch_stream<TO, 2, 2048, 4>(p);
+      break;
   }
 }
 
@@ -365,8 +367,10 @@ bool gemv_applies(const GemmMat& x, const GemmMat& w, const GemmMat& y) {
   return true;
 }
 
+bool gemv_streams(const GemmMat& x) { return x.rows == 1 && !gemv_mma_forced(); }
+
 bool gemv_epilogue_act_applies(const GemmMat& x, const GemmMat& w, const GemmMat& y) {
-  return gemv_applies(x, w, y) && x.rows == 1 && !gemv_mma_forced();
+  return gemv_applies(x, w, y) && gemv_streams(x);
 }
 
 void gemv(const GemmMat& x, const GemmMat& w, const GemmMat& y, float alpha, float beta,
@@ -393,7 +397,7 @@ void gemv(const GemmMat& x, const GemmMat& w, const GemmMat& y, float alpha, flo
   p.act = act;
   HLM_REQUIRE(act < 0 || gemv_epilogue_act_applies(x, w, y), ErrorKind::Internal,
               "gemv: an activation epilogue needs the one-row streaming kernel");
-  if (M == 1 && !gemv_mma_forced()) {
+  if (gemv_streams(x)) {
     dispatch_float(y.dtype, "gemv", [&]<typename TO>() { launch_stream_cfg<TO>(p); });
     return;
   }

@@ -35,7 +35,9 @@ bool gemv_applies(const GemmMat& x, const GemmMat& w, const GemmMat& y);
 // Activation applied to each output after rounding it to y's dtype (gemv_epilogue_act_applies).
 void gemv(const GemmMat& x, const GemmMat& w, const GemmMat& y, float alpha, float beta,
           const void* bias, DType bias_dtype, bool w_is_weight = false, int act = -1);
-// Whether gemv takes an activation epilogue for these operands (M = 1, the streaming kernel).
+// Whether gemv takes x (M = 1, not HLM_GEMV=mma) through the streaming kernel.
+bool gemv_streams(const GemmMat& x);
+// Whether gemv takes an activation epilogue for these operands (gemv_applies and gemv_streams).
 bool gemv_epilogue_act_applies(const GemmMat& x, const GemmMat& w, const GemmMat& y);
 
 // HLM_GEMV=mma in the environment: the tensor-core kernel at M = 1 too (benchmark comparison).
