@@ -459,7 +459,8 @@ int main(int argc, char** argv) {
     // default 11 (1 head, 2 blocks/SM), 21 (2 heads per warp), 12 (2 heads on 16 warps), and 11
     // with one segment per row (the version-1 grid with the version-2 chunk loop).
     for (auto [env, label] : {std::pair{"21:0", " variant 21"}, std::pair{"12:0", " variant 12"},
-                              std::pair{"11:100000", " variant 11, 1 segment"}}) {
+                              std::pair{"11:100000", " variant 11, 1 segment"},
+                              std::pair{"11:256", " variant 11, 4 segments"}}) {
       const std::string e = env;
       setenv("HLM_SSD_FWD_VARIANT", e.substr(0, e.find(':')).c_str(), 1);
       setenv("HLM_SSD_SEG_CHUNKS", e.substr(e.find(':') + 1).c_str(), 1);

@@ -337,6 +337,33 @@ TEST(SsdCuda, SegmentSplits) {
   unsetenv("HLM_SSD_SEG_CHUNKS");
 }
 
+// The segment states come from pieces (each one weighted product over its tokens, then a pass over
+// pieces): pieces of 1 .. 7 chunks, uneven and empty last pieces, and the longest piece (64 chunks,
+// 4096 tokens of coefficients) with documents across piece and segment edges.
+TEST(SsdCuda, PieceSplits) {
+  HLM_REQUIRE_GPU();
+  setenv("HLM_SSD_SEG_CHUNKS", "7", 1);
+  for (const char* pc : {"1", "3", "7"}) {
+    SCOPED_TRACE(std::string("HLM_SSD_SEG_CHUNKS=7 HLM_SSD_PIECE_CHUNKS=") + pc);
+    setenv("HLM_SSD_PIECE_CHUNKS", pc, 1);
+    Case c{2, 1000, 8, 2, 64, 128};
+    c.seed = 12;
+    check_forward(c);
+    check_backward(c);
+  }
+  setenv("HLM_SSD_SEG_CHUNKS", "70", 1);
+  for (const char* pc : {"64", "0"}) {  // 0: the automatic choice
+    SCOPED_TRACE(std::string("HLM_SSD_SEG_CHUNKS=70 HLM_SSD_PIECE_CHUNKS=") + pc);
+    setenv("HLM_SSD_PIECE_CHUNKS", pc, 1);
+    Case c{1, 9000, 4, 1, 64, 64};
+    c.seed = 13;
+    check_forward(c);
+    check_backward(c);
+  }
+  unsetenv("HLM_SSD_PIECE_CHUNKS");
+  unsetenv("HLM_SSD_SEG_CHUNKS");
+}
+
 // The forward's other block shapes (the default is 11: one head, 2 blocks per SM).
 TEST(SsdCuda, ForwardBlockShapes) {
   HLM_REQUIRE_GPU();

@@ -343,6 +343,22 @@ int main(int argc, char** argv) {
     }
     unsetenv("HLM_SSD_SEG_CHUNKS");
   }
+  if (want("pieces")) {  // segment states from pieces: 1-3 chunks (uneven, empty last), one long piece
+    setenv("HLM_SSD_SEG_CHUNKS", "4", 1);
+    for (const char* pc : {"1", "2", "3"}) {
+      setenv("HLM_SSD_PIECE_CHUNKS", pc, 1);
+      std::printf("HLM_SSD_SEG_CHUNKS=4 HLM_SSD_PIECE_CHUNKS=%s\n", pc);
+      run_case("pieces", 2, 333, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
+    }
+    setenv("HLM_SSD_SEG_CHUNKS", "12", 1);
+    for (const char* pc : {"12", "5"}) {
+      setenv("HLM_SSD_PIECE_CHUNKS", pc, 1);
+      std::printf("HLM_SSD_SEG_CHUNKS=12 HLM_SSD_PIECE_CHUNKS=%s\n", pc);
+      run_case("pieces-long", 1, 1500, 2, 1, 64, 64, true, true, DType::BF16, 1e-2, true);
+    }
+    unsetenv("HLM_SSD_PIECE_CHUNKS");
+    unsetenv("HLM_SSD_SEG_CHUNKS");
+  }
   if (want("variants")) {  // the forward's other block shapes (the default is 11)
     for (const char* v : {"12", "21"}) {
       setenv("HLM_SSD_FWD_VARIANT", v, 1);

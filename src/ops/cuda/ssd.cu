@@ -3,14 +3,14 @@
 //
 // Tensor-core path (bf16 activations, 16-byte aligned rows, (P, N) in kFastShapes), chunk Q = 64:
 // the chunks of each row are cut into segments (enough blocks to fill the GPU, see
-// choose_seg_chunks); with one segment the state passes are skipped.
-//  forward   3 kernels: local state of each segment (sweep), state pass over segments, then per
-//                       (head, segment, row) a block walks the segment's chunks: G = C Bᵀ,
-//                       M = G ∘ decay ∘ dt, y = M x + decay (C Hᵀ) + D x, fp32 state in registers
-//                       (ssd_state.cu, ssd_fwd.cu).
-//  backward  5 kernels: local segment sweeps and the state pass (both directions), state sweeps
-//                       storing the states entering / gradients leaving each chunk, per-(chunk,
-//                       group) gradients, parameter reduction (ssd_state.cu, ssd_bwd.cu,
+// choose_seg_chunks), the segments into pieces; with one segment the state passes are skipped.
+//  forward   3 kernels: local state of each piece (one weighted product over its tokens), state
+//                       pass over pieces, then per (head, segment, row) a block walks the
+//                       segment's chunks: G = C Bᵀ, M = G ∘ decay ∘ dt, y = M x + decay (C Hᵀ) +
+//                       D x, fp32 state in registers (ssd_state.cu, ssd_fwd.cu).
+//  backward  5 kernels: piece states and the state pass (both directions), state sweeps storing
+//                       the states entering / gradients leaving each chunk, per-(chunk, group)
+//                       gradients, parameter reduction (ssd_state.cu, ssd_bwd.cu,
 //                       ssd_generic.cu).
 // Generic path (anything else): the sequential recurrence in fp32, one block per (row, head).
 // SsdParams::chunk is a hint for the CPU algorithm; the CUDA path picks its own chunk (results
@@ -183,11 +183,12 @@ const FastShape* fast_shape(const SsdArgs& a) {
 
 // Chunks per segment for nseg = ceil(nchunks / seg_chunks) segments: the count with the fewest
 // predicted seconds. `units` heads run per segment index (B * H, times 2 for the backward's two
-// directions), `slots` heads fit on the GPU at once; a wave costs its chunks per segment times
-// main_s (the walk that produces the output) plus, with more than one segment, local_s (the local
-// sweep), the segment states' traffic (16 bytes per state element: written, read and written by
-// the pass, read) at ~3.5 TB/s and ~5 us for the two extra launches. Near-ties (2%) go to fewer
-// segments. HLM_SSD_SEG_CHUNKS=n forces n (tests, experiments).
+// directions), `slots` heads fit on the GPU at once. The walks (or the backward's sweeps) cost
+// waves x chunks per segment x main_s; with more than one segment the piece states cost local_s
+// per (unit, chunk) of the segments they cover, spread over all slots (the pieces run in
+// parallel), plus their traffic (~8 bytes per state element of each piece and segment, at
+// ~3.5 TB/s) and ~5 us for the two extra launches. Near-ties (2%) go to fewer segments.
+// HLM_SSD_SEG_CHUNKS=n forces n (tests, experiments).
 int choose_seg_chunks(int nchunks, int64_t units, int64_t slots, int64_t state_elems_per_unit, double main_s,
                       double local_s) {
   if (const char* env = std::getenv("HLM_SSD_SEG_CHUNKS")) {
@@ -199,10 +200,11 @@ int choose_seg_chunks(int nchunks, int64_t units, int64_t slots, int64_t state_e
   auto ceil_div = [](int64_t x, int64_t y) { return (x + y - 1) / y; };
   auto cost = [&](int64_t len) {
     const int64_t segs = ceil_div(nchunks, len);
-    const double chunks = static_cast<double>(ceil_div(segs * units, slots) * len);  // per slot
-    if (segs == 1) return chunks * main_s;
-    return chunks * (main_s + local_s) + kLaunchSeconds +
-           static_cast<double>(segs * units * state_elems_per_unit) * 16.0 / kBytesPerSecond;
+    const double walk = static_cast<double>(ceil_div(segs * units, slots) * len) * main_s;  // per slot
+    if (segs == 1) return walk;
+    const int64_t pieces = segs * units + 4 * slots;  // segment states + pieces (~4 per slot)
+    return walk + static_cast<double>(units * (nchunks - len)) * local_s / static_cast<double>(slots) +
+           kLaunchSeconds + static_cast<double>(pieces * state_elems_per_unit) * 8.0 / kBytesPerSecond;
   };
   std::vector<std::pair<double, int64_t>> c;  // (seconds, chunks per segment) by segment count
   for (int64_t s = 1; s <= std::min<int64_t>(nchunks, kMaxSegs); ++s) {
@@ -216,15 +218,31 @@ int choose_seg_chunks(int nchunks, int64_t units, int64_t slots, int64_t state_e
   return nchunks;
 }
 
-// Sets nchunks, seg_chunks, nseg of the fast path (per-chunk seconds: see the NOTES' model).
+// Sets nchunks, seg_chunks, nseg of the fast path (per-chunk seconds: see the NOTES' model), and
+// the pieces: ~4 piece blocks per slot, 4 .. kMaxPieceChunks chunks each (HLM_SSD_PIECE_CHUNKS=n
+// forces n, capped to the shared-memory limit).
 void split_segments(SsdArgs* a, int64_t units, bool backward) {
   a->nchunks = (a->T + kFastChunk - 1) / kFastChunk;
   const int64_t slots = static_cast<int64_t>(num_sms()) * (a->P <= 64 ? 2 : 1);
-  const double main_s = backward ? 1.0e-6 : 2.0e-6, local_s = backward ? 0.8e-6 : 0.6e-6;
+  const double main_s = backward ? 3.0e-6 : 7.5e-6, local_s = 0.8e-6;
   a->seg_chunks = choose_seg_chunks(a->nchunks, units, slots, static_cast<int64_t>(a->P) * a->N, main_s, local_s);
   a->nseg = (a->nchunks + a->seg_chunks - 1) / a->seg_chunks;
   const char* env = std::getenv("HLM_SSD_SWEEP_HEADS");  // 1: one head per sweep block
   a->sweep_heads = a->P <= 64 && (a->H / a->G) % 2 == 0 && !(env && std::atoi(env) == 1) ? 2 : 1;
+  a->pps = 1;
+  a->piece_chunks = a->seg_chunks;
+  if (a->nseg > 1) {
+    const int64_t per_piece = units * (a->nseg - 1);  // blocks per piece index
+    int64_t pc = 0;
+    if (const char* penv = std::getenv("HLM_SSD_PIECE_CHUNKS")) pc = std::max(0, std::atoi(penv));  // 0: automatic
+    if (pc == 0) {
+      const int64_t pps = std::max<int64_t>(1, (4 * slots + per_piece - 1) / per_piece);
+      pc = std::max<int64_t>(std::min<int64_t>(4, a->seg_chunks), (a->seg_chunks + pps - 1) / pps);
+    }
+    pc = std::min<int64_t>({pc, ssd::kMaxPieceChunks, a->seg_chunks});
+    a->pps = static_cast<int>((a->seg_chunks + pc - 1) / pc);
+    a->piece_chunks = static_cast<int>(pc);
+  }
 }
 
 // Zero-fills or copies a [B,H,P,N] fp32 state (for T == 0).
@@ -268,9 +286,11 @@ void ssd_forward(const SsdParams& p, const Tensor& y, const Tensor& h_final) {
     a.fwd_variant = d.P <= 64 && (d.H / d.G) % 2 == 0 && (variant == 12 || variant == 21) ? variant : 11;
     if (a.nseg > 1) {
       const size_t seg_states = static_cast<size_t>(d.B) * a.nseg * d.H * d.P * d.N;
-      auto* base = static_cast<float*>(ssd_scratch().get((seg_states + static_cast<size_t>(d.B) * a.nseg * d.H) * 4));
+      const size_t pieces = static_cast<size_t>(d.B) * (a.nseg - 1) * a.pps * d.H;
+      auto* base = static_cast<float*>(ssd_scratch().get((seg_states + pieces * (d.P * d.N + 1)) * 4));
       a.ws_seg = base;
-      a.ws_seg_gamma = base + seg_states;
+      a.ws_piece = base + seg_states;
+      a.ws_piece_gamma = a.ws_piece + pieces * d.P * d.N;
     }
     fs->fwd(a);
   } else {
@@ -335,14 +355,16 @@ void ssd_backward(const SsdParams& p, const Tensor& dy, const Tensor& dh_final, 
     const size_t states = static_cast<size_t>(d.B) * d.H * a.nchunks * d.P * d.N;  // per workspace
     const size_t part = (static_cast<size_t>(d.B) * a.nchunks * d.H * 3 + 3) / 4 * 4;  // 16-byte aligned after
     const size_t seg_states = a.nseg > 1 ? static_cast<size_t>(2 * d.B) * a.nseg * d.H * d.P * d.N : 0;
-    const size_t seg_gamma = a.nseg > 1 ? static_cast<size_t>(d.B) * a.nseg * d.H : 0;
-    auto* base = static_cast<unsigned char*>(ssd_scratch().get(2 * states * 2 + (part + seg_states + seg_gamma) * 4));
+    const size_t pieces = a.nseg > 1 ? static_cast<size_t>(2 * d.B) * (a.nseg - 1) * a.pps * d.H : 0;
+    auto* base = static_cast<unsigned char*>(
+        ssd_scratch().get(2 * states * 2 + (part + seg_states + pieces * (d.P * d.N + 1)) * 4));
     a.ws_hin = reinterpret_cast<ssd::bf16_t*>(base);
     a.ws_dhout = a.ws_hin + states;
     auto* f32 = reinterpret_cast<float*>(base + 4 * states);
     a.ws_part = params ? f32 : nullptr;
     a.ws_seg = a.nseg > 1 ? f32 + part : nullptr;
-    a.ws_seg_gamma = a.nseg > 1 ? f32 + part + seg_states : nullptr;
+    a.ws_piece = a.nseg > 1 ? a.ws_seg + seg_states : nullptr;
+    a.ws_piece_gamma = a.nseg > 1 ? a.ws_piece + pieces * d.P * d.N : nullptr;
     part_rows = static_cast<int>(d.B) * a.nchunks;
     fs->bwd(a);
   } else {

@@ -506,13 +506,12 @@ void launch_bwd_fast(const SsdArgs& a) {
   using Cfg = FastCfg<Q, P, N>;
   using LC = ChunkLayout<Cfg>;
   const bool chunk_outputs = a.dx || a.ddt || a.dBm || a.dCm || a.ws_part;
-  if (a.nseg > 1) {
-    launch_state_sweep<Q, P, N>(a, 0, 2, true);
-    launch_state_pass(a, 0, 2);  // dh0 written here
+  if (a.nseg > 1) launch_segment_states<Q, P, N>(a, 0, 2);
+  if (!chunk_outputs) {  // only dh0: the backward sweeps write it (segment 0's)
+    if (a.dh0) launch_state_sweep<Q, P, N>(a, 1, 1);
+    return;
   }
-  if (!chunk_outputs && a.nseg > 1) return;
-  launch_state_sweep<Q, P, N>(a, 0, 2, false);
-  if (!chunk_outputs) return;
+  launch_state_sweep<Q, P, N>(a, 0, 2);
   auto chunk = ssd_bwd_chunk_kernel<Q, P, N>;
   static const bool chunk_attr = [&] {
     HLM_CUDA_CHECK(cudaFuncSetAttribute(chunk, cudaFuncAttributeMaxDynamicSharedMemorySize,

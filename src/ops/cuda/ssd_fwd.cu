@@ -1,8 +1,8 @@
 // SSD forward on tensor cores, chunk-parallel: the chunks of a row are cut into segments; with
-// more than one segment, a sweep leaves each segment's local end state (from zero) and a short
-// pass over segments turns them into the state entering each segment (ssd_state.cu). Then one
-// block per (head, segment, row) walks the segment's chunks with the fp32 state in registers and
-// writes y, so per-chunk states never touch device memory.
+// more than one segment, the states entering them come first (ssd_state.cu: each piece's local
+// state as one product over its tokens, then a short pass over pieces). Then one block per (head,
+// segment, row) walks the segment's chunks with the fp32 state in registers and writes y, so
+// per-chunk states never touch device memory; the last segment's walk leaves h_final.
 #include "ops/cuda/ssd_kernels.cuh"
 
 namespace hlm::cuda::ssd {
@@ -19,7 +19,8 @@ struct FwdLayout {
   static constexpr size_t cs = bs + 2 * kN;                    // C tile (read early: 1 buffer)
   static constexpr size_t ms = cs + kN;                        // M = (C Bᵀ ∘ L) dt, per head
   static constexpr size_t hs = ms + kHeads * kM;               // bf16 state entering the chunk, per head
-  static constexpr size_t raw = hs + kHeads * kH;              // raw dt, [head][2 buffers][Q] floats
+  static constexpr size_t xw = hs + kHeads * kH;               // x w dt (the state update's), per head
+  static constexpr size_t raw = xw + kHeads * kX;              // raw dt, [head][2 buffers][Q] floats
   static constexpr size_t bnd = raw + kHeads * 2 * Cfg::Q * 4; // boundary flags, 2 x Q ints
   static constexpr size_t scan = bnd + 2 * Cfg::Q * 4;         // per head
   static constexpr size_t total = scan + kHeads * sizeof(ChunkScan<Cfg::Q>);
@@ -31,8 +32,9 @@ struct FwdLayout {
 // kHG = 2: 16 warps, one head each). All heads share the B and C tiles (the L2 traffic of B, C
 // per head divides by kHeads). Per chunk, three barriers:
 //   (A) tiles, raw dt and the bf16 states in -> scans (1 warp per head), G = C Bᵀ, Yo = C Hᵀ
-//   (B) scans visible, C and Hs free          -> next C tile issued; M = G ∘ decay ∘ dt -> smem
-//   (C) M complete                            -> y = M x + eoff Yo + D x; H = gamma H + (x w dt)ᵀ B;
+//   (B) scans visible, C and Hs free          -> next C tile issued; M = G ∘ decay ∘ dt -> smem;
+//                                                x w dt -> smem (scaled once, not per warp)
+//   (C) M and x w dt complete                 -> y = M x + eoff Yo + D x; H = gamma H + (x w dt)ᵀ B;
 //                                                bf16 copy of H for the next chunk.
 template <int Q, int P, int N, int kHW, int kHG>
 __global__ void __launch_bounds__(256 * kHG, (P <= 64 && kHW * kHG == 1) ? 2 : 1) ssd_fwd_fast_kernel(const SsdArgs a) {
@@ -49,6 +51,7 @@ __global__ void __launch_bounds__(256 * kHG, (P <= 64 && kHW * kHG == 1) ? 2 : 1
   auto* Cs = reinterpret_cast<bf16_t*>(sm + L::cs);
   auto* Ms0 = reinterpret_cast<bf16_t*>(sm + L::ms);
   auto* Hs0 = reinterpret_cast<bf16_t*>(sm + L::hs);
+  auto* Xw0 = reinterpret_cast<bf16_t*>(sm + L::xw);  // head hh at hh kXE
   auto* raw = reinterpret_cast<float*>(sm + L::raw);  // head hh, buffer u at (2 hh + u) Q
   auto* bnd = reinterpret_cast<int*>(sm + L::bnd);
   auto* sc = reinterpret_cast<ChunkScan<Q>*>(sm + L::scan);
@@ -185,6 +188,10 @@ __global__ void __launch_bounds__(256 * kHG, (P <= 64 && kHW * kHG == 1) ? 2 : 1
           *reinterpret_cast<uint32_t*>(Ms + t * LDQ + s) = mma::pack_bf16x2(m[0], m[1]);
         }
     }
+    // x w dt for the state update, all threads (the previous chunk's update read Xw before (A)).
+#pragma unroll
+    for (int hh = 0; hh < kHeads; ++hh)
+      scale_rows<Cfg, kThreads>(Xw0 + hh * kXE, Xs0 + (2 * hh + buf) * kXE, sc[hh].wdt);
     __syncthreads();  // (C)
 
 #pragma unroll
@@ -219,14 +226,14 @@ __global__ void __launch_bounds__(256 * kHG, (P <= 64 && kHW * kHG == 1) ? 2 : 1
       // State update H = gamma H + (x w dt)ᵀ B; its bf16 copy is the next chunk's Hs (every read
       // of Hs for this chunk happened before (B)).
       H[hh].scale(S.gamma);
-      H[hh].add_outer(Xs, Bs, S.wdt);
+      H[hh].add_outer(Xw0 + (hb + hh) * kXE, Bs);
       H[hh].store_bf16(Hs0 + (hb + hh) * kHE, LDN);
     }
     // This slot's previous chunk was scanned before (A).
     if (load_next) raw[(2 * raw_head + (buf ^ 1)) * Q + raw_pos] = next_raw;
     if (has_next && tid < Q) bnd[(buf ^ 1) * Q + tid] = next_bnd;
   }
-  if (a.nseg == 1 && a.h_final)
+  if (seg == a.nseg - 1 && a.h_final)
 #pragma unroll
     for (int hh = 0; hh < kHW; ++hh) H[hh].store_f32(a.h_final + state_off + (hb + hh) * P * N);
 }
@@ -250,10 +257,7 @@ void launch_fwd_heads(const SsdArgs& a) {
 
 template <int Q, int P, int N>
 void launch_fwd_fast(const SsdArgs& a) {
-  if (a.nseg > 1) {
-    launch_state_sweep<Q, P, N>(a, 0, 1, true);
-    launch_state_pass(a, 0, 1);
-  }
+  if (a.nseg > 1) launch_segment_states<Q, P, N>(a, 0, 1);
   if constexpr (P <= 64) {
     if (a.fwd_variant == 21) return launch_fwd_heads<Q, P, N, 2, 1>(a);
     if (a.fwd_variant == 12) return launch_fwd_heads<Q, P, N, 1, 2>(a);

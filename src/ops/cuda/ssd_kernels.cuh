@@ -15,6 +15,10 @@ using mma::bf16_t;
 // chains along k are sequential anyway, so 2 keeps the next fragment loads overlapped.
 constexpr int kKUnroll = 2;
 
+// Longest piece (chunks) of the segment-state products: its per-token coefficients sit in shared
+// memory (64 chunks of 64 tokens: 16 KB).
+constexpr int kMaxPieceChunks = 64;
+
 // Element type of a scalar-valued tensor read or written one element at a time.
 enum ScalarType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
@@ -79,22 +83,31 @@ struct SsdArgs {
   bf16_t* ws_dhout = nullptr;
   float* ws_part = nullptr;
   int nchunks = 0;
-  // Chunk-parallel split: the chunks of a row are cut into nseg segments of seg_chunks chunks.
-  // ws_seg [2][B][nseg][H][P][N] fp32 (direction 0: states, 1: state gradients) holds first each
-  // segment's local state (from zero), then, after the state pass, the state entering (gradient
-  // leaving) each segment; ws_seg_gamma [B][nseg][H] is each segment's total decay.
+  // Chunk-parallel split: the chunks of a row are cut into nseg segments of seg_chunks chunks, and
+  // each segment into pps pieces of piece_chunks chunks (the last ones may be shorter or empty).
+  // Direction 0 (states) needs the pieces of segments 0 .. nseg-2, direction 1 (state gradients)
+  // those of segments 1 .. nseg-1: piece slot s' = s - dir. ws_piece [ndir][B][nseg-1][pps][H][P][N]
+  // fp32 holds each piece's local state (from zero), ws_piece_gamma [ndir][B][nseg-1][pps][H] its
+  // total decay; the state pass turns them into ws_seg [ndir][B][nseg][H][P][N]: the state entering
+  // (direction 0) or the gradient leaving (direction 1) each segment.
   int nseg = 1, seg_chunks = 0;
+  int pps = 1, piece_chunks = 0;
   // Forward block shape (P <= 64 only; else 11): 11 one head, 8 warps (2 blocks/SM); 21 two heads
   // per warp, 8 warps; 12 one head per group of 8 warps, 16 warps. Heads of one group.
   int fwd_variant = 11;
   int sweep_heads = 1;  // heads per sweep block: 2 (of one group, on 16 warps) or 1
   float* ws_seg = nullptr;
-  float* ws_seg_gamma = nullptr;
+  float* ws_piece = nullptr;
+  float* ws_piece_gamma = nullptr;
 };
 
 // Offset (floats) of the [P, N] state of (dir, b, segment s, h) in SsdArgs::ws_seg.
 __host__ __device__ __forceinline__ int64_t seg_state_offset(const SsdArgs& a, int dir, int b, int s, int h) {
   return (((static_cast<int64_t>(dir) * a.B + b) * a.nseg + s) * a.H + h) * a.P * a.N;
+}
+// Index of (dir, b, piece slot s' = s - dir, piece j, h) in ws_piece_gamma; times P N in ws_piece.
+__host__ __device__ __forceinline__ int64_t piece_index(const SsdArgs& a, int dir, int b, int sp, int j, int h) {
+  return (((static_cast<int64_t>(dir) * a.B + b) * (a.nseg - 1) + sp) * a.pps + j) * a.H + h;
 }
 
 // dt = clamp(softplus(raw + bias), dt_min, dt_max); dsp = d dt / d raw (zero where clamped).
@@ -351,15 +364,15 @@ struct StateFrag {
   }
 };
 
-// Xs_scaled[s][:] = Xs[s][:] * scale[s] (both [Q][LDX] bf16), all threads.
-template <class Cfg>
-__device__ __forceinline__ void scale_rows(bf16_t* out, const bf16_t* in, const float* s1,
-                                           const float* s2) {
+// out[t][:] = in[t][:] * scale[t], both [Q][LDX] bf16 tiles, by kThreads threads (16 bytes each per
+// step). Rounded as StateFrag::add_outer rounds its scaled fragments: the same bf16 values.
+template <class Cfg, int kThreads>
+__device__ __forceinline__ void scale_rows(bf16_t* out, const bf16_t* in, const float* scale) {
   constexpr int kPieces = Cfg::P / 8;
-  for (int i = static_cast<int>(threadIdx.x); i < Cfg::Q * kPieces; i += Cfg::kThreads) {
-    int r = i / kPieces, c = (i % kPieces) * 8;
-    float sc = s2 ? s1[r] * s2[r] : s1[r];
-    uint4 u = *reinterpret_cast<const uint4*>(in + r * Cfg::LDX + c);
+  for (int i = static_cast<int>(threadIdx.x); i < Cfg::Q * kPieces; i += kThreads) {
+    const int r = i / kPieces, c = (i % kPieces) * 8;
+    const float sc = scale[r];
+    const uint4 u = *reinterpret_cast<const uint4*>(in + r * Cfg::LDX + c);
     uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
     for (int k = 0; k < 4; ++k) w[k] = mma::pack_bf16x2(mma::bf16_lo(w[k]) * sc, mma::bf16_hi(w[k]) * sc);
@@ -374,15 +387,16 @@ void launch_fwd_fast(const SsdArgs& a);
 template <int Q, int P, int N>
 void launch_bwd_fast(const SsdArgs& a);  // sweeps + chunk kernel; partials left in ws_part
 // Sweeps over directions dir_first .. dir_first + ndir - 1 (0: states forwards from x, B;
-// 1: state gradients backwards from dy, C), one block per (head, segment, row, direction).
-// local: each segment from zero, leaving its local state in ws_seg and its decay in ws_seg_gamma;
-// otherwise from the state pass's result (or h0 / dh_final when nseg == 1), storing the bf16
-// state entering (gradient leaving) every chunk in ws_hin (ws_dhout).
+// 1: state gradients backwards from dy, C), one block per (head, segment, row, direction), from
+// the state pass's result (or h0 / dh_final when nseg == 1), storing the bf16 state entering
+// (gradient leaving) every chunk in ws_hin (ws_dhout); the backward sweep of segment 0 writes dh0.
 template <int Q, int P, int N>
-void launch_state_sweep(const SsdArgs& a, int dir_first, int ndir, bool local);
-// The short sequential pass over segments (fp32, in place in ws_seg): local states -> states
-// entering (gradients leaving) each segment; writes h_final (direction 0) and dh0 (direction 1).
-void launch_state_pass(const SsdArgs& a, int dir_first, int ndir);
+void launch_state_sweep(const SsdArgs& a, int dir_first, int ndir);
+// With nseg > 1, the states entering (gradients leaving) the segments, in two launches: the local
+// state of every piece (from zero: one weighted split-K product per piece, chunk-parallel), then
+// the short sequential pass over pieces (fp32) into ws_seg.
+template <int Q, int P, int N>
+void launch_segment_states(const SsdArgs& a, int dir_first, int ndir);
 void launch_fwd_generic(const SsdArgs& a, int act_type, float* ws_state);
 // Generic backward: ws_f32 needs generic_bwd_ws_floats(a) floats; partials left in ws_part.
 size_t generic_bwd_ws_floats(const SsdArgs& a);
