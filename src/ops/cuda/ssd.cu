@@ -202,7 +202,7 @@ int choose_seg_chunks(int nchunks, int64_t units, int64_t slots, int64_t state_e
     const int64_t segs = ceil_div(nchunks, len);
     const double walk = static_cast<double>(ceil_div(segs * units, slots) * len) * main_s;  // per slot
     if (segs == 1) return walk;
-    const int64_t pieces = segs * units + 4 * slots;  // segment states + pieces (~4 per slot)
+    const int64_t pieces = segs * units + 2 * slots;  // segment states + pieces (~2 per slot)
     return walk + static_cast<double>(units * (nchunks - len)) * local_s / static_cast<double>(slots) +
            kLaunchSeconds + static_cast<double>(pieces * state_elems_per_unit) * 8.0 / kBytesPerSecond;
   };
@@ -219,8 +219,10 @@ int choose_seg_chunks(int nchunks, int64_t units, int64_t slots, int64_t state_e
 }
 
 // Sets nchunks, seg_chunks, nseg of the fast path (per-chunk seconds: see the NOTES' model), and
-// the pieces: ~4 piece blocks per slot, 4 .. kMaxPieceChunks chunks each (HLM_SSD_PIECE_CHUNKS=n
-// forces n, capped to the shared-memory limit).
+// the pieces: ~2 piece blocks per slot, 16 .. kMaxPieceChunks chunks each (a piece block's fixed
+// cost, its coefficient scan and pipeline start, is worth several chunks; H200: 4K forward
+// 0.304 ms with 16-chunk pieces against ~0.35 with 4). HLM_SSD_PIECE_CHUNKS=n forces n, capped to
+// the shared-memory limit.
 void split_segments(SsdArgs* a, int64_t units, bool backward) {
   a->nchunks = (a->T + kFastChunk - 1) / kFastChunk;
   const int64_t slots = static_cast<int64_t>(num_sms()) * (a->P <= 64 ? 2 : 1);
@@ -236,8 +238,8 @@ void split_segments(SsdArgs* a, int64_t units, bool backward) {
     int64_t pc = 0;
     if (const char* penv = std::getenv("HLM_SSD_PIECE_CHUNKS")) pc = std::max(0, std::atoi(penv));  // 0: automatic
     if (pc == 0) {
-      const int64_t pps = std::max<int64_t>(1, (4 * slots + per_piece - 1) / per_piece);
-      pc = std::max<int64_t>(std::min<int64_t>(4, a->seg_chunks), (a->seg_chunks + pps - 1) / pps);
+      const int64_t pps = std::max<int64_t>(1, (2 * slots + per_piece - 1) / per_piece);
+      pc = std::max<int64_t>(std::min<int64_t>(16, a->seg_chunks), (a->seg_chunks + pps - 1) / pps);
     }
     pc = std::min<int64_t>({pc, ssd::kMaxPieceChunks, a->seg_chunks});
     a->pps = static_cast<int>((a->seg_chunks + pc - 1) / pc);

@@ -129,7 +129,8 @@ struct PieceLayout {
   static constexpr size_t kN = size_t{Cfg::Q} * Cfg::LDN * 2;
   static constexpr size_t as = 0;                                   // activation tiles
   static constexpr size_t vs = as + kStages * kX;                   // B or C tiles
-  static constexpr size_t coef = vs + kStages * kN;                 // [kMaxPieceChunks Q] floats
+  static constexpr size_t xw = vs + kStages * kN;                   // activation tile times c_t
+  static constexpr size_t coef = xw + kX;                           // [kMaxPieceChunks Q] floats
   static constexpr size_t wsum = coef + size_t{kMaxPieceChunks} * Cfg::Q * 4;  // [8] floats
   static constexpr size_t wkill = wsum + 8 * 4;                     // [8] ints
   static constexpr size_t total = wkill + 8 * 4;
@@ -142,8 +143,9 @@ struct PieceLayout {
 //   backwards (dy, C): c_t = exp(Σ_{r <= t} dt_r A),     zero if a document starts in [begin, t].
 // The sums are a block scan over the piece's tokens (suffix sums forwards: the decays near the
 // end, the ones that matter, stay exact in fp32); the product streams (act, V) tiles through
-// kStages cp.async buffers with one barrier per tile. The piece's total decay goes to
-// ws_piece_gamma. No chain across chunks: every (piece, head) runs in parallel.
+// kStages cp.async buffers; each tile's activation rows are scaled by c_t once, by all threads,
+// into a shared copy (not in each warp's fragments: four warps read every element). The piece's
+// total decay goes to ws_piece_gamma. No chain across chunks: every (piece, head) runs in parallel.
 template <int Q, int P, int N>
 __global__ void __launch_bounds__(256, P <= 64 ? 2 : 1) ssd_piece_state_kernel(const SsdArgs a, int dir_first,
                                                                               int ndir) {
@@ -155,6 +157,7 @@ __global__ void __launch_bounds__(256, P <= 64 ? 2 : 1) ssd_piece_state_kernel(c
   unsigned char* sm = mma::dynamic_smem();
   auto* As0 = reinterpret_cast<bf16_t*>(sm + L::as);
   auto* Vs0 = reinterpret_cast<bf16_t*>(sm + L::vs);
+  auto* Xw = reinterpret_cast<bf16_t*>(sm + L::xw);
   auto* coef = reinterpret_cast<float*>(sm + L::coef);
   auto* wsum = reinterpret_cast<float*>(sm + L::wsum);
   auto* wkill = reinterpret_cast<int*>(sm + L::wkill);
@@ -284,10 +287,12 @@ __global__ void __launch_bounds__(256, P <= 64 ? 2 : 1) ssd_piece_state_kernel(c
   for (int k = 0; k < ntiles; ++k) {
     const int buf = k % kStages;
     mma::cp_async_wait<kStages - 2>();
-    __syncthreads();  // tile k in (and the coefficients); buffer (k - 1) % kStages read by all
+    __syncthreads();  // tile k in (and the coefficients); tile k - 1's buffers and Xw read by all
     if (k + kStages - 1 < ntiles) issue(k + kStages - 1);
     mma::cp_async_commit();
-    S.add_outer(As0 + buf * kXE, Vs0 + buf * kNE, coef + k * Q);
+    scale_rows<Cfg, 256>(Xw, As0 + buf * kXE, coef + k * Q);
+    __syncthreads();  // Xw complete
+    S.add_outer(Xw, Vs0 + buf * kNE);
   }
   S.store_f32(a.ws_piece + piece_index(a, dir, b, sp, j, h) * P * N);
 }
