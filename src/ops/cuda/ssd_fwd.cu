@@ -167,7 +167,8 @@ __global__ void __launch_bounds__(256 * kHG, (P <= 64 && kHW * kHG == 1) ? 2 : 1
     if (has_next) issue_c(c + 1);  // C is read only before (B)
     mma::cp_async_commit();
 
-    // M[t,s] = G[t,s] exp(cum_t - cum_s) dt_s for s <= t in t's document, else 0.
+    // M[t,s] = G[t,s] exp(cum_t - cum_s) dt_s for s <= t in t's document, else 0. Column tiles
+    // right of this row block's diagonal block are never read (y's k loop stops there): skipped.
 #pragma unroll
     for (int hh = 0; hh < kHW; ++hh) {
       const ChunkScan<Q>& S = sc[hb + hh];
@@ -176,6 +177,7 @@ __global__ void __launch_bounds__(256 * kHG, (P <= 64 && kHW * kHG == 1) ? 2 : 1
       for (int j = 0; j < Cfg::kQTiles; ++j)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
+          if (q0 + 8 * j > r0 + 15) continue;
           const int t = mma::acc_row(r0, 2 * half), s = mma::acc_col(q0 + 8 * j, 0);
           float m[2];
 #pragma unroll
