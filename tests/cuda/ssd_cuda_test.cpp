@@ -322,19 +322,24 @@ TEST(SsdCuda, Instantiation128x128) {
   check_backward({1, 1030, 32, 4, 128, 128});
 }
 
+// Forward and backward of case c with the chunk-parallel split forced: HLM_SSD_SEG_CHUNKS = seg,
+// HLM_SSD_PIECE_CHUNKS = piece (null: the automatic choice).
+void check_split(const char* seg, const char* piece, Case c, uint64_t seed) {
+  SCOPED_TRACE(std::string("HLM_SSD_SEG_CHUNKS=") + seg + " HLM_SSD_PIECE_CHUNKS=" + (piece ? piece : "auto"));
+  setenv("HLM_SSD_SEG_CHUNKS", seg, 1);
+  if (piece) setenv("HLM_SSD_PIECE_CHUNKS", piece, 1);
+  c.seed = seed;
+  check_forward(c);
+  check_backward(c);
+  unsetenv("HLM_SSD_PIECE_CHUNKS");
+  unsetenv("HLM_SSD_SEG_CHUNKS");
+}
+
 // The chunk-parallel split: chunks per segment forced from 1 (every chunk its own segment) to more
 // than the row has (no state pass), with a partial last segment and documents across segment edges.
 TEST(SsdCuda, SegmentSplits) {
   HLM_REQUIRE_GPU();
-  for (const char* seg : {"1", "3", "7", "100000"}) {
-    SCOPED_TRACE(std::string("HLM_SSD_SEG_CHUNKS=") + seg);
-    setenv("HLM_SSD_SEG_CHUNKS", seg, 1);
-    Case c{2, 1000, 8, 2, 64, 128};
-    c.seed = 11;
-    check_forward(c);
-    check_backward(c);
-  }
-  unsetenv("HLM_SSD_SEG_CHUNKS");
+  for (const char* seg : {"1", "3", "7", "100000"}) check_split(seg, nullptr, {2, 1000, 8, 2, 64, 128}, 11);
 }
 
 // The segment states come from pieces (each one weighted product over its tokens, then a pass over
@@ -342,26 +347,9 @@ TEST(SsdCuda, SegmentSplits) {
 // 4096 tokens of coefficients) with documents across piece and segment edges.
 TEST(SsdCuda, PieceSplits) {
   HLM_REQUIRE_GPU();
-  setenv("HLM_SSD_SEG_CHUNKS", "7", 1);
-  for (const char* pc : {"1", "3", "7"}) {
-    SCOPED_TRACE(std::string("HLM_SSD_SEG_CHUNKS=7 HLM_SSD_PIECE_CHUNKS=") + pc);
-    setenv("HLM_SSD_PIECE_CHUNKS", pc, 1);
-    Case c{2, 1000, 8, 2, 64, 128};
-    c.seed = 12;
-    check_forward(c);
-    check_backward(c);
-  }
-  setenv("HLM_SSD_SEG_CHUNKS", "70", 1);
-  for (const char* pc : {"64", "0"}) {  // 0: the automatic choice
-    SCOPED_TRACE(std::string("HLM_SSD_SEG_CHUNKS=70 HLM_SSD_PIECE_CHUNKS=") + pc);
-    setenv("HLM_SSD_PIECE_CHUNKS", pc, 1);
-    Case c{1, 9000, 4, 1, 64, 64};
-    c.seed = 13;
-    check_forward(c);
-    check_backward(c);
-  }
-  unsetenv("HLM_SSD_PIECE_CHUNKS");
-  unsetenv("HLM_SSD_SEG_CHUNKS");
+  for (const char* pc : {"1", "3", "7"}) check_split("7", pc, {2, 1000, 8, 2, 64, 128}, 12);
+  check_split("70", "64", {1, 9000, 4, 1, 64, 64}, 13);
+  check_split("70", nullptr, {1, 9000, 4, 1, 64, 64}, 13);
 }
 
 // The forward's other block shapes (the default is 11: one head, 2 blocks per SM).

@@ -7,6 +7,21 @@
 namespace hlm::cuda::ssd {
 namespace {
 
+// The operands of direction dir's recurrence for the heads from h (P columns each) of group g:
+// (x, B) forwards, (dy, C) backwards.
+struct SweepOperands {
+  const bf16_t* act;
+  int64_t ld_act;
+  const bf16_t* vec;
+  int64_t ld_vec;
+};
+template <int P, int N>
+__device__ __forceinline__ SweepOperands sweep_operands(const SsdArgs& a, int dir, int h, int g) {
+  const bool reverse = dir == 1;
+  return {static_cast<const bf16_t*>(reverse ? a.dy : a.x) + static_cast<int64_t>(h) * P, reverse ? a.ld_dy : a.ld_x,
+          static_cast<const bf16_t*>(reverse ? a.Cm : a.Bm) + static_cast<int64_t>(g) * N, reverse ? a.ld_C : a.ld_B};
+}
+
 // Both directions are the recurrence S <- gamma S + (act * coef)ᵀ V over chunks, with
 // (act, coef, V) = (x, w dt, B) forwards and (dy, eoff, C) backwards.
 template <class Cfg, int kHG>
@@ -55,10 +70,7 @@ __global__ void __launch_bounds__(256 * kHG, (P <= 64 && kHG == 1) ? 2 : 1)
   const int c_begin = seg * a.seg_chunks, c_end = min(C, c_begin + a.seg_chunks);
   const int nit = c_end - c_begin;
   const int64_t rowb = static_cast<int64_t>(b) * T;
-  const auto* act = static_cast<const bf16_t*>(reverse ? a.dy : a.x) + static_cast<int64_t>(h_first) * P;
-  const int64_t ld_act = reverse ? a.ld_dy : a.ld_x;
-  const auto* vec = static_cast<const bf16_t*>(reverse ? a.Cm : a.Bm) + static_cast<int64_t>(g) * N;
-  const int64_t ld_vec = reverse ? a.ld_C : a.ld_B;
+  const auto [act, ld_act, vec, ld_vec] = sweep_operands<P, N>(a, dir, h_first, g);
   bf16_t* ws = (reverse ? a.ws_dhout : a.ws_hin) + (static_cast<int64_t>(b) * a.H + h) * C * P * N;
   const int64_t state_off = (static_cast<int64_t>(b) * a.H + h) * P * N;
 
@@ -178,10 +190,7 @@ __global__ void __launch_bounds__(256, P <= 64 ? 2 : 1) ssd_piece_state_kernel(c
   const int ce = min(seg_end, cb + a.piece_chunks);
   const int ntiles = ce - cb;
   const int64_t rowb = static_cast<int64_t>(b) * T;
-  const auto* act = static_cast<const bf16_t*>(reverse ? a.dy : a.x) + static_cast<int64_t>(h) * P;
-  const int64_t ld_act = reverse ? a.ld_dy : a.ld_x;
-  const auto* vec = static_cast<const bf16_t*>(reverse ? a.Cm : a.Bm) + static_cast<int64_t>(g) * N;
-  const int64_t ld_vec = reverse ? a.ld_C : a.ld_B;
+  const auto [act, ld_act, vec, ld_vec] = sweep_operands<P, N>(a, dir, h, g);
 
   auto issue = [&](int k) {  // tile k of the piece into buffer k % kStages
     const int t0 = (cb + k) * Q, valid = min(Q, T - t0), buf = k % kStages;
@@ -218,16 +227,12 @@ __global__ void __launch_bounds__(256, P <= 64 ? 2 : 1) ssd_piece_state_kernel(c
 #pragma unroll
   for (int i = 0; i < kR; ++i) {
     const int r = reverse ? i : kR - 1 - i;
-    if (reverse) {
-      tot += dt[r] * A;
-      any |= (bmask >> r) & 1;
-    }
-    part[r] = tot;
-    kmask |= static_cast<unsigned>(any) << r;
-    if (!reverse) {
-      tot += dt[r] * A;
-      any |= (bmask >> r) & 1;
-    }
+    const float tot_before = tot;
+    const int any_before = any;
+    tot += dt[r] * A;
+    any |= (bmask >> r) & 1;
+    part[r] = reverse ? tot : tot_before;  // backwards inclusive of r, forwards exclusive
+    kmask |= static_cast<unsigned>(reverse ? any : any_before) << r;
   }
   // Block scan of the thread totals in token order (backwards) or reverse token order (forwards):
   // exclusive sums over the threads before (after) this one.
