@@ -455,16 +455,19 @@ int main(int argc, char** argv) {
     bench_ssd(1, 16384, 1.15, 5.45, NAN, NAN, quick);
     bench_ssd(1, 65536, 5.03, 22.7, 1.7, 7.5, quick);
     bench_ssd(8, 8192, 4.92, 21.8, NAN, NAN, quick);
-    // A/B of the forward's block shapes in the same run (knobs read by src/ops/cuda/ssd.cu):
-    // default 11 (1 head, 2 blocks/SM), 21 (2 heads per warp), 12 (2 heads on 16 warps), and 11
-    // with one segment per row (the version-1 grid with the version-2 chunk loop).
-    for (auto [env, label] : {std::pair{"21:0", " variant 21"}, std::pair{"12:0", " variant 12"},
-                              std::pair{"11:100000", " variant 11, 1 segment"},
-                              std::pair{"11:256", " variant 11, 4 segments"}}) {
+    // A/B of the forward walks in the same run (knobs read by src/ops/cuda/ssd.cu): the default
+    // (the wgmma walk, variant 1, on sm_90) against the mma.sync walk (variant 11) at 4K and 64K,
+    // and the wgmma walk with 1, 2, 4 and 8 segments per row at 64K.
+    for (auto [env, len, label] : {std::tuple{"11:0", 4096, " mma.sync walk (variant 11)"},
+                                   std::tuple{"11:0", 65536, " mma.sync walk (variant 11)"},
+                                   std::tuple{"1:100000", 65536, " wgmma walk, 1 segment"},
+                                   std::tuple{"1:512", 65536, " wgmma walk, 2 segments"},
+                                   std::tuple{"1:256", 65536, " wgmma walk, 4 segments"},
+                                   std::tuple{"1:128", 65536, " wgmma walk, 8 segments"}}) {
       const std::string e = env;
       setenv("HLM_SSD_FWD_VARIANT", e.substr(0, e.find(':')).c_str(), 1);
       setenv("HLM_SSD_SEG_CHUNKS", e.substr(e.find(':') + 1).c_str(), 1);
-      bench_ssd(1, 65536, 5.03, NAN, 1.7, NAN, true);
+      bench_ssd(1, len, len == 4096 ? 1.03 : 5.03, NAN, len == 4096 ? 0.15 : 1.7, NAN, true);
       g_rows.back().name += label;
     }
     unsetenv("HLM_SSD_FWD_VARIANT");

@@ -352,15 +352,24 @@ TEST(SsdCuda, PieceSplits) {
   check_split("70", nullptr, {1, 9000, 4, 1, 64, 64}, 13);
 }
 
-// The forward's other block shapes (the default is 11: one head, 2 blocks per SM).
+// The forward's walks: the mma.sync block shapes 11 (the default: one head, 2 blocks per SM), 12
+// and 21, and the wgmma walk (variant 1, sm_90), also with forced segment splits.
 TEST(SsdCuda, ForwardBlockShapes) {
   HLM_REQUIRE_GPU();
-  for (const char* v : {"12", "21"}) {
+  for (const char* v : {"1", "12", "21"}) {
     SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
     setenv("HLM_SSD_FWD_VARIANT", v, 1);
     check_forward({2, 1000, 8, 2, 64, 128});
     check_forward({1, 333, 16, 4, 64, 64});
   }
+  setenv("HLM_SSD_FWD_VARIANT", "1", 1);
+  for (const char* segs : {"1", "3"}) {
+    SCOPED_TRACE(std::string("wgmma walk, HLM_SSD_SEG_CHUNKS=") + segs);
+    setenv("HLM_SSD_SEG_CHUNKS", segs, 1);
+    check_forward({2, 1000, 8, 2, 64, 128});
+    check_forward({1, 333, 16, 4, 64, 64});
+  }
+  unsetenv("HLM_SSD_SEG_CHUNKS");
   unsetenv("HLM_SSD_FWD_VARIANT");
 }
 

@@ -25,6 +25,16 @@ struct CopyOp {
   bool zero;
 };
 
+struct WgOp {
+  float* d;
+  int n;
+  bool reg_a;
+  float a[16][16];  // this warp's A rows (reg_a)
+  uint64_t desc_a, desc_b;
+  bool accumulate;
+  int trans_a, trans_b;
+};
+
 struct Fiber {
   ucontext_t ctx;
   dim3 tid;
@@ -34,6 +44,8 @@ struct Fiber {
   unsigned bar_wait = 0;
   std::vector<std::vector<CopyOp>> groups;
   std::vector<CopyOp> open;
+  std::vector<std::vector<WgOp>> wg_groups;
+  std::vector<WgOp> wg_open;
 };
 
 struct WarpState {
@@ -407,6 +419,84 @@ void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
   }
   warp_done();
   for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+namespace {
+
+// Element (mn, k) of a bf16 operand behind a no-swizzle descriptor (wgmma.cuh's layout).
+float desc_element(uint64_t desc, bool mn_major, int mn, int k) {
+  if ((desc >> 62) != 0) die("wgmma: only the no-swizzle layout is emulated");
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3fff) << 4;
+  const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3fff) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3fff) << 4;
+  const uint32_t inner = mn_major ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2;
+  const uint32_t off = start + (mn / 8) * sbo + (k / 8) * lbo + inner;
+  const unsigned char* p = g_blk->smem + off;
+  check_smem(p, 2, "wgmma operand");
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  const uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+void run_wgmma(const WgOp& op) {
+  const int l = g_cur->linear & 31, w = (g_cur->linear / 32) % 4;
+  const int g = l / 4, q = l % 4;
+  for (int j = 0; j < op.n / 8; ++j)
+    for (int i = 0; i < 4; ++i) {
+      const int row = 16 * w + g + 8 * (i / 2), col = 8 * j + 2 * q + (i % 2);
+      double acc = 0;
+      for (int k = 0; k < 16; ++k) {
+        const float av = op.reg_a ? op.a[row - 16 * w][k] : desc_element(op.desc_a, op.trans_a != 0, row, k);
+        acc += static_cast<double>(av) * desc_element(op.desc_b, op.trans_b != 0, col, k);
+      }
+      float& d = op.d[4 * j + i];
+      d = (op.accumulate ? d : 0.f) + static_cast<float>(acc);
+    }
+}
+
+}  // namespace
+
+void wgmma(float* d, int n, const uint32_t* a_regs, uint64_t desc_a, uint64_t desc_b, bool accumulate,
+           int trans_a, int trans_b) {
+  if (g_blk->n % 128 != 0) die("wgmma: the block is not whole warpgroups");
+  if (n % 8 != 0 || n < 8 || n > 256) die("wgmma: bad N");
+  WgOp op{};
+  op.d = d;
+  op.n = n;
+  op.reg_a = a_regs != nullptr;
+  op.desc_a = desc_a;
+  op.desc_b = desc_b;
+  op.accumulate = accumulate;
+  op.trans_a = trans_a;
+  op.trans_b = trans_b;
+  if (op.reg_a) {  // the warp's 16 x 16 A tile from its lanes' fragments (mma.sync A layout)
+    const unsigned char* slots = warp_publish(a_regs, 16);
+    for (int ln = 0; ln < 32; ++ln)
+      for (int r = 0; r < 4; ++r) {
+        uint32_t v;
+        std::memcpy(&v, slots + ln * 64 + r * 4, 4);
+        const int row = ln / 4 + (r & 1) * 8, k = 2 * (ln % 4) + (r >= 2 ? 8 : 0);
+        op.a[row][k] = bf16_lo(v);
+        op.a[row][k + 1] = bf16_hi(v);
+      }
+    warp_done();
+  }
+  g_cur->wg_open.push_back(op);
+}
+
+void wgmma_commit() {
+  g_cur->wg_groups.push_back(std::move(g_cur->wg_open));
+  g_cur->wg_open.clear();
+}
+
+void wgmma_wait(int pending) {
+  while (static_cast<int>(g_cur->wg_groups.size()) > pending) {
+    for (const WgOp& op : g_cur->wg_groups.front()) run_wgmma(op);
+    g_cur->wg_groups.erase(g_cur->wg_groups.begin());
+  }
 }
 
 }  // namespace emu

@@ -359,8 +359,8 @@ int main(int argc, char** argv) {
     unsetenv("HLM_SSD_PIECE_CHUNKS");
     unsetenv("HLM_SSD_SEG_CHUNKS");
   }
-  if (want("variants")) {  // the forward's other block shapes (the default is 11)
-    for (const char* v : {"12", "21"}) {
+  if (want("variants")) {  // the forward's other walks (the default is 11; 1 is the wgmma walk)
+    for (const char* v : {"1", "12", "21"}) {
       setenv("HLM_SSD_FWD_VARIANT", v, 1);
       std::printf("HLM_SSD_FWD_VARIANT=%s\n", v);
       run_case("variant", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, false);

@@ -174,6 +174,9 @@ constexpr FastShape kFastShapes[] = {
     {128, 128, ssd::launch_fwd_fast<64, 128, 128>, ssd::launch_bwd_fast<64, 128, 128>},
 };
 constexpr int kFastChunk = 64;
+// Seconds per chunk of the wgmma walk with two heads per SM (the cost model's main_s; the mma.sync
+// walk's is 7.5e-6).
+constexpr double kWgWalkSeconds = 2.5e-6;
 
 const FastShape* fast_shape(const SsdArgs& a) {
   for (const FastShape& s : kFastShapes)
@@ -226,7 +229,7 @@ int choose_seg_chunks(int nchunks, int64_t units, int64_t slots, int64_t state_e
 void split_segments(SsdArgs* a, int64_t units, bool backward) {
   a->nchunks = (a->T + kFastChunk - 1) / kFastChunk;
   const int64_t slots = static_cast<int64_t>(num_sms()) * (a->P <= 64 ? 2 : 1);
-  const double main_s = backward ? 3.0e-6 : 7.5e-6, local_s = 0.8e-6;
+  const double main_s = backward ? 3.0e-6 : (a->fwd_variant == 1 ? kWgWalkSeconds : 7.5e-6), local_s = 0.8e-6;
   a->seg_chunks = choose_seg_chunks(a->nchunks, units, slots, static_cast<int64_t>(a->P) * a->N, main_s, local_s);
   a->nseg = (a->nchunks + a->seg_chunks - 1) / a->seg_chunks;
   const char* env = std::getenv("HLM_SSD_SWEEP_HEADS");  // 1: one head per sweep block
@@ -245,6 +248,21 @@ void split_segments(SsdArgs* a, int64_t units, bool backward) {
     a->pps = static_cast<int>((a->seg_chunks + pc - 1) / pc);
     a->piece_chunks = static_cast<int>(pc);
   }
+}
+
+// The forward walk's kernel (SsdArgs::fwd_variant). 1 (sm_90, P = 64): one warpgroup per head on
+// wgmma (ssd_fwd_wg.cu); not the default while it is slower than 11 (H100, 64K: 4.92 vs 4.03 ms,
+// bench/cuda/runs/run8-2026-12-06/a-wg-first-h100). The mma.sync walks (ssd_fwd.cu): 11 (the
+// default): one head per block, 2 blocks/SM - measured fastest of the three on the H200 (64K:
+// 5.25 ms vs 5.43 for 12, 6.22 for 21); 12: two heads of a group on 16 warps sharing the B, C
+// tiles; 21: both heads in each of 8 warps. HLM_SSD_FWD_VARIANT picks.
+int forward_variant(int64_t P, int64_t heads_per_group) {
+  const bool wgmma = P == 64 && device_props().major == 9;
+  const char* env = std::getenv("HLM_SSD_FWD_VARIANT");
+  const int v = env ? std::atoi(env) : 11;
+  if (v == 1 && wgmma) return 1;
+  if ((v == 12 || v == 21) && P <= 64 && heads_per_group % 2 == 0) return v;
+  return 11;
 }
 
 // Zero-fills or copies a [B,H,P,N] fp32 state (for T == 0).
@@ -279,13 +297,8 @@ void ssd_forward(const SsdParams& p, const Tensor& y, const Tensor& h_final) {
                     row_view_aligned(a.Bm, a.ld_B) && row_view_aligned(a.Cm, a.ld_C) &&
                     row_view_aligned(a.y, a.ld_y);
   if (fast) {
+    a.fwd_variant = forward_variant(d.P, d.H / d.G);
     split_segments(&a, d.B * d.H, false);
-    // 11 (the default): one head per block, 2 blocks/SM - measured fastest on the H200 (64K: 5.25
-    // ms vs 5.43 for 12, 6.22 for 21). 12: two heads of a group on 16 warps sharing the B, C tiles;
-    // 21: both heads in each of 8 warps. HLM_SSD_FWD_VARIANT picks.
-    const char* variant_env = std::getenv("HLM_SSD_FWD_VARIANT");
-    const int variant = variant_env ? std::atoi(variant_env) : 11;
-    a.fwd_variant = d.P <= 64 && (d.H / d.G) % 2 == 0 && (variant == 12 || variant == 21) ? variant : 11;
     if (a.nseg > 1) {
       const size_t seg_states = static_cast<size_t>(d.B) * a.nseg * d.H * d.P * d.N;
       const size_t pieces = static_cast<size_t>(d.B) * (a.nseg - 1) * a.pps * d.H;
