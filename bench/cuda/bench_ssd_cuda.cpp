@@ -1,7 +1,7 @@
 // Times the CUDA Mamba-2 path (SSD forward, forward + backward, conv1d + SiLU, decode state
 // update) at the Mamba-2-Hybrid 8B mixer shape next to the reference numbers of shared/gpu.md.
 // Each configuration is first checked against the CPU op at a small length (exit 1 on mismatch).
-//   bench_ssd_cuda [--json FILE] [--iters N] [--quick]
+//   bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only] [--profile L]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -423,6 +423,7 @@ void bench_step(int64_t B, double ref_us, double tgt_us) {
 int main(int argc, char** argv) {
   std::string json;
   bool quick = false, step_only = false;
+  int64_t profile_len = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--json" && i + 1 < argc)
@@ -433,8 +434,10 @@ int main(int argc, char** argv) {
       quick = true;
     else if (a == "--step-only")
       step_only = true;
+    else if (a == "--profile" && i + 1 < argc)
+      profile_len = std::atoll(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only]\n");
+      std::fprintf(stderr, "usage: bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only] [--profile L]\n");
       return 2;
     }
   }
@@ -445,6 +448,12 @@ int main(int argc, char** argv) {
     }
     const cudaDeviceProp& prop = cuda::device_props();
     std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    if (profile_len > 0) {  // --profile L: three forwards at 1 x L, nothing else (for ncu)
+      SsdSet s(1, profile_len, 1000);
+      for (int i = 0; i < 3; ++i) ssd_forward(s.p, s.y.t, Tensor());
+      CK(cudaDeviceSynchronize());
+      return 0;
+    }
     bool ok = check_ssd(1, 512) && check_ssd(2, 333) && check_conv(700, 10240) && check_conv_train(2100) && check_step(1) && check_step(32);
     if (!ok) {
       std::fprintf(stderr, "bench_ssd_cuda: correctness check failed, not timing\n");

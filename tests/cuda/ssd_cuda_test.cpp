@@ -363,6 +363,14 @@ TEST(SsdCuda, ForwardBlockShapes) {
     check_forward({1, 333, 16, 4, 64, 64});
   }
   setenv("HLM_SSD_FWD_VARIANT", "1", 1);
+  {  // dt a bf16 column slice at an odd offset (the wgmma walk copies the words holding it)
+    Case c{2, 200, 4, 2, 64, 128};
+    c.slice = true;
+    check_forward(c);
+    Case n{1, 256, 4, 1, 64, 128};
+    n.doc = n.h0 = false;
+    check_forward(n);
+  }
   for (const char* segs : {"1", "3"}) {
     SCOPED_TRACE(std::string("wgmma walk, HLM_SSD_SEG_CHUNKS=") + segs);
     setenv("HLM_SSD_SEG_CHUNKS", segs, 1);

@@ -11,10 +11,11 @@
 //
 // The fp32 state stays in the H product's accumulators across chunks. Tiles are stored as 8 × 8
 // core matrices (wgmma.cuh's CoreTile), so one copy of the B tile serves as K-major operand of G
-// and as MN-major operand of the state update. Per chunk, three barriers of the warpgroup:
-//   (A) tiles and the bf16 state in     -> next tiles issued; G, Yo issued; warp 0 scans dt
-//   (B) scan visible                    -> x w dt into shared memory; M from G; y = eoff Yo + M x
-//                                          issued
+// and as MN-major operand of the state update. The dt scan runs one chunk ahead (warp 0, on raw
+// dt and doc ids that cp.async brought two chunks ahead). Per chunk, two barriers:
+//   (A) tiles, the chunk's scan and the bf16 state in -> next tiles issued; G, Yo issued; x w dt
+//                                          into shared memory; warp 0 scans the next chunk; M from
+//                                          G; y = eoff Yo + M x issued
 //   (C) x w dt complete, Yo done        -> H = gamma H + (x w dt)ᵀ B issued; y stored; the state's
 //                                          bf16 copy written for the next chunk
 #include "ops/cuda/ssd_kernels.cuh"
@@ -35,17 +36,34 @@ struct WgLayout {
   static constexpr size_t cs = bs + 2 * TN::kBytes;      // C, 2 buffers
   static constexpr size_t hs = cs + 2 * TN::kBytes;      // bf16 state entering the chunk
   static constexpr size_t xw = hs + TH::kBytes;          // x w dt
-  static constexpr size_t raw = xw + TX::kBytes;         // raw dt, 2 buffers of Q floats
-  static constexpr size_t bnd = raw + 2 * kQ * 4;        // boundary flags, 2 x Q ints
-  static constexpr size_t scan = bnd + 2 * kQ * 4;
-  static constexpr size_t total = scan + sizeof(ChunkScan<kQ>);
+  static constexpr size_t raw = xw + TX::kBytes;         // raw dt words (cp.async), 2 chunks x Q
+  static constexpr size_t doc = raw + 2 * kQ * 4;        // doc ids at t - 1 .. t + Q - 1, 2 chunks
+  static constexpr size_t rawf = doc + 2 * (kQ + 4) * 4; // the scan warp's raw dt and boundary flags
+  static constexpr size_t bndf = rawf + kQ * 4;
+  static constexpr size_t scan = bndf + kQ * 4;          // 2 chunks
+  static constexpr size_t total = scan + 2 * sizeof(ChunkScan<kQ>);
 };
+
+// The rows of the chunk's products (G, Yo, y: the wgmma M dimension, warp w holding rows 16 w ..
+// 16 w + 15) hold the tokens in this order: row 16 w + g holds token 8 w + g and row 16 w + 8 + g
+// token 63 - 8 w - g (g < 8), so each warp's causal work is the same. Only the C tile is stored
+// permuted; y is written back to its tokens.
+__device__ __forceinline__ int token_of_row(int m) {
+  const int w = m >> 4, g = m & 7;
+  return (m & 8) ? 63 - 8 * w - g : 8 * w + g;
+}
+__device__ __forceinline__ int row_of_token(int t) {
+  if (t < 32) return 16 * (t >> 3) + (t & 7);
+  const int u = 63 - t;
+  return 16 * (u >> 3) + 8 + (u & 7);
+}
 
 // Queues cp.async copies of rows [row0, row0 + R) x columns [0, C) of a bf16 row view into a
 // CoreTile<R, C>; rows >= valid_rows are zero-filled. As load_tile_async: thread i copies the
 // 16-byte pieces i, i + kThreads, ..., one column and rows kThreads / (C / 8) apart, so source
 // and destination advance by constant strides.
-template <int R, int C>
+// With kPermute (the C tile, R = Q), token r goes to row row_of_token(r).
+template <int R, int C, bool kPermute = false>
 __device__ __forceinline__ void load_core_tile_async(unsigned char* S, const bf16_t* base, int64_t ld, int64_t row0,
                                                      int valid_rows) {
   constexpr int kPieces = C / 8;
@@ -59,8 +77,10 @@ __device__ __forceinline__ void load_core_tile_async(unsigned char* S, const bf1
   constexpr int kDstStep = kRowStep / 8 * wg::CoreTile<R, C>::kRowGroup;
 #pragma unroll
   for (int k = 0; k < R / kRowStep; ++k) {
-    const bool valid = r0 + k * kRowStep < valid_rows;
-    mma::cp_async16(dst + k * kDstStep, valid ? src + k * step : first, valid);
+    const int r = r0 + k * kRowStep;
+    const bool valid = r < valid_rows;
+    unsigned char* d = kPermute ? S + wg::CoreTile<R, C>::offset(row_of_token(r), 8 * c) : dst + k * kDstStep;
+    mma::cp_async16(d, valid ? src + k * step : first, valid);
   }
 }
 
@@ -76,9 +96,11 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
   unsigned char* Cs0 = sm + L::cs;
   unsigned char* Hs = sm + L::hs;
   unsigned char* Xw = sm + L::xw;
-  auto* raw = reinterpret_cast<float*>(sm + L::raw);
-  auto* bnd = reinterpret_cast<int*>(sm + L::bnd);
-  auto& S = *reinterpret_cast<ChunkScan<kQ>*>(sm + L::scan);
+  auto* rawv = reinterpret_cast<uint32_t*>(sm + L::raw);  // chunk parity u at + u Q
+  auto* docv = reinterpret_cast<int*>(sm + L::doc);       // chunk parity u at + u (Q + 4)
+  auto* rawf = reinterpret_cast<float*>(sm + L::rawf);
+  auto* bndf = reinterpret_cast<int*>(sm + L::bndf);
+  auto* scans = reinterpret_cast<ChunkScan<kQ>*>(sm + L::scan);  // chunk parity u at + u
 
   const int h = blockIdx.x, seg = blockIdx.y, b = blockIdx.z;
   const int g = h / (a.H / a.G);
@@ -99,7 +121,47 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
     const int valid = min(kQ, T - c * kQ);
     load_core_tile_async<kQ, kP>(Xs0 + buf * TX::kBytes, xg, a.ld_x, t0, valid);
     load_core_tile_async<kQ, N>(Bs0 + buf * TN::kBytes, Bg, a.ld_B, t0, valid);
-    load_core_tile_async<kQ, N>(Cs0 + buf * TN::kBytes, Cg, a.ld_C, t0, valid);
+    load_core_tile_async<kQ, N, true>(Cs0 + buf * TN::kBytes, Cg, a.ld_C, t0, valid);
+  };
+  // Raw dt of chunk c as the 4-byte words holding them (a bf16 / f16 element shares its word with a
+  // neighbour; raw_word() picks the half), and the doc ids at t - 1 .. t + Q - 1: cp.async, so no
+  // thread waits on these scattered loads.
+  const int dt_bytes = a.dt_type == kF32 ? 4 : 2;
+  auto dt_addr = [&](int t) {  // byte address of dt at position t (< T) of this row and head
+    return static_cast<const unsigned char*>(a.dt) + ((rowb + t) * a.ld_dt + h) * dt_bytes;
+  };
+  auto issue_raw = [&](int c, int u) {
+    const int t = c * kQ + (tid & (kQ - 1));
+    if (tid < kQ) {
+      const uintptr_t p = reinterpret_cast<uintptr_t>(dt_addr(min(t, T - 1))) & ~uintptr_t{3};
+      mma::cp_async4(rawv + u * kQ + tid, reinterpret_cast<const void*>(p), t < T);
+    } else if (a.doc) {
+      const int32_t* d = a.doc + static_cast<int64_t>(b) * a.ld_doc;
+      mma::cp_async4(docv + u * (kQ + 4) + 1 + (tid - kQ), d + min(t, T - 1), t < T);
+      if (tid == kQ) mma::cp_async4(docv + u * (kQ + 4), d + max(c * kQ - 1, 0), c * kQ >= 1);
+    }
+  };
+  auto raw_word = [&](uint32_t word, int t) {
+    if (a.dt_type == kF32) return __uint_as_float(word);
+    const bool hi = (reinterpret_cast<uintptr_t>(dt_addr(min(t, T - 1))) & 2) != 0;
+    const uint32_t bits = hi ? word >> 16 : word & 0xffffu;
+    if (a.dt_type == kBF16) return __uint_as_float(bits << 16);
+    __half v;
+    const uint16_t b16 = static_cast<uint16_t>(bits);
+    memcpy(&v, &b16, 2);
+    return __half2float(v);
+  };
+  // Warp 0: the scan of chunk c (its raw words and doc ids landed) into scans[c & 1].
+  auto scan_chunk = [&](int c) {
+    const int u = c & 1;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int e = lane + 32 * k, t = c * kQ + e;
+      rawf[e] = t < T ? raw_word(rawv[u * kQ + e], t) : 0.f;
+      bndf[e] = a.doc && t > 0 && t < T && docv[u * (kQ + 4) + 1 + e] != docv[u * (kQ + 4) + e] ? 1 : 0;
+    }
+    __syncwarp();
+    chunk_scan_warp<kQ, false>(scans[u], rawf, bndf, min(kQ, T - c * kQ), A, bias, a.dt_min, a.dt_max);
   };
 
   // The state: accumulator element 4 j + i is (p, n) = (16 w + gq + 8 (i / 2), 8 j + 2 qq + i % 2).
@@ -130,12 +192,12 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
   };
   store_state_bf16();
   issue(c_begin, 0);
+  issue_raw(c_begin, c_begin & 1);
+  if (c_begin + 1 < c_end) issue_raw(c_begin + 1, (c_begin + 1) & 1);
   mma::cp_async_commit();
-  // Raw dt and boundary flags: thread i < Q owns position i.
-  if (tid < kQ) {
-    raw[tid] = raw_dt_at(a, b, c_begin * kQ + tid, h);
-    bnd[tid] = boundary_at(a, b, c_begin * kQ + tid);
-  }
+  mma::cp_async_wait<0>();
+  __syncthreads();
+  if (w == 0) scan_chunk(c_begin);  // then one chunk ahead, in the loop
 
   const uint32_t xs_addr = wg::smem_addr(Xs0), bs_addr = wg::smem_addr(Bs0), cs_addr = wg::smem_addr(Cs0);
   const uint64_t desc_h = wg::make_desc(wg::smem_addr(Hs), TH::kKMajorLbo, TH::kKMajorSbo);
@@ -150,10 +212,9 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
     wg::fence_async_smem();  // the copies are read by wgmma (async proxy)
     __syncthreads();         // (A)
     if (has_next) issue(c + 1, buf ^ 1);  // buffers last read by chunk c-1, whose products all completed
+    if (c + 2 < c_end) issue_raw(c + 2, c & 1);  // slot last read by the scan of chunk c, in chunk c-1
     mma::cp_async_commit();
-    const bool load_next = has_next && tid < kQ;
-    const float next_raw = load_next ? raw_dt_at(a, b, t0 + kQ + tid, h) : 0.f;
-    const int next_bnd = load_next ? boundary_at(a, b, t0 + kQ + tid) : 0;
+    const ChunkScan<kQ>& S = scans[c & 1];
 
     // G = C Bᵀ and Yo = C Hᵀ, two groups; warp 0 scans dt meanwhile.
     const uint64_t desc_c = wg::make_desc(cs_addr + buf * TN::kBytes, TN::kKMajorLbo, TN::kKMajorSbo);
@@ -170,50 +231,64 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
       wg::wgmma_ss_n64<0, 0>(yacc, wg::desc_advance(desc_c, kk * TN::kKMajorStep),
                              wg::desc_advance(desc_h, kk * TH::kKMajorStep), kk > 0);
     wg::commit();
-    if (w == 0) chunk_scan_warp<kQ, false>(S, raw + buf * kQ, bnd + buf * kQ, len, A, bias, a.dt_min, a.dt_max);
-    __syncthreads();  // (B)
 
     // x w dt for the state update (same rounding as the other kernels: bf16 of x times the fp32
-    // coefficient), 16 bytes per step; the offsets of x and x w dt agree (same layout).
+    // coefficient), 16 bytes per thread and step; the offsets of x and x w dt agree (same layout).
     {
       const unsigned char* X = Xs0 + buf * TX::kBytes;
-      for (int i = tid; i < kQ * kP / 8; i += kThreads) {
-        const int r = i / (kP / 8), cc = i % (kP / 8);
-        const int off = TX::offset(r, 8 * cc);
-        const float sc = S.wdt[r];
-        const uint4 u = *reinterpret_cast<const uint4*>(X + off);
-        uint32_t v[4] = {u.x, u.y, u.z, u.w};
+      constexpr int kSteps = kQ * kP / 8 / kThreads;
+      uint4 u[kSteps];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) v[k] = mma::pack_bf16x2(mma::bf16_lo(v[k]) * sc, mma::bf16_hi(v[k]) * sc);
-        *reinterpret_cast<uint4*>(Xw + off) = make_uint4(v[0], v[1], v[2], v[3]);
+      for (int k = 0; k < kSteps; ++k) {
+        const int i = tid + k * kThreads;
+        u[k] = *reinterpret_cast<const uint4*>(X + TX::offset(i / (kP / 8), 8 * (i % (kP / 8))));
+      }
+#pragma unroll
+      for (int k = 0; k < kSteps; ++k) {
+        const int i = tid + k * kThreads, r = i / (kP / 8);
+        const float sc = S.wdt[r];
+        uint32_t v[4] = {u[k].x, u[k].y, u[k].z, u[k].w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[e] = mma::pack_bf16x2(mma::bf16_lo(v[e]) * sc, mma::bf16_hi(v[e]) * sc);
+        *reinterpret_cast<uint4*>(Xw + TX::offset(r, 8 * (i % (kP / 8)))) = make_uint4(v[0], v[1], v[2], v[3]);
       }
       wg::fence_async_smem();
     }
+    // Warp 0 scans the next chunk; scans[(c + 1) & 1] was last read in
+    // chunk c-1.
+    if (w == 0 && has_next) scan_chunk(c + 1);
 
     // M[t, s] = G[t, s] exp(cum_t - cum_s) dt_s for s <= t in t's document, else 0, as the A
-    // fragments of y's product: k step ks takes G's column blocks 2 ks, 2 ks + 1. Blocks right
-    // of this warp's rows (s >= 16 (w + 1)) are zero.
-    const int t_lo = 16 * w + gq;
-    const float cum_t[2] = {S.cum[t_lo], S.cum[t_lo + 8]};
-    const int seg_t[2] = {S.seg[t_lo], S.seg[t_lo + 8]};
+    // fragments of y's product: k step ks takes G's column blocks 2 ks, 2 ks + 1. The rows are
+    // tokens token_of_row(): every warp holds 8 early and 8 late tokens, so the causal triangle's
+    // work is the same for all four (9 of 16 column blocks each); blocks right of a half's last
+    // token are zero without arithmetic.
+    const int t_h[2] = {token_of_row(16 * w + gq), token_of_row(16 * w + gq + 8)};
+    const int t_max[2] = {8 * w + 7, 63 - 8 * w};  // last token of each half in this warp
+    const float cum_t[2] = {S.cum[t_h[0]], S.cum[t_h[1]]};
+    const int seg_t[2] = {S.seg[t_h[0]], S.seg[t_h[1]]};
     uint32_t mf[4][4];
     wg::wait<1>();
     wg::pin(gacc);
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-      if (ks > w) {
-        mf[ks][0] = mf[ks][1] = mf[ks][2] = mf[ks][3] = 0u;
-        continue;
-      }
+    for (int ks = 0; ks < 4; ++ks)
 #pragma unroll
       for (int jj = 0; jj < 2; ++jj) {
         const int j = 2 * ks + jj, s = 8 * j + 2 * qq;
+        if (8 * j > t_max[1]) {  // both halves (the late half ends last)
+          mf[ks][2 * jj] = mf[ks][2 * jj + 1] = 0u;
+          continue;
+        }
         const float2 cs = *reinterpret_cast<const float2*>(S.cum + s);
         const float2 ds = *reinterpret_cast<const float2*>(S.dt + s);
         const int2 ss = *reinterpret_cast<const int2*>(S.seg + s);
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int t = t_lo + 8 * half;
+          const int t = t_h[half];
+          if (half == 0 && 8 * j > t_max[0]) {
+            mf[ks][2 * jj] = 0u;
+            continue;
+          }
           const float m0 = (s <= t && ss.x == seg_t[half])
                                ? gacc[4 * j + 2 * half] * __expf(fminf(cum_t[half] - cs.x, 0.f)) * ds.x
                                : 0.f;
@@ -223,12 +298,11 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
           mf[ks][2 * jj + half] = mma::pack_bf16x2(m0, m1);
         }
       }
-    }
     // y = eoff Yo + M x: Yo's accumulators, scaled per row, accumulate M x.
     wg::wait<0>();
     wg::pin(yacc);
     {
-      const float e0 = S.eoff[t_lo], e1 = S.eoff[t_lo + 8];
+      const float e0 = S.eoff[t_h[0]], e1 = S.eoff[t_h[1]];
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         yacc[4 * j] *= e0;
@@ -271,7 +345,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int t = t_lo + 8 * half, p = 8 * j + 2 * qq;
+          const int t = t_h[half], p = 8 * j + 2 * qq;
           if (t < len) {
             const uint32_t xv = *reinterpret_cast<const uint32_t*>(X + TX::offset(t, p));
             const float v0 = yacc[4 * j + 2 * half] + Dh * mma::bf16_lo(xv);
@@ -283,10 +357,6 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
     wg::wait<0>();
     wg::pin(hacc);
     if (has_next) store_state_bf16();  // every read of Hs for this chunk completed before (C)
-    if (load_next) {  // this slot was last read by chunk c-1's scan, before its barrier (B)
-      raw[(buf ^ 1) * kQ + tid] = next_raw;
-      bnd[(buf ^ 1) * kQ + tid] = next_bnd;
-    }
   }
   if (seg == a.nseg - 1 && a.h_final) {
     float* dst = a.h_final + state_off;

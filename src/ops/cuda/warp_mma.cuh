@@ -119,6 +119,16 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* src, bool val
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src), "r"(n));
 #endif
 }
+// 4-byte global -> shared copy through L1 (cp.async.ca); zero-filled when !valid.
+__device__ __forceinline__ void cp_async4(void* smem, const void* src, bool valid) {
+#ifdef HLM_CUDA_EMU
+  ::emu::cp_async(smem, src, 4, !valid);
+#else
+  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  int n = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(a), "l"(src), "r"(n));
+#endif
+}
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef HLM_CUDA_EMU
   ::emu::cp_commit();
