@@ -13,7 +13,7 @@
 // core matrices (wgmma.cuh's CoreTile), so one copy of the B tile serves as K-major operand of G
 // and as MN-major operand of the state update. The dt scan runs one chunk ahead (warp 0, on raw
 // dt and doc ids that cp.async brought two chunks ahead). Per chunk, two barriers:
-//   (A) tiles, the chunk's scan and the bf16 state in -> next tiles issued; G, Yo issued; x w dt
+//   (A) tiles, the chunk's scan and the bf16 state in -> G, Yo issued; next tiles issued; x w dt
 //                                          into shared memory; warp 0 scans the next chunk; M from
 //                                          G; y = eoff Yo + M x issued
 //   (C) x w dt complete, Yo done        -> H = gamma H + (x w dt)ᵀ B issued; y stored; the state's
@@ -211,12 +211,10 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
     mma::cp_async_wait<0>();
     wg::fence_async_smem();  // the copies are read by wgmma (async proxy)
     __syncthreads();         // (A)
-    if (has_next) issue(c + 1, buf ^ 1);  // buffers last read by chunk c-1, whose products all completed
-    if (c + 2 < c_end) issue_raw(c + 2, c & 1);  // slot last read by the scan of chunk c, in chunk c-1
-    mma::cp_async_commit();
     const ChunkScan<kQ>& S = scans[c & 1];
 
-    // G = C Bᵀ and Yo = C Hᵀ, two groups; warp 0 scans dt meanwhile.
+    // G = C Bᵀ and Yo = C Hᵀ, two groups, issued before the next chunk's copies (the warpgroup's
+    // first wgmma waits for all four warps; ~20 cp.async per thread would delay it).
     const uint64_t desc_c = wg::make_desc(cs_addr + buf * TN::kBytes, TN::kKMajorLbo, TN::kKMajorSbo);
     const uint64_t desc_bk = wg::make_desc(bs_addr + buf * TN::kBytes, TN::kKMajorLbo, TN::kKMajorSbo);
     float gacc[32], yacc[32];
@@ -231,6 +229,9 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
       wg::wgmma_ss_n64<0, 0>(yacc, wg::desc_advance(desc_c, kk * TN::kKMajorStep),
                              wg::desc_advance(desc_h, kk * TH::kKMajorStep), kk > 0);
     wg::commit();
+    if (has_next) issue(c + 1, buf ^ 1);  // buffers last read by chunk c-1, whose products all completed
+    if (c + 2 < c_end) issue_raw(c + 2, c & 1);  // slot last read by the scan of chunk c, in chunk c-1
+    mma::cp_async_commit();
 
     // x w dt for the state update (same rounding as the other kernels: bf16 of x times the fp32
     // coefficient), 16 bytes per thread and step; the offsets of x and x w dt agree (same layout).
