@@ -28,11 +28,20 @@ struct CopyOp {
 struct WgOp {
   float* d;
   int n;
+  int thread;  // issuing thread (its accumulator elements)
   bool reg_a;
-  float a[16][16];  // this warp's A rows (reg_a)
+  float a[16][16];  // the issuing warp's A rows (reg_a)
   uint64_t desc_a, desc_b;
   bool accumulate;
   int trans_a, trans_b;
+};
+
+// One committed wgmma group of a warpgroup: every thread's ops, performed together once all 128
+// threads have committed it and one of them waits on it (as the hardware runs one collective op).
+struct WgGroup {
+  std::vector<WgOp> ops;
+  int committed = 0;
+  bool done = false;
 };
 
 struct Fiber {
@@ -44,8 +53,8 @@ struct Fiber {
   unsigned bar_wait = 0;
   std::vector<std::vector<CopyOp>> groups;
   std::vector<CopyOp> open;
-  std::vector<std::vector<WgOp>> wg_groups;
   std::vector<WgOp> wg_open;
+  uint64_t wg_committed = 0, wg_completed = 0;  // groups committed / known complete
 };
 
 struct WarpState {
@@ -63,6 +72,7 @@ struct Block {
   uint64_t progress = 0;
   std::vector<Fiber> fibers;
   std::vector<WarpState> warps;
+  std::vector<std::vector<WgGroup>> wgroups;  // [warpgroup][group sequence number]
   unsigned char* smem = nullptr;
   size_t smem_size = 0;
   ucontext_t sched;
@@ -280,6 +290,7 @@ void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& b
         b.bar_arrived = 0;
         b.fibers.assign(static_cast<size_t>(n), Fiber{});
         b.warps.assign(static_cast<size_t>((n + 31) / 32), WarpState{});
+        b.wgroups.clear();
         for (size_t w = 0; w < b.warps.size(); ++w)
           b.warps[w].size = static_cast<unsigned>(std::min(32, n - static_cast<int>(w) * 32));
         std::memset(b.smem, 0xFF, smem);
@@ -442,7 +453,7 @@ float desc_element(uint64_t desc, bool mn_major, int mn, int k) {
 }
 
 void run_wgmma(const WgOp& op) {
-  const int l = g_cur->linear & 31, w = (g_cur->linear / 32) % 4;
+  const int l = op.thread & 31, w = (op.thread / 32) % 4;
   const int g = l / 4, q = l % 4;
   for (int j = 0; j < op.n / 8; ++j)
     for (int i = 0; i < 4; ++i) {
@@ -457,6 +468,13 @@ void run_wgmma(const WgOp& op) {
     }
 }
 
+std::vector<WgGroup>& warpgroup_groups() {
+  Block& b = *g_blk;
+  const size_t wgi = static_cast<size_t>(g_cur->linear / 128);
+  if (b.wgroups.size() <= wgi) b.wgroups.resize(wgi + 1);
+  return b.wgroups[wgi];
+}
+
 }  // namespace
 
 void wgmma(float* d, int n, const uint32_t* a_regs, uint64_t desc_a, uint64_t desc_b, bool accumulate,
@@ -466,6 +484,7 @@ void wgmma(float* d, int n, const uint32_t* a_regs, uint64_t desc_a, uint64_t de
   WgOp op{};
   op.d = d;
   op.n = n;
+  op.thread = g_cur->linear;
   op.reg_a = a_regs != nullptr;
   op.desc_a = desc_a;
   op.desc_b = desc_b;
@@ -488,14 +507,27 @@ void wgmma(float* d, int n, const uint32_t* a_regs, uint64_t desc_a, uint64_t de
 }
 
 void wgmma_commit() {
-  g_cur->wg_groups.push_back(std::move(g_cur->wg_open));
+  std::vector<WgGroup>& groups = warpgroup_groups();
+  const uint64_t k = g_cur->wg_committed++;
+  if (groups.size() <= k) groups.resize(k + 1);
+  WgGroup& grp = groups[k];
+  grp.ops.insert(grp.ops.end(), g_cur->wg_open.begin(), g_cur->wg_open.end());
+  grp.committed++;
   g_cur->wg_open.clear();
+  g_blk->progress++;
 }
 
 void wgmma_wait(int pending) {
-  while (static_cast<int>(g_cur->wg_groups.size()) > pending) {
-    for (const WgOp& op : g_cur->wg_groups.front()) run_wgmma(op);
-    g_cur->wg_groups.erase(g_cur->wg_groups.begin());
+  while (g_cur->wg_committed - g_cur->wg_completed > static_cast<uint64_t>(pending)) {
+    const uint64_t k = g_cur->wg_completed;
+    while (warpgroup_groups()[k].committed < 128) switch_to_sched();  // the collective needs every warp
+    WgGroup& grp = warpgroup_groups()[k];
+    if (!grp.done) {
+      for (const WgOp& op : grp.ops) run_wgmma(op);
+      grp.done = true;
+      g_blk->progress++;
+    }
+    g_cur->wg_completed++;
   }
 }
 

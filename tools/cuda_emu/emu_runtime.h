@@ -56,9 +56,10 @@ void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]);
 
 // Warpgroup MMA (ops/cuda/wgmma.cuh): m64nNk16 bf16 -> fp32, A from the shared-memory descriptor
 // desc_a or (a_regs != null) from this warp's A fragment (gathered at issue, a warp collective);
-// B from desc_b. Queued per thread like cp.async and performed at wgmma_wait, reading shared
-// memory then: each thread computes its own accumulator elements (the fragment layout of
-// wgmma.cuh); d must stay valid until the wait.
+// B from desc_b. Committed groups are collective: the first thread of the warpgroup to wait on a
+// group waits until all 128 threads have committed it, then performs every thread's products,
+// reading shared memory at that moment (between issue and wait, as the hardware may); each
+// thread's d must stay valid until then.
 void wgmma(float* d, int n, const uint32_t* a_regs, uint64_t desc_a, uint64_t desc_b, bool accumulate,
            int trans_a, int trans_b);
 void wgmma_commit();

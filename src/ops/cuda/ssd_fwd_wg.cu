@@ -31,10 +31,10 @@ struct WgLayout {
   using TX = wg::CoreTile<kQ, kP>;  // x, x w dt: [t][p]
   using TN = wg::CoreTile<kQ, N>;   // B, C: [t][n]
   using TH = wg::CoreTile<kP, N>;   // bf16 state: [p][n]
-  static constexpr size_t xs = 0;                        // x, 2 buffers
-  static constexpr size_t bs = xs + 2 * TX::kBytes;      // B, 2 buffers
-  static constexpr size_t cs = bs + 2 * TN::kBytes;      // C, 2 buffers
-  static constexpr size_t hs = cs + 2 * TN::kBytes;      // bf16 state entering the chunk
+  static constexpr size_t xs = 0;                        // x (then y in place), 3 buffers
+  static constexpr size_t bs = xs + 3 * TX::kBytes;      // B, 2 buffers
+  static constexpr size_t cs = bs + 2 * TN::kBytes;      // C, 1 buffer
+  static constexpr size_t hs = cs + TN::kBytes;          // bf16 state entering the chunk
   static constexpr size_t xw = hs + TH::kBytes;          // x w dt
   static constexpr size_t raw = xw + TX::kBytes;         // raw dt words (cp.async), 2 chunks x Q
   static constexpr size_t doc = raw + 2 * kQ * 4;        // doc ids at t - 1 .. t + Q - 1, 2 chunks
@@ -91,9 +91,9 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
   using TN = typename L::TN;
   using TH = typename L::TH;
   unsigned char* sm = mma::dynamic_smem();
-  unsigned char* Xs0 = sm + L::xs;  // buffer u at + u TX::kBytes
-  unsigned char* Bs0 = sm + L::bs;
-  unsigned char* Cs0 = sm + L::cs;
+  unsigned char* Xs0 = sm + L::xs;  // chunk c's x (then y) at + ((c - c_begin) % 3) TX::kBytes
+  unsigned char* Bs0 = sm + L::bs;  // chunk c's B at + ((c - c_begin) & 1) TN::kBytes
+  unsigned char* Cs = sm + L::cs;
   unsigned char* Hs = sm + L::hs;
   unsigned char* Xw = sm + L::xw;
   auto* rawv = reinterpret_cast<uint32_t*>(sm + L::raw);  // chunk parity u at + u Q
@@ -116,12 +116,29 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
   const auto* Cg = static_cast<const bf16_t*>(a.Cm) + static_cast<int64_t>(g) * N;
   auto* yg = static_cast<bf16_t*>(a.y) + static_cast<int64_t>(h) * kP;
 
-  auto issue = [&](int c, int buf) {
+  auto x_tile = [&](int c) { return Xs0 + (c - c_begin) % 3 * TX::kBytes; };
+  auto b_tile = [&](int c) { return Bs0 + ((c - c_begin) & 1) * TN::kBytes; };
+  auto issue_xb = [&](int c) {
     const int64_t t0 = rowb + static_cast<int64_t>(c) * kQ;
     const int valid = min(kQ, T - c * kQ);
-    load_core_tile_async<kQ, kP>(Xs0 + buf * TX::kBytes, xg, a.ld_x, t0, valid);
-    load_core_tile_async<kQ, N>(Bs0 + buf * TN::kBytes, Bg, a.ld_B, t0, valid);
-    load_core_tile_async<kQ, N, true>(Cs0 + buf * TN::kBytes, Cg, a.ld_C, t0, valid);
+    load_core_tile_async<kQ, kP>(x_tile(c), xg, a.ld_x, t0, valid);
+    load_core_tile_async<kQ, N>(b_tile(c), Bg, a.ld_B, t0, valid);
+  };
+  auto issue_c = [&](int c) {
+    load_core_tile_async<kQ, N, true>(Cs, Cg, a.ld_C, rowb + static_cast<int64_t>(c) * kQ, min(kQ, T - c * kQ));
+  };
+  // y of chunk c, staged in its x buffer, to global memory: 16 bytes per thread and step (whole
+  // 32-byte sectors; the accumulator layout would store 4 bytes per thread, half sectors).
+  auto copy_out_y = [&](int c) {
+    const unsigned char* Y = x_tile(c);
+    const int len = min(kQ, T - c * kQ);
+#pragma unroll
+    for (int k = 0; k < kQ * kP / 8 / kThreads; ++k) {
+      const int i = tid + k * kThreads, r = i / (kP / 8), cg = i % (kP / 8);
+      if (r < len)
+        *reinterpret_cast<uint4*>(yg + (rowb + static_cast<int64_t>(c) * kQ + r) * a.ld_y + 8 * cg) =
+            *reinterpret_cast<const uint4*>(Y + TX::offset(r, 8 * cg));
+    }
   };
   // Raw dt of chunk c as the 4-byte words holding them (a bf16 / f16 element shares its word with a
   // neighbour; raw_word() picks the half), and the doc ids at t - 1 .. t + Q - 1: cp.async, so no
@@ -191,7 +208,8 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
     wg::fence_async_smem();  // read by the next chunk's Yo product (async proxy) after barrier (A)
   };
   store_state_bf16();
-  issue(c_begin, 0);
+  issue_xb(c_begin);
+  issue_c(c_begin);
   issue_raw(c_begin, c_begin & 1);
   if (c_begin + 1 < c_end) issue_raw(c_begin + 1, (c_begin + 1) & 1);
   mma::cp_async_commit();
@@ -199,24 +217,23 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
   __syncthreads();
   if (w == 0) scan_chunk(c_begin);  // then one chunk ahead, in the loop
 
-  const uint32_t xs_addr = wg::smem_addr(Xs0), bs_addr = wg::smem_addr(Bs0), cs_addr = wg::smem_addr(Cs0);
+  const uint64_t desc_c = wg::make_desc(wg::smem_addr(Cs), TN::kKMajorLbo, TN::kKMajorSbo);
   const uint64_t desc_h = wg::make_desc(wg::smem_addr(Hs), TH::kKMajorLbo, TH::kKMajorSbo);
   const uint64_t desc_xw = wg::make_desc(wg::smem_addr(Xw), TX::kMnMajorLbo, TX::kMnMajorSbo);
 
   for (int c = c_begin; c < c_end; ++c) {
-    const int buf = (c - c_begin) & 1;
-    const int t0 = c * kQ;
-    const int len = min(kQ, T - t0);
     const bool has_next = c + 1 < c_end;
     mma::cp_async_wait<0>();
     wg::fence_async_smem();  // the copies are read by wgmma (async proxy)
     __syncthreads();         // (A)
     const ChunkScan<kQ>& S = scans[c & 1];
+    if (c > c_begin) copy_out_y(c - 1);  // its buffer is next written by the copies issued in chunk c+1
 
     // G = C Bᵀ and Yo = C Hᵀ, two groups, issued before the next chunk's copies (the warpgroup's
     // first wgmma waits for all four warps; ~20 cp.async per thread would delay it).
-    const uint64_t desc_c = wg::make_desc(cs_addr + buf * TN::kBytes, TN::kKMajorLbo, TN::kKMajorSbo);
-    const uint64_t desc_bk = wg::make_desc(bs_addr + buf * TN::kBytes, TN::kKMajorLbo, TN::kKMajorSbo);
+    unsigned char* X = x_tile(c);
+    const unsigned char* Bt = b_tile(c);
+    const uint64_t desc_bk = wg::make_desc(wg::smem_addr(Bt), TN::kKMajorLbo, TN::kKMajorSbo);
     float gacc[32], yacc[32];
     wg::fence();
 #pragma unroll
@@ -229,14 +246,15 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
       wg::wgmma_ss_n64<0, 0>(yacc, wg::desc_advance(desc_c, kk * TN::kKMajorStep),
                              wg::desc_advance(desc_h, kk * TH::kKMajorStep), kk > 0);
     wg::commit();
-    if (has_next) issue(c + 1, buf ^ 1);  // buffers last read by chunk c-1, whose products all completed
+    // x of chunk c+1 into the buffer of chunk c-2 (its y copied out at the start of chunk c-1), B
+    // into chunk c-1's (whose products all completed).
+    if (has_next) issue_xb(c + 1);
     if (c + 2 < c_end) issue_raw(c + 2, c & 1);  // slot last read by the scan of chunk c, in chunk c-1
     mma::cp_async_commit();
 
     // x w dt for the state update (same rounding as the other kernels: bf16 of x times the fp32
     // coefficient), 16 bytes per thread and step; the offsets of x and x w dt agree (same layout).
     {
-      const unsigned char* X = Xs0 + buf * TX::kBytes;
       constexpr int kSteps = kQ * kP / 8 / kThreads;
       uint4 u[kSteps];
 #pragma unroll
@@ -255,9 +273,6 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
       }
       wg::fence_async_smem();
     }
-    // Warp 0 scans the next chunk; scans[(c + 1) & 1] was last read in
-    // chunk c-1.
-    if (w == 0 && has_next) scan_chunk(c + 1);
 
     // M[t, s] = G[t, s] exp(cum_t - cum_s) dt_s for s <= t in t's document, else 0, as the A
     // fragments of y's product: k step ks takes G's column blocks 2 ks, 2 ks + 1. The rows are
@@ -312,19 +327,21 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
         yacc[4 * j + 3] *= e1;
       }
     }
-    const uint64_t desc_x = wg::make_desc(xs_addr + buf * TX::kBytes, TX::kMnMajorLbo, TX::kMnMajorSbo);
+    const uint64_t desc_x = wg::make_desc(wg::smem_addr(X), TX::kMnMajorLbo, TX::kMnMajorSbo);
     wg::fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks)
       wg::wgmma_rs_n64<1>(yacc, mf[ks], wg::desc_advance(desc_x, ks * TX::kMnMajorStep), true);
     wg::commit();
     __syncthreads();  // (C)
+    if (has_next) issue_c(c + 1);  // C was read only by G and Yo, complete in every thread before (C)
+    mma::cp_async_commit();
 
     // H = gamma H + (x w dt)ᵀ B.
     const float gamma = S.gamma;
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) hacc[i] *= gamma;
-    const uint64_t desc_bm = wg::make_desc(bs_addr + buf * TN::kBytes, TN::kMnMajorLbo, TN::kMnMajorSbo);
+    const uint64_t desc_bm = wg::make_desc(wg::smem_addr(Bt), TN::kMnMajorLbo, TN::kMnMajorSbo);
     wg::fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
@@ -337,28 +354,29 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
     }
     wg::commit();
 
-    // y += D x, stored.
+    // y += D x, in place of x (each element read and written by its own thread; the y product,
+    // the last reader of x, has completed); copied out at the start of the next chunk.
     wg::wait<1>();
     wg::pin(yacc);
-    {
-      const unsigned char* X = Xs0 + buf * TX::kBytes;
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
+    for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int t = t_h[half], p = 8 * j + 2 * qq;
-          if (t < len) {
-            const uint32_t xv = *reinterpret_cast<const uint32_t*>(X + TX::offset(t, p));
-            const float v0 = yacc[4 * j + 2 * half] + Dh * mma::bf16_lo(xv);
-            const float v1 = yacc[4 * j + 2 * half + 1] + Dh * mma::bf16_hi(xv);
-            *reinterpret_cast<uint32_t*>(yg + (rowb + t0 + t) * a.ld_y + p) = mma::pack_bf16x2(v0, v1);
-          }
-        }
-    }
+      for (int half = 0; half < 2; ++half) {
+        auto* xy = reinterpret_cast<uint32_t*>(X + TX::offset(t_h[half], 8 * j + 2 * qq));
+        const uint32_t xv = *xy;
+        const float v0 = yacc[4 * j + 2 * half] + Dh * mma::bf16_lo(xv);
+        const float v1 = yacc[4 * j + 2 * half + 1] + Dh * mma::bf16_hi(xv);
+        *xy = mma::pack_bf16x2(v0, v1);
+      }
+    // Warp 0 scans the next chunk while the state update runs; scans[(c + 1) & 1] was last read in
+    // chunk c-1.
+    if (w == 0 && has_next) scan_chunk(c + 1);
     wg::wait<0>();
     wg::pin(hacc);
     if (has_next) store_state_bf16();  // every read of Hs for this chunk completed before (C)
   }
+  __syncthreads();
+  copy_out_y(c_end - 1);
   if (seg == a.nseg - 1 && a.h_final) {
     float* dst = a.h_final + state_off;
 #pragma unroll
