@@ -175,8 +175,9 @@ constexpr FastShape kFastShapes[] = {
 };
 constexpr int kFastChunk = 64;
 // Seconds per chunk of the wgmma walk with two heads per SM (the cost model's main_s; the mma.sync
-// walk's is 7.5e-6).
-constexpr double kWgWalkSeconds = 2.5e-6;
+// walk's is 7.5e-6): ~8.6e-6 measured on an H100 (64K, two segments: 4.4 ms of walk for 512
+// chunks per block; run8-2026-12-06/c-wg-scan-ahead-h100).
+constexpr double kWgWalkSeconds = 8.5e-6;
 
 const FastShape* fast_shape(const SsdArgs& a) {
   for (const FastShape& s : kFastShapes)

@@ -13,11 +13,14 @@
 // core matrices (wgmma.cuh's CoreTile), so one copy of the B tile serves as K-major operand of G
 // and as MN-major operand of the state update. The dt scan runs one chunk ahead (warp 0, on raw
 // dt and doc ids that cp.async brought two chunks ahead). Per chunk, two barriers:
-//   (A) tiles, the chunk's scan and the bf16 state in -> G, Yo issued; next tiles issued; x w dt
-//                                          into shared memory; warp 0 scans the next chunk; M from
-//                                          G; y = eoff Yo + M x issued
-//   (C) x w dt complete, Yo done        -> H = gamma H + (x w dt)ᵀ B issued; y stored; the state's
-//                                          bf16 copy written for the next chunk
+//   (A) tiles, the chunk's scan and the bf16 state in -> the previous chunk's y copied out; G, Yo
+//                                          issued; next x and B tiles issued; x w dt into shared
+//                                          memory; M from G; y = eoff Yo + M x issued
+//   (C) x w dt complete, G and Yo done  -> next C tile issued; H = gamma H + (x w dt)ᵀ B issued;
+//                                          y += D x in place of x; warp 0 scans the next chunk;
+//                                          the state's bf16 copy written for the next chunk
+// Correct but not faster than ssd_fwd.cu's walk on an H100 (64K: 4.92 vs 4.02 ms): opt-in as
+// variant 1 until it is; bench/cuda/NOTES-ssd.md (round 8) has the profile and the next step.
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/cuda/wgmma.cuh"
 
