@@ -2,7 +2,6 @@
 // every operand layout the SSD kernels use (K-major and MN-major shared-memory operands, A from
 // registers), N = 64 and 128, four k steps. The same hook runs on the host emulation
 // (tools/cuda_emu/wgmma_emu_check), so emulation and hardware agree on the descriptor layout.
-#include <cmath>
 #include <random>
 #include <vector>
 
@@ -14,19 +13,6 @@ namespace hlm {
 namespace {
 
 #ifdef HLM_CUDA
-double max_error(const std::vector<float>& a, const std::vector<float>& b, const std::vector<float>& d, int n) {
-  double err = 0;
-  for (int m = 0; m < 64; ++m)
-    for (int j = 0; j < n; ++j) {
-      double ref = 0;
-      for (int k = 0; k < 64; ++k) ref += double(a[m * 64 + k]) * b[k * static_cast<size_t>(n) + j];
-      const double e = std::fabs(ref - d[m * static_cast<size_t>(n) + j]);
-      if (std::isnan(e)) return INFINITY;
-      err = std::max(err, e);
-    }
-  return err;
-}
-
 TEST(WgmmaCuda, Layouts) {
   HLM_REQUIRE_GPU();
   std::mt19937 rng(11);
@@ -37,8 +23,9 @@ TEST(WgmmaCuda, Layouts) {
       std::vector<float> a(64 * 64), b(64 * static_cast<size_t>(n));
       for (auto& v : a) v = bf16_bits_to_f32(f32_to_bf16_bits(nd(rng)));
       for (auto& v : b) v = bf16_bits_to_f32(f32_to_bf16_bits(nd(rng)));
-      const double err = max_error(a, b, cuda::wgmma_product(static_cast<cuda::WgmmaKind>(kind), n, a, b, false), n);
-      const double swapped = max_error(a, b, cuda::wgmma_product(static_cast<cuda::WgmmaKind>(kind), n, a, b, true), n);
+      const auto k = static_cast<cuda::WgmmaKind>(kind);
+      const double err = cuda::wgmma_product_error(a, b, cuda::wgmma_product(k, n, a, b, false), n);
+      const double swapped = cuda::wgmma_product_error(a, b, cuda::wgmma_product(k, n, a, b, true), n);
       std::printf("wgmma kind %d n %d: max error %.3g (LBO/SBO swapped: %.3g)\n", kind, n, err, swapped);
       EXPECT_LT(err, 1e-3);
       EXPECT_GT(swapped, 1.0);

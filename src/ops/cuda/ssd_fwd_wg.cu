@@ -154,11 +154,11 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
     const int t = c * kQ + (tid & (kQ - 1));
     if (tid < kQ) {
       const uintptr_t p = reinterpret_cast<uintptr_t>(dt_addr(min(t, T - 1))) & ~uintptr_t{3};
-      mma::cp_async4(rawv + u * kQ + tid, reinterpret_cast<const void*>(p), t < T);
+      mma::cp_async<4>(rawv + u * kQ + tid, reinterpret_cast<const void*>(p), t < T);
     } else if (a.doc) {
       const int32_t* d = a.doc + static_cast<int64_t>(b) * a.ld_doc;
-      mma::cp_async4(docv + u * (kQ + 4) + 1 + (tid - kQ), d + min(t, T - 1), t < T);
-      if (tid == kQ) mma::cp_async4(docv + u * (kQ + 4), d + max(c * kQ - 1, 0), c * kQ >= 1);
+      mma::cp_async<4>(docv + u * (kQ + 4) + 1 + (tid - kQ), d + min(t, T - 1), t < T);
+      if (tid == kQ) mma::cp_async<4>(docv + u * (kQ + 4), d + max(c * kQ - 1, 0), c * kQ >= 1);
     }
   };
   auto raw_word = [&](uint32_t word, int t) {
@@ -185,29 +185,27 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
   };
 
   // The state: accumulator element 4 j + i is (p, n) = (16 w + gq + 8 (i / 2), 8 j + 2 qq + i % 2).
+  // f(p, n, i) for each pair (i, i + 1) of this thread's elements, n even.
   float hacc[N / 2];
+  auto for_state_pairs = [&](auto&& f) {
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) f(16 * w + gq + 8 * half, 8 * j + 2 * qq, 4 * j + 2 * half);
+  };
   const int64_t state_off = (static_cast<int64_t>(b) * a.H + h) * kP * N;
   {
     const float* src = a.nseg > 1 ? a.ws_seg + seg_state_offset(a, 0, b, seg, h) : (a.h0 ? a.h0 + state_off : nullptr);
-#pragma unroll
-    for (int j = 0; j < N / 8; ++j)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int p = 16 * w + gq + 8 * half, n = 8 * j + 2 * qq;
-        const float2 v = src ? *reinterpret_cast<const float2*>(src + p * N + n) : make_float2(0.f, 0.f);
-        hacc[4 * j + 2 * half] = v.x;
-        hacc[4 * j + 2 * half + 1] = v.y;
-      }
+    for_state_pairs([&](int p, int n, int i) {
+      const float2 v = src ? *reinterpret_cast<const float2*>(src + p * N + n) : make_float2(0.f, 0.f);
+      hacc[i] = v.x;
+      hacc[i + 1] = v.y;
+    });
   }
   auto store_state_bf16 = [&] {
-#pragma unroll
-    for (int j = 0; j < N / 8; ++j)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int p = 16 * w + gq + 8 * half, n = 8 * j + 2 * qq;
-        *reinterpret_cast<uint32_t*>(Hs + TH::offset(p, n)) =
-            mma::pack_bf16x2(hacc[4 * j + 2 * half], hacc[4 * j + 2 * half + 1]);
-      }
+    for_state_pairs([&](int p, int n, int i) {
+      *reinterpret_cast<uint32_t*>(Hs + TH::offset(p, n)) = mma::pack_bf16x2(hacc[i], hacc[i + 1]);
+    });
     wg::fence_async_smem();  // read by the next chunk's Yo product (async proxy) after barrier (A)
   };
   store_state_bf16();
@@ -382,13 +380,9 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
   copy_out_y(c_end - 1);
   if (seg == a.nseg - 1 && a.h_final) {
     float* dst = a.h_final + state_off;
-#pragma unroll
-    for (int j = 0; j < N / 8; ++j)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int p = 16 * w + gq + 8 * half, n = 8 * j + 2 * qq;
-        *reinterpret_cast<float2*>(dst + p * N + n) = make_float2(hacc[4 * j + 2 * half], hacc[4 * j + 2 * half + 1]);
-      }
+    for_state_pairs([&](int p, int n, int i) {
+      *reinterpret_cast<float2*>(dst + p * N + n) = make_float2(hacc[i], hacc[i + 1]);
+    });
   }
 }
 

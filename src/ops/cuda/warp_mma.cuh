@@ -109,26 +109,23 @@ __device__ __forceinline__ void mma_bf16(float d[4], const uint32_t a[4], const 
 #endif
 }
 
-// 16-byte global -> shared copy; with valid == false the 16 bytes are zero-filled and src unread.
-__device__ __forceinline__ void cp_async16(void* smem, const void* src, bool valid) {
+// kBytes (4, 8 or 16) global -> shared copy; with valid == false the bytes are zero-filled and src
+// unread. 16-byte copies bypass L1 (.cg, streamed tiles); smaller ones can only go through it (.ca).
+template <int kBytes>
+__device__ __forceinline__ void cp_async(void* smem, const void* src, bool valid) {
+  static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16, "cp.async copies 4, 8 or 16 bytes");
 #ifdef HLM_CUDA_EMU
-  ::emu::cp_async(smem, src, 16, !valid);
+  ::emu::cp_async(smem, src, kBytes, !valid);
 #else
   unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  int n = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src), "r"(n));
+  int n = valid ? kBytes : 0;
+  if constexpr (kBytes == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src), "r"(n));
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(a), "l"(src), "n"(kBytes), "r"(n));
 #endif
 }
-// 4-byte global -> shared copy through L1 (cp.async.ca); zero-filled when !valid.
-__device__ __forceinline__ void cp_async4(void* smem, const void* src, bool valid) {
-#ifdef HLM_CUDA_EMU
-  ::emu::cp_async(smem, src, 4, !valid);
-#else
-  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  int n = valid ? 4 : 0;
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(a), "l"(src), "r"(n));
-#endif
-}
+__device__ __forceinline__ void cp_async16(void* smem, const void* src, bool valid) { cp_async<16>(smem, src, valid); }
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef HLM_CUDA_EMU
   ::emu::cp_commit();

@@ -5,6 +5,8 @@
 // is checked against the hardware.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <vector>
 
 namespace hlm::cuda {
@@ -20,5 +22,21 @@ enum class WgmmaKind : int {
 // layout right, the swapped run must give a wrong product).
 std::vector<float> wgmma_product(WgmmaKind kind, int n, const std::vector<float>& a, const std::vector<float>& b,
                                  bool swap_offsets);
+
+// Largest |A B - d| over the [64][n] product, against a float64 product of the same operands
+// (infinity if d holds a NaN).
+inline double wgmma_product_error(const std::vector<float>& a, const std::vector<float>& b,
+                                  const std::vector<float>& d, int n) {
+  double err = 0;
+  for (int m = 0; m < 64; ++m)
+    for (int j = 0; j < n; ++j) {
+      double ref = 0;
+      for (int k = 0; k < 64; ++k) ref += double(a[m * 64 + k]) * b[k * static_cast<size_t>(n) + j];
+      const double e = std::fabs(ref - d[m * static_cast<size_t>(n) + j]);
+      if (std::isnan(e)) return INFINITY;
+      err = std::max(err, e);
+    }
+  return err;
+}
 
 }  // namespace hlm::cuda
