@@ -2,7 +2,7 @@
 # Runs on the GPU machine over the binaries scripts/gpu_stage.sh put in .gpu/bin: the CUDA tests,
 # then the benchmarks with the PyTorch references of the same run. Each stage has a time limit;
 # logs and JSON go to $OUT (bundled into results.tgz), a summary is printed last.
-#   scripts/gpu_run.sh STAGE:SECONDS ...   stages: tests ssd ops torch layers train decode ncu
+#   scripts/gpu_run.sh STAGE:SECONDS ...   stages: tests ssd ops torch layers mixer train decode ncu
 set -u
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -30,7 +30,7 @@ run_stage() {
              --section LaunchStats --section Occupancy -k "regex:$k" --launch-skip 12 -c 1 \
              "$bin/bench_ssd_cuda" --quick --iters 5 > "$logs/ncu_$k.log" 2>&1
          done ;;
-    layers|train|decode) timeout "$limit" stdbuf -oL "$bin/bench_model_cuda" "--$name" --json "$logs/$name.json" > "$logs/$name.log" 2>&1 ;;
+    layers|train|decode|mixer) timeout "$limit" stdbuf -oL "$bin/bench_model_cuda" "--$name" --json "$logs/$name.json" > "$logs/$name.log" 2>&1 ;;
     *) echo "unknown stage $name"; return 1 ;;
   esac
   local rc=$?
@@ -43,7 +43,7 @@ tar -czf "$out/results.tgz" -C "$out" logs
 rm -rf "$logs"
 # What matters most, last (the reply carries the end of the output).
 tar -xzOf "$out/results.tgz" logs/tests.log 2>/dev/null | grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests? ran" | tail -40
-for f in ssd ops compare layers train decode ncu_ssd_fwd_fast_kernel ncu_ssd_bwd_chunk; do
+for f in ssd ops compare layers mixer train decode ncu_ssd_fwd_fast_kernel ncu_ssd_bwd_chunk; do
   tar -xzOf "$out/results.tgz" "logs/$f.log" 2>/dev/null | tail -40
 done
 cat "$out/summary.txt"

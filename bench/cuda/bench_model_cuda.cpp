@@ -3,6 +3,8 @@
 //             tokens/s, MFU (gpu.md's formula), memory; then the longest T that trains
 //   --layers  our Mamba-2 layer vs our attention layer at the 8B shape, forward L = 2K..256K and
 //             forward + backward L = 2K..32K; one Mamba-2 decode step at batch 1 / 32
+//   --mixer   (also part of --layers) one decode step of the 8B mixer alone, as gpu.md's reference
+//             times it, fused mamba_step against the three unfused kernels
 //   --decode  an 8B-shaped hybrid (Mamba-2-Hybrid 8B pattern and sizes) vs an all-attention model of
 //             the same width, random bf16 weights: time per decoded token at contexts 4K..128K and
 //             batch 1..64, against weight bytes / 4.2 TB/s
@@ -13,6 +15,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -28,6 +31,8 @@
 #include "ops/elementwise.h"
 #include "ops/graph.h"
 #include "ops/loss.h"
+#include "ops/gemm.h"
+#include "ops/ssd.h"
 #include "train/optimizer.h"
 
 using namespace hlm;
@@ -307,6 +312,99 @@ void bench_layers() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// One decode step of the 8B Mamba-2 mixer alone, as gpu.md's reference times it: in_proj, conv
+// update, state update, gated norm, out_proj, captured as one CUDA graph and replayed (no
+// embedding, pre-norm, residual or head). The fused mamba_step kernel against the three unfused
+// ops (HLM_MAMBA_STEP=0), each its own graph, in the same run.
+struct EnvSet {
+  EnvSet(const char* n, const char* v) : name(n) { setenv(n, v, 1); }
+  ~EnvSet() { unsetenv(name); }
+  const char* name;
+};
+
+void bench_mixer_step() {
+  const ModelConfig c = layer_8b("M");
+  const int64_t D = c.d_model, H = c.mamba_heads, P = c.mamba_head_dim, Di = c.d_inner(), Cd = c.conv_dim(),
+                W = c.in_proj_dim(), K = c.conv_kernel;
+  const DType a = DType::BF16;
+  // The layer's weights, back to back (219 MB: every replay streams them from DRAM).
+  Buffer wbuf(Device::CUDA, static_cast<size_t>((W * D + D * Di + Cd * K + Cd + Di) * 2 + 3 * H * 4));
+  char* wp = static_cast<char*>(wbuf.data());
+  auto carve = [&](DType d, std::initializer_list<int64_t> shape) {
+    Tensor t(wp, d, Device::CUDA, Shape(shape.begin(), shape.size()));
+    wp += t.nbytes();
+    return t;
+  };
+  const Tensor w_in = carve(a, {W, D}), w_out = carve(a, {D, Di}), conv_w = carve(a, {Cd, K}), conv_b = carve(a, {Cd}),
+               norm_w = carve(a, {Di}), A_log = carve(DType::F32, {H}), Dp = carve(DType::F32, {H}),
+               dt_bias = carve(DType::F32, {H});
+  fill_normal(w_in, 1, 0, 0.f, 0.02f);
+  fill_normal(w_out, 2, 0, 0.f, 0.02f);
+  fill_normal(conv_w, 3, 0, 0.f, 0.3f);
+  fill(conv_b, 0.01);
+  fill(norm_w, 1.0);
+  fill(A_log, 0.5);
+  fill(Dp, 1.0);
+  fill(dt_bias, -1.0);
+  const double floor_us = static_cast<double>((W * D + D * Di) * 2) / 4.2e12 * 1e6;
+  fmt::print("\n## One decode step of the 8B Mamba-2 mixer alone (in_proj, conv, state update, gated norm, "
+             "out_proj; CUDA graph replay)\n"
+             "projection weights / 4.2 TB/s = {:.1f} µs\n"
+             "| batch | fused step, back to back | unfused (3 kernels), back to back | fused, synchronised | "
+             "unfused, synchronised | reference (gpu.md, CUDA graph) | target |\n|---|---|---|---|---|---|---|\n",
+             floor_us);
+  nlohmann::json rows = nlohmann::json::array();
+  for (int64_t B : {1, 32}) {
+    Buffer sbuf(Device::CUDA, static_cast<size_t>(B * (Cd * (K - 1) * 2 + H * P * c.ssm_state * 4 + D * 2 + W * 2 +
+                                                       Cd * 2 + 2 * Di * 2 + Di * 4 + Di * 2 + D * 2) + 4096));
+    char* sp = static_cast<char*>(sbuf.data());
+    auto take = [&](DType d, std::initializer_list<int64_t> shape) {
+      Tensor t(sp, d, Device::CUDA, Shape(shape.begin(), shape.size()));
+      sp += (t.nbytes() + 255) / 256 * 256;
+      return t;
+    };
+    const Tensor ssm = take(DType::F32, {B, H, P, c.ssm_state}), conv = take(a, {B, Cd, K - 1}), xn = take(a, {B, D}),
+                 zx = take(a, {B, W}), yn = take(a, {B, Di}), out = take(a, {B, D});
+    MambaStepWork work{take(a, {B, Cd}), take(a, {B, Di}), take(DType::F32, {B, Di / c.norm_group_size()})};
+    fill(ssm, 0.01);
+    fill(conv, 0.01);
+    fill_normal(xn, 4, 0, 0.f, 1.f);
+    MambaStepParams p;
+    p.zx = zx;
+    p.conv_w = conv_w;
+    p.conv_b = conv_b;
+    p.A_log = A_log;
+    p.D = Dp;
+    p.dt_bias = dt_bias;
+    p.norm_w = norm_w;
+    p.heads = H;
+    p.head_dim = P;
+    p.groups = c.n_groups;
+    p.state_dim = c.ssm_state;
+    p.norm_group = c.norm_group_size();
+    p.norm_eps = c.norm_eps;
+    auto step = [&] {
+      linear_forward(xn, w_in, Tensor{}, zx);
+      mamba_step(p, conv, ssm, work, yn);
+      linear_forward(yn, w_out, Tensor{}, out);
+    };
+    double tb[2], ts[2];
+    for (int fused = 1; fused >= 0; --fused) {
+      EnvSet env("HLM_MAMBA_STEP", fused ? "1" : "0");
+      OpGraph g;
+      g.record(Device::CUDA, step);
+      tb[fused] = time_back_to_back([&] { g.replay(); }, 5, 500);
+      ts[fused] = time_median([&] { g.replay(); }, 3, 100);
+    }
+    fmt::print("| {} | **{:.1f} µs** | {:.1f} µs | {:.1f} µs | {:.1f} µs | {} µs | {} |\n", B, tb[1] * 1e6, tb[0] * 1e6,
+               ts[1] * 1e6, ts[0] * 1e6, B == 1 ? 86 : 166, B == 1 ? "≤ 60 µs" : "");
+    rows.push_back({{"batch", B}, {"fused_back_to_back_us", tb[1] * 1e6}, {"unfused_back_to_back_us", tb[0] * 1e6},
+                    {"fused_sync_us", ts[1] * 1e6}, {"unfused_sync_us", ts[0] * 1e6}, {"floor_us", floor_us}});
+  }
+  g_json["mamba_mixer_step"] = rows;
+}
+
+// ---------------------------------------------------------------------------------------------
 ModelConfig decode_model(bool hybrid) {
   // The Mamba-2-Hybrid 8B pattern (design.md: 24 Mamba-2, 4 attention, 28 MLP) and an 8B-class
   // Transformer of the same width (32 attention + 32 MLP layers).
@@ -386,7 +484,7 @@ void bench_decode(const std::vector<int64_t>& contexts, const std::vector<int64_
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool train = false, layers = false, decode = false;
+  bool train = false, layers = false, decode = false, mixer = false;
   std::string json_path;
   int steps = 5;
   std::vector<int64_t> contexts = {4096, 16384, 32768, 65536, 131072}, batches = {1, 8, 32, 64};
@@ -395,13 +493,14 @@ int main(int argc, char** argv) {
     if (a == "--train") train = true;
     else if (a == "--layers") layers = true;
     else if (a == "--decode") decode = true;
+    else if (a == "--mixer") mixer = true;
     else if (a == "--json" && i + 1 < argc) json_path = argv[++i];
     else if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     else if (a == "--quick") {
       contexts = {4096, 32768};
       batches = {1, 32};
     } else {
-      fmt::print(stderr, "usage: bench_model_cuda [--train] [--layers] [--decode] [--quick] [--steps N] [--json FILE]\n");
+      fmt::print(stderr, "usage: bench_model_cuda [--train] [--layers] [--mixer] [--decode] [--quick] [--steps N] [--json FILE]\n");
       return 2;
     }
   }
@@ -416,6 +515,7 @@ int main(int argc, char** argv) {
   try {
     if (train) bench_train(steps);
     if (layers) bench_layers();
+    if (layers || mixer) bench_mixer_step();
     if (decode) bench_decode(contexts, batches);
   } catch (const Error& e) {
     fmt::print(stderr, "bench_model_cuda: error: {}\n", e.what());

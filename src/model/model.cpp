@@ -710,30 +710,32 @@ void Model::decode_body(InferenceState& st) {
     size_t mark = scratch.mark();
     switch (kinds_[li]) {
       case LayerKind::Mamba: {
-        const int64_t Di = c.d_inner(), Cd = c.conv_dim(), GN = c.n_groups * c.ssm_state;
+        const int64_t Di = c.d_inner(), Cd = c.conv_dim();
         Tensor zx = scratch.alloc(a, {B, c.in_proj_dim()});
         linear_forward(xn, W(l, "mixer.in_proj.weight"), W(l, "mixer.in_proj.bias"), zx);
-        Tensor xbc = scratch.alloc(a, {B, Cd});
-        conv1d_silu_update(zx.slice(1, Di, Cd), conv2d_view(W(l, "mixer.conv1d.weight")),
-                           W(l, "mixer.conv1d.bias"), s.conv, xbc);
-        SsdStepParams p;
-        p.x = xbc.slice(1, 0, Di).split_last({c.mamba_heads, c.mamba_head_dim});
-        p.Bm = xbc.slice(1, Di, GN).split_last({c.n_groups, c.ssm_state});
-        p.Cm = xbc.slice(1, Di + GN, GN).split_last({c.n_groups, c.ssm_state});
-        p.dt = zx.slice(1, Di + Cd, c.mamba_heads);
+        // Conv update, state update and gated norm: one fused kernel on CUDA where the shape allows.
+        MambaStepParams p;
+        p.zx = zx;
+        p.conv_w = conv2d_view(W(l, "mixer.conv1d.weight"));
+        p.conv_b = W(l, "mixer.conv1d.bias");
         p.A_log = W(l, "mixer.A_log");
         p.D = W(l, "mixer.D");
         p.dt_bias = W(l, "mixer.dt_bias");
+        p.norm_w = W(l, "mixer.norm.weight");
+        p.heads = c.mamba_heads;
+        p.head_dim = c.mamba_head_dim;
+        p.groups = c.n_groups;
+        p.state_dim = c.ssm_state;
+        p.norm_group = c.norm_group_size();
+        p.norm_eps = c.norm_eps;
         if (c.dt_limit_in_decode) {  // HF's (and mamba_ssm's) step never clamps: see config.h
           p.dt_min = c.dt_limit_min;
           p.dt_max = c.dt_limit_max;
         }
-        Tensor y = scratch.alloc(a, {B, Di});
-        ssd_step(p, s.ssm, y.split_last({c.mamba_heads, c.mamba_head_dim}));
+        MambaStepWork work{scratch.alloc(a, {B, Cd}), scratch.alloc(a, {B, Di}),
+                           scratch.alloc(sd, {B, Di / c.norm_group_size()})};
         Tensor yn = scratch.alloc(a, {B, Di});
-        Tensor grstd = scratch.alloc(sd, {B, Di / c.norm_group_size()});
-        gated_rmsnorm_forward(y, zx.slice(1, 0, Di), W(l, "mixer.norm.weight"), c.norm_group_size(),
-                              c.norm_eps, yn, grstd);
+        mamba_step(p, s.conv, s.ssm, work, yn);
         linear_forward(yn, W(l, "mixer.out_proj.weight"), W(l, "mixer.out_proj.bias"), out);
         break;
       }

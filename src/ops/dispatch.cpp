@@ -113,6 +113,10 @@ void ssd_backward(const SsdParams& p, const Tensor& dy, const Tensor& dh_final,
 void ssd_step(const SsdStepParams& p, const Tensor& state, const Tensor& y) {
   HLM_DISPATCH(p.x.device, ssd_step, p, state, y);
 }
+void mamba_step(const MambaStepParams& p, const Tensor& conv_state, const Tensor& ssm_state,
+                const MambaStepWork& work, const Tensor& out) {
+  HLM_DISPATCH(p.zx.device, mamba_step, p, conv_state, ssm_state, work, out);
+}
 
 void attention_forward(const AttentionParams& p, const Tensor& out, const Tensor& lse) {
   HLM_DISPATCH(p.q.device, attention_forward, p, out, lse);

@@ -65,4 +65,40 @@ struct SsdStepParams {
 };
 HLM_DECLARE_OP(void, ssd_step, (const SsdStepParams& p, const Tensor& state, const Tensor& y))
 
+// One decode token of the Mamba-2 mixer between its two projections, from in_proj's output
+// zx [B, Di + Cd + H] = [z | x B C | dt] (Di = H·P, Cd = Di + 2·G·N) to the gated norm's output:
+//   xbc = conv1d_silu_update(zx[:, Di:Di+Cd]) (conv_state [B,Cd,K-1] updated),
+//   y   = ssd_step(xbc's x, B, C, dt = zx[:, Di+Cd:]) (ssm_state [B,H,P,N] F32 updated),
+//   out = gated_rmsnorm(y, z = zx[:, :Di], norm_w, norm_group).
+// xbc [B,Cd], y [B,Di] and rstd [B, Di/norm_group] are work space for the unfused path; the fused
+// CUDA kernel (one launch, when the shape allows it) leaves them unwritten.
+struct MambaStepParams {
+  Tensor zx;                 // [B, Di + Cd + H] (a row view)
+  Tensor conv_w, conv_b;     // [Cd, K], [Cd] or undefined
+  Tensor A_log, D, dt_bias;  // [H]; D and dt_bias may be undefined
+  Tensor norm_w;             // [Di]
+  int64_t heads = 0, head_dim = 0, groups = 0, state_dim = 0, norm_group = 0;
+  float norm_eps = 1e-5f;
+  float dt_min = 0.0f;
+  float dt_max = std::numeric_limits<float>::infinity();
+};
+struct MambaStepWork {
+  Tensor xbc, y, rstd;
+};
+HLM_DECLARE_OP(void, mamba_step,
+               (const MambaStepParams& p, const Tensor& conv_state, const Tensor& ssm_state,
+                const MambaStepWork& work, const Tensor& out))
+
+// mamba_step's inputs checked (clear errors for shapes that do not add up) and cut into the views
+// the three unfused ops take: z and xBC of zx, the ssd_step parameters over work.xbc.
+struct MambaStepViews {
+  Tensor z, xbc_raw;
+  SsdStepParams step;
+};
+MambaStepViews mamba_step_views(const MambaStepParams& p, const Tensor& conv_state, const Tensor& ssm_state,
+                                const MambaStepWork& work, const Tensor& out);
+// The three ops in a row (dispatched by device): the CPU twin, and the CUDA fallback.
+void mamba_step_unfused(const MambaStepParams& p, const Tensor& conv_state, const Tensor& ssm_state,
+                        const MambaStepWork& work, const Tensor& out);
+
 }  // namespace hlm

@@ -1,6 +1,7 @@
 // CUDA SSD (forward, backward, decode step) matches its CPU twin on fresh random inputs: odd
 // lengths, packed documents, h0 / h_final, clamped dt, column-slice inputs, every fast (P, N)
 // instantiation and the generic path; outputs are poisoned first; two runs are bitwise equal.
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -455,6 +456,146 @@ TEST(SsdCuda, StepOddShapes) {
   HLM_REQUIRE_GPU();
   check_step(3, 6, 3, 5, 16, DType::F32, 1e-5, 13);  // vector path, 4 lanes per row
   check_step(2, 4, 2, 3, 10, DType::F32, 1e-5, 14);  // N not a multiple of 4: one thread per row
+}
+
+// Sets an environment variable for the scope of a check ("" unsets it).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    if (*value) setenv(name, value, 1); else unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (had_) setenv(name_.c_str(), old_.c_str(), 1); else unsetenv(name_.c_str());
+  }
+
+ private:
+  std::string name_, old_;
+  bool had_ = false;
+};
+
+// --- fused decode step of the mixer (conv update + state update + gated norm) ---
+
+struct MixCase {
+  int64_t B, H, G, P, N;
+  int64_t norm_group = 0;  // 0: the SSM group (H/G heads)
+  bool fused = true;       // whether the CUDA path must take the fused kernel
+  const char* hpb = "";    // HLM_MAMBA_STEP_HPB for the call ("" = default)
+  int64_t extra_cols = 0;  // zx / out as column views of wider rows
+  uint64_t seed = 1;
+};
+
+void check_mamba_step(const MixCase& c) {
+  const int64_t Di = c.H * c.P, Cd = Di + 2 * c.G * c.N, W = Di + Cd + c.H, K = 4;
+  const int64_t ng = c.norm_group ? c.norm_group : Di / c.G;
+  const uint64_t s = c.seed * 1000;
+  const DType act = DType::BF16;
+  HostTensor conv_w = rounded(act, {Cd, K}, s + 1, 0.5), conv_b = rounded(act, {Cd}, s + 2, 0.2);
+  HostTensor norm_w = rounded(act, {Di}, s + 3, 1.0);
+  HostTensor A_log(DType::F32, {c.H}), D(DType::F32, {c.H}), bias(DType::F32, {c.H});
+  test::fill_uniform(A_log, s + 4, 0.0, 2.5);
+  test::fill_normal(D, s + 5, 1.0);
+  test::fill_uniform(bias, s + 6, -1.0, 0.5);
+  HostTensor conv0 = rounded(act, {c.B, Cd, K - 1}, s + 7, 1.0);
+  HostTensor ssm0(DType::F32, {c.B, c.H, c.P, c.N});
+  test::fill_normal(ssm0, s + 8, 0.5);
+  // Three tokens in a row: the conv state's shift and the state's decay are checked across steps.
+  constexpr int kSteps = 3;
+  std::vector<HostTensor> zx;
+  for (int t = 0; t < kSteps; ++t) {
+    HostTensor z = rounded(act, {c.B, W}, s + 10 + t, 1.0);
+    for (int64_t b = 0; b < c.B; ++b)  // raw dt in [-2.5, 1]: both clamps are crossed
+      for (int64_t h = 0; h < c.H; ++h) z.set(b * W + Di + Cd + h, -2.5 + 3.5 * double((b * 7 + h * 13 + t * 5) % 17) / 16.0);
+    round_to(z, act);
+    zx.push_back(std::move(z));
+  }
+  auto params = [&](const Tensor& zxt, const Tensor& cw, const Tensor& cb, const Tensor& a, const Tensor& d,
+                    const Tensor& bi, const Tensor& nw) {
+    MambaStepParams p;
+    p.zx = zxt;
+    p.conv_w = cw;
+    p.conv_b = cb;
+    p.A_log = a;
+    p.D = d;
+    p.dt_bias = bi;
+    p.norm_w = nw;
+    p.heads = c.H;
+    p.head_dim = c.P;
+    p.groups = c.G;
+    p.state_dim = c.N;
+    p.norm_group = ng;
+    p.norm_eps = 1e-5f;
+    p.dt_min = 0.001f;
+    p.dt_max = 0.5f;
+    return p;
+  };
+  // CPU reference (F32) over the same rounded values.
+  HostTensor conv_ref(DType::F32, {c.B, Cd, K - 1}), ssm_ref(DType::F32, {c.B, c.H, c.P, c.N});
+  for (int64_t i = 0; i < conv0.t.numel(); ++i) conv_ref.set(i, conv0.get(i));
+  for (int64_t i = 0; i < ssm0.t.numel(); ++i) ssm_ref.set(i, ssm0.get(i));
+  std::vector<HostTensor> out_ref;
+  {
+    HostTensor xbc(DType::F32, {c.B, Cd}), y(DType::F32, {c.B, Di}), rstd(DType::F32, {c.B, Di / ng});
+    for (int t = 0; t < kSteps; ++t) {
+      HostTensor o(DType::F32, {c.B, Di});
+      mamba_step(params(zx[static_cast<size_t>(t)].t, conv_w.t, conv_b.t, A_log.t, D.t, bias.t, norm_w.t), conv_ref.t,
+                 ssm_ref.t, MambaStepWork{xbc.t, y.t, rstd.t}, o.t);
+      out_ref.push_back(std::move(o));
+    }
+  }
+  ScopedEnv env("HLM_MAMBA_STEP_HPB", c.hpb);
+  Dev dcw = upload(conv_w, act), dcb = upload(conv_b, act), dnw = upload(norm_w, act), dA = upload(A_log, DType::F32),
+      dD = upload(D, DType::F32), dbias = upload(bias, DType::F32);
+  std::vector<HostTensor> first;
+  for (int run = 0; run < 2; ++run) {
+    Dev conv = upload(conv0, act), ssm = upload(ssm0, DType::F32);
+    Dev xbc = dev_alloc(act, {c.B, Cd}), y = dev_alloc(act, {c.B, Di}), rstd = dev_alloc(DType::F32, {c.B, Di / ng});
+    for (int t = 0; t < kSteps; ++t) {
+      Dev dzx = upload(zx[static_cast<size_t>(t)], act, c.extra_cols, c.extra_cols / 2);
+      Dev out = dev_alloc(act, {c.B, Di}, c.extra_cols, c.extra_cols / 3);
+      mamba_step(params(dzx.t, dcw.t, dcb.t, dA.t, dD.t, dbias.t, dnw.t), conv.t, ssm.t,
+                 MambaStepWork{xbc.t, y.t, rstd.t}, out.t);
+      HostTensor o = download(out.t);
+      const std::string what = "out, step " + std::to_string(t);
+      if (run == 0) {
+        expect_close(what.c_str(), o, out_ref[static_cast<size_t>(t)], 2e-2);
+        first.push_back(std::move(o));
+      } else {
+        EXPECT_TRUE(bitwise_equal(o, first[static_cast<size_t>(t)])) << what << " differs between two runs";
+      }
+    }
+    if (run == 0) {
+      expect_close("conv_state", download(conv.t), conv_ref, 1e-6);
+      expect_close("ssm_state", download(ssm.t), ssm_ref, 1e-2);
+    }
+    // The fused kernel never writes the unfused path's work space: still poisoned iff it ran.
+    const HostTensor xh = download(xbc.t);
+    bool untouched = true;
+    for (int64_t i = 0; i < xh.t.numel(); ++i) untouched = untouched && std::isnan(xh.get(i));
+    EXPECT_EQ(untouched, c.fused) << (c.fused ? "the fused kernel did not run" : "the unfused path did not run");
+  }
+}
+
+TEST(SsdCuda, MambaStepFused8BGroups) {
+  HLM_REQUIRE_GPU();
+  // 8 heads per group: one 8-block cluster per (row, group), a head per block.
+  check_mamba_step({3, 16, 2, 64, 128});
+  // 16 heads per group (the 8B mixer's): 2 heads per block by default, 16-block clusters forced.
+  check_mamba_step({1, 32, 2, 64, 128, 0, true, "", 24, 2});
+  check_mamba_step({2, 32, 2, 64, 128, 0, true, "1", 0, 3});
+}
+TEST(SsdCuda, MambaStepFusedOtherInstantiations) {
+  HLM_REQUIRE_GPU();
+  check_mamba_step({2, 8, 4, 64, 64, 0, true, "", 8, 4});   // 2 heads per group
+  check_mamba_step({2, 4, 1, 128, 128, 0, true, "", 0, 5});  // P = 128
+}
+TEST(SsdCuda, MambaStepUnfusedFallbacks) {
+  HLM_REQUIRE_GPU();
+  check_mamba_step({2, 6, 3, 16, 32, 0, false, "", 0, 6});          // P = 16: no fused instantiation
+  check_mamba_step({2, 16, 2, 64, 128, 64, false, "", 0, 7});       // norm group of one head, not the SSM group
+  check_mamba_step({1, 64, 2, 64, 128, 0, false, "", 0, 8});        // 32 heads per group: a cluster would pass 16
 }
 
 }  // namespace
