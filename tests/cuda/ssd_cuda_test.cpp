@@ -595,7 +595,7 @@ TEST(SsdCuda, MambaStepUnfusedFallbacks) {
   HLM_REQUIRE_GPU();
   check_mamba_step({2, 6, 3, 16, 32, 0, false, "", 0, 6});          // P = 16: no fused instantiation
   check_mamba_step({2, 16, 2, 64, 128, 64, false, "", 0, 7});       // norm group of one head, not the SSM group
-  check_mamba_step({1, 64, 2, 64, 128, 0, false, "", 0, 8});        // 32 heads per group: a cluster would pass 16
+  check_mamba_step({1, 128, 2, 64, 128, 0, false, "", 0, 8});       // 64 heads per group: a cluster would pass 16
 }
 
 }  // namespace
