@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine over the binaries scripts/gpu_stage.sh put in .gpu/bin: the CUDA tests,
 # then the benchmarks with the PyTorch references of the same run. Each stage has a time limit;
-# logs and JSON go to $OUT (bundled into results.tgz), a summary is printed last.
+# logs and JSON go to $OUT (bundled into results.tgz), a summary is printed last. HLM_TEST_FILTER
+# narrows the tests stage (a gtest filter; default *Cuda*).
 #   scripts/gpu_run.sh STAGE:SECONDS ...   stages: tests ssd ops torch layers mixer train decode ncu
 set -u
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,7 +20,7 @@ run_stage() {
   local name=$1 limit=$2
   local t0=$(date +%s)
   case "$name" in
-    tests) timeout "$limit" stdbuf -oL "$bin/hybridlm_tests" --gtest_filter='*Cuda*' --gtest_color=no > "$logs/tests.log" 2>&1 ;;
+    tests) timeout "$limit" stdbuf -oL "$bin/hybridlm_tests" --gtest_filter="${HLM_TEST_FILTER:-*Cuda*}" --gtest_color=no > "$logs/tests.log" 2>&1 ;;
     ssd) timeout "$limit" stdbuf -oL "$bin/bench_ssd_cuda" --json "$logs/ssd.json" > "$logs/ssd.log" 2>&1 ;;
     ops) timeout "$limit" stdbuf -oL "$bin/bench_ops_cuda" --json "$logs/ops.json" > "$logs/ops.log" 2>&1 ;;
     torch) timeout "$limit" "$py" bench/cuda/torch_reference.py --json "$logs/torch.json" > "$logs/torch.log" 2>&1 &&
