@@ -388,13 +388,17 @@ void bench_mixer_step() {
       mamba_step(p, conv, ssm, work, yn);
       linear_forward(yn, w_out, Tensor{}, out);
     };
-    double tb[2], ts[2];
-    for (int fused = 1; fused >= 0; --fused) {
-      EnvSet env("HLM_MAMBA_STEP", fused ? "1" : "0");
+    double tb[3], ts[3];  // [0] unfused, [1] fused (default heads per block), [2] fused, one head per block
+    for (int v : {1, 0, 2, 1}) {  // the default twice: first and last, to see drift within the run
+      EnvSet env("HLM_MAMBA_STEP", v ? "1" : "0");
+      EnvSet hpb("HLM_MAMBA_STEP_HPB", v == 2 ? "1" : "0");
       OpGraph g;
       g.record(Device::CUDA, step);
-      tb[fused] = time_back_to_back([&] { g.replay(); }, 5, 500);
-      ts[fused] = time_median([&] { g.replay(); }, 3, 100);
+      tb[v] = time_back_to_back([&] { g.replay(); }, 5, 500);
+      ts[v] = time_median([&] { g.replay(); }, 3, 100);
+      fmt::print("  batch {} {}: back to back {:.1f} µs, synchronised {:.1f} µs\n", B,
+                 v == 0 ? "unfused" : v == 1 ? "fused (default)" : "fused, one head per block (16-block clusters at 8B)",
+                 tb[v] * 1e6, ts[v] * 1e6);
     }
     // The two projections alone (nothing between them): what the step would take with the mixer's
     // middle free.
@@ -409,7 +413,7 @@ void bench_mixer_step() {
     fmt::print("  batch {}: the two projections alone, back to back: {:.1f} µs\n", B, tproj * 1e6);
     rows.push_back({{"batch", B}, {"fused_back_to_back_us", tb[1] * 1e6}, {"unfused_back_to_back_us", tb[0] * 1e6},
                     {"fused_sync_us", ts[1] * 1e6}, {"unfused_sync_us", ts[0] * 1e6}, {"floor_us", floor_us},
-                    {"projections_only_us", tproj * 1e6}});
+                    {"projections_only_us", tproj * 1e6}, {"fused_hpb1_back_to_back_us", tb[2] * 1e6}});
   }
   g_json["mamba_mixer_step"] = rows;
 }
