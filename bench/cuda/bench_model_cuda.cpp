@@ -316,8 +316,13 @@ void bench_layers() {
 // update, state update, gated norm, out_proj, captured as one CUDA graph and replayed (no
 // embedding, pre-norm, residual or head). The fused mamba_step kernel against the three unfused
 // ops (HLM_MAMBA_STEP=0), each its own graph, in the same run.
-struct EnvSet {
-  EnvSet(const char* n, const char* v) : name(n) { setenv(n, v, 1); }
+struct EnvSet {  // "" unsets
+  EnvSet(const char* n, const char* v) : name(n) {
+    if (*v)
+      setenv(n, v, 1);
+    else
+      unsetenv(n);
+  }
   ~EnvSet() { unsetenv(name); }
   const char* name;
 };
@@ -350,11 +355,11 @@ void bench_mixer_step() {
   fmt::print("\n## One decode step of the 8B Mamba-2 mixer alone (in_proj, conv, state update, gated norm, "
              "out_proj; CUDA graph replay)\n"
              "projection weights / 4.2 TB/s = {:.1f} µs\n"
-             "| batch | fused step, back to back | unfused (3 kernels), back to back | fused, synchronised | "
-             "unfused, synchronised | reference (gpu.md, CUDA graph) | target |\n|---|---|---|---|---|---|---|\n",
+             "| batch | step (default), back to back | round 6's step (3 kernels, no L2 prefetch) | fused, any batch | "
+             "the two projections alone | reference (gpu.md, CUDA graph) | target |\n|---|---|---|---|---|---|---|\n",
              floor_us);
   nlohmann::json rows = nlohmann::json::array();
-  for (int64_t B : {1, 32}) {
+  for (int64_t B : {1, 4, 8, 32}) {
     Buffer sbuf(Device::CUDA, static_cast<size_t>(B * (Cd * (K - 1) * 2 + H * P * c.ssm_state * 4 + D * 2 + W * 2 +
                                                        Cd * 2 + 2 * Di * 2 + Di * 4 + Di * 2 + D * 2) + 4096));
     char* sp = static_cast<char*>(sbuf.data());
@@ -388,32 +393,50 @@ void bench_mixer_step() {
       mamba_step(p, conv, ssm, work, yn);
       linear_forward(yn, w_out, Tensor{}, out);
     };
-    double tb[3], ts[3];  // [0] unfused, [1] fused (default heads per block), [2] fused, one head per block
-    for (int v : {1, 0, 2, 1}) {  // the default twice: first and last, to see drift within the run
-      EnvSet env("HLM_MAMBA_STEP", v ? "1" : "0");
-      EnvSet hpb("HLM_MAMBA_STEP_HPB", v == 2 ? "1" : "0");
+    // Variants, each its own graph (the knobs are read when the graph is recorded): the middle
+    // fused or not (HLM_MAMBA_STEP), heads per fused block, the GEMVs' L2 prefetch budget.
+    struct Variant {
+      const char* key;
+      const char* label;
+      const char* step;
+      const char* hpb;
+      const char* l2;
+    };
+    const Variant variants[] = {
+        {"default", "default (fused below batch 5, L2 prefetch on)", "", "", ""},
+        {"unfused", "unfused (3 kernels)", "0", "", ""},
+        {"fused", "fused", "1", "", ""},
+        {"fused_hpb1", "fused, one head per block (16-block clusters)", "1", "1", ""},
+        {"no_l2", "default without the GEMVs' L2 prefetch", "", "", "0"},
+        {"unfused_no_l2", "unfused, without L2 prefetch (round 6's step)", "0", "", "0"},
+        {"l2_32", "default, L2 prefetch 32 MB", "", "", "32"},
+        {"default_again", "default again (drift check)", "", "", ""},
+    };
+    nlohmann::json row{{"batch", B}, {"floor_us", floor_us}};
+    std::map<std::string, double> tb;
+    for (const Variant& v : variants) {
+      EnvSet e1("HLM_MAMBA_STEP", v.step), e2("HLM_MAMBA_STEP_HPB", v.hpb), e3("HLM_GEMV_L2_PREFETCH_MB", v.l2);
       OpGraph g;
       g.record(Device::CUDA, step);
-      tb[v] = time_back_to_back([&] { g.replay(); }, 5, 500);
-      ts[v] = time_median([&] { g.replay(); }, 3, 100);
-      fmt::print("  batch {} {}: back to back {:.1f} µs, synchronised {:.1f} µs\n", B,
-                 v == 0 ? "unfused" : v == 1 ? "fused (default)" : "fused, one head per block (16-block clusters at 8B)",
-                 tb[v] * 1e6, ts[v] * 1e6);
+      const double b2b = time_back_to_back([&] { g.replay(); }, 5, 500);
+      const double sync = time_median([&] { g.replay(); }, 3, 100);
+      tb[v.key] = b2b;
+      row[std::string(v.key) + "_back_to_back_us"] = b2b * 1e6;
+      row[std::string(v.key) + "_sync_us"] = sync * 1e6;
+      fmt::print("  batch {} {}: back to back {:.1f} µs, synchronised {:.1f} µs\n", B, v.label, b2b * 1e6, sync * 1e6);
     }
-    // The two projections alone (nothing between them): what the step would take with the mixer's
-    // middle free.
+    // The two projections alone (nothing between them): the step with the mixer's middle free.
     OpGraph gp;
     gp.record(Device::CUDA, [&] {
       linear_forward(xn, w_in, Tensor{}, zx);
       linear_forward(yn, w_out, Tensor{}, out);
     });
     const double tproj = time_back_to_back([&] { gp.replay(); }, 5, 500);
-    fmt::print("| {} | **{:.1f} µs** | {:.1f} µs | {:.1f} µs | {:.1f} µs | {} µs | {} |\n", B, tb[1] * 1e6, tb[0] * 1e6,
-               ts[1] * 1e6, ts[0] * 1e6, B == 1 ? 86 : 166, B == 1 ? "≤ 60 µs" : "");
-    fmt::print("  batch {}: the two projections alone, back to back: {:.1f} µs\n", B, tproj * 1e6);
-    rows.push_back({{"batch", B}, {"fused_back_to_back_us", tb[1] * 1e6}, {"unfused_back_to_back_us", tb[0] * 1e6},
-                    {"fused_sync_us", ts[1] * 1e6}, {"unfused_sync_us", ts[0] * 1e6}, {"floor_us", floor_us},
-                    {"projections_only_us", tproj * 1e6}, {"fused_hpb1_back_to_back_us", tb[2] * 1e6}});
+    row["projections_only_us"] = tproj * 1e6;
+    fmt::print("| {} | **{:.1f} µs** | {:.1f} µs | {:.1f} µs | {:.1f} µs | {} µs | {} |\n", B, tb["default"] * 1e6,
+               tb["unfused_no_l2"] * 1e6, tb["fused"] * 1e6, tproj * 1e6, B == 1 ? "86" : B == 32 ? "166" : "—",
+               B == 1 ? "≤ 60 µs" : "");
+    rows.push_back(row);
   }
   g_json["mamba_mixer_step"] = rows;
 }

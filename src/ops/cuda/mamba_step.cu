@@ -32,6 +32,8 @@ constexpr int kThreads = 256;
 constexpr int kLanes = 16;  // threads per state row
 constexpr int kRowsPerPass = kThreads / kLanes;
 constexpr int kK = 4;  // conv width (Mamba-2's d_conv); other widths take the unfused path
+// Largest state (B·H·P·N elements) the fused kernel takes by default: batch 4 at the 8B shape.
+constexpr int64_t kFusedMaxStateElems = int64_t{4} * 128 * 64 * 128;
 
 struct StepArgs {
   const void* zx;  // [B, Di + Cd + H] rows
@@ -127,6 +129,19 @@ __global__ void __launch_bounds__(kThreads) mamba_step_kernel(const StepArgs a) 
   }
   pdl_begin();  // zx comes from in_proj; the states from the previous step
 
+  // The state's loads first (thread: rows r0 + 16 j, float4s q + 16 m of each head): their DRAM
+  // latency passes under the convolution's.
+  const int q = tid % kLanes, r0 = tid / kLanes;
+  float4 sv[kHpb][kPass][kF4];
+#pragma unroll
+  for (int i = 0; i < kHpb; ++i) {
+    const float4* sp = reinterpret_cast<const float4*>(a.state + (static_cast<int64_t>(b) * a.H + h0 + i) * kP * kN);
+#pragma unroll
+    for (int j = 0; j < kPass; ++j)
+#pragma unroll
+      for (int m = 0; m < kF4; ++m) sv[i][j][m] = load_stream(sp + (r0 + j * kRowsPerPass) * (kN / 4) + q + m * kLanes);
+  }
+
   // Convolution (conv_update_kernel's arithmetic), its output rounded to T as xbc is stored.
 #pragma unroll
   for (int s = 0; s < kConvSlots; ++s) {
@@ -164,17 +179,7 @@ __global__ void __launch_bounds__(kThreads) mamba_step_kernel(const StepArgs a) 
   }
   __syncthreads();
 
-  // State update: thread (row r0 + 16 j, float4s q + 16 m) of each head; all loads first.
-  const int q = tid % kLanes, r0 = tid / kLanes;
-  float4 sv[kHpb][kPass][kF4];
-#pragma unroll
-  for (int i = 0; i < kHpb; ++i) {
-    const float4* sp = reinterpret_cast<const float4*>(a.state + (static_cast<int64_t>(b) * a.H + h0 + i) * kP * kN);
-#pragma unroll
-    for (int j = 0; j < kPass; ++j)
-#pragma unroll
-      for (int m = 0; m < kF4; ++m) sv[i][j][m] = load_stream(sp + (r0 + j * kRowsPerPass) * (kN / 4) + q + m * kLanes);
-  }
+  // State update: thread (row r0 + 16 j, float4s q + 16 m) of each head (loaded above).
 #pragma unroll
   for (int i = 0; i < kHpb; ++i) {
     float4* sp = reinterpret_cast<float4*>(a.state + (static_cast<int64_t>(b) * a.H + h0 + i) * kP * kN);
@@ -320,7 +325,8 @@ bool launch_hpb(const StepArgs& a, int B, int hpb, int ranks) {
 
 }  // namespace
 
-// Knobs (read per call, for A/B runs): HLM_MAMBA_STEP=0 runs the three unfused ops;
+// Knobs (read per call, for A/B runs): HLM_MAMBA_STEP=0 runs the three unfused ops, =1 the fused
+// kernel at any batch (default: up to kFusedMaxStateElems);
 // HLM_MAMBA_STEP_HPB=1|2 forces the heads per block (default: 2 where a group has more than 8
 // heads, so that a cluster has at most 8 blocks, the portable size; else 1).
 void mamba_step(const MambaStepParams& p, const Tensor& conv_state, const Tensor& ssm_state,
@@ -337,7 +343,12 @@ void mamba_step(const MambaStepParams& p, const Tensor& conv_state, const Tensor
   if (hpb != 1 && hpb != 2) hpb = hpg > 8 ? 2 : 1;
   if (P == 128) hpb = 1;
   const bool split_ok = hpg % hpb == 0 && hpg / hpb <= 16;
-  const bool fused = env_int("HLM_MAMBA_STEP", 1) != 0 && device_props().major >= 9 && shape_ok && dtypes_ok &&
+  // Fused where latency counts (small batches); a large batch's state update is a bandwidth problem
+  // that ssd_step's kernel, with more loads in flight per SM, solves better (H100, 8B shape, batch
+  // 32: the mixer step 223 µs fused against 192 µs unfused in the same run).
+  const int mode = env_int("HLM_MAMBA_STEP", -1);
+  const bool small = B * H * P * N <= kFusedMaxStateElems;
+  const bool fused = (mode == 1 || (mode == -1 && small)) && device_props().major >= 9 && shape_ok && dtypes_ok &&
                      split_ok && B > 0;
   if (fused) {
     for (const Tensor* t : {&p.A_log, &p.D, &p.dt_bias, &p.norm_w, &p.conv_b})
