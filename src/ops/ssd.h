@@ -71,7 +71,8 @@ HLM_DECLARE_OP(void, ssd_step, (const SsdStepParams& p, const Tensor& state, con
 //   y   = ssd_step(xbc's x, B, C, dt = zx[:, Di+Cd:]) (ssm_state [B,H,P,N] F32 updated),
 //   out = gated_rmsnorm(y, z = zx[:, :Di], norm_w, norm_group).
 // xbc [B,Cd], y [B,Di] and rstd [B, Di/norm_group] are work space for the unfused path; the fused
-// CUDA kernel (one launch, when the shape allows it) leaves them unwritten.
+// CUDA kernel (one launch where the shape allows it; opt-in, HLM_MAMBA_STEP=1 or 2: see
+// ops/cuda/mamba_step.cu) leaves them unwritten.
 struct MambaStepParams {
   Tensor zx;                 // [B, Di + Cd + H] (a row view)
   Tensor conv_w, conv_b;     // [Cd, K], [Cd] or undefined

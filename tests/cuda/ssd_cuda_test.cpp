@@ -545,7 +545,7 @@ void check_mamba_step(const MixCase& c) {
       out_ref.push_back(std::move(o));
     }
   }
-  ScopedEnv env("HLM_MAMBA_STEP_HPB", c.hpb);
+  ScopedEnv env("HLM_MAMBA_STEP_HPB", c.hpb), fuse("HLM_MAMBA_STEP", "1");  // the fused kernel is opt-in
   Dev dcw = upload(conv_w, act), dcb = upload(conv_b, act), dnw = upload(norm_w, act), dA = upload(A_log, DType::F32),
       dD = upload(D, DType::F32), dbias = upload(bias, DType::F32);
   std::vector<HostTensor> first;
@@ -590,6 +590,30 @@ TEST(SsdCuda, MambaStepFusedOtherInstantiations) {
   HLM_REQUIRE_GPU();
   check_mamba_step({2, 8, 4, 64, 64, 0, true, "", 8, 4});   // 2 heads per group
   check_mamba_step({2, 4, 1, 128, 128, 0, true, "", 0, 5});  // P = 128
+}
+TEST(SsdCuda, MambaStepDefaultIsUnfused) {
+  HLM_REQUIRE_GPU();
+  ScopedEnv off("HLM_MAMBA_STEP", "");  // unset: the default
+  const int64_t B = 1, H = 16, G = 2, P = 64, N = 128, Di = H * P, Cd = Di + 2 * G * N;
+  Dev zx = dev_alloc(DType::BF16, {B, Di + Cd + H}), cw = dev_alloc(DType::BF16, {Cd, 4}),
+      nw = dev_alloc(DType::BF16, {Di}), al = dev_alloc(DType::F32, {H});
+  Dev conv = dev_alloc(DType::BF16, {B, Cd, 3}), ssm = dev_alloc(DType::F32, {B, H, P, N});
+  Dev xbc = dev_alloc(DType::BF16, {B, Cd}), y = dev_alloc(DType::BF16, {B, Di}), rstd = dev_alloc(DType::F32, {B, 2}),
+      out = dev_alloc(DType::BF16, {B, Di});
+  for (Dev* d : {&zx, &cw, &nw, &al, &conv, &ssm}) device_memset(d->buf.data(), Device::CUDA, 0, d->buf.size());
+  MambaStepParams p;
+  p.zx = zx.t;
+  p.conv_w = cw.t;
+  p.A_log = al.t;
+  p.norm_w = nw.t;
+  p.heads = H;
+  p.head_dim = P;
+  p.groups = G;
+  p.state_dim = N;
+  p.norm_group = Di / G;
+  mamba_step(p, conv.t, ssm.t, MambaStepWork{xbc.t, y.t, rstd.t}, out.t);
+  const HostTensor xh = download(xbc.t);
+  for (int64_t i = 0; i < xh.t.numel(); ++i) ASSERT_FALSE(std::isnan(xh.get(i))) << "work.xbc unwritten: the fused kernel ran";
 }
 TEST(SsdCuda, MambaStepUnfusedFallbacks) {
   HLM_REQUIRE_GPU();

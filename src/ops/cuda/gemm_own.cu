@@ -178,8 +178,9 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) 
 // requested before pdl_begin, overlapping the previous kernel's tail.
 
 constexpr int kStreamThreads = 256;
-// How far ahead of its first wave the streaming GEMV asks L2 for W (HLM_GEMV_L2_PREFETCH_MB).
-constexpr double kGemvL2PrefetchMb = 16.0;
+// How far ahead of its first wave the streaming GEMV asks L2 for W (HLM_GEMV_L2_PREFETCH_MB; 0 =
+// off). Off by default: not yet measured on the GPU (round 9 had no device time left for it).
+constexpr double kGemvL2PrefetchMb = 0.0;
 
 __device__ __forceinline__ void fma8(float& acc, const uint4& w, const uint4& x) {
   const uint32_t wu[4] = {w.x, w.y, w.z, w.w}, xu[4] = {x.x, x.y, x.z, x.w};

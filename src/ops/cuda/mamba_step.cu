@@ -32,7 +32,7 @@ constexpr int kThreads = 256;
 constexpr int kLanes = 16;  // threads per state row
 constexpr int kRowsPerPass = kThreads / kLanes;
 constexpr int kK = 4;  // conv width (Mamba-2's d_conv); other widths take the unfused path
-// Largest state (B·H·P·N elements) the fused kernel takes by default: batch 4 at the 8B shape.
+// Largest state (B·H·P·N elements) HLM_MAMBA_STEP=1 fuses: batch 4 at the 8B shape.
 constexpr int64_t kFusedMaxStateElems = int64_t{4} * 128 * 64 * 128;
 
 struct StepArgs {
@@ -325,8 +325,8 @@ bool launch_hpb(const StepArgs& a, int B, int hpb, int ranks) {
 
 }  // namespace
 
-// Knobs (read per call, for A/B runs): HLM_MAMBA_STEP=0 runs the three unfused ops, =1 the fused
-// kernel at any batch (default: up to kFusedMaxStateElems);
+// Knobs (read per call, for A/B runs): HLM_MAMBA_STEP unset or 0 runs the three unfused ops (the
+// default), =1 the fused kernel up to kFusedMaxStateElems, =2 at any batch;
 // HLM_MAMBA_STEP_HPB=1|2 forces the heads per block (default: 2 where a group has more than 8
 // heads, so that a cluster has at most 8 blocks, the portable size; else 1).
 void mamba_step(const MambaStepParams& p, const Tensor& conv_state, const Tensor& ssm_state,
@@ -343,12 +343,14 @@ void mamba_step(const MambaStepParams& p, const Tensor& conv_state, const Tensor
   if (hpb != 1 && hpb != 2) hpb = hpg > 8 ? 2 : 1;
   if (P == 128) hpb = 1;
   const bool split_ok = hpg % hpb == 0 && hpg / hpb <= 16;
-  // Fused where latency counts (small batches); a large batch's state update is a bandwidth problem
-  // that ssd_step's kernel, with more loads in flight per SM, solves better (H100, 8B shape, batch
-  // 32: the mixer step 223 µs fused against 192 µs unfused in the same run).
-  const int mode = env_int("HLM_MAMBA_STEP", -1);
+  // Opt-in: measured no faster than the three kernels at batch 1 and slower at batch 32 (H100, 8B
+  // shape, the mixer step in one graph: 88.1 / 223 µs fused against 87.3 / 192 µs unfused, same
+  // run; bench/cuda/NOTES-core.md, round 9). A large batch's state update is a bandwidth problem
+  // that ssd_step's kernel, with more loads in flight per SM, solves better: =1 fuses only small
+  // batches (up to kFusedMaxStateElems), =2 any batch.
+  const int mode = env_int("HLM_MAMBA_STEP", 0);
   const bool small = B * H * P * N <= kFusedMaxStateElems;
-  const bool fused = (mode == 1 || (mode == -1 && small)) && device_props().major >= 9 && shape_ok && dtypes_ok &&
+  const bool fused = (mode == 2 || (mode == 1 && small)) && device_props().major >= 9 && shape_ok && dtypes_ok &&
                      split_ok && B > 0;
   if (fused) {
     for (const Tensor* t : {&p.A_log, &p.D, &p.dt_bias, &p.norm_w, &p.conv_b})
