@@ -247,25 +247,35 @@ void bench_layers() {
   for (int i = 0; i < 5; ++i) {
     const int64_t L = Ls[i];
     nlohmann::json r{{"L", L}};
-    DeviceTokens tok(1, L, 256, true);
-    ModelInput fwd_in = tok.in;
-    fwd_in.targets = Tensor{};
-    int reps = L >= 131072 ? 3 : 10;
-    double tm = time_median([&] { mamba.forward(fwd_in); }, 1, reps);
-    double ta = time_median([&] { attn.forward(fwd_in); }, 1, reps);
-    r["mamba_fwd_ms"] = tm * 1e3;
-    r["attn_fwd_ms"] = ta * 1e3;
-    std::string fb = "| — | — | — | — |";
-    if (i < 3) {
-      double tmb = time_median([&] { mamba.zero_grads(); mamba.forward(tok.in); mamba.backward(1.0f); }, 1, reps);
-      double tab = time_median([&] { attn.zero_grads(); attn.forward(tok.in); attn.backward(1.0f); }, 1, reps);
-      r["mamba_fwd_bwd_ms"] = tmb * 1e3;
-      r["attn_fwd_bwd_ms"] = tab * 1e3;
-      fb = fmt::format("| {:.2f} | {:.2f} | {:.2f} | {:.2f} |", tmb * 1e3, ref_mamba_fb[i], tab * 1e3, ref_attn_fb[i]);
+    try {  // a length that does not fit the card (256K needs ~100 GB: not an H100) ends the sweep
+      DeviceTokens tok(1, L, 256, true);
+      ModelInput fwd_in = tok.in;
+      fwd_in.targets = Tensor{};
+      int reps = L >= 131072 ? 3 : 10;
+      double tm = time_median([&] { mamba.forward(fwd_in); }, 1, reps);
+      double ta = time_median([&] { attn.forward(fwd_in); }, 1, reps);
+      r["mamba_fwd_ms"] = tm * 1e3;
+      r["attn_fwd_ms"] = ta * 1e3;
+      std::string fb = "| — | — | — | — |";
+      if (i < 3) {
+        double tmb = time_median([&] { mamba.zero_grads(); mamba.forward(tok.in); mamba.backward(1.0f); }, 1, reps);
+        double tab = time_median([&] { attn.zero_grads(); attn.forward(tok.in); attn.backward(1.0f); }, 1, reps);
+        r["mamba_fwd_bwd_ms"] = tmb * 1e3;
+        r["attn_fwd_bwd_ms"] = tab * 1e3;
+        fb = fmt::format("| {:.2f} | {:.2f} | {:.2f} | {:.2f} |", tmb * 1e3, ref_mamba_fb[i], tab * 1e3, ref_attn_fb[i]);
+      }
+      fmt::print("| {}K | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.1f}× {}\n", L / 1024, tm * 1e3, ref_mamba_fwd[i], ta * 1e3,
+                 ref_attn_fwd[i], ta / tm, fb);
+      out.push_back(r);
+    } catch (const Error& e) {
+      if (std::string(e.what()).find("out of memory") == std::string::npos) throw;
+      device_synchronize(Device::CUDA);
+      cuda::release_scratch();
+      fmt::print("| {}K | — does not fit on this card ({}) |\n", L / 1024, e.what());
+      r["error"] = e.what();
+      out.push_back(r);
+      break;
     }
-    fmt::print("| {}K | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.1f}× {}\n", L / 1024, tm * 1e3, ref_mamba_fwd[i], ta * 1e3,
-               ref_attn_fwd[i], ta / tm, fb);
-    out.push_back(r);
   }
   g_json["layers"] = out;
 
