@@ -298,20 +298,23 @@ void launch_stream(GemvParams p) {
   using Cfg = StreamCfg<kRows, kChunk, kStages, kShareX>;
   auto kernel = gemv_stream_kernel<TO, kRows, kChunk, kStages, kShareX>;
   const int64_t grid = (p.N + kRows - 1) / kRows;
-  static const int wave = [&] {  // resident blocks of this kernel on the whole GPU
-    int per_sm = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kStreamThreads, Cfg::kSmem) != cudaSuccess) {
-      (void)cudaGetLastError();
-      per_sm = 0;
-    }
-    return per_sm * num_sms();
-  }();
-  p.l2_wave = wave;
+  p.l2_wave = 0;
   p.l2_end = 0;
   const double budget = gemv_l2_prefetch_mb() * 1048576.0;
-  if (p.prefetch_w && wave > 0 && grid > wave && budget > 0) {
-    const double block_bytes = static_cast<double>(kRows) * static_cast<double>(p.K) * 2;
-    p.l2_end = std::min<int64_t>(grid, wave + static_cast<int64_t>(budget / block_bytes));
+  if (p.prefetch_w && budget > 0) {  // opt-in: the occupancy query runs only then
+    static const int wave = [&] {    // resident blocks of this kernel on the whole GPU
+      int per_sm = 0;
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kStreamThreads, Cfg::kSmem) != cudaSuccess) {
+        (void)cudaGetLastError();
+        per_sm = 0;
+      }
+      return per_sm * num_sms();
+    }();
+    if (wave > 0 && grid > wave) {
+      const double block_bytes = static_cast<double>(kRows) * static_cast<double>(p.K) * 2;
+      p.l2_wave = wave;
+      p.l2_end = std::min<int64_t>(grid, wave + static_cast<int64_t>(budget / block_bytes));
+    }
   }
   HLM_LAUNCH_PDL(kernel, static_cast<unsigned>(grid), kStreamThreads, Cfg::kSmem, p);
   HLM_CUDA_CHECK_LAUNCH();
