@@ -434,6 +434,17 @@ void bench_mixer_step() {
       row[std::string(v.key) + "_sync_us"] = sync * 1e6;
       fmt::print("  batch {} {}: back to back {:.1f} µs, synchronised {:.1f} µs\n", B, v.label, b2b * 1e6, sync * 1e6);
     }
+    // The middle alone, unfused and fused, each replayed back to back: the kernels' own cost,
+    // without the projections around them (their chain effects are the difference to the step).
+    for (const char* mode : {"0", "2"}) {
+      EnvSet e1("HLM_MAMBA_STEP", mode);
+      OpGraph gm;
+      gm.record(Device::CUDA, [&] { mamba_step(p, conv, ssm, work, yn); });
+      const double tm = time_back_to_back([&] { gm.replay(); }, 5, 500);
+      row[std::string("middle_alone_") + (mode[0] == '0' ? "unfused" : "fused") + "_us"] = tm * 1e6;
+      fmt::print("  batch {} the middle alone, {}: back to back {:.1f} µs\n", B, mode[0] == '0' ? "unfused" : "fused",
+                 tm * 1e6);
+    }
     // The two projections alone (nothing between them): the step with the mixer's middle free.
     OpGraph gp;
     gp.record(Device::CUDA, [&] {
