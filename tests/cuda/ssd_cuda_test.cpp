@@ -15,6 +15,7 @@ namespace hlm {
 namespace {
 
 using test::HostTensor;
+using test::ScopedEnv;
 
 // A device tensor (owning), optionally a column slice [.., off, off + cols) of a wider last dim.
 struct Dev {
@@ -458,23 +459,6 @@ TEST(SsdCuda, StepOddShapes) {
   check_step(2, 4, 2, 3, 10, DType::F32, 1e-5, 14);  // N not a multiple of 4: one thread per row
 }
 
-// Sets an environment variable for the scope of a check ("" unsets it).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    const char* old = std::getenv(name);
-    had_ = old != nullptr;
-    if (had_) old_ = old;
-    if (*value) setenv(name, value, 1); else unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (had_) setenv(name_.c_str(), old_.c_str(), 1); else unsetenv(name_.c_str());
-  }
-
- private:
-  std::string name_, old_;
-  bool had_ = false;
-};
 
 // --- fused decode step of the mixer (conv update + state update + gated norm) ---
 
