@@ -384,7 +384,7 @@ void bench_mixer_step() {
     fill(ssm, 0.01);
     fill(conv, 0.01);
     fill_normal(xn, 4, 0, 0.f, 1.f);
-    MambaStepParams p;
+    MambaStepParams p = mamba_step_params(c);
     p.zx = zx;
     p.conv_w = conv_w;
     p.conv_b = conv_b;
@@ -392,12 +392,6 @@ void bench_mixer_step() {
     p.D = Dp;
     p.dt_bias = dt_bias;
     p.norm_w = norm_w;
-    p.heads = H;
-    p.head_dim = P;
-    p.groups = c.n_groups;
-    p.state_dim = c.ssm_state;
-    p.norm_group = c.norm_group_size();
-    p.norm_eps = c.norm_eps;
     auto step = [&] {
       linear_forward(xn, w_in, Tensor{}, zx);
       mamba_step(p, conv, ssm, work, yn);

@@ -53,6 +53,21 @@ Tensor conv2d_view(const Tensor& w) { return w.defined() ? w.reshape({w.size(0),
 
 }  // namespace
 
+MambaStepParams mamba_step_params(const ModelConfig& c) {
+  MambaStepParams p;
+  p.heads = c.mamba_heads;
+  p.head_dim = c.mamba_head_dim;
+  p.groups = c.n_groups;
+  p.state_dim = c.ssm_state;
+  p.norm_group = c.norm_group_size();
+  p.norm_eps = c.norm_eps;
+  if (c.dt_limit_in_decode) {  // HF's (and mamba_ssm's) step never clamps: see config.h
+    p.dt_min = c.dt_limit_min;
+    p.dt_max = c.dt_limit_max;
+  }
+  return p;
+}
+
 Model::Model(ModelConfig cfg, Device device, DType act_dtype, bool training)
     : cfg_(std::move(cfg)), device_(device), act_dtype_(act_dtype), training_(training) {
   cfg_.validate();
@@ -714,7 +729,7 @@ void Model::decode_body(InferenceState& st) {
         Tensor zx = scratch.alloc(a, {B, c.in_proj_dim()});
         linear_forward(xn, W(l, "mixer.in_proj.weight"), W(l, "mixer.in_proj.bias"), zx);
         // Conv update, state update and gated norm: one fused kernel on CUDA where the shape allows.
-        MambaStepParams p;
+        MambaStepParams p = mamba_step_params(c);
         p.zx = zx;
         p.conv_w = conv2d_view(W(l, "mixer.conv1d.weight"));
         p.conv_b = W(l, "mixer.conv1d.bias");
@@ -722,16 +737,6 @@ void Model::decode_body(InferenceState& st) {
         p.D = W(l, "mixer.D");
         p.dt_bias = W(l, "mixer.dt_bias");
         p.norm_w = W(l, "mixer.norm.weight");
-        p.heads = c.mamba_heads;
-        p.head_dim = c.mamba_head_dim;
-        p.groups = c.n_groups;
-        p.state_dim = c.ssm_state;
-        p.norm_group = c.norm_group_size();
-        p.norm_eps = c.norm_eps;
-        if (c.dt_limit_in_decode) {  // HF's (and mamba_ssm's) step never clamps: see config.h
-          p.dt_min = c.dt_limit_min;
-          p.dt_max = c.dt_limit_max;
-        }
         MambaStepWork work{scratch.alloc(a, {B, Cd}), scratch.alloc(a, {B, Di}),
                            scratch.alloc(sd, {B, Di / c.norm_group_size()})};
         Tensor yn = scratch.alloc(a, {B, Di});

@@ -12,8 +12,13 @@
 #include "model/config.h"
 #include "model/params.h"
 #include "ops/graph.h"
+#include "ops/ssd.h"
 
 namespace hlm {
+
+// A Mamba layer's decode-step parameters that come from the config (sizes, norm group and eps, the
+// dt clamp where the config applies it in decode); the caller sets the weights.
+MambaStepParams mamba_step_params(const ModelConfig& c);
 
 // One batch of token rows on the model's device.
 struct ModelInput {

@@ -60,9 +60,8 @@ MambaStepViews mamba_step_views(const MambaStepParams& p, const Tensor& conv_sta
   return v;
 }
 
-void mamba_step_unfused(const MambaStepParams& p, const Tensor& conv_state, const Tensor& ssm_state,
-                        const MambaStepWork& work, const Tensor& out) {
-  const MambaStepViews v = mamba_step_views(p, conv_state, ssm_state, work, out);
+void mamba_step_unfused(const MambaStepParams& p, const MambaStepViews& v, const Tensor& conv_state,
+                        const Tensor& ssm_state, const MambaStepWork& work, const Tensor& out) {
   conv1d_silu_update(v.xbc_raw, p.conv_w, p.conv_b, conv_state, work.xbc);
   ssd_step(v.step, ssm_state, work.y.split_last({p.heads, p.head_dim}));
   gated_rmsnorm_forward(work.y, v.z, p.norm_w, p.norm_group, p.norm_eps, out, work.rstd);
@@ -72,7 +71,7 @@ namespace cpu {
 void mamba_step(const MambaStepParams& p, const Tensor& conv_state, const Tensor& ssm_state,
                 const MambaStepWork& work, const Tensor& out) {
   HLM_CHECK_ARG(p.zx.device == Device::CPU, "mamba_step (CPU): zx is on {}", device_name(p.zx.device));
-  mamba_step_unfused(p, conv_state, ssm_state, work, out);
+  mamba_step_unfused(p, mamba_step_views(p, conv_state, ssm_state, work, out), conv_state, ssm_state, work, out);
 }
 }  // namespace cpu
 

@@ -98,8 +98,9 @@ struct MambaStepViews {
 };
 MambaStepViews mamba_step_views(const MambaStepParams& p, const Tensor& conv_state, const Tensor& ssm_state,
                                 const MambaStepWork& work, const Tensor& out);
-// The three ops in a row (dispatched by device): the CPU twin, and the CUDA fallback.
-void mamba_step_unfused(const MambaStepParams& p, const Tensor& conv_state, const Tensor& ssm_state,
-                        const MambaStepWork& work, const Tensor& out);
+// The three ops in a row (dispatched by device) over views from mamba_step_views: the CPU twin,
+// and the CUDA fallback.
+void mamba_step_unfused(const MambaStepParams& p, const MambaStepViews& v, const Tensor& conv_state,
+                        const Tensor& ssm_state, const MambaStepWork& work, const Tensor& out);
 
 }  // namespace hlm

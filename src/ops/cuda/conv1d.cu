@@ -616,15 +616,6 @@ __global__ void conv_state_kernel(const void* x, int64_t ld_x, const int32_t* do
   store_any(state, state_type, i, v);
 }
 
-int scalar_type(const Tensor& t, const char* what) {
-  switch (t.dtype) {
-    case DType::F32: return ssd::kF32;
-    case DType::BF16: return ssd::kBF16;
-    case DType::F16: return ssd::kF16;
-    default: fail(ErrorKind::Unsupported, "conv1d (CUDA): {} has dtype {}", what, dtype_name(t.dtype));
-  }
-}
-
 void require(const Tensor& t, std::initializer_list<int64_t> shape, const char* what) {
   HLM_CHECK_ARG(t.defined(), "conv1d (CUDA): {} is not set", what);
   HLM_CHECK_ARG(t.device == Device::CUDA, "conv1d (CUDA): {} is on {}, expected CUDA", what, device_name(t.device));
@@ -676,10 +667,10 @@ ConvDims check_conv(const Tensor& x, const Tensor& w, const Tensor& bias, const 
   a->T = static_cast<int>(d.T);
   a->C = static_cast<int>(d.C);
   a->w = w.data;
-  a->w_type = scalar_type(w, "w");
+  a->w_type = ssd::scalar_type(w, "conv1d", "w");
   if (bias.defined()) {
     a->bias = bias.data;
-    a->bias_type = scalar_type(bias, "bias");
+    a->bias_type = ssd::scalar_type(bias, "conv1d", "bias");
   }
   if (doc.defined() && d.B * d.T > 0) {
     RowView dr = as_rows(doc, 1, "conv1d doc");
@@ -848,7 +839,7 @@ void conv1d_silu_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
     auto kernel = conv_param_reduce_kernel;
     HLM_LAUNCH(kernel, dim3(static_cast<unsigned>((n + 255) / 256)), dim3(256), 0, static_cast<const float*>(a.part),
                static_cast<int>(d.B) * a.nseg, static_cast<int>(d.C), static_cast<int>(d.K), dw.data,
-               dw.defined() ? scalar_type(dw, "dw") : 0, dbias.data, dbias.defined() ? scalar_type(dbias, "dbias") : 0);
+               dw.defined() ? ssd::scalar_type(dw, "conv1d", "dw") : 0, dbias.data, dbias.defined() ? ssd::scalar_type(dbias, "conv1d", "dbias") : 0);
     HLM_CUDA_CHECK_LAUNCH();
   }
 }
@@ -867,8 +858,8 @@ void conv1d_silu_update(const Tensor& x, const Tensor& w, const Tensor& bias, co
   HLM_CHECK_ARG(y.dtype == x.dtype, "conv1d_update (CUDA): y dtype differs from x");
   if (B * C == 0) return;
   RowView xr = as_rows(x, 1, "conv1d_update x"), yr = as_rows(y, 1, "conv1d_update y");
-  const int st = scalar_type(state, "state");
-  const int wt = scalar_type(w, "w"), bt = bias.defined() ? scalar_type(bias, "bias") : 0;
+  const int st = ssd::scalar_type(state, "conv1d", "state");
+  const int wt = ssd::scalar_type(w, "conv1d", "w"), bt = bias.defined() ? ssd::scalar_type(bias, "conv1d", "bias") : 0;
   dispatch_float(x.dtype, "conv1d_update x", [&]<typename T>() {
     auto kernel = conv_update_kernel<T>;
     HLM_LAUNCH_PDL(kernel, dim3(static_cast<unsigned>((B * C + 255) / 256)), dim3(256), 0, static_cast<const void*>(xr.data),
@@ -890,7 +881,7 @@ void conv1d_state_from_sequence(const Tensor& x, const Tensor& doc, const Tensor
     HLM_CHECK_ARG(doc.dtype == DType::I32, "conv1d_state (CUDA): doc must be I32");
   }
   if (B * C * km1 == 0) return;
-  const int st = scalar_type(state, "state");
+  const int st = ssd::scalar_type(state, "conv1d", "state");
   if (L == 0) {
     HLM_CUDA_CHECK(cudaMemsetAsync(state.data, 0, state.nbytes(), stream()));
     return;

@@ -16,8 +16,6 @@
 // order of the sums (y's dot product over N, the norm's sum of squares) differs.
 #include <cooperative_groups.h>
 
-#include <cstdlib>
-
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/ssd.h"
 
@@ -25,8 +23,11 @@ namespace hlm::cuda {
 namespace {
 
 namespace cg = cooperative_groups;
+using ssd::env_int;
 using ssd::load_any;
+using ssd::load_state;
 using ssd::store_any;
+using ssd::store_state;
 
 constexpr int kThreads = 256;
 constexpr int kLanes = 16;  // threads per state row
@@ -58,21 +59,6 @@ struct StepArgs {
   int H, G;
   float eps, dt_min, dt_max;
 };
-
-__device__ __forceinline__ float4 load_stream(const float4* p) {
-#ifdef HLM_CUDA_EMU
-  return *p;
-#else
-  return __ldcs(p);
-#endif
-}
-__device__ __forceinline__ void store_stream(float4* p, const float4& v) {
-#ifdef HLM_CUDA_EMU
-  *p = v;
-#else
-  __stcs(p, v);
-#endif
-}
 
 // The xBC channel that conv slot i of a block handles: its heads' x channels, then the group's B
 // and C channels.
@@ -139,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) mamba_step_kernel(const StepArgs a) 
 #pragma unroll
     for (int j = 0; j < kPass; ++j)
 #pragma unroll
-      for (int m = 0; m < kF4; ++m) sv[i][j][m] = load_stream(sp + (r0 + j * kRowsPerPass) * (kN / 4) + q + m * kLanes);
+      for (int m = 0; m < kF4; ++m) sv[i][j][m] = load_state(sp + (r0 + j * kRowsPerPass) * (kN / 4) + q + m * kLanes, true);
   }
 
   // Convolution (conv_update_kernel's arithmetic), its output rounded to T as xbc is stored.
@@ -198,7 +184,7 @@ __global__ void __launch_bounds__(kThreads) mamba_step_kernel(const StepArgs a) 
         s.y = decay * s.y + xd * bv.y;
         s.z = decay * s.z + xd * bv.z;
         s.w = decay * s.w + xd * bv.w;
-        store_stream(sp + p * (kN / 4) + q + m * kLanes, s);
+        store_state(sp + p * (kN / 4) + q + m * kLanes, s, true);
         partial += s.x * cv.x + s.y * cv.y + s.z * cv.z + s.w * cv.w;
       }
 #pragma unroll
@@ -258,20 +244,6 @@ __global__ void __launch_bounds__(kThreads) mamba_step_kernel(const StepArgs a) 
 #endif
 }
 
-int scalar_type(const Tensor& t, const char* what) {
-  switch (t.dtype) {
-    case DType::F32: return ssd::kF32;
-    case DType::BF16: return ssd::kBF16;
-    case DType::F16: return ssd::kF16;
-    default: fail(ErrorKind::Unsupported, "mamba_step (CUDA): {} has dtype {}", what, dtype_name(t.dtype));
-  }
-}
-
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::atoi(v) : fallback;
-}
-
 // Launches the cluster kernel (cluster = the group's blocks), with PDL where enabled.
 template <typename T, int kP, int kN, int kHpb>
 bool launch(const StepArgs& a, int B, int ranks) {
@@ -323,81 +295,85 @@ bool launch_hpb(const StepArgs& a, int B, int hpb, int ranks) {
   return false;
 }
 
+// The fused kernel, where the shape, dtypes and device allow it; false: the caller runs the
+// unfused ops. hpb: heads per block (1 or 2).
+bool launch_fused(const MambaStepParams& p, const Tensor& conv_state, const Tensor& ssm_state, const Tensor& out,
+                  int hpb) {
+  const int64_t B = p.zx.size(0), H = p.heads, P = p.head_dim, G = p.groups, N = p.state_dim;
+  const int64_t hpg = H / G;
+  if (P == 128) hpb = 1;
+  const bool shape_ok = ((P == 64 && (N == 128 || N == 64)) || (P == 128 && N == 128)) && p.conv_w.size(1) == kK &&
+                        p.norm_group == hpg * P && B > 0 && B <= 65535 && hpg % hpb == 0 && hpg / hpb <= 16;
+  const bool dtypes_ok = p.zx.dtype == out.dtype && p.zx.dtype != DType::I32 && ssm_state.dtype == DType::F32 &&
+                         ssm_state.is_contiguous() && conv_state.is_contiguous() && p.conv_w.is_contiguous() &&
+                         (reinterpret_cast<uintptr_t>(ssm_state.data) & 15) == 0;
+  if (!shape_ok || !dtypes_ok || device_props().major < 9) return false;
+  for (const Tensor* t : {&p.A_log, &p.D, &p.dt_bias, &p.norm_w, &p.conv_b})
+    HLM_CHECK_ARG(!t->defined() || t->device == Device::CUDA, "mamba_step (CUDA): a parameter is not on CUDA");
+  const char* op = "mamba_step";
+  RowView zx = as_rows(p.zx, 1, "mamba_step zx"), o = as_rows(out, 1, "mamba_step out");
+  StepArgs a{};
+  a.zx = zx.data;
+  a.ld_zx = zx.ld;
+  a.conv_w = p.conv_w.data;
+  a.conv_w_type = ssd::scalar_type(p.conv_w, op, "conv_w");
+  if (p.conv_b.defined()) {
+    a.conv_b = p.conv_b.data;
+    a.conv_b_type = ssd::scalar_type(p.conv_b, op, "conv_b");
+  }
+  a.conv_state = conv_state.data;
+  a.conv_state_type = ssd::scalar_type(conv_state, op, "conv_state");
+  a.A_log = p.A_log.data;
+  a.A_type = ssd::scalar_type(p.A_log, op, "A_log");
+  if (p.D.defined()) {
+    a.D = p.D.data;
+    a.D_type = ssd::scalar_type(p.D, op, "D");
+  }
+  if (p.dt_bias.defined()) {
+    a.dt_bias = p.dt_bias.data;
+    a.bias_type = ssd::scalar_type(p.dt_bias, op, "dt_bias");
+  }
+  a.norm_w = p.norm_w.data;
+  a.norm_w_type = ssd::scalar_type(p.norm_w, op, "norm_w");
+  a.state = ssm_state.ptr<float>();
+  a.out = o.data;
+  a.ld_out = o.ld;
+  a.H = static_cast<int>(H);
+  a.G = static_cast<int>(G);
+  a.eps = p.norm_eps;
+  a.dt_min = p.dt_min;
+  a.dt_max = p.dt_max;
+  const int ranks = static_cast<int>(hpg / hpb);
+  bool done = false;
+  dispatch_float(p.zx.dtype, "mamba_step zx", [&]<typename T>() {
+    if (P == 64 && N == 128) done = launch_hpb<T, 64, 128>(a, static_cast<int>(B), hpb, ranks);
+    else if (P == 64 && N == 64) done = launch_hpb<T, 64, 64>(a, static_cast<int>(B), hpb, ranks);
+    else done = launch_hpb<T, 128, 128>(a, static_cast<int>(B), hpb, ranks);
+  });
+  return done;
+}
+
 }  // namespace
 
 // Knobs (read per call, for A/B runs): HLM_MAMBA_STEP unset or 0 runs the three unfused ops (the
 // default), =1 the fused kernel up to kFusedMaxStateElems, =2 at any batch;
 // HLM_MAMBA_STEP_HPB=1|2 forces the heads per block (default: 2 where a group has more than 8
 // heads, so that a cluster has at most 8 blocks, the portable size; else 1).
+//
+// Opt-in: measured no faster than the three kernels at batch 1 and slower at batch 32 (H100, 8B
+// shape, the mixer step in one graph: 88.1 / 223 µs fused against 87.3 / 192 µs unfused, same run;
+// bench/cuda/NOTES-core.md, round 9). A large batch's state update is a bandwidth problem that
+// ssd_step's kernel, with more loads in flight per SM, solves better.
 void mamba_step(const MambaStepParams& p, const Tensor& conv_state, const Tensor& ssm_state,
                 const MambaStepWork& work, const Tensor& out) {
   const MambaStepViews v = mamba_step_views(p, conv_state, ssm_state, work, out);  // checks shapes
-  const int64_t B = p.zx.size(0), H = p.heads, P = p.head_dim, G = p.groups, N = p.state_dim;
-  const int64_t hpg = H / G;
-  const bool shape_ok = ((P == 64 && (N == 128 || N == 64)) || (P == 128 && N == 128)) && p.conv_w.size(1) == kK &&
-                        p.norm_group == hpg * P && B <= 65535;
-  const bool dtypes_ok = p.zx.dtype == out.dtype && p.zx.dtype != DType::I32 && ssm_state.dtype == DType::F32 &&
-                         ssm_state.is_contiguous() && conv_state.is_contiguous() && p.conv_w.is_contiguous() &&
-                         (reinterpret_cast<uintptr_t>(ssm_state.data) & 15) == 0;
-  int hpb = env_int("HLM_MAMBA_STEP_HPB", 0);
-  if (hpb != 1 && hpb != 2) hpb = hpg > 8 ? 2 : 1;
-  if (P == 128) hpb = 1;
-  const bool split_ok = hpg % hpb == 0 && hpg / hpb <= 16;
-  // Opt-in: measured no faster than the three kernels at batch 1 and slower at batch 32 (H100, 8B
-  // shape, the mixer step in one graph: 88.1 / 223 µs fused against 87.3 / 192 µs unfused, same
-  // run; bench/cuda/NOTES-core.md, round 9). A large batch's state update is a bandwidth problem
-  // that ssd_step's kernel, with more loads in flight per SM, solves better: =1 fuses only small
-  // batches (up to kFusedMaxStateElems), =2 any batch.
   const int mode = env_int("HLM_MAMBA_STEP", 0);
-  const bool small = B * H * P * N <= kFusedMaxStateElems;
-  const bool fused = (mode == 2 || (mode == 1 && small)) && device_props().major >= 9 && shape_ok && dtypes_ok &&
-                     split_ok && B > 0;
-  if (fused) {
-    for (const Tensor* t : {&p.A_log, &p.D, &p.dt_bias, &p.norm_w, &p.conv_b})
-      HLM_CHECK_ARG(!t->defined() || t->device == Device::CUDA, "mamba_step (CUDA): a parameter is not on CUDA");
-    RowView zx = as_rows(p.zx, 1, "mamba_step zx"), o = as_rows(out, 1, "mamba_step out");
-    StepArgs a{};
-    a.zx = zx.data;
-    a.ld_zx = zx.ld;
-    a.conv_w = p.conv_w.data;
-    a.conv_w_type = scalar_type(p.conv_w, "conv_w");
-    if (p.conv_b.defined()) {
-      a.conv_b = p.conv_b.data;
-      a.conv_b_type = scalar_type(p.conv_b, "conv_b");
-    }
-    a.conv_state = conv_state.data;
-    a.conv_state_type = scalar_type(conv_state, "conv_state");
-    a.A_log = p.A_log.data;
-    a.A_type = scalar_type(p.A_log, "A_log");
-    if (p.D.defined()) {
-      a.D = p.D.data;
-      a.D_type = scalar_type(p.D, "D");
-    }
-    if (p.dt_bias.defined()) {
-      a.dt_bias = p.dt_bias.data;
-      a.bias_type = scalar_type(p.dt_bias, "dt_bias");
-    }
-    a.norm_w = p.norm_w.data;
-    a.norm_w_type = scalar_type(p.norm_w, "norm_w");
-    a.state = ssm_state.ptr<float>();
-    a.out = o.data;
-    a.ld_out = o.ld;
-    a.H = static_cast<int>(H);
-    a.G = static_cast<int>(G);
-    a.eps = p.norm_eps;
-    a.dt_min = p.dt_min;
-    a.dt_max = p.dt_max;
-    const int ranks = static_cast<int>(hpg / hpb);
-    bool done = false;
-    dispatch_float(p.zx.dtype, "mamba_step zx", [&]<typename T>() {
-      if (P == 64 && N == 128) done = launch_hpb<T, 64, 128>(a, static_cast<int>(B), hpb, ranks);
-      else if (P == 64 && N == 64) done = launch_hpb<T, 64, 64>(a, static_cast<int>(B), hpb, ranks);
-      else done = launch_hpb<T, 128, 128>(a, static_cast<int>(B), hpb, ranks);
-    });
-    if (done) return;
+  if (mode == 2 || (mode == 1 && p.zx.size(0) * p.heads * p.head_dim * p.state_dim <= kFusedMaxStateElems)) {
+    int hpb = env_int("HLM_MAMBA_STEP_HPB", 0);
+    if (hpb != 1 && hpb != 2) hpb = p.heads / p.groups > 8 ? 2 : 1;
+    if (launch_fused(p, conv_state, ssm_state, out, hpb)) return;
   }
-  (void)v;
-  mamba_step_unfused(p, conv_state, ssm_state, work, out);
+  mamba_step_unfused(p, v, conv_state, ssm_state, work, out);
 }
 
 }  // namespace hlm::cuda

@@ -51,15 +51,6 @@ SsdScratch& ssd_scratch() {
   return s;
 }
 
-int scalar_type(const Tensor& t, const char* what) {
-  switch (t.dtype) {
-    case DType::F32: return ssd::kF32;
-    case DType::BF16: return ssd::kBF16;
-    case DType::F16: return ssd::kF16;
-    default: fail(ErrorKind::Unsupported, "ssd (CUDA): {} has dtype {}; expected F32, BF16 or F16", what, dtype_name(t.dtype));
-  }
-}
-
 void require(const Tensor& t, std::initializer_list<int64_t> shape, const char* what) {
   HLM_CHECK_ARG(t.defined(), "ssd (CUDA): {} is not set", what);
   HLM_CHECK_ARG(t.device == Device::CUDA, "ssd (CUDA): {} is on {}, expected CUDA", what, device_name(t.device));
@@ -87,7 +78,7 @@ void require_vector(const Tensor& t, int64_t H, const char* what) {
   if (!t.defined()) return;
   require(t, {H}, what);
   HLM_CHECK_ARG(t.stride[0] == 1 || H == 1, "ssd (CUDA): {} must be contiguous", what);
-  scalar_type(t, what);
+  ssd::scalar_type(t, "ssd", what);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
@@ -123,7 +114,7 @@ Dims check_inputs(const SsdParams& p, SsdArgs* a) {
   HLM_CHECK_ARG(p.dt_min <= p.dt_max, "ssd (CUDA): dt_min {} > dt_max {}", p.dt_min, p.dt_max);
   HLM_CHECK_ARG(d.B < 65536 && d.T < (int64_t{1} << 31) && d.H < 65536,
                 "ssd (CUDA): sizes out of range (B {}, T {}, H {})", d.B, d.T, d.H);
-  scalar_type(p.x, "x");
+  ssd::scalar_type(p.x, "ssd", "x");
   a->B = static_cast<int>(d.B);
   a->T = static_cast<int>(d.T);
   a->H = static_cast<int>(d.H);
@@ -143,16 +134,16 @@ Dims check_inputs(const SsdParams& p, SsdArgs* a) {
   a->ld_C = cm.ld;
   a->dt = dt.data;
   a->ld_dt = dt.ld;
-  a->dt_type = scalar_type(p.dt, "dt");
+  a->dt_type = ssd::scalar_type(p.dt, "ssd", "dt");
   a->A_log = p.A_log.data;
-  a->A_type = scalar_type(p.A_log, "A_log");
+  a->A_type = ssd::scalar_type(p.A_log, "ssd", "A_log");
   if (p.D.defined()) {
     a->D = p.D.data;
-    a->D_type = scalar_type(p.D, "D");
+    a->D_type = ssd::scalar_type(p.D, "ssd", "D");
   }
   if (p.dt_bias.defined()) {
     a->dt_bias = p.dt_bias.data;
-    a->bias_type = scalar_type(p.dt_bias, "dt_bias");
+    a->bias_type = ssd::scalar_type(p.dt_bias, "ssd", "dt_bias");
   }
   if (p.doc.defined()) {
     RowView doc = as_rows(p.doc, 1, "ssd doc");
@@ -311,7 +302,7 @@ void ssd_forward(const SsdParams& p, const Tensor& y, const Tensor& h_final) {
     fs->fwd(a);
   } else {
     auto* ws = static_cast<float*>(ssd_scratch().get(state_elems * sizeof(float)));
-    ssd::launch_fwd_generic(a, scalar_type(p.x, "x"), ws);
+    ssd::launch_fwd_generic(a, ssd::scalar_type(p.x, "ssd", "x"), ws);
   }
 }
 
@@ -356,7 +347,7 @@ void ssd_backward(const SsdParams& p, const Tensor& dy, const Tensor& dh_final, 
   set_out(g.ddt, 1, "ssd ddt", &a.ddt, &a.ld_ddt);
   set_out(g.dBm, 2, "ssd dBm", &a.dBm, &a.ld_dB);
   set_out(g.dCm, 2, "ssd dCm", &a.dCm, &a.ld_dC);
-  if (g.ddt.defined()) a.ddt_type = scalar_type(g.ddt, "ddt");
+  if (g.ddt.defined()) a.ddt_type = ssd::scalar_type(g.ddt, "ssd", "ddt");
   const bool params = g.dA_log.defined() || g.dD.defined() || g.ddt_bias.defined();
 
   const FastShape* fs = fast_shape(a);
@@ -389,13 +380,13 @@ void ssd_backward(const SsdParams& p, const Tensor& dy, const Tensor& dh_final, 
     auto* base = static_cast<float*>(ssd_scratch().get((floats + part) * sizeof(float)));
     a.ws_part = params ? base + floats : nullptr;
     part_rows = static_cast<int>(d.B);
-    ssd::launch_bwd_generic(a, scalar_type(p.x, "x"), base);
+    ssd::launch_bwd_generic(a, ssd::scalar_type(p.x, "ssd", "x"), base);
   }
   if (params)
     ssd::launch_param_reduce(a.ws_part, part_rows, a.H, a.A_log, a.A_type, g.dA_log.data,
-                             g.dA_log.defined() ? scalar_type(g.dA_log, "dA_log") : 0, g.dD.data,
-                             g.dD.defined() ? scalar_type(g.dD, "dD") : 0, g.ddt_bias.data,
-                             g.ddt_bias.defined() ? scalar_type(g.ddt_bias, "ddt_bias") : 0);
+                             g.dA_log.defined() ? ssd::scalar_type(g.dA_log, "ssd", "dA_log") : 0, g.dD.data,
+                             g.dD.defined() ? ssd::scalar_type(g.dD, "ssd", "dD") : 0, g.ddt_bias.data,
+                             g.ddt_bias.defined() ? ssd::scalar_type(g.ddt_bias, "ssd", "ddt_bias") : 0);
 }
 
 }  // namespace hlm::cuda

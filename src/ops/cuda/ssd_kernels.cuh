@@ -2,6 +2,8 @@
 // loads, and the launchers each ssd_*.cu file instantiates. See ssd.cu for the algorithm.
 #pragma once
 
+#include <cstdlib>
+
 #include <cstdint>
 
 #include "ops/cuda/warp_mma.cuh"
@@ -34,6 +36,42 @@ __device__ __forceinline__ void store_any(void* p, int type, int64_t i, float v)
     static_cast<__half*>(p)[i] = __float2half_rn(v);
   else
     static_cast<float*>(p)[i] = v;
+}
+
+// The state's 16-byte load and store (decode steps), optionally with the streaming (evict-first)
+// cache hints: every element is read and written once per token.
+__device__ __forceinline__ float4 load_state(const float4* p, bool stream) {
+#ifndef HLM_CUDA_EMU
+  if (stream) return __ldcs(p);
+#endif
+  (void)stream;
+  return *p;
+}
+__device__ __forceinline__ void store_state(float4* p, const float4& v, bool stream) {
+#ifndef HLM_CUDA_EMU
+  if (stream) {
+    __stcs(p, v);
+    return;
+  }
+#endif
+  (void)stream;
+  *p = v;
+}
+
+// Host side of the SSD-family ops (SSD, conv1d, decode steps): a scalar tensor's ScalarType, with
+// a clear error naming the op and the tensor for any other dtype.
+inline int scalar_type(const Tensor& t, const char* op, const char* what) {
+  switch (t.dtype) {
+    case DType::F32: return kF32;
+    case DType::BF16: return kBF16;
+    case DType::F16: return kF16;
+    default: fail(ErrorKind::Unsupported, "{} (CUDA): {} has dtype {}; expected F32, BF16 or F16", op, what, dtype_name(t.dtype));
+  }
+}
+// An integer knob for A/B runs, read from the environment on each call.
+inline int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
 }
 
 // One descriptor for every SSD kernel. Activations are row views: row b*T + t, `ld` elements apart;

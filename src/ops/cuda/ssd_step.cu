@@ -1,13 +1,16 @@
 // One decode token of the SSD (hlm::cuda::ssd_step): state <- exp(dt A) state + dt x Bᵀ and
 // y = state C + D x. Memory-bound on the fp32 state: each thread owns 4 consecutive state
 // elements (one 16-byte load and store), the N/4 threads of a state row reduce y by shuffles.
-#include <cstdlib>
-
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/ssd.h"
 
 namespace hlm::cuda {
 namespace {
+
+using ssd::env_int;
+using ssd::load_state;
+using ssd::scalar_type;
+using ssd::store_state;
 
 struct StepArgs {
   const void* x;
@@ -62,25 +65,6 @@ __device__ __forceinline__ float4 load4(const T* p, bool vec) {
     }
   }
   return make_float4(to_f32<T>(p[0]), to_f32<T>(p[1]), to_f32<T>(p[2]), to_f32<T>(p[3]));
-}
-
-// The state's 16-byte load and store, optionally with the streaming (evict-first) cache hints.
-__device__ __forceinline__ float4 load_state(const float4* p, bool stream) {
-#ifndef HLM_CUDA_EMU
-  if (stream) return __ldcs(p);
-#endif
-  (void)stream;
-  return *p;
-}
-__device__ __forceinline__ void store_state(float4* p, const float4& v, bool stream) {
-#ifndef HLM_CUDA_EMU
-  if (stream) {
-    __stcs(p, v);
-    return;
-  }
-#endif
-  (void)stream;
-  *p = v;
 }
 
 // kLanes threads per state row, each owning kVec float4s of it (lane q: float4s q + j kLanes, so a
@@ -150,15 +134,6 @@ __global__ void __launch_bounds__(256) ssd_step_row_kernel(const StepArgs a) {
   static_cast<T*>(a.y)[b * a.ld_y + static_cast<int64_t>(h) * a.P + p] = from_f32<T>(acc + rc.D * rc.x);
 }
 
-int scalar_type(const Tensor& t, const char* what) {
-  switch (t.dtype) {
-    case DType::F32: return ssd::kF32;
-    case DType::BF16: return ssd::kBF16;
-    case DType::F16: return ssd::kF16;
-    default: fail(ErrorKind::Unsupported, "ssd_step (CUDA): {} has dtype {}", what, dtype_name(t.dtype));
-  }
-}
-
 void require(const Tensor& t, std::initializer_list<int64_t> shape, const char* what) {
   HLM_CHECK_ARG(t.defined(), "ssd_step (CUDA): {} is not set", what);
   HLM_CHECK_ARG(t.device == Device::CUDA, "ssd_step (CUDA): {} is on {}, expected CUDA", what, device_name(t.device));
@@ -170,10 +145,6 @@ void require(const Tensor& t, std::initializer_list<int64_t> shape, const char* 
 
 // Knobs for A/B runs (bench_ssd_cuda), read per call: HLM_SSD_STEP_KVEC=1|2|4 forces the float4s
 // per thread; HLM_SSD_STEP_STREAM=0 loads and stores the state without the evict-first hints.
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::atoi(v) : fallback;
-}
 
 template <typename T, int kLanes, int kVec>
 void launch_vec(const StepArgs& a, bool vec_bc) {
@@ -227,20 +198,20 @@ void ssd_step(const SsdStepParams& p, const Tensor& state, const Tensor& y) {
   a.ld_x = x.ld;
   a.dt = dt.data;
   a.ld_dt = dt.ld;
-  a.dt_type = scalar_type(p.dt, "dt");
+  a.dt_type = scalar_type(p.dt, "ssd_step", "dt");
   a.Bm = bm.data;
   a.ld_B = bm.ld;
   a.Cm = cm.data;
   a.ld_C = cm.ld;
   a.A_log = p.A_log.data;
-  a.A_type = scalar_type(p.A_log, "A_log");
+  a.A_type = scalar_type(p.A_log, "ssd_step", "A_log");
   if (p.D.defined()) {
     a.D = p.D.data;
-    a.D_type = scalar_type(p.D, "D");
+    a.D_type = scalar_type(p.D, "ssd_step", "D");
   }
   if (p.dt_bias.defined()) {
     a.dt_bias = p.dt_bias.data;
-    a.bias_type = scalar_type(p.dt_bias, "dt_bias");
+    a.bias_type = scalar_type(p.dt_bias, "ssd_step", "dt_bias");
   }
   a.state = state.ptr<float>();
   a.y = yr.data;
