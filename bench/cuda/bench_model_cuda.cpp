@@ -230,6 +230,31 @@ ModelConfig layer_8b(const std::string& pattern) {
   return c;
 }
 
+// One synchronised pass of f with the per-op profile on: where its time goes, largest first
+// (each op waits for the device, so small ops carry a few µs of launch latency each), as a
+// markdown table appended to *text.
+nlohmann::json op_profile(const std::string& title, const std::function<void()>& f, std::string* text) {
+  Profile::reset();
+  Profile::enable(true, /*device_sync=*/true);
+  f();
+  Profile::enable(false);
+  double total = 0;
+  std::vector<std::pair<double, std::string>> rows;
+  for (const auto& [name, ot] : Profile::totals()) {
+    total += ot.seconds;
+    rows.emplace_back(ot.seconds, fmt::format("{} ({} calls)", name, ot.calls));
+  }
+  std::sort(rows.rbegin(), rows.rend());
+  nlohmann::json prof = nlohmann::json::array();
+  *text += fmt::format("\nprofile: {} (each op synchronised: {:.2f} ms in ops)\n| op | ms | share |\n|---|---|---|\n",
+                       title, total * 1e3);
+  for (const auto& [sec, name] : rows) {
+    *text += fmt::format("| {} | {:.3f} | {:.1f}% |\n", name, sec * 1e3, 100 * sec / total);
+    prof.push_back({{"op", name}, {"ms", sec * 1e3}});
+  }
+  return prof;
+}
+
 void bench_layers() {
   const int64_t Ls[] = {2048, 8192, 32768, 131072, 262144};
   const double ref_mamba_fwd[] = {1.06, 3.40, 13.7, 55.4, 110};
@@ -242,6 +267,7 @@ void bench_layers() {
   fmt::print("|---|---|---|---|---|---|---|---|---|---|\n");
   Model mamba(layer_8b("M"), Device::CUDA, DType::BF16);
   Model attn(layer_8b("*"), Device::CUDA, DType::BF16);
+  std::string profiles;  // printed after the table
   mamba.init_weights(1);
   attn.init_weights(1);
   for (int i = 0; i < 5; ++i) {
@@ -263,6 +289,18 @@ void bench_layers() {
         r["mamba_fwd_bwd_ms"] = tmb * 1e3;
         r["attn_fwd_bwd_ms"] = tab * 1e3;
         fb = fmt::format("| {:.2f} | {:.2f} | {:.2f} | {:.2f} |", tmb * 1e3, ref_mamba_fb[i], tab * 1e3, ref_attn_fb[i]);
+        if (i == 0 || i == 2) {  // the two lengths with fwd+bwd targets: where the Mamba-2 layer's time goes
+          r["mamba_fwd_profile"] = op_profile(fmt::format("Mamba-2 layer forward, L = {}K", L / 1024),
+                                              [&] { mamba.forward(fwd_in); }, &profiles);
+          r["mamba_fwd_bwd_profile"] = op_profile(
+              fmt::format("Mamba-2 layer forward + backward, L = {}K", L / 1024),
+              [&] {
+                mamba.zero_grads();
+                mamba.forward(tok.in);
+                mamba.backward(1.0f);
+              },
+              &profiles);
+        }
       }
       fmt::print("| {}K | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.1f}× {}\n", L / 1024, tm * 1e3, ref_mamba_fwd[i], ta * 1e3,
                  ref_attn_fwd[i], ta / tm, fb);
@@ -277,6 +315,7 @@ void bench_layers() {
       break;
     }
   }
+  fmt::print("{}", profiles);
   g_json["layers"] = out;
 
   // One decode step of the Mamba-2 layer (mixer + its norm; the model's embedding / head are tiny).
