@@ -28,9 +28,11 @@
 #include "core/profile.h"
 #include "core/rng.h"
 #include "model/model.h"
+#include "ops/conv1d.h"
 #include "ops/elementwise.h"
 #include "ops/graph.h"
 #include "ops/loss.h"
+#include "ops/norm.h"
 #include "ops/gemm.h"
 #include "ops/ssd.h"
 #include "train/optimizer.h"
@@ -255,6 +257,116 @@ nlohmann::json op_profile(const std::string& title, const std::function<void()>&
   return prof;
 }
 
+// The Mamba-2 layer alone, as gpu.md's reference times "the layer": in_proj, conv1d + SiLU, SSD,
+// gated RMSNorm, out_proj (no pre-norm, residual, embedding, head or loss), forward and forward +
+// backward (input gradient and every weight gradient, accumulated into fp32 as training does; the
+// gradients are not zeroed between calls, so no fill is timed). The same ops and arguments as
+// Model::layer_forward / layer_backward.
+nlohmann::json bench_mamba_layer_alone(const std::vector<int64_t>& Ls, std::string* profiles) {
+  const ModelConfig c = layer_8b("M");
+  const int64_t D = c.d_model, H = c.mamba_heads, P = c.mamba_head_dim, G = c.n_groups, N = c.ssm_state,
+                Di = c.d_inner(), Cd = c.conv_dim(), W = c.in_proj_dim(), K = c.conv_kernel, GN = G * N;
+  const DType a = DType::BF16, f = DType::F32;
+  auto dev = [](DType d, std::initializer_list<int64_t> shape) {
+    int64_t n = 1;
+    for (int64_t e : shape) n *= e;
+    auto buf = std::make_shared<Buffer>(Device::CUDA, static_cast<size_t>(n) * dtype_size(d));
+    return std::make_pair(buf, Tensor(buf->data(), d, Device::CUDA, shape));
+  };
+  std::vector<std::shared_ptr<Buffer>> keep;
+  auto take = [&](DType d, std::initializer_list<int64_t> shape) {
+    auto [buf, t] = dev(d, shape);
+    keep.push_back(buf);
+    return t;
+  };
+  const Tensor w_in = take(a, {W, D}), w_out = take(a, {D, Di}), conv_w = take(a, {Cd, K}), conv_b = take(a, {Cd}),
+               norm_w = take(a, {Di}), A_log = take(f, {H}), Dp = take(f, {H}), dt_bias = take(f, {H});
+  const Tensor g_in = take(f, {W, D}), g_out = take(f, {D, Di}), g_conv_w = take(f, {Cd, K}), g_conv_b = take(f, {Cd}),
+               g_norm = take(f, {Di}), g_A = take(f, {H}), g_D = take(f, {H}), g_bias = take(f, {H});
+  fill_normal(w_in, 1, 0, 0.f, 0.02f);
+  fill_normal(w_out, 2, 0, 0.f, 0.02f);
+  fill_normal(conv_w, 3, 0, 0.f, 0.3f);
+  fill(conv_b, 0.01);
+  fill(norm_w, 1.0);
+  fill_normal(A_log, 4, 0, 1.0f, 0.5f);
+  fill(Dp, 1.0);
+  fill_normal(dt_bias, 5, 0, -2.0f, 0.5f);
+  for (const Tensor* t : {&g_in, &g_out, &g_conv_w, &g_conv_b, &g_norm, &g_A, &g_D, &g_bias}) fill(*t, 0.0);
+  nlohmann::json rows = nlohmann::json::array();
+  for (const int64_t L : Ls) {
+    nlohmann::json r{{"L", L}};
+    try {
+      std::vector<std::shared_ptr<Buffer>> acts;
+      auto act = [&](DType d, std::initializer_list<int64_t> shape) {
+        auto [buf, t] = dev(d, shape);
+        acts.push_back(buf);
+        return t;
+      };
+      const bool bwd = L <= 32768;
+      const Tensor x = act(a, {1, L, D}), zx = act(a, {1, L, W}), xbc = act(a, {1, L, Cd}), y = act(a, {1, L, Di}),
+                   yn = act(a, {1, L, Di}), rstd = act(f, {L, Di / c.norm_group_size()}), out = act(a, {1, L, D});
+      fill_normal(x, 6, 0, 0.f, 1.f);
+      SsdParams p;
+      p.x = xbc.slice(-1, 0, Di).split_last({H, P});
+      p.Bm = xbc.slice(-1, Di, GN).split_last({G, N});
+      p.Cm = xbc.slice(-1, Di + GN, GN).split_last({G, N});
+      p.dt = zx.slice(-1, Di + Cd, H);
+      p.A_log = A_log;
+      p.D = Dp;
+      p.dt_bias = dt_bias;
+      p.dt_min = c.dt_limit_min;
+      p.dt_max = c.dt_limit_max;
+      p.chunk = c.chunk_size;
+      const Tensor z = zx.slice(-1, 0, Di);
+      auto forward = [&] {
+        linear_forward(x, w_in, Tensor{}, zx);
+        conv1d_silu_forward(zx.slice(-1, Di, Cd), conv_w, conv_b, Tensor{}, xbc);
+        ssd_forward(p, y.split_last({H, P}), Tensor{});
+        gated_rmsnorm_forward(y, z, norm_w, c.norm_group_size(), c.norm_eps, yn, rstd);
+        linear_forward(yn, w_out, Tensor{}, out);
+      };
+      const int reps = L >= 131072 ? 3 : 10;
+      const double tf = time_median(forward, 1, reps);
+      r["fwd_ms"] = tf * 1e3;
+      if (bwd) {
+        const Tensor dout = act(a, {1, L, D}), dyn = act(a, {1, L, Di}), dzx = act(a, {1, L, W}), dy = act(a, {1, L, Di}),
+                     dxbc = act(a, {1, L, Cd}), dx = act(a, {1, L, D});
+        fill_normal(dout, 7, 0, 0.f, 1.f);
+        SsdGrads g;
+        g.dx = dxbc.slice(-1, 0, Di).split_last({H, P});
+        g.dBm = dxbc.slice(-1, Di, GN).split_last({G, N});
+        g.dCm = dxbc.slice(-1, Di + GN, GN).split_last({G, N});
+        g.ddt = dzx.slice(-1, Di + Cd, H);
+        g.dA_log = g_A;
+        g.dD = g_D;
+        g.ddt_bias = g_bias;
+        auto backward = [&] {
+          linear_backward(dout, yn, w_out, dyn, g_out, Tensor{}, false);
+          gated_rmsnorm_backward(dyn, y, z, norm_w, rstd, c.norm_group_size(), dy, dzx.slice(-1, 0, Di), g_norm);
+          ssd_backward(p, dy.split_last({H, P}), Tensor{}, g);
+          conv1d_silu_backward(dxbc, zx.slice(-1, Di, Cd), conv_w, conv_b, Tensor{}, dzx.slice(-1, Di, Cd), g_conv_w,
+                               g_conv_b);
+          linear_backward(dzx, x, w_in, dx, g_in, Tensor{}, false);
+        };
+        const double tfb = time_median([&] { forward(); backward(); }, 1, reps);
+        r["fwd_bwd_ms"] = tfb * 1e3;
+        if (L == 2048 || L == 32768)
+          r["fwd_bwd_profile"] = op_profile(fmt::format("the Mamba-2 layer alone, forward + backward, L = {}K", L / 1024),
+                                            [&] { forward(); backward(); }, profiles);
+      }
+    } catch (const Error& e) {
+      if (std::string(e.what()).find("out of memory") == std::string::npos) throw;
+      device_synchronize(Device::CUDA);
+      cuda::release_scratch();
+      r["error"] = e.what();
+      rows.push_back(r);
+      break;
+    }
+    rows.push_back(r);
+  }
+  return rows;
+}
+
 void bench_layers() {
   const int64_t Ls[] = {2048, 8192, 32768, 131072, 262144};
   const double ref_mamba_fwd[] = {1.06, 3.40, 13.7, 55.4, 110};
@@ -315,6 +427,25 @@ void bench_layers() {
       break;
     }
   }
+  // The layer alone (gpu.md's definition of the reference), next to the targets.
+  const nlohmann::json alone = bench_mamba_layer_alone({2048, 8192, 32768, 131072, 262144}, &profiles);
+  fmt::print("\n## The Mamba-2 layer alone (in_proj, conv, SSD, gated norm, out_proj: the reference's layer; "
+             "weight gradients accumulated in fp32)\n| L | forward | ref (fused) | target | forward + backward | ref | target |\n"
+             "|---|---|---|---|---|---|---|\n");
+  const double fwd_target[] = {0.7, 0, 0, 0, 85}, fb_target[] = {2.5, 0, 30};
+  for (size_t i = 0; i < alone.size(); ++i) {
+    const nlohmann::json& r = alone[i];
+    if (r.contains("error")) {
+      fmt::print("| {}K | — does not fit on this card ({}) |\n", r["L"].get<int64_t>() / 1024, r["error"].get<std::string>());
+      continue;
+    }
+    auto tgt = [](double t) { return t > 0 ? fmt::format("≤ {}", t) : std::string("—"); };
+    fmt::print("| {}K | {:.2f} | {:.2f} | {} | {} | {} | {} |\n", r["L"].get<int64_t>() / 1024, r["fwd_ms"].get<double>(),
+               ref_mamba_fwd[i], tgt(fwd_target[i]),
+               r.contains("fwd_bwd_ms") ? fmt::format("{:.2f}", r["fwd_bwd_ms"].get<double>()) : "—",
+               i < 3 ? fmt::format("{:.2f}", ref_mamba_fb[i]) : "—", i < 3 ? tgt(fb_target[i]) : "—");
+  }
+  g_json["mamba_layer_alone"] = alone;
   fmt::print("{}", profiles);
   g_json["layers"] = out;
 

@@ -384,6 +384,44 @@ void bench_gated_rmsnorm(const RandomSource& rnd) {
          5 * tensor_bytes, floor_note(5 * tensor_bytes, "dy, x, z in, dx, dz out"));
 }
 
+// Gated RMSNorm at the 8B mixer shape (d_inner 8192, 8 groups of 1024, z a slice of the [T, 18560]
+// in_proj activation, w the bf16 working copy) at T = 2K and 32K, with the forward's
+// vectors-per-thread variants (HLM_GATED_VPT) in the same run.
+void bench_gated_rmsnorm_8b(const RandomSource& rnd) {
+  const std::string name = "gated_rmsnorm_8b";
+  if (!selected(name)) return;
+  for (const int64_t M : {2048, 32768}) {
+    const int64_t D = 8192, gs = 1024, W = 18560;
+    std::vector<Buffer> keep;
+    Tensor x = rnd.make(keep, DType::BF16, {M, D});
+    Tensor zx = rnd.make(keep, DType::BF16, {M, W});
+    Tensor dzx = rnd.make(keep, DType::BF16, {M, W});
+    Tensor z = zx.slice(-1, 0, D), dz = dzx.slice(-1, 0, D);
+    Tensor y = rnd.make(keep, DType::BF16, {M, D});
+    Tensor dx = rnd.make(keep, DType::BF16, {M, D});
+    Tensor w = rnd.make(keep, DType::BF16, {D});
+    Tensor dw = rnd.make(keep, DType::F32, {D});
+    Tensor rstd = rnd.make(keep, DType::F32, {M, D / gs});
+    const double tensor_bytes = 2.0 * M * D;
+    const std::string n = fmt::format("{}_T{}K", name, M / 1024);
+    auto floor_note = [](double bytes, const char* what) {
+      return fmt::format("{}; byte floor {:.1f} us at 4.0 TB/s", what, bytes / 4.0e12 * 1e6);
+    };
+    for (const char* vpt : {"", "2", "1"}) {
+      if (*vpt)
+        setenv("HLM_GATED_VPT", vpt, 1);
+      else
+        unsetenv("HLM_GATED_VPT");
+      record(n + "_fwd" + (*vpt ? std::string("_vpt") + vpt : std::string()), "norm",
+             time_ms([&] { gated_rmsnorm_forward(x, z, w, gs, 1e-5f, y, rstd); }), 0, 3 * tensor_bytes,
+             floor_note(3 * tensor_bytes, "x, z in, y out"));
+    }
+    unsetenv("HLM_GATED_VPT");
+    record(n + "_bwd", "norm", time_ms([&] { gated_rmsnorm_backward(y, x, z, w, rstd, gs, dx, dz, dw); }), 0,
+           5 * tensor_bytes, floor_note(5 * tensor_bytes, "dy, x, z in, dx, dz out"));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -422,6 +460,7 @@ int main(int argc, char** argv) {
     bench_ce(rnd);
     bench_rmsnorm(rnd);
     bench_gated_rmsnorm(rnd);
+    bench_gated_rmsnorm_8b(rnd);
     bench_adamw(rnd);
   } catch (const std::exception& e) {
     fmt::print(stderr, "bench_ops_cuda: {}\n", e.what());

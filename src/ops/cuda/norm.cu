@@ -4,6 +4,7 @@
 // writes one partial row, and a second pass adds the partials in chunk order.
 #include "ops/norm.h"
 
+#include <cstdlib>
 #include <initializer_list>
 #include <utility>
 
@@ -873,7 +874,11 @@ void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, in
   if (tpr > 0) {
     const int64_t nvec = group_size / (16 / static_cast<int64_t>(dtype_size(x.dtype)));
     const int64_t segments = M * ng;
-    const int spread = spread_threads_per_row(tpr, nvec, segments);
+    int spread = spread_threads_per_row(tpr, nvec, segments);
+    // HLM_GATED_VPT=1|2 (read per call, for A/B runs): at most that many vectors per thread (a
+    // segment spread over more threads).
+    if (const char* e = std::getenv("HLM_GATED_VPT"); e && (e[0] == '1' || e[0] == '2') && e[1] == 0)
+      while (spread < kVecThreads && static_cast<int64_t>(spread) * (e[0] - '0') < nvec) spread *= 2;
     const unsigned grid = grid_for(segments, kVecThreads / spread);
     dispatch_float(x.dtype, op, [&]<typename TX>() {
       dispatch_float(w.dtype, op, [&]<typename TW>() {
