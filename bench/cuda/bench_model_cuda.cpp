@@ -4,7 +4,7 @@
 //   --layers  our Mamba-2 layer vs our attention layer at the 8B shape, forward L = 2K..256K and
 //             forward + backward L = 2K..32K; one Mamba-2 decode step at batch 1 / 32
 //   --mixer   (also part of --layers) one decode step of the 8B mixer alone, as gpu.md's reference
-//             times it, with the opt-in variants (fused middle, GEMV L2 prefetch) in the same run
+//             times it, with the opt-in fused middle in the same run
 //   --decode  an 8B-shaped hybrid (Mamba-2-Hybrid 8B pattern and sizes) vs an all-attention model of
 //             the same width, random bf16 weights: time per decoded token at contexts 4K..128K and
 //             batch 1..64, against weight bytes / 4.2 TB/s
@@ -494,8 +494,8 @@ void bench_layers() {
 // ---------------------------------------------------------------------------------------------
 // One decode step of the 8B Mamba-2 mixer alone, as gpu.md's reference times it: in_proj, conv
 // update, state update, gated norm, out_proj, captured as one CUDA graph and replayed (no
-// embedding, pre-norm, residual or head). Opt-in variants against the default (the three unfused
-// ops, no L2 prefetch), each its own graph, in the same run.
+// embedding, pre-norm, residual or head). The opt-in fused middle against the default (the three
+// unfused ops), each its own graph, in the same run.
 struct EnvSet {  // "" unsets
   EnvSet(const char* n, const char* v) : name(n) {
     if (*v)
@@ -535,9 +535,8 @@ void bench_mixer_step() {
   fmt::print("\n## One decode step of the 8B Mamba-2 mixer alone (in_proj, conv, state update, gated norm, "
              "out_proj; CUDA graph replay)\n"
              "projection weights / 4.2 TB/s = {:.1f} µs\n"
-             "| batch | default, back to back | fused | L2 prefetch 16 MB | fused + L2 prefetch | state L2 | "
-             "state L2 + L2 16 MB | the two projections alone | reference (gpu.md, CUDA graph) | target |\n"
-             "|---|---|---|---|---|---|---|---|---|---|\n",
+             "| batch | default, back to back | fused | fused, one head per block | the two projections alone | "
+             "reference (gpu.md, CUDA graph) | target |\n|---|---|---|---|---|---|---|\n",
              floor_us);
   nlohmann::json rows = nlohmann::json::array();
   for (int64_t B : {1, 4, 8, 32}) {
@@ -569,33 +568,23 @@ void bench_mixer_step() {
       linear_forward(yn, w_out, Tensor{}, out);
     };
     // Variants, each its own graph (the knobs are read when the graph is recorded): the middle
-    // fused or not (HLM_MAMBA_STEP), heads per fused block, the GEMVs' L2 prefetch budget.
+    // fused or not (HLM_MAMBA_STEP), heads per fused block.
     struct Variant {
       const char* key;
       const char* label;
       const char* step;
       const char* hpb;
-      const char* l2;
-      const char* state_l2;
     };
     const Variant variants[] = {
-        {"default", "default (3 kernels, no L2 prefetch: round 6's step)", "", "", "", ""},
-        {"fused", "fused (HLM_MAMBA_STEP=2)", "2", "", "", ""},
-        {"fused_hpb1", "fused, one head per block (16-block clusters)", "2", "1", "", ""},
-        {"l2_16", "L2 prefetch 16 MB", "", "", "16", ""},
-        {"fused_l2_16", "fused + L2 prefetch 16 MB", "2", "", "16", ""},
-        {"l2_32", "L2 prefetch 32 MB", "", "", "32", ""},
-        {"state_l2", "state L2 prefetch (HLM_STEP_STATE_L2=1)", "", "", "", "1"},
-        {"fused_state_l2", "fused + state L2 prefetch", "2", "", "", "1"},
-        {"state_l2_l2_16", "state L2 prefetch + GEMV L2 prefetch 16 MB", "", "", "16", "1"},
-        {"fused_state_l2_l2_16", "fused + state L2 prefetch + GEMV L2 prefetch 16 MB", "2", "", "16", "1"},
-        {"default_again", "default again (drift check)", "", "", "", ""},
+        {"default", "default (3 kernels: round 6's step)", "", ""},
+        {"fused", "fused (HLM_MAMBA_STEP=2)", "2", ""},
+        {"fused_hpb1", "fused, one head per block (16-block clusters)", "2", "1"},
+        {"default_again", "default again (drift check)", "", ""},
     };
     nlohmann::json row{{"batch", B}, {"floor_us", floor_us}};
     std::map<std::string, double> tb;
     for (const Variant& v : variants) {
-      EnvSet e1("HLM_MAMBA_STEP", v.step), e2("HLM_MAMBA_STEP_HPB", v.hpb), e3("HLM_GEMV_L2_PREFETCH_MB", v.l2),
-          e4("HLM_STEP_STATE_L2", v.state_l2);
+      EnvSet e1("HLM_MAMBA_STEP", v.step), e2("HLM_MAMBA_STEP_HPB", v.hpb);
       OpGraph g;
       g.record(Device::CUDA, step);
       const double b2b = time_back_to_back([&] { g.replay(); }, 5, 500);
@@ -624,9 +613,8 @@ void bench_mixer_step() {
     });
     const double tproj = time_back_to_back([&] { gp.replay(); }, 5, 500);
     row["projections_only_us"] = tproj * 1e6;
-    fmt::print("| {} | **{:.1f} µs** | {:.1f} µs | {:.1f} µs | {:.1f} µs | {:.1f} µs | {:.1f} µs | {:.1f} µs | {} µs | {} |\n",
-               B, tb["default"] * 1e6, tb["fused"] * 1e6, tb["l2_16"] * 1e6, tb["fused_l2_16"] * 1e6,
-               tb["state_l2"] * 1e6, tb["state_l2_l2_16"] * 1e6, tproj * 1e6,
+    fmt::print("| {} | **{:.1f} µs** | {:.1f} µs | {:.1f} µs | {:.1f} µs | {} µs | {} |\n", B, tb["default"] * 1e6,
+               tb["fused"] * 1e6, tb["fused_hpb1"] * 1e6, tproj * 1e6,
                B == 1 ? "86" : B == 32 ? "166" : "—", B == 1 ? "≤ 60 µs" : "");
     rows.push_back(row);
   }

@@ -599,15 +599,6 @@ TEST(SsdCuda, MambaStepDefaultIsUnfused) {
   const HostTensor xh = download(xbc.t);
   for (int64_t i = 0; i < xh.t.numel(); ++i) ASSERT_FALSE(std::isnan(xh.get(i))) << "work.xbc unwritten: the fused kernel ran";
 }
-TEST(SsdCuda, StepStatePrefetchL2) {
-  HLM_REQUIRE_GPU();
-  // The state's L2 prefetch before the PDL wait (opt-in): same results, fused and unfused.
-  ScopedEnv pre("HLM_STEP_STATE_L2", "1");
-  check_step(1, 128, 8, 64, 128, DType::BF16, 1e-2, 15);
-  check_step(5, 6, 3, 5, 16, DType::F32, 1e-5, 16);
-  check_mamba_step({3, 16, 2, 64, 128, 0, true, "", 0, 9});
-  check_mamba_step({2, 32, 2, 64, 128, 0, true, "1", 0, 10});
-}
 TEST(SsdCuda, MambaStepUnfusedFallbacks) {
   HLM_REQUIRE_GPU();
   check_mamba_step({2, 6, 3, 16, 32, 0, false, "", 0, 6});          // P = 16: no fused instantiation

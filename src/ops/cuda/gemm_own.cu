@@ -74,9 +74,6 @@ struct GemvParams {
   int* counters;   // [tiles], zero between launches
   bool prefetch_w;  // stream kernel: request the first W chunks before pdl_begin (w is a weight)
   int act;          // stream kernel: -1, or the Activation applied to the rounded output
-  // Stream kernel, with prefetch_w: blocks below l2_wave (one wave of resident blocks) also ask L2
-  // for the rows of blocks blockIdx + j·l2_wave (j >= 1) below l2_end, before pdl_begin.
-  int64_t l2_wave, l2_end;
 };
 
 // alpha · v + beta · y[n] (+ bias[n]): an output of either GEMV before its rounding to TO.
@@ -178,9 +175,6 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) 
 // requested before pdl_begin, overlapping the previous kernel's tail.
 
 constexpr int kStreamThreads = 256;
-// How far ahead of its first wave the streaming GEMV asks L2 for W (HLM_GEMV_L2_PREFETCH_MB; 0 =
-// off). Off by default: not yet measured on the GPU (round 9 had no device time left for it).
-constexpr double kGemvL2PrefetchMb = 0.0;
 
 __device__ __forceinline__ void fma8(float& acc, const uint4& w, const uint4& x) {
   const uint32_t wu[4] = {w.x, w.y, w.z, w.w}, xu[4] = {x.x, x.y, x.z, x.w};
@@ -232,18 +226,6 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvP
   };
   if (!p.prefetch_w) pdl_wait();  // W may come from the previous kernel
   for (int c = 0; c < kStages - 1; ++c) issue(c);
-  if (p.prefetch_w && blockIdx.x < p.l2_wave) {
-    // While the kernels before this one finish (a decode step's small kernels, which leave DRAM
-    // idle), later blocks' W rows move into L2: one 128-byte line per thread and request.
-    const int64_t lines = (p.K * 2 + 127) / 128;  // per row
-    for (int64_t blk = blockIdx.x + p.l2_wave; blk < p.l2_end; blk += p.l2_wave) {
-      const int64_t nb = blk * kRows;
-      for (int64_t i = t; i < kRows * lines; i += kStreamThreads) {
-        const int64_t n = nb + i / lines;
-        if (n < p.N) mma::prefetch_l2(reinterpret_cast<const char*>(p.w + n * p.ldw) + (i % lines) * 128);
-      }
-    }
-  }
   pdl_begin();
   const int r = kShareX ? 0 : t / kRowThreads, q = t % kRowThreads;  // first row summed; k-slice
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
@@ -287,35 +269,11 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_stream_kernel(const GemvP
   }
 }
 
-// L2 prefetch budget of the streaming GEMV (MB; HLM_GEMV_L2_PREFETCH_MB, read per call, 0 = off).
-double gemv_l2_prefetch_mb() {
-  const char* v = std::getenv("HLM_GEMV_L2_PREFETCH_MB");
-  return v && *v ? std::atof(v) : kGemvL2PrefetchMb;
-}
-
 template <typename TO, int kRows, int kChunk, int kStages, bool kShareX = false>
 void launch_stream(GemvParams p) {
   using Cfg = StreamCfg<kRows, kChunk, kStages, kShareX>;
   auto kernel = gemv_stream_kernel<TO, kRows, kChunk, kStages, kShareX>;
   const int64_t grid = (p.N + kRows - 1) / kRows;
-  p.l2_wave = 0;
-  p.l2_end = 0;
-  const double budget = gemv_l2_prefetch_mb() * 1048576.0;
-  if (p.prefetch_w && budget > 0) {  // opt-in: the occupancy query runs only then
-    static const int wave = [&] {    // resident blocks of this kernel on the whole GPU
-      int per_sm = 0;
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kStreamThreads, Cfg::kSmem) != cudaSuccess) {
-        (void)cudaGetLastError();
-        per_sm = 0;
-      }
-      return per_sm * num_sms();
-    }();
-    if (wave > 0 && grid > wave) {
-      const double block_bytes = static_cast<double>(kRows) * static_cast<double>(p.K) * 2;
-      p.l2_wave = wave;
-      p.l2_end = std::min<int64_t>(grid, wave + static_cast<int64_t>(budget / block_bytes));
-    }
-  }
   HLM_LAUNCH_PDL(kernel, static_cast<unsigned>(grid), kStreamThreads, Cfg::kSmem, p);
   HLM_CUDA_CHECK_LAUNCH();
 }

@@ -58,7 +58,6 @@ struct StepArgs {
   int64_t ld_out;
   int H, G;
   float eps, dt_min, dt_max;
-  bool prefetch_state;  // ask L2 for the block's states before the PDL wait (HLM_STEP_STATE_L2)
 };
 
 // The xBC channel that conv slot i of a block handles: its heads' x channels, then the group's B
@@ -114,19 +113,11 @@ __global__ void __launch_bounds__(kThreads) mamba_step_kernel(const StepArgs a) 
     Dh = a.D ? load_any(a.D, a.D_type, h0 + tid) : 0.f;
     bias = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h0 + tid) : 0.f;
   }
-  const int q = tid % kLanes, r0 = tid / kLanes;
-  if (a.prefetch_state) {  // no data to registers: safe before the wait (see ssd_step.cu)
-    constexpr int kLines = kP * kN * 4 / 128;  // 128-byte lines per head's state
-#pragma unroll
-    for (int i = 0; i < kHpb; ++i) {
-      const char* sp = reinterpret_cast<const char*>(a.state + (static_cast<int64_t>(b) * a.H + h0 + i) * kP * kN);
-      for (int l = tid; l < kLines; l += kThreads) mma::prefetch_l2(sp + l * 128);
-    }
-  }
   pdl_begin();  // zx comes from in_proj; the states from the previous step
 
   // The state's loads first (thread: rows r0 + 16 j, float4s q + 16 m of each head): their DRAM
   // latency passes under the convolution's.
+  const int q = tid % kLanes, r0 = tid / kLanes;
   float4 sv[kHpb][kPass][kF4];
 #pragma unroll
   for (int i = 0; i < kHpb; ++i) {
@@ -352,7 +343,6 @@ bool launch_fused(const MambaStepParams& p, const Tensor& conv_state, const Tens
   a.eps = p.norm_eps;
   a.dt_min = p.dt_min;
   a.dt_max = p.dt_max;
-  a.prefetch_state = env_int("HLM_STEP_STATE_L2", 0) == 1;
   const int ranks = static_cast<int>(hpg / hpb);
   bool done = false;
   dispatch_float(p.zx.dtype, "mamba_step zx", [&]<typename T>() {

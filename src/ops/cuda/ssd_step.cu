@@ -33,7 +33,6 @@ struct StepArgs {
   int64_t ld_y;
   int B, H, G, P, N;
   float dt_min, dt_max;
-  bool prefetch_state;  // ask L2 for the state before the PDL wait (HLM_STEP_STATE_L2)
 };
 
 struct RowCoef {
@@ -72,19 +71,12 @@ __device__ __forceinline__ float4 load4(const T* p, bool vec) {
 // warp's j-th loads are contiguous). The kVec state loads are issued together before any use.
 template <typename T, int kLanes, int kVec>
 __global__ void __launch_bounds__(256) ssd_step_vec_kernel(const StepArgs a, bool vec_bc, bool stream) {
+  pdl_begin();  // PDL-launched: x, B, C, dt (and the state, e.g. a previous ssd_step) come from earlier kernels
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t rows = static_cast<int64_t>(a.B) * a.H * a.P;
   const bool valid = idx < rows * kLanes;
   const int64_t row = idx / kLanes;
   const int q = static_cast<int>(idx % kLanes);
-  // A prefetch moves no data into registers: safe before the wait even while an earlier kernel
-  // may still write the state (L2 is the point of coherence); the loads below read it after.
-  if (a.prefetch_state && valid && (q & 7) == 0) {
-    const float4* sp = reinterpret_cast<const float4*>(a.state + row * a.N) + q;
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) mma::prefetch_l2(sp + j * kLanes);
-  }
-  pdl_begin();  // PDL-launched: x, B, C, dt (and the state, e.g. a previous ssd_step) come from earlier kernels
   float partial = 0.f;
   RowCoef rc{0.f, 0.f, 0.f, 0.f};
   int b = 0, h = 0, p = 0;
@@ -231,7 +223,6 @@ void ssd_step(const SsdStepParams& p, const Tensor& state, const Tensor& y) {
   a.N = static_cast<int>(N);
   a.dt_min = p.dt_min;
   a.dt_max = p.dt_max;
-  a.prefetch_state = env_int("HLM_STEP_STATE_L2", 0) == 1;
   // float4s per row = lanes x kVec, lanes a power of two <= 32. kVec (float4s per thread, loads in
   // flight) grows with the state while at least ~512 threads per SM remain.
   const int64_t n4 = N / 4;

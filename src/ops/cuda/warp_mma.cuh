@@ -127,13 +127,6 @@ __device__ __forceinline__ void cp_async(void* smem, const void* src, bool valid
 }
 __device__ __forceinline__ void cp_async16(void* smem, const void* src, bool valid) { cp_async<16>(smem, src, valid); }
 // Asks L2 for the 128-byte line holding p (no register result, nothing waits for it).
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-#ifdef HLM_CUDA_EMU
-  (void)p;
-#else
-  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
-#endif
-}
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef HLM_CUDA_EMU
   ::emu::cp_commit();
