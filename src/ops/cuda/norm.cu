@@ -875,10 +875,14 @@ void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, in
     const int64_t nvec = group_size / (16 / static_cast<int64_t>(dtype_size(x.dtype)));
     const int64_t segments = M * ng;
     int spread = spread_threads_per_row(tpr, nvec, segments);
-    // HLM_GATED_VPT=1|2 (read per call, for A/B runs): at most that many vectors per thread (a
-    // segment spread over more threads).
-    if (const char* e = std::getenv("HLM_GATED_VPT"); e && (e[0] == '1' || e[0] == '2') && e[1] == 0)
-      while (spread < kVecThreads && static_cast<int64_t>(spread) * (e[0] - '0') < nvec) spread *= 2;
+    // At most 2 vectors per thread (a segment spread over more threads: 64 registers, 4 blocks per
+    // SM). H100, 8B shape (groups of 1024, run10 b): 4 vectors per thread 57.6 / 831 µs at T 2K /
+    // 32K, 2 vectors 49.2 / 683, 1 vector 47.6 / 671; the 1.43B shape (groups of 512) already had 2.
+    // HLM_GATED_VPT=1|2|4 (read per call, for A/B runs) sets the cap.
+    int max_vpt = 2;
+    if (const char* e = std::getenv("HLM_GATED_VPT"); e && (e[0] == '1' || e[0] == '2' || e[0] == '4') && e[1] == 0)
+      max_vpt = e[0] - '0';
+    while (spread < kVecThreads && static_cast<int64_t>(spread) * max_vpt < nvec) spread *= 2;
     const unsigned grid = grid_for(segments, kVecThreads / spread);
     dispatch_float(x.dtype, op, [&]<typename TX>() {
       dispatch_float(w.dtype, op, [&]<typename TW>() {
