@@ -2,10 +2,14 @@
 // every operand layout the SSD kernels use (K-major and MN-major shared-memory operands, A from
 // registers), N = 64 and 128, four k steps. The same hook runs on the host emulation
 // (tools/cuda_emu/wgmma_emu_check), so emulation and hardware agree on the descriptor layout.
+// PipelineCuda: the producer / consumer synchronisation of warp_mma.cuh (mbarriers, cp.async
+// arriving on an mbarrier, named barriers), likewise checked by tools/cuda_emu/pipeline_emu_check.
+#include <cstring>
 #include <random>
 #include <vector>
 
 #include "core/dtype.h"
+#include "ops/cuda/pipeline_check.h"
 #include "ops/cuda/wgmma_check.h"
 #include "test_util.h"
 
@@ -31,8 +35,26 @@ TEST(WgmmaCuda, Layouts) {
       EXPECT_GT(swapped, 1.0);
     }
 }
+TEST(PipelineCuda, ProducerConsumer) {
+  HLM_REQUIRE_GPU();
+  std::mt19937 rng(13);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (int tiles : {1, 2, 5, 64}) {
+    SCOPED_TRACE(testing::Message() << tiles << " tiles");
+    std::vector<float> in(static_cast<size_t>(tiles) * cuda::kPipeTile);
+    for (auto& v : in) v = nd(rng);
+    const std::vector<float> ref = cuda::pipeline_sum_reference(in, tiles);
+    for (int rep = 0; rep < 3; ++rep) {  // every run bitwise the reference's float sums
+      const std::vector<float> out = cuda::pipeline_sum(in, tiles, false);
+      ASSERT_EQ(out.size(), ref.size());
+      EXPECT_EQ(std::memcmp(out.data(), ref.data(), ref.size() * 4), 0) << "out[0] " << out[0] << " ref " << ref[0]
+                                                                        << ", total " << out.back() << " ref " << ref.back();
+    }
+  }
+}
 #else
-TEST(WgmmaCuda, Layouts) { HLM_REQUIRE_GPU(); }  // CPU-only build: the hook is not compiled
+TEST(WgmmaCuda, Layouts) { HLM_REQUIRE_GPU(); }  // CPU-only build: the hooks are not compiled
+TEST(PipelineCuda, ProducerConsumer) { HLM_REQUIRE_GPU(); }
 #endif
 
 }  // namespace

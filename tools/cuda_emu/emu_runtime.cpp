@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -69,6 +70,8 @@ struct Block {
   int n = 0;
   int live = 0;
   unsigned bar_arrived = 0, bar_gen = 0;
+  unsigned nb_arrived[16] = {}, nb_gen[16] = {}, nb_count[16] = {};  // named barriers 1..15
+  std::map<void*, std::vector<CopyOp>> mbar_copies;                 // copies landing at a phase's end
   uint64_t progress = 0;
   std::vector<Fiber> fibers;
   std::vector<WarpState> warps;
@@ -149,6 +152,8 @@ void fiber_entry() {
   g_cur->groups.clear();
   g_cur->done = true;
   g_blk->live--;
+  if (g_blk->live == 0 && !g_blk->mbar_copies.empty())
+    die("block ended with cp.async copies handed to an mbarrier whose phase never completed");
   g_blk->progress++;
   maybe_release_barrier();
 #ifdef EMU_ASAN
@@ -254,6 +259,71 @@ void cp_wait(int pending) {
   }
 }
 
+// mbarrier words: [0] pending arrivals of the current phase, [1] count << 1 | phase.
+namespace {
+uint32_t* mbar_words(void* bar) {
+  if (reinterpret_cast<uintptr_t>(bar) % 8 != 0) die("mbarrier: not 8-byte aligned");
+  return static_cast<uint32_t*>(bar);
+}
+}  // namespace
+
+void mbar_init(void* bar, unsigned count) {
+  if (count == 0 || count >= (1u << 20)) die("mbarrier.init: count out of range");
+  uint32_t* w = mbar_words(bar);
+  g_blk->mbar_copies.erase(bar);
+  w[0] = count;
+  w[1] = count << 1;
+  g_blk->progress++;
+}
+
+void mbar_arrive(void* bar) {
+  uint32_t* w = mbar_words(bar);
+  const uint32_t count = w[1] >> 1;
+  if (count == 0 || w[0] == 0 || w[0] > count) die("mbarrier.arrive: barrier not initialised (or corrupted)");
+  g_blk->progress++;
+  if (--w[0] > 0) return;
+  auto it = g_blk->mbar_copies.find(bar);  // the phase completes: its copies land first
+  if (it != g_blk->mbar_copies.end()) {
+    run_copies(it->second);
+    g_blk->mbar_copies.erase(it);
+  }
+  w[0] = count;
+  w[1] ^= 1u;
+}
+
+void mbar_wait(void* bar, unsigned parity) {
+  const uint32_t* w = mbar_words(bar);
+  if ((w[1] >> 1) == 0) die("mbarrier wait: barrier not initialised");
+  while ((w[1] & 1u) == (parity & 1u)) switch_to_sched();
+}
+
+void cp_async_mbar_arrive(void* bar) {
+  std::vector<CopyOp>& dst = g_blk->mbar_copies[bar];
+  for (auto& grp : g_cur->groups) dst.insert(dst.end(), grp.begin(), grp.end());
+  dst.insert(dst.end(), g_cur->open.begin(), g_cur->open.end());
+  g_cur->groups.clear();
+  g_cur->open.clear();
+  mbar_arrive(bar);
+}
+
+void named_bar(int id, int nthreads, bool wait) {
+  Block& b = *g_blk;
+  if (id < 1 || id > 15) die("named barrier: id must be 1..15 (0 is __syncthreads')");
+  if (nthreads <= 0 || nthreads % 32 != 0 || nthreads > b.n) die("named barrier: bad thread count");
+  const size_t i = static_cast<size_t>(id);
+  if (b.nb_arrived[i] == 0) b.nb_count[i] = static_cast<unsigned>(nthreads);
+  if (b.nb_count[i] != static_cast<unsigned>(nthreads)) die("named barrier: thread counts differ between arrivals");
+  const unsigned gen = b.nb_gen[i];
+  b.progress++;
+  if (++b.nb_arrived[i] == b.nb_count[i]) {
+    b.nb_arrived[i] = 0;
+    b.nb_gen[i]++;
+    return;
+  }
+  if (wait)
+    while (b.nb_gen[i] == gen) switch_to_sched();
+}
+
 int last_error() {
   int e = g_error;
   g_error = 0;
@@ -288,6 +358,8 @@ void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& b
         b.bid = dim3(bx, by, bz);
         b.live = n;
         b.bar_arrived = 0;
+        for (int k = 0; k < 16; ++k) b.nb_arrived[k] = b.nb_count[k] = 0;
+        b.mbar_copies.clear();
         b.fibers.assign(static_cast<size_t>(n), Fiber{});
         b.warps.assign(static_cast<size_t>((n + 31) / 32), WarpState{});
         b.wgroups.clear();

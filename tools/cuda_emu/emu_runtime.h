@@ -35,6 +35,16 @@ void cp_async(void* dst_smem, const void* src, unsigned bytes, bool zero_fill);
 void cp_commit();
 void cp_wait(int pending);
 
+// mbarrier (shared memory, 8 bytes): init with an arrival count; arrive; wait until the phase of
+// the given parity has completed. cp_async_mbar_arrive hands this thread's outstanding cp.async
+// copies to the barrier (they land when its current phase completes) and arrives. named_bar:
+// bar.sync (wait) / bar.arrive (no wait) on barrier id 1..15 with nthreads participants.
+void mbar_init(void* bar, unsigned count);
+void mbar_arrive(void* bar);
+void mbar_wait(void* bar, unsigned parity);
+void cp_async_mbar_arrive(void* bar);
+void named_bar(int id, int nthreads, bool wait);
+
 unsigned char* dynamic_smem();
 size_t dynamic_smem_size();
 // Aborts with a message unless [p, p+bytes) lies in this block's dynamic shared memory.

@@ -126,7 +126,6 @@ __device__ __forceinline__ void cp_async(void* smem, const void* src, bool valid
 #endif
 }
 __device__ __forceinline__ void cp_async16(void* smem, const void* src, bool valid) { cp_async<16>(smem, src, valid); }
-// Asks L2 for the 128-byte line holding p (no register result, nothing waits for it).
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef HLM_CUDA_EMU
   ::emu::cp_commit();
@@ -140,6 +139,72 @@ __device__ __forceinline__ void cp_async_wait() {
   ::emu::cp_wait(kPending);
 #else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
+}
+
+// ---- producer / consumer synchronisation inside a block (sm_90) ----------------------------
+//
+// For warp-specialised kernels: a shared-memory mbarrier completes a phase once `count` arrivals
+// have been made on it (then re-arms with the same count); waiters name the parity of the phase
+// they wait for (0 first, then 1, 0, ...). mbar_init is called by one thread, followed by
+// __syncthreads before any other use. cp_async_mbar_arrive is one of the count's arrivals, made
+// once every cp.async this thread issued before it has landed (PTX .noinc): a producer fills a
+// stage with cp.async and arrives with it; consumers wait on the stage's phase instead of a
+// block barrier. Named barriers (ids 1..15; 0 is __syncthreads') synchronise a subset of the
+// block: nthreads (a multiple of 32) threads arrive, those in bar_sync wait, those in bar_arrive
+// do not. In the emulator the copies handed to an mbarrier land when its phase completes.
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+#ifdef HLM_CUDA_EMU
+  ::emu::mbar_init(bar, count);
+#else
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(bar))),
+               "r"(count)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+#ifdef HLM_CUDA_EMU
+  ::emu::mbar_arrive(bar);
+#else
+  asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(
+                   static_cast<unsigned>(__cvta_generic_to_shared(bar)))
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
+#ifdef HLM_CUDA_EMU
+  ::emu::mbar_wait(bar, parity);
+#else
+  asm volatile(
+      "{\n .reg .pred done;\n"
+      "MBAR_WAIT_%=:\n"
+      " mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      " @!done bra MBAR_WAIT_%=;\n}\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(bar))),
+      "r"(parity)
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
+#ifdef HLM_CUDA_EMU
+  ::emu::cp_async_mbar_arrive(bar);
+#else
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(
+                   static_cast<unsigned>(__cvta_generic_to_shared(bar)))
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void bar_sync(int id, int nthreads) {
+#ifdef HLM_CUDA_EMU
+  ::emu::named_bar(id, nthreads, true);
+#else
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(nthreads) : "memory");
+#endif
+}
+__device__ __forceinline__ void bar_arrive(int id, int nthreads) {
+#ifdef HLM_CUDA_EMU
+  ::emu::named_bar(id, nthreads, false);
+#else
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(nthreads) : "memory");
 #endif
 }
 
