@@ -261,8 +261,9 @@ nlohmann::json op_profile(const std::string& title, const std::function<void()>&
 // gated RMSNorm, out_proj (no pre-norm, residual, embedding, head or loss), forward and forward +
 // backward (input gradient and every weight gradient, accumulated into fp32 as training does; the
 // gradients are not zeroed between calls, so no fill is timed). The same ops and arguments as
-// Model::layer_forward / layer_backward.
-nlohmann::json bench_mamba_layer_alone(const std::vector<int64_t>& Ls, std::string* profiles) {
+// Model::layer_forward / layer_backward. one_arena: the activations carved from one allocation, as
+// the model's arena does (else one allocation each).
+nlohmann::json bench_mamba_layer_alone(const std::vector<int64_t>& Ls, std::string* profiles, bool one_arena = false) {
   const ModelConfig c = layer_8b("M");
   const int64_t D = c.d_model, H = c.mamba_heads, P = c.mamba_head_dim, G = c.n_groups, N = c.ssm_state,
                 Di = c.d_inner(), Cd = c.conv_dim(), W = c.in_proj_dim(), K = c.conv_kernel, GN = G * N;
@@ -296,13 +297,23 @@ nlohmann::json bench_mamba_layer_alone(const std::vector<int64_t>& Ls, std::stri
   for (const int64_t L : Ls) {
     nlohmann::json r{{"L", L}};
     try {
+      const bool bwd = L <= 32768;
       std::vector<std::shared_ptr<Buffer>> acts;
+      Arena arena;
+      if (one_arena) {
+        size_t bytes = 0;
+        for (const int64_t cols : {D, W, Cd, Di, Di, D}) bytes += Arena::bytes_for(a, {1, L, cols});
+        bytes += Arena::bytes_for(f, {L, Di / c.norm_group_size()});
+        if (bwd)
+          for (const int64_t cols : {D, Di, W, Di, Cd, D}) bytes += Arena::bytes_for(a, {1, L, cols});
+        arena = Arena(Device::CUDA, bytes);
+      }
       auto act = [&](DType d, std::initializer_list<int64_t> shape) {
+        if (one_arena) return arena.alloc(d, shape);
         auto [buf, t] = dev(d, shape);
         acts.push_back(buf);
         return t;
       };
-      const bool bwd = L <= 32768;
       const Tensor x = act(a, {1, L, D}), zx = act(a, {1, L, W}), xbc = act(a, {1, L, Cd}), y = act(a, {1, L, Di}),
                    yn = act(a, {1, L, Di}), rstd = act(f, {L, Di / c.norm_group_size()}), out = act(a, {1, L, D});
       fill_normal(x, 6, 0, 0.f, 1.f);
@@ -351,8 +362,9 @@ nlohmann::json bench_mamba_layer_alone(const std::vector<int64_t>& Ls, std::stri
         const double tfb = time_median([&] { forward(); backward(); }, 1, reps);
         r["fwd_bwd_ms"] = tfb * 1e3;
         if (L == 2048 || L == 32768)
-          r["fwd_bwd_profile"] = op_profile(fmt::format("the Mamba-2 layer alone, forward + backward, L = {}K{}",
-                                                        L / 1024, Ls.size() == 1 ? " (run first)" : ""),
+          r["fwd_bwd_profile"] = op_profile(fmt::format("the Mamba-2 layer alone, forward + backward, L = {}K{}{}",
+                                                        L / 1024, Ls.size() == 1 ? " (run first)" : "",
+                                                        one_arena ? ", one arena" : ""),
                                             [&] { forward(); backward(); }, profiles);
       }
     } catch (const Error& e) {
@@ -380,6 +392,7 @@ void bench_layers() {
   // against the same bench's last, separates the GPU's state from the bench's buffers.
   std::string first_profile;
   const nlohmann::json alone_first = bench_mamba_layer_alone({2048}, &first_profile);
+  const nlohmann::json alone_first_arena = bench_mamba_layer_alone({2048}, &first_profile, true);
   fmt::print("\n## One layer at the 8B shape, batch 1 (bf16): our Mamba-2 layer vs our attention layer\n");
   fmt::print("| L | Mamba-2 fwd | ref (fused) | attention fwd | ref | ratio attn/Mamba | Mamba-2 fwd+bwd | ref | attention fwd+bwd | ref |\n");
   fmt::print("|---|---|---|---|---|---|---|---|---|---|\n");
@@ -451,12 +464,15 @@ void bench_layers() {
                r.contains("fwd_bwd_ms") ? fmt::format("{:.2f}", r["fwd_bwd_ms"].get<double>()) : "—",
                i < 3 ? fmt::format("{:.2f}", ref_mamba_fb[i]) : "—", i < 3 ? tgt(fb_target[i]) : "—");
   }
-  if (!alone_first.empty() && alone_first[0].contains("fwd_bwd_ms"))
-    fmt::print("the layer alone at 2K, run first (before every other layer bench): forward {:.2f} ms, forward + backward "
-               "{:.2f} ms\n",
-               alone_first[0]["fwd_ms"].get<double>(), alone_first[0]["fwd_bwd_ms"].get<double>());
+  for (const auto& [first, how] : {std::pair{&alone_first, "one allocation per tensor"},
+                                   std::pair{&alone_first_arena, "one arena"}})
+    if (!first->empty() && (*first)[0].contains("fwd_bwd_ms"))
+      fmt::print("the layer alone at 2K, run first (before every other layer bench), {}: forward {:.2f} ms, "
+                 "forward + backward {:.2f} ms\n",
+                 how, (*first)[0]["fwd_ms"].get<double>(), (*first)[0]["fwd_bwd_ms"].get<double>());
   g_json["mamba_layer_alone"] = alone;
   g_json["mamba_layer_alone_first"] = alone_first;
+  g_json["mamba_layer_alone_first_arena"] = alone_first_arena;
   profiles += first_profile;
   fmt::print("{}", profiles);
   g_json["layers"] = out;
