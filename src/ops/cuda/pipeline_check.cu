@@ -35,6 +35,10 @@ __global__ void __launch_bounds__(96) pipeline_sum_kernel(const float* in, int t
       for (int i = tid; i < kPipeTile / 4; i += 32) mma::cp_async16(dst + 4 * i, src + 4 * i, true);
       mma::cp_async_mbar_arrive(&full[s]);
     }
+    // Producer tail: leave only once the consumers released every stage's last fill, so no copy
+    // of this warp is still in flight when it exits.
+    for (int s = 0; s < kStages && s < tiles; ++s)
+      mma::mbar_wait(&empty[s], static_cast<unsigned>(((tiles - 1 - s) / kStages) & 1));
     return;
   }
   const int c = tid - 32;  // consumer thread: columns c·kCols ... + kCols - 1
