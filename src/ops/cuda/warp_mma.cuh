@@ -1,6 +1,7 @@
 // Warp-level tensor-core building blocks for our own kernels: mma.sync m16n8k16 (bf16 in, fp32
-// accumulate), ldmatrix fragment loads from padded shared-memory tiles, cp.async, the launch macro
-// and the dynamic shared-memory base. Under HLM_CUDA_EMU (tools/cuda_emu) the same calls run on
+// accumulate), ldmatrix fragment loads from padded shared-memory tiles, cp.async, mbarriers and
+// named barriers for producer / consumer warps, the launch macro and the dynamic shared-memory
+// base. Under HLM_CUDA_EMU (tools/cuda_emu) the same calls run on
 // the host emulation, so kernels can be checked without a GPU.
 //
 // Fragment conventions (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4*g + q:
