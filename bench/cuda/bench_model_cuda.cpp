@@ -73,6 +73,31 @@ double time_back_to_back(const std::function<void()>& f, int warm, int reps) {
   return (now_s() - t0) / reps;
 }
 
+// One synchronised pass of f with the per-op profile on: where its time goes, largest first
+// (each op waits for the device, so small ops carry a few µs of launch latency each), as a
+// markdown table appended to *text.
+nlohmann::json op_profile(const std::string& title, const std::function<void()>& f, std::string* text) {
+  Profile::reset();
+  Profile::enable(true, /*device_sync=*/true);
+  f();
+  Profile::enable(false);
+  double total = 0;
+  std::vector<std::pair<double, std::string>> rows;
+  for (const auto& [name, ot] : Profile::totals()) {
+    total += ot.seconds;
+    rows.emplace_back(ot.seconds, fmt::format("{} ({} calls)", name, ot.calls));
+  }
+  std::sort(rows.rbegin(), rows.rend());
+  nlohmann::json prof = nlohmann::json::array();
+  *text += fmt::format("\nprofile: {} (each op synchronised: {:.2f} ms in ops)\n| op | ms | share |\n|---|---|---|\n",
+                       title, total * 1e3);
+  for (const auto& [sec, name] : rows) {
+    *text += fmt::format("| {} | {:.3f} | {:.1f}% |\n", name, sec * 1e3, 100 * sec / total);
+    prof.push_back({{"op", name}, {"ms", sec * 1e3}});
+  }
+  return prof;
+}
+
 size_t free_bytes() {
   size_t f = 0, total = 0;
   cudaMemGetInfo(&f, &total);
@@ -143,25 +168,9 @@ void bench_train(int steps) {
     double t = time_median(step, reps > 1 ? 2 : 1, reps);
     size_t used = free0 - free_bytes();
     if (reps > 1 && !recompute) {  // where one step's time goes (ops synchronised one by one)
-      Profile::reset();
-      Profile::enable(true, /*device_sync=*/true);
-      step();
-      Profile::enable(false);
-      double total = 0;
-      std::vector<std::pair<double, std::string>> rows;
-      for (const auto& [name, ot] : Profile::totals()) {
-        total += ot.seconds;
-        rows.emplace_back(ot.seconds, fmt::format("{} ({} calls)", name, ot.calls));
-      }
-      std::sort(rows.rbegin(), rows.rend());
-      nlohmann::json prof = nlohmann::json::array();
-      fmt::print("\nprofile of one step at T = {} (each op synchronised: {:.1f} ms in ops)\n| op | ms | share |\n|---|---|---|\n",
-                 T, total * 1e3);
-      for (const auto& [sec, name] : rows) {
-        fmt::print("| {} | {:.2f} | {:.1f}% |\n", name, sec * 1e3, 100 * sec / total);
-        prof.push_back({{"op", name}, {"ms", sec * 1e3}});
-      }
-      g_json["train_profile"] = prof;
+      std::string text;
+      g_json["train_profile"] = op_profile(fmt::format("one training step at T = {}", T), step, &text);
+      fmt::print("{}", text);
     }
     const int64_t nonemb = count_non_embedding_params(m.table());
     // gpu.md's formula with its parameter count (1.332B), so the two MFUs are comparable; our own
@@ -232,31 +241,6 @@ ModelConfig layer_8b(const std::string& pattern) {
   return c;
 }
 
-// One synchronised pass of f with the per-op profile on: where its time goes, largest first
-// (each op waits for the device, so small ops carry a few µs of launch latency each), as a
-// markdown table appended to *text.
-nlohmann::json op_profile(const std::string& title, const std::function<void()>& f, std::string* text) {
-  Profile::reset();
-  Profile::enable(true, /*device_sync=*/true);
-  f();
-  Profile::enable(false);
-  double total = 0;
-  std::vector<std::pair<double, std::string>> rows;
-  for (const auto& [name, ot] : Profile::totals()) {
-    total += ot.seconds;
-    rows.emplace_back(ot.seconds, fmt::format("{} ({} calls)", name, ot.calls));
-  }
-  std::sort(rows.rbegin(), rows.rend());
-  nlohmann::json prof = nlohmann::json::array();
-  *text += fmt::format("\nprofile: {} (each op synchronised: {:.2f} ms in ops)\n| op | ms | share |\n|---|---|---|\n",
-                       title, total * 1e3);
-  for (const auto& [sec, name] : rows) {
-    *text += fmt::format("| {} | {:.3f} | {:.1f}% |\n", name, sec * 1e3, 100 * sec / total);
-    prof.push_back({{"op", name}, {"ms", sec * 1e3}});
-  }
-  return prof;
-}
-
 // The Mamba-2 layer alone, as gpu.md's reference times "the layer": in_proj, conv1d + SiLU, SSD,
 // gated RMSNorm, out_proj (no pre-norm, residual, embedding, head or loss), forward and forward +
 // backward (input gradient and every weight gradient, accumulated into fp32 as training does; the
@@ -268,18 +252,13 @@ nlohmann::json bench_mamba_layer_alone(const std::vector<int64_t>& Ls, std::stri
   const int64_t D = c.d_model, H = c.mamba_heads, P = c.mamba_head_dim, G = c.n_groups, N = c.ssm_state,
                 Di = c.d_inner(), Cd = c.conv_dim(), W = c.in_proj_dim(), K = c.conv_kernel, GN = G * N;
   const DType a = DType::BF16, f = DType::F32;
-  auto dev = [](DType d, std::initializer_list<int64_t> shape) {
-    int64_t n = 1;
-    for (int64_t e : shape) n *= e;
-    auto buf = std::make_shared<Buffer>(Device::CUDA, static_cast<size_t>(n) * dtype_size(d));
-    return std::make_pair(buf, Tensor(buf->data(), d, Device::CUDA, shape));
+  // One allocation per tensor (the buffers own device memory: moving them keeps the addresses).
+  auto alloc_in = [](std::vector<Buffer>& bufs, DType d, std::initializer_list<int64_t> shape) {
+    Buffer& b = bufs.emplace_back(Device::CUDA, Arena::bytes_for(d, shape));
+    return Tensor(b.data(), d, Device::CUDA, shape);
   };
-  std::vector<std::shared_ptr<Buffer>> keep;
-  auto take = [&](DType d, std::initializer_list<int64_t> shape) {
-    auto [buf, t] = dev(d, shape);
-    keep.push_back(buf);
-    return t;
-  };
+  std::vector<Buffer> keep;
+  auto take = [&](DType d, std::initializer_list<int64_t> shape) { return alloc_in(keep, d, shape); };
   const Tensor w_in = take(a, {W, D}), w_out = take(a, {D, Di}), conv_w = take(a, {Cd, K}), conv_b = take(a, {Cd}),
                norm_w = take(a, {Di}), A_log = take(f, {H}), Dp = take(f, {H}), dt_bias = take(f, {H});
   const Tensor g_in = take(f, {W, D}), g_out = take(f, {D, Di}), g_conv_w = take(f, {Cd, K}), g_conv_b = take(f, {Cd}),
@@ -298,7 +277,7 @@ nlohmann::json bench_mamba_layer_alone(const std::vector<int64_t>& Ls, std::stri
     nlohmann::json r{{"L", L}};
     try {
       const bool bwd = L <= 32768;
-      std::vector<std::shared_ptr<Buffer>> acts;
+      std::vector<Buffer> acts;
       Arena arena;
       if (one_arena) {
         size_t bytes = 0;
@@ -309,25 +288,12 @@ nlohmann::json bench_mamba_layer_alone(const std::vector<int64_t>& Ls, std::stri
         arena = Arena(Device::CUDA, bytes);
       }
       auto act = [&](DType d, std::initializer_list<int64_t> shape) {
-        if (one_arena) return arena.alloc(d, shape);
-        auto [buf, t] = dev(d, shape);
-        acts.push_back(buf);
-        return t;
+        return one_arena ? arena.alloc(d, shape) : alloc_in(acts, d, shape);
       };
       const Tensor x = act(a, {1, L, D}), zx = act(a, {1, L, W}), xbc = act(a, {1, L, Cd}), y = act(a, {1, L, Di}),
                    yn = act(a, {1, L, Di}), rstd = act(f, {L, Di / c.norm_group_size()}), out = act(a, {1, L, D});
       fill_normal(x, 6, 0, 0.f, 1.f);
-      SsdParams p;
-      p.x = xbc.slice(-1, 0, Di).split_last({H, P});
-      p.Bm = xbc.slice(-1, Di, GN).split_last({G, N});
-      p.Cm = xbc.slice(-1, Di + GN, GN).split_last({G, N});
-      p.dt = zx.slice(-1, Di + Cd, H);
-      p.A_log = A_log;
-      p.D = Dp;
-      p.dt_bias = dt_bias;
-      p.dt_min = c.dt_limit_min;
-      p.dt_max = c.dt_limit_max;
-      p.chunk = c.chunk_size;
+      const SsdParams p = mamba_ssd_params(c, xbc, zx.slice(-1, Di + Cd, H), A_log, Dp, dt_bias, Tensor{});
       const Tensor z = zx.slice(-1, 0, Di);
       auto forward = [&] {
         linear_forward(x, w_in, Tensor{}, zx);

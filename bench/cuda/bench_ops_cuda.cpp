@@ -358,12 +358,11 @@ void bench_rmsnorm(const RandomSource& rnd) {
   }
 }
 
-// Gated RMSNorm at the 1.43B training shape (T = 8192, d_inner 4096, 8 groups of 512): z and dz
-// are column slices of the [T, 10304] in_proj activation and its gradient, as the mixer passes them.
-void bench_gated_rmsnorm(const RandomSource& rnd) {
-  const std::string name = "gated_rmsnorm_1p4b";
-  if (!selected(name)) return;
-  const int64_t M = 8192, D = 4096, gs = 512, W = 10304;
+// Gated RMSNorm: x [M, D], z and dz column slices of the [M, W] in_proj activation and its gradient
+// (as the mixer passes them), groups of gs. With vpt_variants, the forward also under each
+// HLM_GATED_VPT cap in the same run.
+void bench_gated_case(const RandomSource& rnd, const std::string& name, int64_t M, int64_t D, int64_t gs, int64_t W,
+                      DType w_dtype, bool vpt_variants) {
   std::vector<Buffer> keep;
   Tensor x = rnd.make(keep, DType::BF16, {M, D});
   Tensor zx = rnd.make(keep, DType::BF16, {M, W});
@@ -371,55 +370,35 @@ void bench_gated_rmsnorm(const RandomSource& rnd) {
   Tensor z = zx.slice(-1, 0, D), dz = dzx.slice(-1, 0, D);
   Tensor y = rnd.make(keep, DType::BF16, {M, D});
   Tensor dx = rnd.make(keep, DType::BF16, {M, D});
-  Tensor w = rnd.make(keep, DType::F32, {D});
+  Tensor w = rnd.make(keep, w_dtype, {D});
   Tensor dw = rnd.make(keep, DType::F32, {D});
   Tensor rstd = rnd.make(keep, DType::F32, {M, D / gs});
   const double tensor_bytes = 2.0 * M * D;  // one [M, D] bf16 tensor
   auto floor_note = [](double bytes, const char* what) {
     return fmt::format("{}; byte floor {:.1f} us at 4.0 TB/s", what, bytes / 4.0e12 * 1e6);
   };
-  record(name + "_fwd", "norm", time_ms([&] { gated_rmsnorm_forward(x, z, w, gs, 1e-5f, y, rstd); }), 0,
-         3 * tensor_bytes, floor_note(3 * tensor_bytes, "x, z in, y out"));
+  // Default (at most 2 vectors per thread), round 9's 4, and 1.
+  for (const char* vpt : vpt_variants ? std::vector<const char*>{"", "4", "1"} : std::vector<const char*>{""}) {
+    if (*vpt)
+      setenv("HLM_GATED_VPT", vpt, 1);
+    else
+      unsetenv("HLM_GATED_VPT");
+    record(name + "_fwd" + (*vpt ? std::string("_vpt") + vpt : std::string()), "norm",
+           time_ms([&] { gated_rmsnorm_forward(x, z, w, gs, 1e-5f, y, rstd); }), 0, 3 * tensor_bytes,
+           floor_note(3 * tensor_bytes, "x, z in, y out"));
+  }
+  unsetenv("HLM_GATED_VPT");
   record(name + "_bwd", "norm", time_ms([&] { gated_rmsnorm_backward(y, x, z, w, rstd, gs, dx, dz, dw); }), 0,
          5 * tensor_bytes, floor_note(5 * tensor_bytes, "dy, x, z in, dx, dz out"));
 }
 
-// Gated RMSNorm at the 8B mixer shape (d_inner 8192, 8 groups of 1024, z a slice of the [T, 18560]
-// in_proj activation, w the bf16 working copy) at T = 2K and 32K, with the forward's
-// vectors-per-thread variants (HLM_GATED_VPT) in the same run.
-void bench_gated_rmsnorm_8b(const RandomSource& rnd) {
-  const std::string name = "gated_rmsnorm_8b";
-  if (!selected(name)) return;
-  for (const int64_t M : {2048, 32768}) {
-    const int64_t D = 8192, gs = 1024, W = 18560;
-    std::vector<Buffer> keep;
-    Tensor x = rnd.make(keep, DType::BF16, {M, D});
-    Tensor zx = rnd.make(keep, DType::BF16, {M, W});
-    Tensor dzx = rnd.make(keep, DType::BF16, {M, W});
-    Tensor z = zx.slice(-1, 0, D), dz = dzx.slice(-1, 0, D);
-    Tensor y = rnd.make(keep, DType::BF16, {M, D});
-    Tensor dx = rnd.make(keep, DType::BF16, {M, D});
-    Tensor w = rnd.make(keep, DType::BF16, {D});
-    Tensor dw = rnd.make(keep, DType::F32, {D});
-    Tensor rstd = rnd.make(keep, DType::F32, {M, D / gs});
-    const double tensor_bytes = 2.0 * M * D;
-    const std::string n = fmt::format("{}_T{}K", name, M / 1024);
-    auto floor_note = [](double bytes, const char* what) {
-      return fmt::format("{}; byte floor {:.1f} us at 4.0 TB/s", what, bytes / 4.0e12 * 1e6);
-    };
-    for (const char* vpt : {"", "4", "1"}) {  // default (at most 2 vectors per thread), round 9's 4, and 1
-      if (*vpt)
-        setenv("HLM_GATED_VPT", vpt, 1);
-      else
-        unsetenv("HLM_GATED_VPT");
-      record(n + "_fwd" + (*vpt ? std::string("_vpt") + vpt : std::string()), "norm",
-             time_ms([&] { gated_rmsnorm_forward(x, z, w, gs, 1e-5f, y, rstd); }), 0, 3 * tensor_bytes,
-             floor_note(3 * tensor_bytes, "x, z in, y out"));
-    }
-    unsetenv("HLM_GATED_VPT");
-    record(n + "_bwd", "norm", time_ms([&] { gated_rmsnorm_backward(y, x, z, w, rstd, gs, dx, dz, dw); }), 0,
-           5 * tensor_bytes, floor_note(5 * tensor_bytes, "dy, x, z in, dx, dz out"));
-  }
+// The 1.43B training shape (T = 8192, d_inner 4096, 8 groups of 512, W 10304, fp32 w) and the 8B
+// mixer shape (d_inner 8192, 8 groups of 1024, W 18560, the bf16 working copy of w) at T = 2K, 32K.
+void bench_gated_rmsnorm(const RandomSource& rnd) {
+  if (selected("gated_rmsnorm_1p4b")) bench_gated_case(rnd, "gated_rmsnorm_1p4b", 8192, 4096, 512, 10304, DType::F32, false);
+  if (!selected("gated_rmsnorm_8b")) return;
+  for (const int64_t M : {2048, 32768})
+    bench_gated_case(rnd, fmt::format("gated_rmsnorm_8b_T{}K", M / 1024), M, 8192, 1024, 18560, DType::BF16, true);
 }
 
 }  // namespace
@@ -460,7 +439,6 @@ int main(int argc, char** argv) {
     bench_ce(rnd);
     bench_rmsnorm(rnd);
     bench_gated_rmsnorm(rnd);
-    bench_gated_rmsnorm_8b(rnd);
     bench_adamw(rnd);
   } catch (const std::exception& e) {
     fmt::print(stderr, "bench_ops_cuda: {}\n", e.what());

@@ -68,6 +68,24 @@ MambaStepParams mamba_step_params(const ModelConfig& c) {
   return p;
 }
 
+SsdParams mamba_ssd_params(const ModelConfig& c, const Tensor& xbc, const Tensor& dt, const Tensor& A_log,
+                           const Tensor& D, const Tensor& dt_bias, const Tensor& doc) {
+  const int64_t Di = c.d_inner(), GN = c.n_groups * c.ssm_state;
+  SsdParams p;
+  p.x = xbc.slice(-1, 0, Di).split_last({c.mamba_heads, c.mamba_head_dim});
+  p.Bm = xbc.slice(-1, Di, GN).split_last({c.n_groups, c.ssm_state});
+  p.Cm = xbc.slice(-1, Di + GN, GN).split_last({c.n_groups, c.ssm_state});
+  p.dt = dt;
+  p.A_log = A_log;
+  p.D = D;
+  p.dt_bias = dt_bias;
+  p.doc = doc;
+  p.dt_min = c.dt_limit_min;
+  p.dt_max = c.dt_limit_max;
+  p.chunk = c.chunk_size;
+  return p;
+}
+
 Model::Model(ModelConfig cfg, Device device, DType act_dtype, bool training)
     : cfg_(std::move(cfg)), device_(device), act_dtype_(act_dtype), training_(training) {
   cfg_.validate();
@@ -306,27 +324,6 @@ void Model::ensure_activation_arena(int64_t B, int64_t T) {
   scratch_.reset();
 }
 
-namespace {
-
-SsdParams ssd_params(const ModelConfig& c, const Tensor& xbc, const Tensor& dt, const Tensor& A_log,
-                     const Tensor& D, const Tensor& dt_bias, const Tensor& doc) {
-  const int64_t Di = c.d_inner(), GN = c.n_groups * c.ssm_state;
-  SsdParams p;
-  p.x = xbc.slice(-1, 0, Di).split_last({c.mamba_heads, c.mamba_head_dim});
-  p.Bm = xbc.slice(-1, Di, GN).split_last({c.n_groups, c.ssm_state});
-  p.Cm = xbc.slice(-1, Di + GN, GN).split_last({c.n_groups, c.ssm_state});
-  p.dt = dt;
-  p.A_log = A_log;
-  p.D = D;
-  p.dt_bias = dt_bias;
-  p.doc = doc;
-  p.dt_min = c.dt_limit_min;
-  p.dt_max = c.dt_limit_max;
-  p.chunk = c.chunk_size;
-  return p;
-}
-
-}  // namespace
 
 void Model::layer_forward(int l, const ModelInput& in, Tensor out, InferenceState* st) {
   const ModelConfig& c = cfg_;
@@ -341,7 +338,7 @@ void Model::layer_forward(int l, const ModelInput& in, Tensor out, InferenceStat
       Tensor dt = a.zxbcdt.slice(-1, Di + Cd, c.mamba_heads);
       conv1d_silu_forward(xbc_raw, conv2d_view(W(l, "mixer.conv1d.weight")), W(l, "mixer.conv1d.bias"),
                           in.doc, a.xbc);
-      SsdParams p = ssd_params(c, a.xbc, dt, W(l, "mixer.A_log"), W(l, "mixer.D"), W(l, "mixer.dt_bias"), in.doc);
+      SsdParams p = mamba_ssd_params(c, a.xbc, dt, W(l, "mixer.A_log"), W(l, "mixer.D"), W(l, "mixer.dt_bias"), in.doc);
       Tensor h_final = st ? st->layers[static_cast<size_t>(l)].ssm : Tensor{};
       ssd_forward(p, a.y.split_last({c.mamba_heads, c.mamba_head_dim}), h_final);
       if (st) conv1d_state_from_sequence(xbc_raw, in.doc, st->layers[static_cast<size_t>(l)].conv);
@@ -452,7 +449,7 @@ void Model::layer_backward(int l, const ModelInput& in, Tensor dres, Tensor dnor
                              dzx.slice(-1, 0, Di), G(l, "mixer.norm.weight"));
       Tensor dxbc = tmp(Cd);
       Tensor dt = a.zxbcdt.slice(-1, Di + Cd, c.mamba_heads);
-      SsdParams p = ssd_params(c, a.xbc, dt, W(l, "mixer.A_log"), W(l, "mixer.D"), W(l, "mixer.dt_bias"), in.doc);
+      SsdParams p = mamba_ssd_params(c, a.xbc, dt, W(l, "mixer.A_log"), W(l, "mixer.D"), W(l, "mixer.dt_bias"), in.doc);
       SsdGrads g;
       g.dx = dxbc.slice(-1, 0, Di).split_last({c.mamba_heads, c.mamba_head_dim});
       g.dBm = dxbc.slice(-1, Di, GN).split_last({c.n_groups, c.ssm_state});

@@ -19,6 +19,10 @@ namespace hlm {
 // A Mamba layer's decode-step parameters that come from the config (sizes, norm group and eps, the
 // dt clamp where the config applies it in decode); the caller sets the weights.
 MambaStepParams mamba_step_params(const ModelConfig& c);
+// A Mamba layer's SSD parameters over a sequence: x, B, C as views of the conv output xbc, the
+// config's dt clamp and chunk size, and the given weights and document ids.
+SsdParams mamba_ssd_params(const ModelConfig& c, const Tensor& xbc, const Tensor& dt, const Tensor& A_log,
+                           const Tensor& D, const Tensor& dt_bias, const Tensor& doc);
 
 // One batch of token rows on the model's device.
 struct ModelInput {

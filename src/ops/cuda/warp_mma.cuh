@@ -29,6 +29,11 @@
 
 namespace hlm::cuda::mma {
 
+#ifndef HLM_CUDA_EMU
+// The shared-memory address (32-bit state space offset) of a generic pointer, for inline PTX.
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
+#endif
+
 using bf16_t = __nv_bfloat16;
 
 __device__ __forceinline__ int lane_id() { return static_cast<int>(threadIdx.x) & 31; }
@@ -58,7 +63,7 @@ __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void* row) {
 #ifdef HLM_CUDA_EMU
   ::emu::ldmatrix(r, 4, false, row);
 #else
-  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  unsigned a = smem_u32(row);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
@@ -68,7 +73,7 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void* row) {
 #ifdef HLM_CUDA_EMU
   ::emu::ldmatrix(r, 4, true, row);
 #else
-  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  unsigned a = smem_u32(row);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
@@ -78,7 +83,7 @@ __device__ __forceinline__ void ldsm_x2(uint32_t r[2], const void* row) {
 #ifdef HLM_CUDA_EMU
   ::emu::ldmatrix(r, 2, false, row);
 #else
-  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  unsigned a = smem_u32(row);
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
                : "r"(a));
@@ -88,7 +93,7 @@ __device__ __forceinline__ void ldsm_x2_t(uint32_t r[2], const void* row) {
 #ifdef HLM_CUDA_EMU
   ::emu::ldmatrix(r, 2, true, row);
 #else
-  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  unsigned a = smem_u32(row);
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
                : "r"(a));
@@ -118,7 +123,7 @@ __device__ __forceinline__ void cp_async(void* smem, const void* src, bool valid
 #ifdef HLM_CUDA_EMU
   ::emu::cp_async(smem, src, kBytes, !valid);
 #else
-  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  unsigned a = smem_u32(smem);
   int n = valid ? kBytes : 0;
   if constexpr (kBytes == 16)
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src), "r"(n));
@@ -158,18 +163,14 @@ __device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
 #ifdef HLM_CUDA_EMU
   ::emu::mbar_init(bar, count);
 #else
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(bar))),
-               "r"(count)
-               : "memory");
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
 #endif
 }
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
 #ifdef HLM_CUDA_EMU
   ::emu::mbar_arrive(bar);
 #else
-  asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(
-                   static_cast<unsigned>(__cvta_generic_to_shared(bar)))
-               : "memory");
+  asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(smem_u32(bar)) : "memory");
 #endif
 }
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
@@ -180,7 +181,7 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
       "{\n .reg .pred done;\n"
       "MBAR_WAIT_%=:\n"
       " mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      " @!done bra MBAR_WAIT_%=;\n}\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(bar))),
+      " @!done bra MBAR_WAIT_%=;\n}\n" ::"r"(smem_u32(bar)),
       "r"(parity)
       : "memory");
 #endif
@@ -189,9 +190,7 @@ __device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
 #ifdef HLM_CUDA_EMU
   ::emu::cp_async_mbar_arrive(bar);
 #else
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(
-                   static_cast<unsigned>(__cvta_generic_to_shared(bar)))
-               : "memory");
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar)) : "memory");
 #endif
 }
 __device__ __forceinline__ void bar_sync(int id, int nthreads) {
