@@ -464,15 +464,19 @@ int main(int argc, char** argv) {
     bench_ssd(1, 16384, 1.15, 5.45, NAN, NAN, quick);
     bench_ssd(1, 65536, 5.03, 22.7, 1.7, 7.5, quick);
     bench_ssd(8, 8192, 4.92, 21.8, NAN, NAN, quick);
-    // A/B of the forward walks in the same run (knobs read by src/ops/cuda/ssd.cu): the default
-    // (the wgmma walk, variant 1, on sm_90) against the mma.sync walk (variant 11) at 4K and 64K,
-    // and the wgmma walk with 1, 2, 4 and 8 segments per row at 64K.
+    // A/B of the forward walks in the same run (knobs read by src/ops/cuda/ssd.cu; segments 0 =
+    // the cost model's choice): the default mma.sync walk (variant 11) against the wgmma walk
+    // (variant 1) and its warp-specialised form (variant 2) at 4K and 64K, and variant 2 with 1,
+    // 2, 4 and 8 segments per row at 64K.
     for (auto [env, len, label] : {std::tuple{"11:0", 4096, " mma.sync walk (variant 11)"},
                                    std::tuple{"11:0", 65536, " mma.sync walk (variant 11)"},
-                                   std::tuple{"1:100000", 65536, " wgmma walk, 1 segment"},
-                                   std::tuple{"1:512", 65536, " wgmma walk, 2 segments"},
-                                   std::tuple{"1:256", 65536, " wgmma walk, 4 segments"},
-                                   std::tuple{"1:128", 65536, " wgmma walk, 8 segments"}}) {
+                                   std::tuple{"1:0", 65536, " wgmma walk (variant 1)"},
+                                   std::tuple{"2:0", 4096, " warp-specialised walk (variant 2)"},
+                                   std::tuple{"2:0", 65536, " warp-specialised walk (variant 2)"},
+                                   std::tuple{"2:100000", 65536, " variant 2, 1 segment"},
+                                   std::tuple{"2:512", 65536, " variant 2, 2 segments"},
+                                   std::tuple{"2:256", 65536, " variant 2, 4 segments"},
+                                   std::tuple{"2:128", 65536, " variant 2, 8 segments"}}) {
       const std::string e = env;
       setenv("HLM_SSD_FWD_VARIANT", e.substr(0, e.find(':')).c_str(), 1);
       setenv("HLM_SSD_SEG_CHUNKS", e.substr(e.find(':') + 1).c_str(), 1);

@@ -355,31 +355,35 @@ TEST(SsdCuda, PieceSplits) {
 }
 
 // The forward's walks: the mma.sync block shapes 11 (the default: one head, 2 blocks per SM), 12
-// and 21, and the wgmma walk (variant 1, sm_90), also with forced segment splits.
+// and 21, and the wgmma walks (sm_90: variant 1, one warpgroup per head; variant 2, two consumer
+// warpgroups and a producer warp), also with forced segment splits.
 TEST(SsdCuda, ForwardBlockShapes) {
   HLM_REQUIRE_GPU();
-  for (const char* v : {"1", "12", "21"}) {
+  for (const char* v : {"1", "2", "12", "21"}) {
     SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
     setenv("HLM_SSD_FWD_VARIANT", v, 1);
     check_forward({2, 1000, 8, 2, 64, 128});
     check_forward({1, 333, 16, 4, 64, 64});
   }
-  setenv("HLM_SSD_FWD_VARIANT", "1", 1);
-  {  // dt a bf16 column slice at an odd offset (the wgmma walk copies the words holding it)
-    Case c{2, 200, 4, 2, 64, 128};
-    c.slice = true;
-    check_forward(c);
-    Case n{1, 256, 4, 1, 64, 128};
-    n.doc = n.h0 = false;
-    check_forward(n);
+  for (const char* v : {"1", "2"}) {  // the wgmma walks: one warpgroup per head; warp-specialised
+    SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
+    setenv("HLM_SSD_FWD_VARIANT", v, 1);
+    {  // dt a bf16 column slice at an odd offset (the walk of variant 1 copies the words holding it)
+      Case c{2, 200, 4, 2, 64, 128};
+      c.slice = true;
+      check_forward(c);
+      Case n{1, 256, 4, 1, 64, 128};
+      n.doc = n.h0 = false;
+      check_forward(n);
+    }
+    for (const char* segs : {"1", "3"}) {
+      SCOPED_TRACE(std::string("HLM_SSD_SEG_CHUNKS=") + segs);
+      setenv("HLM_SSD_SEG_CHUNKS", segs, 1);
+      check_forward({2, 1000, 8, 2, 64, 128});
+      check_forward({1, 333, 16, 4, 64, 64});
+    }
+    unsetenv("HLM_SSD_SEG_CHUNKS");
   }
-  for (const char* segs : {"1", "3"}) {
-    SCOPED_TRACE(std::string("wgmma walk, HLM_SSD_SEG_CHUNKS=") + segs);
-    setenv("HLM_SSD_SEG_CHUNKS", segs, 1);
-    check_forward({2, 1000, 8, 2, 64, 128});
-    check_forward({1, 333, 16, 4, 64, 64});
-  }
-  unsetenv("HLM_SSD_SEG_CHUNKS");
   unsetenv("HLM_SSD_FWD_VARIANT");
 }
 

@@ -359,14 +359,19 @@ int main(int argc, char** argv) {
     unsetenv("HLM_SSD_PIECE_CHUNKS");
     unsetenv("HLM_SSD_SEG_CHUNKS");
   }
-  if (want("variants")) {  // the forward's other walks (the default is 11; 1 is the wgmma walk)
-    for (const char* v : {"1", "12", "21"}) {
+  if (want("variants")) {  // the forward's other walks (the default is 11; 1, 2 the wgmma walks)
+    for (const char* v : {"1", "2", "12", "21"}) {
       setenv("HLM_SSD_FWD_VARIANT", v, 1);
       std::printf("HLM_SSD_FWD_VARIANT=%s\n", v);
       run_case("variant", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, false);
       setenv("HLM_SSD_SEG_CHUNKS", "2", 1);
       run_case("variant-seg2", 1, 333, 2, 1, 64, 64, true, true, DType::BF16, 1e-2, false);
       unsetenv("HLM_SSD_SEG_CHUNKS");
+      if (std::string(v) == "2") {  // 4 head pairs of one group; more chunks than ring stages per segment
+        setenv("HLM_SSD_SEG_CHUNKS", "5", 1);
+        run_case("variant-heads8", 1, 700, 8, 1, 64, 128, true, true, DType::BF16, 1e-2, false);
+        unsetenv("HLM_SSD_SEG_CHUNKS");
+      }
     }
     unsetenv("HLM_SSD_FWD_VARIANT");
     setenv("HLM_SSD_SWEEP_HEADS", "1", 1);  // one head per sweep block, forward and backward

@@ -169,6 +169,9 @@ constexpr int kFastChunk = 64;
 // walk's is 7.5e-6): ~8.6e-6 measured on an H100 (64K, two segments: 4.4 ms of walk for 512
 // chunks per block; run8-2026-12-06/c-wg-scan-ahead-h100).
 constexpr double kWgWalkSeconds = 8.5e-6;
+// The warp-specialised walk's seconds per chunk and block of two heads (one block per SM, so the
+// same two heads per SM): a first guess, not yet measured.
+constexpr double kWsWalkSeconds = 6.0e-6;
 
 const FastShape* fast_shape(const SsdArgs& a) {
   for (const FastShape& s : kFastShapes)
@@ -221,7 +224,9 @@ int choose_seg_chunks(int nchunks, int64_t units, int64_t slots, int64_t state_e
 void split_segments(SsdArgs* a, int64_t units, bool backward) {
   a->nchunks = (a->T + kFastChunk - 1) / kFastChunk;
   const int64_t slots = static_cast<int64_t>(num_sms()) * (a->P <= 64 ? 2 : 1);
-  const double main_s = backward ? 3.0e-6 : (a->fwd_variant == 1 ? kWgWalkSeconds : 7.5e-6), local_s = 0.8e-6;
+  const double main_s = backward ? 3.0e-6 : (a->fwd_variant == 1   ? kWgWalkSeconds
+                                                 : a->fwd_variant == 2 ? kWsWalkSeconds
+                                                                       : 7.5e-6), local_s = 0.8e-6;
   a->seg_chunks = choose_seg_chunks(a->nchunks, units, slots, static_cast<int64_t>(a->P) * a->N, main_s, local_s);
   a->nseg = (a->nchunks + a->seg_chunks - 1) / a->seg_chunks;
   const char* env = std::getenv("HLM_SSD_SWEEP_HEADS");  // 1: one head per sweep block
@@ -253,6 +258,7 @@ int forward_variant(int64_t P, int64_t heads_per_group) {
   const char* env = std::getenv("HLM_SSD_FWD_VARIANT");
   const int v = env ? std::atoi(env) : 11;
   if (v == 1 && wgmma) return 1;
+  if (v == 2 && wgmma && heads_per_group % 2 == 0) return 2;
   if ((v == 12 || v == 21) && P <= 64 && heads_per_group % 2 == 0) return v;
   return 11;
 }

@@ -87,6 +87,72 @@ __device__ __forceinline__ void load_core_tile_async(unsigned char* S, const bf1
   }
 }
 
+// x w dt for the state update: Xw[t][p] = bf16(x[t][p] * wdt[t]) (the other kernels' rounding: bf16
+// of x times the fp32 coefficient), by kT threads (this one is idx), 16 bytes per thread and step;
+// the offsets of x and x w dt agree (same layout). Fenced for the async proxy (wgmma reads Xw).
+template <int kT>
+__device__ __forceinline__ void scale_x_wdt(unsigned char* Xw, const unsigned char* X, const ChunkScan<kQ>& S,
+                                            int idx) {
+  using TX = wg::CoreTile<kQ, kP>;
+  constexpr int kSteps = kQ * kP / 8 / kT;
+  uint4 u[kSteps];
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k) {
+    const int i = idx + k * kT;
+    u[k] = *reinterpret_cast<const uint4*>(X + TX::offset(i / (kP / 8), 8 * (i % (kP / 8))));
+  }
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k) {
+    const int i = idx + k * kT, r = i / (kP / 8);
+    const float sc = S.wdt[r];
+    uint32_t v[4] = {u[k].x, u[k].y, u[k].z, u[k].w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = mma::pack_bf16x2(mma::bf16_lo(v[e]) * sc, mma::bf16_hi(v[e]) * sc);
+    *reinterpret_cast<uint4*>(Xw + TX::offset(r, 8 * (i % (kP / 8)))) = make_uint4(v[0], v[1], v[2], v[3]);
+  }
+  wg::fence_async_smem();
+}
+
+// M[t, s] = G[t, s] exp(cum_t - cum_s) dt_s for s <= t in t's document, else 0, as the A fragments
+// of y's product: k step ks takes G's column blocks 2 ks, 2 ks + 1. The rows are tokens
+// token_of_row(): every warp (w, of its warpgroup) holds 8 early and 8 late tokens t_h, so the
+// causal triangle's work is the same for all four (9 of 16 column blocks each); blocks right of a
+// half's last token are zero without arithmetic.
+__device__ __forceinline__ void m_fragments(uint32_t (&mf)[4][4], const float (&gacc)[32], const ChunkScan<kQ>& S,
+                                            int w, int qq, const int (&t_h)[2]) {
+  const int t_max[2] = {8 * w + 7, 63 - 8 * w};  // last token of each half in this warp
+  const float cum_t[2] = {S.cum[t_h[0]], S.cum[t_h[1]]};
+  const int seg_t[2] = {S.seg[t_h[0]], S.seg[t_h[1]]};
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+    for (int jj = 0; jj < 2; ++jj) {
+      const int j = 2 * ks + jj, s = 8 * j + 2 * qq;
+      if (8 * j > t_max[1]) {  // both halves (the late half ends last)
+        mf[ks][2 * jj] = mf[ks][2 * jj + 1] = 0u;
+        continue;
+      }
+      const float2 cs = *reinterpret_cast<const float2*>(S.cum + s);
+      const float2 ds = *reinterpret_cast<const float2*>(S.dt + s);
+      const int2 ss = *reinterpret_cast<const int2*>(S.seg + s);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int t = t_h[half];
+        if (half == 0 && 8 * j > t_max[0]) {
+          mf[ks][2 * jj] = 0u;
+          continue;
+        }
+        const float m0 = (s <= t && ss.x == seg_t[half])
+                             ? gacc[4 * j + 2 * half] * __expf(fminf(cum_t[half] - cs.x, 0.f)) * ds.x
+                             : 0.f;
+        const float m1 = (s + 1 <= t && ss.y == seg_t[half])
+                             ? gacc[4 * j + 2 * half + 1] * __expf(fminf(cum_t[half] - cs.y, 0.f)) * ds.y
+                             : 0.f;
+        mf[ks][2 * jj + half] = mma::pack_bf16x2(m0, m1);
+      }
+    }
+}
+
 template <int N>
 __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a) {
   using L = WgLayout<N>;
@@ -253,68 +319,13 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
     if (c + 2 < c_end) issue_raw(c + 2, c & 1);  // slot last read by the scan of chunk c, in chunk c-1
     mma::cp_async_commit();
 
-    // x w dt for the state update (same rounding as the other kernels: bf16 of x times the fp32
-    // coefficient), 16 bytes per thread and step; the offsets of x and x w dt agree (same layout).
-    {
-      constexpr int kSteps = kQ * kP / 8 / kThreads;
-      uint4 u[kSteps];
-#pragma unroll
-      for (int k = 0; k < kSteps; ++k) {
-        const int i = tid + k * kThreads;
-        u[k] = *reinterpret_cast<const uint4*>(X + TX::offset(i / (kP / 8), 8 * (i % (kP / 8))));
-      }
-#pragma unroll
-      for (int k = 0; k < kSteps; ++k) {
-        const int i = tid + k * kThreads, r = i / (kP / 8);
-        const float sc = S.wdt[r];
-        uint32_t v[4] = {u[k].x, u[k].y, u[k].z, u[k].w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) v[e] = mma::pack_bf16x2(mma::bf16_lo(v[e]) * sc, mma::bf16_hi(v[e]) * sc);
-        *reinterpret_cast<uint4*>(Xw + TX::offset(r, 8 * (i % (kP / 8)))) = make_uint4(v[0], v[1], v[2], v[3]);
-      }
-      wg::fence_async_smem();
-    }
+    scale_x_wdt<kThreads>(Xw, X, S, tid);
 
-    // M[t, s] = G[t, s] exp(cum_t - cum_s) dt_s for s <= t in t's document, else 0, as the A
-    // fragments of y's product: k step ks takes G's column blocks 2 ks, 2 ks + 1. The rows are
-    // tokens token_of_row(): every warp holds 8 early and 8 late tokens, so the causal triangle's
-    // work is the same for all four (9 of 16 column blocks each); blocks right of a half's last
-    // token are zero without arithmetic.
     const int t_h[2] = {token_of_row(16 * w + gq), token_of_row(16 * w + gq + 8)};
-    const int t_max[2] = {8 * w + 7, 63 - 8 * w};  // last token of each half in this warp
-    const float cum_t[2] = {S.cum[t_h[0]], S.cum[t_h[1]]};
-    const int seg_t[2] = {S.seg[t_h[0]], S.seg[t_h[1]]};
     uint32_t mf[4][4];
     wg::wait<1>();
     wg::pin(gacc);
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks)
-#pragma unroll
-      for (int jj = 0; jj < 2; ++jj) {
-        const int j = 2 * ks + jj, s = 8 * j + 2 * qq;
-        if (8 * j > t_max[1]) {  // both halves (the late half ends last)
-          mf[ks][2 * jj] = mf[ks][2 * jj + 1] = 0u;
-          continue;
-        }
-        const float2 cs = *reinterpret_cast<const float2*>(S.cum + s);
-        const float2 ds = *reinterpret_cast<const float2*>(S.dt + s);
-        const int2 ss = *reinterpret_cast<const int2*>(S.seg + s);
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int t = t_h[half];
-          if (half == 0 && 8 * j > t_max[0]) {
-            mf[ks][2 * jj] = 0u;
-            continue;
-          }
-          const float m0 = (s <= t && ss.x == seg_t[half])
-                               ? gacc[4 * j + 2 * half] * __expf(fminf(cum_t[half] - cs.x, 0.f)) * ds.x
-                               : 0.f;
-          const float m1 = (s + 1 <= t && ss.y == seg_t[half])
-                               ? gacc[4 * j + 2 * half + 1] * __expf(fminf(cum_t[half] - cs.y, 0.f)) * ds.y
-                               : 0.f;
-          mf[ks][2 * jj + half] = mma::pack_bf16x2(m0, m1);
-        }
-      }
+    m_fragments(mf, gacc, S, w, qq, t_h);
     // y = eoff Yo + M x: Yo's accumulators, scaled per row, accumulate M x.
     wg::wait<0>();
     wg::pin(yacc);
@@ -386,6 +397,305 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
   }
 }
 
+
+// ---- Variant 2: the warp-specialised walk ------------------------------------------------------
+//
+// One block per (head pair, segment, row): two consumer warpgroups walk the two heads (2 hp and
+// 2 hp + 1, one SSM group: they share every B and C tile) with the per-chunk products of the walk
+// above, and one producer warp fills a ring of kStages stages ahead of them: per chunk both heads'
+// x tiles, B, C (rows permuted), and both heads' chunk scans (from dt and doc ids it loads one
+// chunk ahead into registers), so no consumer thread issues a copy or runs a scan. Stage s is
+// handed over by two mbarriers: full[s] (the producer's 32 lanes arrive once their copies of the
+// chunk landed, waited and fenced for the async proxy, and the scans are written: one chunk late,
+// so the copies fly while the producer works on the next stage) and empty[s] (all 256 consumer
+// threads arrive once their last read of the stage, the state update's B, completed). The
+// consumers never wait for each other: each warpgroup has two named barriers per chunk (id 1 + j,
+// 128 threads), so one warpgroup's M math, epilogue and state copy run under the other's wgmma.
+// Per consumer and chunk:
+//   wait full[s]; (A) -> y of the previous chunk copied out of Ys; G, Yo issued; x w dt into Xw;
+//   M from G; y = eoff Yo + M x issued; (C) -> H = gamma H + (x w dt)ᵀ B issued; y + D x into Ys;
+//   arrive empty[s]; the state's bf16 copy for the next chunk.
+// Three warpgroups: the two consumers, then the producer's (one warp works, three leave), so that
+// setmaxnreg can move registers: the producer keeps 56, the consumers take 224 (64,512 of 65,536;
+// with nine warps the launch bound's 168 each made the N = 128 kernel spill; ptxas -v: no spills
+// at 56 / 224, a few bytes at 40 / 232).
+constexpr int kStages = 3, kWsThreads = 3 * kThreads, kProducerRegs = 56, kConsumerRegs = 224;
+
+template <int N>
+struct WsLayout {
+  using TX = wg::CoreTile<kQ, kP>;
+  using TN = wg::CoreTile<kQ, N>;
+  using TH = wg::CoreTile<kP, N>;
+  // One stage: x of both heads, B, C (rows permuted), both heads' scans of the chunk.
+  static constexpr size_t st_x = 0;
+  static constexpr size_t st_b = st_x + 2 * TX::kBytes;
+  static constexpr size_t st_c = st_b + TN::kBytes;
+  static constexpr size_t st_scan = st_c + TN::kBytes;
+  static constexpr size_t stage = st_scan + 2 * sizeof(ChunkScan<kQ>);
+  // Per consumer: the bf16 state entering the chunk, x w dt, y staged for the copy out.
+  static constexpr size_t c_h = 0;
+  static constexpr size_t c_xw = c_h + TH::kBytes;
+  static constexpr size_t c_y = c_xw + TX::kBytes;
+  static constexpr size_t consumer = c_y + TX::kBytes;
+  static constexpr size_t consumers = kStages * stage;
+  static constexpr size_t raw = consumers + 2 * consumer;  // producer: raw dt [2][Q], boundary flags [Q]
+  static constexpr size_t bnd = raw + 2 * kQ * 4;
+  static constexpr size_t bars = bnd + kQ * 4;  // full[kStages], empty[kStages]
+  static constexpr size_t total = bars + 2 * kStages * 8;
+  static_assert(stage % 16 == 0 && consumer % 16 == 0 && bars % 8 == 0, "aligned regions");
+};
+
+// load_core_tile_async for one warp (lane of 32): the same tile and zero fill, C / 8 pieces per
+// row, rows 32 / (C / 8) apart (a divisor of 8, so each row's core-matrix offset is the lane's
+// first plus a constant).
+template <int R, int C, bool kPermute = false>
+__device__ __forceinline__ void load_core_tile_warp(unsigned char* S, const bf16_t* base, int64_t ld, int64_t row0,
+                                                    int valid_rows, int lane) {
+  using Tile = wg::CoreTile<R, C>;
+  constexpr int kPieces = C / 8, kRowStep = 32 / kPieces;
+  static_assert(32 % kPieces == 0 && 8 % kRowStep == 0 && R % kRowStep == 0, "rows within core matrices");
+  const int r0 = lane / kPieces, c = lane % kPieces;
+  const bf16_t* first = base + row0 * ld + 8 * c;  // a valid row for the zero-filled ones
+  const bf16_t* src = first + r0 * ld;
+  const int64_t step = kRowStep * ld;
+  unsigned char* dst = S + Tile::offset(r0, 8 * c);
+#pragma unroll 4  // not fully: the producer keeps few registers (kProducerRegs)
+  for (int k = 0; k < R / kRowStep; ++k) {
+    const int r = r0 + k * kRowStep;
+    const bool valid = r < valid_rows;
+    unsigned char* d = kPermute ? S + Tile::offset(row_of_token(r), 8 * c) : dst + Tile::offset(k * kRowStep, 0);
+    mma::cp_async16(d, valid ? src + k * step : first, valid);
+  }
+}
+
+template <int N>
+__global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs a) {
+  using L = WsLayout<N>;
+  using TX = typename L::TX;
+  using TN = typename L::TN;
+  using TH = typename L::TH;
+  unsigned char* sm = mma::dynamic_smem();
+  auto* full = reinterpret_cast<uint64_t*>(sm + L::bars);
+  uint64_t* empty = full + kStages;
+  const int hp = blockIdx.x, seg = blockIdx.y, b = blockIdx.z;
+  const int h0 = 2 * hp, g = h0 / (a.H / a.G);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int T = a.T;
+  const int c_begin = seg * a.seg_chunks, c_end = min(a.nchunks, c_begin + a.seg_chunks), nck = c_end - c_begin;
+  const int64_t rowb = static_cast<int64_t>(b) * T;
+  const auto* Bg = static_cast<const bf16_t*>(a.Bm) + static_cast<int64_t>(g) * N;
+  const auto* Cg = static_cast<const bf16_t*>(a.Cm) + static_cast<int64_t>(g) * N;
+  auto stage_of = [&](int k) { return sm + (k % kStages) * L::stage; };
+  if (tid == 0)
+    for (int s = 0; s < kStages; ++s) {
+      mma::mbar_init(&full[s], 32);                // the producer's lanes
+      mma::mbar_init(&empty[s], 2 * kThreads);     // every consumer thread
+    }
+  __syncthreads();
+
+  if (warp >= 2 * kThreads / 32) {  // the producer warpgroup
+    wg::setmaxnreg_dec<kProducerRegs>();
+    if (warp > 2 * kThreads / 32) return;  // one warp of it works
+    const auto* xg = static_cast<const bf16_t*>(a.x) + static_cast<int64_t>(h0) * kP;
+    const float A0 = -expf(load_any(a.A_log, a.A_type, h0)), A1 = -expf(load_any(a.A_log, a.A_type, h0 + 1));
+    const float bias0 = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h0) : 0.f;
+    const float bias1 = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h0 + 1) : 0.f;
+    auto* rawf = reinterpret_cast<float*>(sm + L::raw);
+    auto* bndf = reinterpret_cast<int*>(sm + L::bnd);
+    const int32_t* docr = a.doc ? a.doc + static_cast<int64_t>(b) * a.ld_doc : nullptr;
+    // Raw dt of both heads and the boundary flags of chunk c, tokens lane and lane + 32: loaded one
+    // chunk ahead (the loads fly while the stage's copies are issued).
+    float dtv[2][2];
+    int bv[2];
+    auto fetch = [&](int c) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int t = c * kQ + lane + 32 * e, tc = min(t, T - 1);
+        const int64_t i = (rowb + tc) * a.ld_dt + h0;
+        dtv[0][e] = t < T ? load_any(a.dt, a.dt_type, i) : 0.f;
+        dtv[1][e] = t < T ? load_any(a.dt, a.dt_type, i + 1) : 0.f;
+        bv[e] = docr && t > 0 && t < T && docr[tc] != docr[tc - 1] ? 1 : 0;
+      }
+    };
+    if (nck > 0) fetch(c_begin);
+    for (int k = 0; k < nck; ++k) {
+      const int c = c_begin + k;
+      unsigned char* st = stage_of(k);
+      if (k >= kStages) mma::mbar_wait(&empty[k % kStages], static_cast<unsigned>((k / kStages - 1) & 1));
+      const int64_t t0 = rowb + static_cast<int64_t>(c) * kQ;
+      const int valid = min(kQ, T - c * kQ);
+      load_core_tile_warp<kQ, kP>(st + L::st_x, xg, a.ld_x, t0, valid, lane);
+      load_core_tile_warp<kQ, kP>(st + L::st_x + TX::kBytes, xg + kP, a.ld_x, t0, valid, lane);
+      load_core_tile_warp<kQ, N>(st + L::st_b, Bg, a.ld_B, t0, valid, lane);
+      load_core_tile_warp<kQ, N, true>(st + L::st_c, Cg, a.ld_C, t0, valid, lane);
+      mma::cp_async_commit();
+      __syncwarp();  // the previous chunk's scans finished reading rawf / bndf
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        rawf[lane + 32 * e] = dtv[0][e];
+        rawf[kQ + lane + 32 * e] = dtv[1][e];
+        bndf[lane + 32 * e] = bv[e];
+      }
+      __syncwarp();
+      if (k + 1 < nck) fetch(c + 1);
+      auto* scans = reinterpret_cast<ChunkScan<kQ>*>(st + L::st_scan);
+      chunk_scan_warp<kQ, false>(scans[0], rawf, bndf, valid, A0, bias0, a.dt_min, a.dt_max);
+      chunk_scan_warp<kQ, false>(scans[1], rawf + kQ, bndf, valid, A1, bias1, a.dt_min, a.dt_max);
+      if (k >= 1) {  // the previous chunk's copies landed: hand its stage over
+        mma::cp_async_wait<1>();
+        wg::fence_async_smem();
+        mma::mbar_arrive(&full[(k - 1) % kStages]);
+      }
+    }
+    if (nck > 0) {
+      mma::cp_async_wait<0>();
+      wg::fence_async_smem();
+      mma::mbar_arrive(&full[(nck - 1) % kStages]);
+    }
+    return;  // no copy in flight
+  }
+
+  // A consumer warpgroup: head h = h0 + j; w is the warp within the warpgroup.
+  wg::setmaxnreg_inc<kConsumerRegs>();
+  const int j = warp / 4, h = h0 + j, lt = tid - kThreads * j, w = lt >> 5, gq = lane >> 2, qq = lane & 3;
+  const float Dh = a.D ? load_any(a.D, a.D_type, h) : 0.f;
+  unsigned char* cb = sm + L::consumers + j * L::consumer;
+  unsigned char* Hs = cb + L::c_h;
+  unsigned char* Xw = cb + L::c_xw;
+  unsigned char* Ys = cb + L::c_y;
+  auto* yg = static_cast<bf16_t*>(a.y) + static_cast<int64_t>(h) * kP;
+  auto copy_out_y = [&](int c) {
+    const int len = min(kQ, T - c * kQ);
+#pragma unroll
+    for (int k = 0; k < kQ * kP / 8 / kThreads; ++k) {
+      const int i = lt + k * kThreads, r = i / (kP / 8), cg = i % (kP / 8);
+      if (r < len)
+        *reinterpret_cast<uint4*>(yg + (rowb + static_cast<int64_t>(c) * kQ + r) * a.ld_y + 8 * cg) =
+            *reinterpret_cast<const uint4*>(Ys + TX::offset(r, 8 * cg));
+    }
+  };
+  float hacc[N / 2];
+  auto for_state_pairs = [&](auto&& f) {
+#pragma unroll
+    for (int jn = 0; jn < N / 8; ++jn)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) f(16 * w + gq + 8 * half, 8 * jn + 2 * qq, 4 * jn + 2 * half);
+  };
+  const int64_t state_off = (static_cast<int64_t>(b) * a.H + h) * kP * N;
+  {
+    const float* src = a.nseg > 1 ? a.ws_seg + seg_state_offset(a, 0, b, seg, h) : (a.h0 ? a.h0 + state_off : nullptr);
+    for_state_pairs([&](int p, int n, int i) {
+      const float2 v = src ? *reinterpret_cast<const float2*>(src + p * N + n) : make_float2(0.f, 0.f);
+      hacc[i] = v.x;
+      hacc[i + 1] = v.y;
+    });
+  }
+  auto store_state_bf16 = [&] {
+    for_state_pairs([&](int p, int n, int i) {
+      *reinterpret_cast<uint32_t*>(Hs + TH::offset(p, n)) = mma::pack_bf16x2(hacc[i], hacc[i + 1]);
+    });
+    wg::fence_async_smem();  // read by the next chunk's Yo product after barrier (A)
+  };
+  store_state_bf16();
+  const uint64_t desc_h = wg::make_desc(wg::smem_addr(Hs), TH::kKMajorLbo, TH::kKMajorSbo);
+  const uint64_t desc_xw = wg::make_desc(wg::smem_addr(Xw), TX::kMnMajorLbo, TX::kMnMajorSbo);
+  const int t_h[2] = {token_of_row(16 * w + gq), token_of_row(16 * w + gq + 8)};
+  const int bar = 1 + j;
+
+  for (int k = 0; k < nck; ++k) {
+    const int c = c_begin + k, s = k % kStages;
+    unsigned char* st = stage_of(k);
+    mma::mbar_wait(&full[s], static_cast<unsigned>((k / kStages) & 1));
+    mma::bar_sync(bar, kThreads);  // (A): Hs and Ys of the previous chunk written by all four warps
+    if (k > 0) copy_out_y(c - 1);
+    const ChunkScan<kQ>& S = reinterpret_cast<const ChunkScan<kQ>*>(st + L::st_scan)[j];
+    const unsigned char* X = st + L::st_x + j * TX::kBytes;
+    const unsigned char* Bt = st + L::st_b;
+    const uint64_t desc_c = wg::make_desc(wg::smem_addr(st + L::st_c), TN::kKMajorLbo, TN::kKMajorSbo);
+    const uint64_t desc_bk = wg::make_desc(wg::smem_addr(Bt), TN::kKMajorLbo, TN::kKMajorSbo);
+    float gacc[32], yacc[32];
+    wg::fence();
+#pragma unroll
+    for (int kk = 0; kk < N / 16; ++kk)
+      wg::wgmma_ss_n64<0, 0>(gacc, wg::desc_advance(desc_c, kk * TN::kKMajorStep),
+                             wg::desc_advance(desc_bk, kk * TN::kKMajorStep), kk > 0);
+    wg::commit();
+#pragma unroll
+    for (int kk = 0; kk < N / 16; ++kk)
+      wg::wgmma_ss_n64<0, 0>(yacc, wg::desc_advance(desc_c, kk * TN::kKMajorStep),
+                             wg::desc_advance(desc_h, kk * TH::kKMajorStep), kk > 0);
+    wg::commit();
+    scale_x_wdt<kThreads>(Xw, X, S, lt);  // the previous chunk's state update (last reader) completed before (A)
+    uint32_t mf[4][4];
+    wg::wait<1>();
+    wg::pin(gacc);
+    m_fragments(mf, gacc, S, w, qq, t_h);
+    wg::wait<0>();
+    wg::pin(yacc);
+    {
+      const float e0 = S.eoff[t_h[0]], e1 = S.eoff[t_h[1]];
+#pragma unroll
+      for (int jn = 0; jn < 8; ++jn) {
+        yacc[4 * jn] *= e0;
+        yacc[4 * jn + 1] *= e0;
+        yacc[4 * jn + 2] *= e1;
+        yacc[4 * jn + 3] *= e1;
+      }
+    }
+    const uint64_t desc_x = wg::make_desc(wg::smem_addr(X), TX::kMnMajorLbo, TX::kMnMajorSbo);
+    wg::fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+      wg::wgmma_rs_n64<1>(yacc, mf[ks], wg::desc_advance(desc_x, ks * TX::kMnMajorStep), true);
+    wg::commit();
+    mma::bar_sync(bar, kThreads);  // (C): x w dt complete; Yo (the last reader of Hs) done in all warps
+
+    // H = gamma H + (x w dt)ᵀ B.
+    const float gamma = S.gamma;
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) hacc[i] *= gamma;
+    const uint64_t desc_bm = wg::make_desc(wg::smem_addr(Bt), TN::kMnMajorLbo, TN::kMnMajorSbo);
+    wg::fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      const uint64_t da = wg::desc_advance(desc_xw, ks * TX::kMnMajorStep);
+      const uint64_t db = wg::desc_advance(desc_bm, ks * TN::kMnMajorStep);
+      if constexpr (N == 128)
+        wg::wgmma_ss_n128<1, 1>(hacc, da, db, true);
+      else
+        wg::wgmma_ss_n64<1, 1>(hacc, da, db, true);
+    }
+    wg::commit();
+
+    // y + D x into Ys (copied out after the next chunk's (A); the copy of the previous chunk's y
+    // finished before (C)).
+    wg::wait<1>();
+    wg::pin(yacc);
+#pragma unroll
+    for (int jn = 0; jn < 8; ++jn)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int off = TX::offset(t_h[half], 8 * jn + 2 * qq);
+        const uint32_t xv = *reinterpret_cast<const uint32_t*>(X + off);
+        const float v0 = yacc[4 * jn + 2 * half] + Dh * mma::bf16_lo(xv);
+        const float v1 = yacc[4 * jn + 2 * half + 1] + Dh * mma::bf16_hi(xv);
+        *reinterpret_cast<uint32_t*>(Ys + off) = mma::pack_bf16x2(v0, v1);
+      }
+    wg::wait<0>();
+    wg::pin(hacc);
+    mma::mbar_arrive(&empty[s]);  // this thread's reads of the stage (and the warpgroup's wgmma) are done
+    if (k + 1 < nck) store_state_bf16();
+  }
+  mma::bar_sync(bar, kThreads);
+  if (nck > 0) copy_out_y(c_end - 1);
+  if (seg == a.nseg - 1 && a.h_final) {
+    float* dst = a.h_final + state_off;
+    for_state_pairs([&](int p, int n, int i) {
+      *reinterpret_cast<float2*>(dst + p * N + n) = make_float2(hacc[i], hacc[i + 1]);
+    });
+  }
+}
+
 }  // namespace
 
 template <int N>
@@ -406,5 +716,24 @@ void launch_fwd_wg(const SsdArgs& a) {
 
 template void launch_fwd_wg<128>(const SsdArgs&);
 template void launch_fwd_wg<64>(const SsdArgs&);
+
+template <int N>
+void launch_fwd_ws(const SsdArgs& a) {
+  if (a.nseg > 1) launch_segment_states<kQ, kP, N>(a, 0, 1);
+  using L = WsLayout<N>;
+  auto kernel = ssd_fwd_ws_kernel<N>;
+  static const bool attr_set = [&] {
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(L::total)));
+    return true;
+  }();
+  (void)attr_set;
+  dim3 grid(static_cast<unsigned>(a.H / 2), static_cast<unsigned>(a.nseg), static_cast<unsigned>(a.B));
+  HLM_LAUNCH(kernel, grid, dim3(kWsThreads), L::total, a);
+  HLM_CUDA_CHECK_LAUNCH();
+}
+
+template void launch_fwd_ws<128>(const SsdArgs&);
+template void launch_fwd_ws<64>(const SsdArgs&);
 
 }  // namespace hlm::cuda::ssd

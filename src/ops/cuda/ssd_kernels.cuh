@@ -130,7 +130,8 @@ struct SsdArgs {
   // (direction 0) or the gradient leaving (direction 1) each segment.
   int nseg = 1, seg_chunks = 0;
   int pps = 1, piece_chunks = 0;
-  // Forward walk: 1 the wgmma walk (sm_90a, P = 64); mma.sync block shapes (P <= 64 only; else
+  // Forward walk: 1 the wgmma walk (sm_90a, P = 64), 2 its warp-specialised form (also heads per
+  // group even); mma.sync block shapes (P <= 64 only; else
   // 11): 11 one head, 8 warps (2 blocks/SM); 21 two heads per warp, 8 warps; 12 one head per group
   // of 8 warps, 16 warps. Heads of one group.
   int fwd_variant = 11;
@@ -437,6 +438,10 @@ void launch_fwd_fast(const SsdArgs& a);
 // The forward walk on wgmma (sm_90a, Q = P = 64; ssd_fwd_wg.cu), after the segment states.
 template <int N>
 void launch_fwd_wg(const SsdArgs& a);
+// The warp-specialised wgmma walk (variant 2: two heads of a group and a producer warp per block;
+// heads per group even), after the segment states.
+template <int N>
+void launch_fwd_ws(const SsdArgs& a);
 template <int Q, int P, int N>
 void launch_bwd_fast(const SsdArgs& a);  // sweeps + chunk kernel; partials left in ws_part
 // Sweeps over directions dir_first .. dir_first + ndir - 1 (0: states forwards from x, B;

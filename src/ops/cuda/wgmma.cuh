@@ -114,6 +114,29 @@ __device__ __forceinline__ void pin(float (&d)[kN]) {
 #endif
 }
 
+// Warp-specialised kernels: a warpgroup gives up registers (setmaxnreg.dec) or takes them
+// (setmaxnreg.inc) so that producer and consumer warpgroups split the register file unevenly.
+// Every warp of the warpgroup executes it; kRegs is a multiple of 8 in 24 .. 256. A no-op in the
+// host emulation.
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  static_assert(kRegs % 8 == 0 && kRegs >= 24 && kRegs <= 256, "setmaxnreg range");
+#if !defined(HLM_CUDA_EMU) && HLM_WGMMA
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#elif defined(__CUDA_ARCH__)
+  __trap();  // setmaxnreg needs sm_90a
+#endif
+}
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  static_assert(kRegs % 8 == 0 && kRegs >= 24 && kRegs <= 256, "setmaxnreg range");
+#if !defined(HLM_CUDA_EMU) && HLM_WGMMA
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#elif defined(__CUDA_ARCH__)
+  __trap();  // setmaxnreg needs sm_90a
+#endif
+}
+
 // d (+)= A B over k16 (m64n64k16, fp32 accumulators), A and B from shared memory.
 template <int kTransA, int kTransB>
 __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
