@@ -371,6 +371,9 @@ int main(int argc, char** argv) {
         setenv("HLM_SSD_SEG_CHUNKS", "5", 1);
         run_case("variant-heads8", 1, 700, 8, 1, 64, 128, true, true, DType::BF16, 1e-2, false);
         unsetenv("HLM_SSD_SEG_CHUNKS");
+        setenv("HLM_SSD_WS_EARLY_G", "0", 1);  // each chunk's G issued in its own chunk
+        run_case("variant-late-g", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, false);
+        unsetenv("HLM_SSD_WS_EARLY_G");
       }
     }
     unsetenv("HLM_SSD_FWD_VARIANT");

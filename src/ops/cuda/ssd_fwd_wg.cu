@@ -21,6 +21,8 @@
 //                                          the state's bf16 copy written for the next chunk
 // Correct but not faster than ssd_fwd.cu's walk on an H100 (64K: 4.92 vs 4.02 ms): opt-in as
 // variant 1 until it is; bench/cuda/NOTES-ssd.md (round 8) has the profile and the next step.
+#include <cstdlib>
+
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/cuda/wgmma.cuh"
 
@@ -468,7 +470,10 @@ __device__ __forceinline__ void load_core_tile_warp(unsigned char* S, const bf16
   }
 }
 
-template <int N>
+// kEarlyG: each chunk's G = C Bᵀ (independent of the state) is issued in the chunk before, right
+// after the state update, so it runs under the epilogue and the M math can start as soon as the
+// chunk's Yo is issued.
+template <int N, bool kEarlyG>
 __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs a) {
   using L = WsLayout<N>;
   using TX = typename L::TX;
@@ -601,25 +606,38 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
   const uint64_t desc_xw = wg::make_desc(wg::smem_addr(Xw), TX::kMnMajorLbo, TX::kMnMajorSbo);
   const int t_h[2] = {token_of_row(16 * w + gq), token_of_row(16 * w + gq + 8)};
   const int bar = 1 + j;
-
-  for (int k = 0; k < nck; ++k) {
-    const int c = c_begin + k, s = k % kStages;
+  auto wait_full = [&](int k) { mma::mbar_wait(&full[k % kStages], static_cast<unsigned>((k / kStages) & 1)); };
+  float gacc[32];
+  auto issue_g = [&](int k) {  // G = C Bᵀ of chunk k (its stage full)
     unsigned char* st = stage_of(k);
-    mma::mbar_wait(&full[s], static_cast<unsigned>((k / kStages) & 1));
-    mma::bar_sync(bar, kThreads);  // (A): Hs and Ys of the previous chunk written by all four warps
-    if (k > 0) copy_out_y(c - 1);
-    const ChunkScan<kQ>& S = reinterpret_cast<const ChunkScan<kQ>*>(st + L::st_scan)[j];
-    const unsigned char* X = st + L::st_x + j * TX::kBytes;
-    const unsigned char* Bt = st + L::st_b;
     const uint64_t desc_c = wg::make_desc(wg::smem_addr(st + L::st_c), TN::kKMajorLbo, TN::kKMajorSbo);
-    const uint64_t desc_bk = wg::make_desc(wg::smem_addr(Bt), TN::kKMajorLbo, TN::kKMajorSbo);
-    float gacc[32], yacc[32];
+    const uint64_t desc_bk = wg::make_desc(wg::smem_addr(st + L::st_b), TN::kKMajorLbo, TN::kKMajorSbo);
     wg::fence();
 #pragma unroll
     for (int kk = 0; kk < N / 16; ++kk)
       wg::wgmma_ss_n64<0, 0>(gacc, wg::desc_advance(desc_c, kk * TN::kKMajorStep),
                              wg::desc_advance(desc_bk, kk * TN::kKMajorStep), kk > 0);
     wg::commit();
+  };
+  if (kEarlyG) {
+    wait_full(0);
+    issue_g(0);
+  }
+
+  int k = 0;
+  do {  // at least one chunk per block (nseg = ceil(nchunks / seg_chunks)); the compiler knows it
+    const int c = c_begin + k, s = k % kStages;
+    unsigned char* st = stage_of(k);
+    if (!kEarlyG) wait_full(k);    // (with kEarlyG, waited before the previous chunk's G)
+    mma::bar_sync(bar, kThreads);  // (A): Hs and Ys of the previous chunk written by all four warps
+    if (k > 0) copy_out_y(c - 1);
+    const ChunkScan<kQ>& S = reinterpret_cast<const ChunkScan<kQ>*>(st + L::st_scan)[j];
+    const unsigned char* X = st + L::st_x + j * TX::kBytes;
+    const unsigned char* Bt = st + L::st_b;
+    const uint64_t desc_c = wg::make_desc(wg::smem_addr(st + L::st_c), TN::kKMajorLbo, TN::kKMajorSbo);
+    float yacc[32];
+    if (!kEarlyG) issue_g(k);
+    wg::fence();
 #pragma unroll
     for (int kk = 0; kk < N / 16; ++kk)
       wg::wgmma_ss_n64<0, 0>(yacc, wg::desc_advance(desc_c, kk * TN::kKMajorStep),
@@ -666,10 +684,19 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
         wg::wgmma_ss_n64<1, 1>(hacc, da, db, true);
     }
     wg::commit();
+    if (kEarlyG) {  // the next chunk's G (M above consumed this one's accumulators); in the last
+                    // chunk a dummy one on its own stage (still held), so that every chunk has the
+                    // same wgmma groups: a conditional group makes ptxas insert a full wait
+      if (k + 1 < nck) wait_full(k + 1);
+      issue_g(min(k + 1, nck - 1));
+    }
 
     // y + D x into Ys (copied out after the next chunk's (A); the copy of the previous chunk's y
     // finished before (C)).
-    wg::wait<1>();
+    if (kEarlyG)
+      wg::wait<2>();
+    else
+      wg::wait<1>();
     wg::pin(yacc);
 #pragma unroll
     for (int jn = 0; jn < 8; ++jn)
@@ -681,13 +708,14 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
         const float v1 = yacc[4 * jn + 2 * half + 1] + Dh * mma::bf16_hi(xv);
         *reinterpret_cast<uint32_t*>(Ys + off) = mma::pack_bf16x2(v0, v1);
       }
-    wg::wait<0>();
+    wg::wait<0>();  // the state update (and with kEarlyG the next chunk's G: nothing in flight across
+                    // the loop's back edge, which makes ptxas serialise the wgmma)
     wg::pin(hacc);
     mma::mbar_arrive(&empty[s]);  // this thread's reads of the stage (and the warpgroup's wgmma) are done
     if (k + 1 < nck) store_state_bf16();
-  }
+  } while (++k < nck);
   mma::bar_sync(bar, kThreads);
-  if (nck > 0) copy_out_y(c_end - 1);
+  copy_out_y(c_end - 1);
   if (seg == a.nseg - 1 && a.h_final) {
     float* dst = a.h_final + state_off;
     for_state_pairs([&](int p, int n, int i) {
@@ -717,14 +745,18 @@ void launch_fwd_wg(const SsdArgs& a) {
 template void launch_fwd_wg<128>(const SsdArgs&);
 template void launch_fwd_wg<64>(const SsdArgs&);
 
+// HLM_SSD_WS_EARLY_G=0 turns off variant 2's early G (on by default; A/B knob).
 template <int N>
 void launch_fwd_ws(const SsdArgs& a) {
   if (a.nseg > 1) launch_segment_states<kQ, kP, N>(a, 0, 1);
   using L = WsLayout<N>;
-  auto kernel = ssd_fwd_ws_kernel<N>;
+  const char* env = std::getenv("HLM_SSD_WS_EARLY_G");  // read per call, as the other SSD knobs
+  const bool early_g = !(env && std::atoi(env) == 0);
+  auto kernel = early_g ? ssd_fwd_ws_kernel<N, true> : ssd_fwd_ws_kernel<N, false>;
   static const bool attr_set = [&] {
-    HLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(L::total)));
+    for (auto kr : {ssd_fwd_ws_kernel<N, true>, ssd_fwd_ws_kernel<N, false>})
+      HLM_CUDA_CHECK(cudaFuncSetAttribute(kr, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(L::total)));
     return true;
   }();
   (void)attr_set;
