@@ -35,10 +35,14 @@ struct WgOp {
   uint64_t desc_a, desc_b;
   bool accumulate;
   int trans_a, trans_b;
+  float sum[128];  // the products, read from shared memory when the thread issued the op
 };
 
-// One committed wgmma group of a warpgroup: every thread's ops, performed together once all 128
-// threads have committed it and one of them waits on it (as the hardware runs one collective op).
+// One committed wgmma group of a warpgroup: every thread's ops. The operands are read when each
+// thread issues its op (the hardware may read them any time after the first warp issued, so a
+// warp that issues before the others wrote their part of an operand reads it unwritten: a missing
+// barrier shows), the results land in the accumulators once all 128 threads committed the group
+// and one of them waits on it (so a read of an accumulator before its wait sees the old value).
 struct WgGroup {
   std::vector<WgOp> ops;
   int committed = 0;
@@ -524,7 +528,8 @@ float desc_element(uint64_t desc, bool mn_major, int mn, int k) {
   return f;
 }
 
-void run_wgmma(const WgOp& op) {
+// The products of this thread's accumulator elements, from the operands as they are now.
+void issue_wgmma(WgOp& op) {
   const int l = op.thread & 31, w = (op.thread / 32) % 4;
   const int g = l / 4, q = l % 4;
   for (int j = 0; j < op.n / 8; ++j)
@@ -535,9 +540,15 @@ void run_wgmma(const WgOp& op) {
         const float av = op.reg_a ? op.a[row - 16 * w][k] : desc_element(op.desc_a, op.trans_a != 0, row, k);
         acc += static_cast<double>(av) * desc_element(op.desc_b, op.trans_b != 0, col, k);
       }
-      float& d = op.d[4 * j + i];
-      d = (op.accumulate ? d : 0.f) + static_cast<float>(acc);
+      op.sum[4 * j + i] = static_cast<float>(acc);
     }
+}
+
+void run_wgmma(const WgOp& op) {
+  for (int e = 0; e < op.n / 2; ++e) {
+    float& d = op.d[e];
+    d = (op.accumulate ? d : 0.f) + op.sum[e];
+  }
 }
 
 std::vector<WgGroup>& warpgroup_groups() {
@@ -575,6 +586,7 @@ void wgmma(float* d, int n, const uint32_t* a_regs, uint64_t desc_a, uint64_t de
       }
     warp_done();
   }
+  issue_wgmma(op);
   g_cur->wg_open.push_back(op);
 }
 

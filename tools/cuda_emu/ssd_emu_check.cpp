@@ -383,6 +383,16 @@ int main(int argc, char** argv) {
     unsetenv("HLM_SSD_SEG_CHUNKS");
     unsetenv("HLM_SSD_SWEEP_HEADS");
   }
+  if (want("ws")) {  // the warp-specialised walk alone (mutate_barriers.sh): ring slots reused, late G
+    setenv("HLM_SSD_FWD_VARIANT", "2", 1);
+    setenv("HLM_SSD_SEG_CHUNKS", "5", 1);
+    run_case("ws-heads4", 1, 600, 4, 1, 64, 128, true, true, DType::BF16, 1e-2, false);
+    setenv("HLM_SSD_WS_EARLY_G", "0", 1);
+    run_case("ws-late-g", 1, 600, 4, 1, 64, 128, true, true, DType::BF16, 1e-2, false);
+    unsetenv("HLM_SSD_WS_EARLY_G");
+    unsetenv("HLM_SSD_SEG_CHUNKS");
+    unsetenv("HLM_SSD_FWD_VARIANT");
+  }
   if (want("fastexact")) run_case("fastexact", 1, 64, 2, 1, 64, 128, false, false, DType::BF16, 1e-2, true);
   if (want("fast64x64")) run_case("fast64x64", 1, 100, 2, 2, 64, 64, true, true, DType::BF16, 1e-2, true);
   if (want("fast128x128")) run_case("fast128x128", 1, 70, 2, 1, 128, 128, true, false, DType::BF16, 1e-2, true);
