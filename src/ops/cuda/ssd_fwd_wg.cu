@@ -404,24 +404,25 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
 //
 // One block per (head pair, segment, row): two consumer warpgroups walk the two heads (2 hp and
 // 2 hp + 1, one SSM group: they share every B and C tile) with the per-chunk products of the walk
-// above, and one producer warp fills a ring of kStages stages ahead of them: per chunk both heads'
-// x tiles, B, C (rows permuted), and both heads' chunk scans (from dt and doc ids it loads one
-// chunk ahead into registers), so no consumer thread issues a copy or runs a scan. Stage s is
-// handed over by two mbarriers: full[s] (the producer's 32 lanes arrive once their copies of the
-// chunk landed, waited and fenced for the async proxy, and the scans are written: one chunk late,
-// so the copies fly while the producer works on the next stage) and empty[s] (all 256 consumer
-// threads arrive once their last read of the stage, the state update's B, completed). The
-// consumers never wait for each other: each warpgroup has two named barriers per chunk (id 1 + j,
-// 128 threads), so one warpgroup's M math, epilogue and state copy run under the other's wgmma.
+// above, and the producer warpgroup fills a ring of kStages stages ahead of them: per chunk both
+// heads' x tiles (its warp 0), B (warp 1), C with rows permuted (warp 2), and both heads' chunk
+// scans (warp 3, from dt and doc ids it loads one chunk ahead into registers), so no consumer
+// thread issues a copy or runs a scan. Stage s is handed over by two mbarriers: full[s] (count
+// 128: the copying warps' lanes arrive once their copies of the chunk landed, waited and fenced
+// for the async proxy - one chunk late, so the copies fly while they issue the next stage's - and
+// the scan warp's once the scans are written) and empty[s] (all 256 consumer threads arrive once
+// their last read of the stage, the state update's B, completed). The consumers never wait for
+// each other: each warpgroup has two named barriers per chunk (id 1 + j, 128 threads), so one
+// warpgroup's M math, epilogue and state copy run under the other's wgmma.
 // Per consumer and chunk:
 //   wait full[s]; (A) -> y of the previous chunk copied out of Ys; G, Yo issued; x w dt into Xw;
 //   M from G; y = eoff Yo + M x issued; (C) -> H = gamma H + (x w dt)ᵀ B issued; y + D x into Ys;
 //   arrive empty[s]; the state's bf16 copy for the next chunk.
-// Three warpgroups: the two consumers, then the producer's (one warp works, three leave), so that
-// setmaxnreg can move registers: the producer keeps 56, the consumers take 224 (64,512 of 65,536;
-// with nine warps the launch bound's 168 each made the N = 128 kernel spill; ptxas -v: no spills
-// at 56 / 224, a few bytes at 40 / 232).
-constexpr int kStages = 3, kWsThreads = 3 * kThreads, kProducerRegs = 56, kConsumerRegs = 224;
+// Three warpgroups: the two consumers, then the producer's, so that setmaxnreg can move registers:
+// the producer keeps 72, the consumers take 216 (64,512 of 65,536; with nine warps the launch
+// bound's 168 each made the N = 128 kernel spill; ptxas -v: no spills at 72 / 216, a few bytes
+// with the producer at 56 or 64).
+constexpr int kStages = 3, kWsThreads = 3 * kThreads, kProducerRegs = 72, kConsumerRegs = 216;
 
 template <int N>
 struct WsLayout {
@@ -493,70 +494,87 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
   auto stage_of = [&](int k) { return sm + (k % kStages) * L::stage; };
   if (tid == 0)
     for (int s = 0; s < kStages; ++s) {
-      mma::mbar_init(&full[s], 32);                // the producer's lanes
+      mma::mbar_init(&full[s], kThreads);          // the producer warpgroup's threads
       mma::mbar_init(&empty[s], 2 * kThreads);     // every consumer thread
     }
   __syncthreads();
 
-  if (warp >= 2 * kThreads / 32) {  // the producer warpgroup
+  if (warp >= 2 * kThreads / 32) {  // the producer warpgroup: warp pw fills its part of each stage
     wg::setmaxnreg_dec<kProducerRegs>();
-    if (warp > 2 * kThreads / 32) return;  // one warp of it works
-    const auto* xg = static_cast<const bf16_t*>(a.x) + static_cast<int64_t>(h0) * kP;
-    const float A0 = -expf(load_any(a.A_log, a.A_type, h0)), A1 = -expf(load_any(a.A_log, a.A_type, h0 + 1));
-    const float bias0 = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h0) : 0.f;
-    const float bias1 = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h0 + 1) : 0.f;
-    auto* rawf = reinterpret_cast<float*>(sm + L::raw);
-    auto* bndf = reinterpret_cast<int*>(sm + L::bnd);
-    const int32_t* docr = a.doc ? a.doc + static_cast<int64_t>(b) * a.ld_doc : nullptr;
-    // Raw dt of both heads and the boundary flags of chunk c, tokens lane and lane + 32: loaded one
-    // chunk ahead (the loads fly while the stage's copies are issued).
-    float dtv[2][2];
-    int bv[2];
-    auto fetch = [&](int c) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int t = c * kQ + lane + 32 * e, tc = min(t, T - 1);
-        const int64_t i = (rowb + tc) * a.ld_dt + h0;
-        dtv[0][e] = t < T ? load_any(a.dt, a.dt_type, i) : 0.f;
-        dtv[1][e] = t < T ? load_any(a.dt, a.dt_type, i + 1) : 0.f;
-        bv[e] = docr && t > 0 && t < T && docr[tc] != docr[tc - 1] ? 1 : 0;
-      }
+    const int pw = warp - 2 * kThreads / 32;
+    auto wait_empty = [&](int k) {
+      if (k >= kStages) mma::mbar_wait(&empty[k % kStages], static_cast<unsigned>((k / kStages - 1) & 1));
     };
-    if (nck > 0) fetch(c_begin);
+    if (pw == 3) {  // both heads' chunk scans
+      const float A0 = -expf(load_any(a.A_log, a.A_type, h0)), A1 = -expf(load_any(a.A_log, a.A_type, h0 + 1));
+      const float bias0 = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h0) : 0.f;
+      const float bias1 = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h0 + 1) : 0.f;
+      auto* rawf = reinterpret_cast<float*>(sm + L::raw);
+      auto* bndf = reinterpret_cast<int*>(sm + L::bnd);
+      const int32_t* docr = a.doc ? a.doc + static_cast<int64_t>(b) * a.ld_doc : nullptr;
+      // Raw dt of both heads and the boundary flags of chunk c, tokens lane and lane + 32: loaded
+      // one chunk ahead (the loads fly while this chunk is scanned).
+      float dtv[2][2];
+      int bv[2];
+      auto fetch = [&](int c) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int t = c * kQ + lane + 32 * e, tc = min(t, T - 1);
+          const int64_t i = (rowb + tc) * a.ld_dt + h0;
+          dtv[0][e] = t < T ? load_any(a.dt, a.dt_type, i) : 0.f;
+          dtv[1][e] = t < T ? load_any(a.dt, a.dt_type, i + 1) : 0.f;
+          bv[e] = docr && t > 0 && t < T && docr[tc] != docr[tc - 1] ? 1 : 0;
+        }
+      };
+      fetch(c_begin);
+      for (int k = 0; k < nck; ++k) {
+        const int c = c_begin + k;
+        wait_empty(k);
+        __syncwarp();  // the previous chunk's scans finished reading rawf / bndf
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          rawf[lane + 32 * e] = dtv[0][e];
+          rawf[kQ + lane + 32 * e] = dtv[1][e];
+          bndf[lane + 32 * e] = bv[e];
+        }
+        __syncwarp();
+        if (k + 1 < nck) fetch(c + 1);
+        const int valid = min(kQ, T - c * kQ);
+        auto* scans = reinterpret_cast<ChunkScan<kQ>*>(stage_of(k) + L::st_scan);
+        chunk_scan_warp<kQ, false>(scans[0], rawf, bndf, valid, A0, bias0, a.dt_min, a.dt_max);
+        chunk_scan_warp<kQ, false>(scans[1], rawf + kQ, bndf, valid, A1, bias1, a.dt_min, a.dt_max);
+        mma::mbar_arrive(&full[k % kStages]);  // releases the scans' writes
+      }
+      return;
+    }
+    // Warps 0, 1, 2 of the producer: both heads' x tiles, B, C (rows permuted). Each hands a stage
+    // over one chunk late, once its copies landed (waited and fenced for the async proxy), so the
+    // copies fly while it issues the next stage's.
+    const auto* xg = static_cast<const bf16_t*>(a.x) + static_cast<int64_t>(h0) * kP;
     for (int k = 0; k < nck; ++k) {
       const int c = c_begin + k;
       unsigned char* st = stage_of(k);
-      if (k >= kStages) mma::mbar_wait(&empty[k % kStages], static_cast<unsigned>((k / kStages - 1) & 1));
+      wait_empty(k);
       const int64_t t0 = rowb + static_cast<int64_t>(c) * kQ;
       const int valid = min(kQ, T - c * kQ);
-      load_core_tile_warp<kQ, kP>(st + L::st_x, xg, a.ld_x, t0, valid, lane);
-      load_core_tile_warp<kQ, kP>(st + L::st_x + TX::kBytes, xg + kP, a.ld_x, t0, valid, lane);
-      load_core_tile_warp<kQ, N>(st + L::st_b, Bg, a.ld_B, t0, valid, lane);
-      load_core_tile_warp<kQ, N, true>(st + L::st_c, Cg, a.ld_C, t0, valid, lane);
-      mma::cp_async_commit();
-      __syncwarp();  // the previous chunk's scans finished reading rawf / bndf
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        rawf[lane + 32 * e] = dtv[0][e];
-        rawf[kQ + lane + 32 * e] = dtv[1][e];
-        bndf[lane + 32 * e] = bv[e];
+      if (pw == 0) {
+        load_core_tile_warp<kQ, kP>(st + L::st_x, xg, a.ld_x, t0, valid, lane);
+        load_core_tile_warp<kQ, kP>(st + L::st_x + TX::kBytes, xg + kP, a.ld_x, t0, valid, lane);
+      } else if (pw == 1) {
+        load_core_tile_warp<kQ, N>(st + L::st_b, Bg, a.ld_B, t0, valid, lane);
+      } else {
+        load_core_tile_warp<kQ, N, true>(st + L::st_c, Cg, a.ld_C, t0, valid, lane);
       }
-      __syncwarp();
-      if (k + 1 < nck) fetch(c + 1);
-      auto* scans = reinterpret_cast<ChunkScan<kQ>*>(st + L::st_scan);
-      chunk_scan_warp<kQ, false>(scans[0], rawf, bndf, valid, A0, bias0, a.dt_min, a.dt_max);
-      chunk_scan_warp<kQ, false>(scans[1], rawf + kQ, bndf, valid, A1, bias1, a.dt_min, a.dt_max);
-      if (k >= 1) {  // the previous chunk's copies landed: hand its stage over
+      mma::cp_async_commit();
+      if (k >= 1) {
         mma::cp_async_wait<1>();
         wg::fence_async_smem();
         mma::mbar_arrive(&full[(k - 1) % kStages]);
       }
     }
-    if (nck > 0) {
-      mma::cp_async_wait<0>();
-      wg::fence_async_smem();
-      mma::mbar_arrive(&full[(nck - 1) % kStages]);
-    }
+    mma::cp_async_wait<0>();
+    wg::fence_async_smem();
+    mma::mbar_arrive(&full[(nck - 1) % kStages]);
     return;  // no copy in flight
   }
 
