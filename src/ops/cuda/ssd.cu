@@ -252,7 +252,9 @@ void split_segments(SsdArgs* a, int64_t units, bool backward) {
 // bench/cuda/runs/run8-2026-12-06/a-wg-first-h100). The mma.sync walks (ssd_fwd.cu): 11 (the
 // default): one head per block, 2 blocks/SM - measured fastest of the three on the H200 (64K:
 // 5.25 ms vs 5.43 for 12, 6.22 for 21); 12: two heads of a group on 16 warps sharing the B, C
-// tiles; 21: both heads in each of 8 warps. HLM_SSD_FWD_VARIANT picks.
+// tiles; 21: both heads in each of 8 warps. 2 (sm_90, P = 64, heads per group even): the
+// warp-specialised wgmma walk (ssd_fwd_wg.cu; two heads and a producer warpgroup per block).
+// HLM_SSD_FWD_VARIANT picks.
 int forward_variant(int64_t P, int64_t heads_per_group) {
   const bool wgmma = P == 64 && device_props().major == 9;
   const char* env = std::getenv("HLM_SSD_FWD_VARIANT");
