@@ -3,7 +3,7 @@
 # then the benchmarks with the PyTorch references of the same run. Each stage has a time limit;
 # logs and JSON go to $OUT (bundled into results.tgz), a summary is printed last. HLM_TEST_FILTER
 # narrows the tests stage (a gtest filter; default *Cuda*).
-#   scripts/gpu_run.sh STAGE:SECONDS ...   stages: tests ssd ops torch layers mixer train decode ncu
+#   scripts/gpu_run.sh STAGE:SECONDS ...   stages: tests ssd ops torch layers mixer train decode ncu ncuws
 set -u
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -31,6 +31,11 @@ run_stage() {
              --section LaunchStats --section Occupancy -k "regex:$k" --launch-skip 12 -c 1 \
              "$bin/bench_ssd_cuda" --quick --iters 5 > "$logs/ncu_$k.log" 2>&1
          done ;;
+    ncuws) # the warp-specialised SSD walk (forward variant 2) at 64K: one launch after two
+           HLM_SSD_FWD_VARIANT=2 timeout "$limit" ncu --clock-control none --section WarpStateStats \
+             --section SchedulerStats --section LaunchStats --section Occupancy --section SpeedOfLight \
+             -k "regex:ssd_fwd_ws_kernel" --launch-skip 2 -c 1 "$bin/bench_ssd_cuda" --profile 65536 \
+             > "$logs/ncu_ssd_fwd_ws_kernel.log" 2>&1 ;;
     layers|train|decode|mixer) timeout "$limit" stdbuf -oL "$bin/bench_model_cuda" "--$name" --json "$logs/$name.json" > "$logs/$name.log" 2>&1 ;;
     *) echo "unknown stage $name"; return 1 ;;
   esac
@@ -44,7 +49,7 @@ tar -czf "$out/results.tgz" -C "$out" logs
 rm -rf "$logs"
 # What matters most, last (the reply carries the end of the output).
 tar -xzOf "$out/results.tgz" logs/tests.log 2>/dev/null | grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests? ran" | tail -40
-for f in ssd ops compare layers mixer train decode ncu_ssd_fwd_fast_kernel ncu_ssd_bwd_chunk; do
+for f in ssd ops compare layers mixer train decode ncu_ssd_fwd_fast_kernel ncu_ssd_bwd_chunk ncu_ssd_fwd_ws_kernel; do
   tar -xzOf "$out/results.tgz" "logs/$f.log" 2>/dev/null | tail -40
 done
 cat "$out/summary.txt"
