@@ -224,9 +224,14 @@ int choose_seg_chunks(int nchunks, int64_t units, int64_t slots, int64_t state_e
 void split_segments(SsdArgs* a, int64_t units, bool backward) {
   a->nchunks = (a->T + kFastChunk - 1) / kFastChunk;
   const int64_t slots = static_cast<int64_t>(num_sms()) * (a->P <= 64 ? 2 : 1);
-  const double main_s = backward ? 3.0e-6 : (a->fwd_variant == 1   ? kWgWalkSeconds
-                                                 : a->fwd_variant == 2 ? kWsWalkSeconds
-                                                                       : 7.5e-6), local_s = 0.8e-6;
+  double main_s = 7.5e-6;  // the mma.sync walks
+  if (backward)
+    main_s = 3.0e-6;
+  else if (a->fwd_variant == 1)
+    main_s = kWgWalkSeconds;
+  else if (a->fwd_variant == 2)
+    main_s = kWsWalkSeconds;
+  constexpr double local_s = 0.8e-6;
   a->seg_chunks = choose_seg_chunks(a->nchunks, units, slots, static_cast<int64_t>(a->P) * a->N, main_s, local_s);
   a->nseg = (a->nchunks + a->seg_chunks - 1) / a->seg_chunks;
   const char* env = std::getenv("HLM_SSD_SWEEP_HEADS");  // 1: one head per sweep block

@@ -64,29 +64,43 @@ __device__ __forceinline__ int row_of_token(int t) {
 }
 
 // Queues cp.async copies of rows [row0, row0 + R) x columns [0, C) of a bf16 row view into a
-// CoreTile<R, C>; rows >= valid_rows are zero-filled. As load_tile_async: thread i copies the
-// 16-byte pieces i, i + kThreads, ..., one column and rows kThreads / (C / 8) apart, so source
-// and destination advance by constant strides.
-// With kPermute (the C tile, R = Q), token r goes to row row_of_token(r).
-template <int R, int C, bool kPermute = false>
+// CoreTile<R, C>; rows >= valid_rows are zero-filled. As load_tile_async: thread idx of kT copies
+// the 16-byte pieces idx, idx + kT, ..., one column and rows kT / (C / 8) apart (a multiple or a
+// divisor of 8, so each row's core-matrix offset is the thread's first plus a constant), so source
+// and destination advance by constant strides. kUnroll: how far the loop is unrolled (a producer
+// warp keeps few registers). With kPermute (the C tile, R = Q), token r goes to row row_of_token(r).
+template <int R, int C, int kT, int kUnroll, bool kPermute = false>
 __device__ __forceinline__ void load_core_tile_async(unsigned char* S, const bf16_t* base, int64_t ld, int64_t row0,
-                                                     int valid_rows) {
-  constexpr int kPieces = C / 8;
-  constexpr int kRowStep = kThreads / kPieces;
-  static_assert(kThreads % kPieces == 0 && kRowStep % 8 == 0 && R % kRowStep == 0, "whole core rows per pass");
-  const int r0 = static_cast<int>(threadIdx.x) / kPieces, c = static_cast<int>(threadIdx.x) % kPieces;
+                                                     int valid_rows, int idx) {
+  using Tile = wg::CoreTile<R, C>;
+  constexpr int kPieces = C / 8, kRowStep = kT / kPieces;
+  static_assert(kT % kPieces == 0 && (kRowStep % 8 == 0 || 8 % kRowStep == 0) && R % kRowStep == 0,
+                "rows within core matrices");
+  const int r0 = idx / kPieces, c = idx % kPieces;
   const bf16_t* first = base + row0 * ld + 8 * c;  // a valid row for the zero-filled ones
   const bf16_t* src = first + r0 * ld;
   const int64_t step = kRowStep * ld;
-  unsigned char* dst = S + wg::CoreTile<R, C>::offset(r0, 8 * c);
-  constexpr int kDstStep = kRowStep / 8 * wg::CoreTile<R, C>::kRowGroup;
-#pragma unroll
+  unsigned char* dst = S + Tile::offset(r0, 8 * c);
+#pragma unroll kUnroll
   for (int k = 0; k < R / kRowStep; ++k) {
     const int r = r0 + k * kRowStep;
     const bool valid = r < valid_rows;
-    unsigned char* d = kPermute ? S + wg::CoreTile<R, C>::offset(row_of_token(r), 8 * c) : dst + k * kDstStep;
+    unsigned char* d = kPermute ? S + Tile::offset(row_of_token(r), 8 * c) : dst + Tile::offset(k * kRowStep, 0);
     mma::cp_async16(d, valid ? src + k * step : first, valid);
   }
+}
+// All of a block of kThreads (variant 1), fully unrolled.
+template <int R, int C, bool kPermute = false>
+__device__ __forceinline__ void load_core_tile_block(unsigned char* S, const bf16_t* base, int64_t ld, int64_t row0,
+                                                     int valid_rows) {
+  load_core_tile_async<R, C, kThreads, R * C / 8 / kThreads, kPermute>(S, base, ld, row0, valid_rows,
+                                                                        static_cast<int>(threadIdx.x));
+}
+// One producer warp (lane of 32), unrolled by 4 (not fully: the producer keeps few registers).
+template <int R, int C, bool kPermute = false>
+__device__ __forceinline__ void load_core_tile_warp(unsigned char* S, const bf16_t* base, int64_t ld, int64_t row0,
+                                                    int valid_rows, int lane) {
+  load_core_tile_async<R, C, 32, 4, kPermute>(S, base, ld, row0, valid_rows, lane);
 }
 
 // x w dt for the state update: Xw[t][p] = bf16(x[t][p] * wdt[t]) (the other kernels' rounding: bf16
@@ -155,6 +169,122 @@ __device__ __forceinline__ void m_fragments(uint32_t (&mf)[4][4], const float (&
     }
 }
 
+// One thread's share of a consumer warpgroup's per-chunk work, common to both walks: lt is the
+// thread within its warpgroup (warp w, lane 4 gq + qq), t_h its two product rows' tokens.
+template <int N>
+struct WalkThread {
+  using TX = wg::CoreTile<kQ, kP>;
+  using TN = wg::CoreTile<kQ, N>;
+  using TH = wg::CoreTile<kP, N>;
+  int lt, w, gq, qq;
+  int t_h[2];
+  __device__ explicit WalkThread(int lt_) : lt(lt_), w(lt_ >> 5), gq((lt_ & 31) >> 2), qq(lt_ & 3) {
+    t_h[0] = token_of_row(16 * w + gq);
+    t_h[1] = token_of_row(16 * w + gq + 8);
+  }
+  // The state: accumulator element 4 j + i is (p, n) = (16 w + gq + 8 (i / 2), 8 j + 2 qq + i % 2).
+  // f(p, n, i) for each pair (i, i + 1) of this thread's elements, n even.
+  template <class F>
+  __device__ __forceinline__ void for_state_pairs(F&& f) const {
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) f(16 * w + gq + 8 * half, 8 * j + 2 * qq, 4 * j + 2 * half);
+  }
+  // The fp32 [P][N] state at src (zero if null) into the state update's accumulators.
+  __device__ __forceinline__ void load_state(float (&hacc)[N / 2], const float* src) const {
+    for_state_pairs([&](int p, int n, int i) {
+      const float2 v = src ? *reinterpret_cast<const float2*>(src + p * N + n) : make_float2(0.f, 0.f);
+      hacc[i] = v.x;
+      hacc[i + 1] = v.y;
+    });
+  }
+  __device__ __forceinline__ void store_state(float* dst, const float (&hacc)[N / 2]) const {
+    for_state_pairs([&](int p, int n, int i) {
+      *reinterpret_cast<float2*>(dst + p * N + n) = make_float2(hacc[i], hacc[i + 1]);
+    });
+  }
+  // The bf16 copy of the state that the next chunk's Yo reads (async proxy, after a barrier).
+  __device__ __forceinline__ void store_state_bf16(unsigned char* Hs, const float (&hacc)[N / 2]) const {
+    for_state_pairs([&](int p, int n, int i) {
+      *reinterpret_cast<uint32_t*>(Hs + TH::offset(p, n)) = mma::pack_bf16x2(hacc[i], hacc[i + 1]);
+    });
+    wg::fence_async_smem();
+  }
+  // acc = C Vᵀ over N, one commit group: G with V the B tile (desc_v K-major, step TN's), Yo with V
+  // the bf16 state (step TH's).
+  __device__ __forceinline__ static void issue_c_product(float (&acc)[32], uint64_t desc_c, uint64_t desc_v,
+                                                         uint32_t step_v) {
+    wg::fence();
+#pragma unroll
+    for (int kk = 0; kk < N / 16; ++kk)
+      wg::wgmma_ss_n64<0, 0>(acc, wg::desc_advance(desc_c, kk * TN::kKMajorStep), wg::desc_advance(desc_v, kk * step_v),
+                             kk > 0);
+    wg::commit();
+  }
+  // y = eoff Yo + M x (Yo complete in yacc, M in mf, x tile X), one commit group.
+  __device__ __forceinline__ void issue_y(float (&yacc)[32], const uint32_t (&mf)[4][4], const ChunkScan<kQ>& S,
+                                          const unsigned char* X) const {
+    const float e0 = S.eoff[t_h[0]], e1 = S.eoff[t_h[1]];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      yacc[4 * j] *= e0;
+      yacc[4 * j + 1] *= e0;
+      yacc[4 * j + 2] *= e1;
+      yacc[4 * j + 3] *= e1;
+    }
+    const uint64_t desc_x = wg::make_desc(wg::smem_addr(X), TX::kMnMajorLbo, TX::kMnMajorSbo);
+    wg::fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+      wg::wgmma_rs_n64<1>(yacc, mf[ks], wg::desc_advance(desc_x, ks * TX::kMnMajorStep), true);
+    wg::commit();
+  }
+  // H = gamma H + (x w dt)ᵀ B (x w dt behind desc_xw, B tile Bt), one commit group.
+  __device__ __forceinline__ static void issue_state_update(float (&hacc)[N / 2], float gamma, uint64_t desc_xw,
+                                                            const unsigned char* Bt) {
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) hacc[i] *= gamma;
+    const uint64_t desc_bm = wg::make_desc(wg::smem_addr(Bt), TN::kMnMajorLbo, TN::kMnMajorSbo);
+    wg::fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      const uint64_t da = wg::desc_advance(desc_xw, ks * TX::kMnMajorStep);
+      const uint64_t db = wg::desc_advance(desc_bm, ks * TN::kMnMajorStep);
+      if constexpr (N == 128)
+        wg::wgmma_ss_n128<1, 1>(hacc, da, db, true);
+      else
+        wg::wgmma_ss_n64<1, 1>(hacc, da, db, true);
+    }
+    wg::commit();
+  }
+  // Y = y + D x (y complete in yacc) in the tile layout; each element is read from X and written to
+  // Y by this thread only, so Y may be X.
+  __device__ __forceinline__ void y_plus_dx(unsigned char* Y, const unsigned char* X, const float (&yacc)[32],
+                                            float Dh) const {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int off = TX::offset(t_h[half], 8 * j + 2 * qq);
+        const uint32_t xv = *reinterpret_cast<const uint32_t*>(X + off);
+        const float v0 = yacc[4 * j + 2 * half] + Dh * mma::bf16_lo(xv);
+        const float v1 = yacc[4 * j + 2 * half + 1] + Dh * mma::bf16_hi(xv);
+        *reinterpret_cast<uint32_t*>(Y + off) = mma::pack_bf16x2(v0, v1);
+      }
+  }
+  // The first len rows of the y tile Y to dst (row pitch ld): 16 bytes per thread and step (whole
+  // 32-byte sectors; the accumulator layout would store 4 bytes per thread, half sectors).
+  __device__ __forceinline__ void copy_out_y(bf16_t* dst, int64_t ld, const unsigned char* Y, int len) const {
+#pragma unroll
+    for (int k = 0; k < kQ * kP / 8 / kThreads; ++k) {
+      const int i = lt + k * kThreads, r = i / (kP / 8), cg = i % (kP / 8);
+      if (r < len)
+        *reinterpret_cast<uint4*>(dst + r * ld + 8 * cg) = *reinterpret_cast<const uint4*>(Y + TX::offset(r, 8 * cg));
+    }
+  }
+};
+
 template <int N>
 __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a) {
   using L = WgLayout<N>;
@@ -175,7 +305,8 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
 
   const int h = blockIdx.x, seg = blockIdx.y, b = blockIdx.z;
   const int g = h / (a.H / a.G);
-  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, gq = lane >> 2, qq = lane & 3;
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+  const WalkThread<N> th(tid);
   const float A = -expf(load_any(a.A_log, a.A_type, h));
   const float Dh = a.D ? load_any(a.D, a.D_type, h) : 0.f;
   const float bias = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h) : 0.f;
@@ -192,24 +323,15 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
   auto issue_xb = [&](int c) {
     const int64_t t0 = rowb + static_cast<int64_t>(c) * kQ;
     const int valid = min(kQ, T - c * kQ);
-    load_core_tile_async<kQ, kP>(x_tile(c), xg, a.ld_x, t0, valid);
-    load_core_tile_async<kQ, N>(b_tile(c), Bg, a.ld_B, t0, valid);
+    load_core_tile_block<kQ, kP>(x_tile(c), xg, a.ld_x, t0, valid);
+    load_core_tile_block<kQ, N>(b_tile(c), Bg, a.ld_B, t0, valid);
   };
   auto issue_c = [&](int c) {
-    load_core_tile_async<kQ, N, true>(Cs, Cg, a.ld_C, rowb + static_cast<int64_t>(c) * kQ, min(kQ, T - c * kQ));
+    load_core_tile_block<kQ, N, true>(Cs, Cg, a.ld_C, rowb + static_cast<int64_t>(c) * kQ, min(kQ, T - c * kQ));
   };
-  // y of chunk c, staged in its x buffer, to global memory: 16 bytes per thread and step (whole
-  // 32-byte sectors; the accumulator layout would store 4 bytes per thread, half sectors).
+  // y of chunk c, staged in its x buffer, to global memory.
   auto copy_out_y = [&](int c) {
-    const unsigned char* Y = x_tile(c);
-    const int len = min(kQ, T - c * kQ);
-#pragma unroll
-    for (int k = 0; k < kQ * kP / 8 / kThreads; ++k) {
-      const int i = tid + k * kThreads, r = i / (kP / 8), cg = i % (kP / 8);
-      if (r < len)
-        *reinterpret_cast<uint4*>(yg + (rowb + static_cast<int64_t>(c) * kQ + r) * a.ld_y + 8 * cg) =
-            *reinterpret_cast<const uint4*>(Y + TX::offset(r, 8 * cg));
-    }
+    th.copy_out_y(yg + (rowb + static_cast<int64_t>(c) * kQ) * a.ld_y, a.ld_y, x_tile(c), min(kQ, T - c * kQ));
   };
   // Raw dt of chunk c as the 4-byte words holding them (a bf16 / f16 element shares its word with a
   // neighbour; raw_word() picks the half), and the doc ids at t - 1 .. t + Q - 1: cp.async, so no
@@ -252,31 +374,10 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
     chunk_scan_warp<kQ, false>(scans[u], rawf, bndf, min(kQ, T - c * kQ), A, bias, a.dt_min, a.dt_max);
   };
 
-  // The state: accumulator element 4 j + i is (p, n) = (16 w + gq + 8 (i / 2), 8 j + 2 qq + i % 2).
-  // f(p, n, i) for each pair (i, i + 1) of this thread's elements, n even.
   float hacc[N / 2];
-  auto for_state_pairs = [&](auto&& f) {
-#pragma unroll
-    for (int j = 0; j < N / 8; ++j)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) f(16 * w + gq + 8 * half, 8 * j + 2 * qq, 4 * j + 2 * half);
-  };
   const int64_t state_off = (static_cast<int64_t>(b) * a.H + h) * kP * N;
-  {
-    const float* src = a.nseg > 1 ? a.ws_seg + seg_state_offset(a, 0, b, seg, h) : (a.h0 ? a.h0 + state_off : nullptr);
-    for_state_pairs([&](int p, int n, int i) {
-      const float2 v = src ? *reinterpret_cast<const float2*>(src + p * N + n) : make_float2(0.f, 0.f);
-      hacc[i] = v.x;
-      hacc[i + 1] = v.y;
-    });
-  }
-  auto store_state_bf16 = [&] {
-    for_state_pairs([&](int p, int n, int i) {
-      *reinterpret_cast<uint32_t*>(Hs + TH::offset(p, n)) = mma::pack_bf16x2(hacc[i], hacc[i + 1]);
-    });
-    wg::fence_async_smem();  // read by the next chunk's Yo product (async proxy) after barrier (A)
-  };
-  store_state_bf16();
+  th.load_state(hacc, a.nseg > 1 ? a.ws_seg + seg_state_offset(a, 0, b, seg, h) : (a.h0 ? a.h0 + state_off : nullptr));
+  th.store_state_bf16(Hs, hacc);  // read by the next chunk's Yo product after barrier (A)
   issue_xb(c_begin);
   issue_c(c_begin);
   issue_raw(c_begin, c_begin & 1);
@@ -304,17 +405,8 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
     const unsigned char* Bt = b_tile(c);
     const uint64_t desc_bk = wg::make_desc(wg::smem_addr(Bt), TN::kKMajorLbo, TN::kKMajorSbo);
     float gacc[32], yacc[32];
-    wg::fence();
-#pragma unroll
-    for (int kk = 0; kk < N / 16; ++kk)
-      wg::wgmma_ss_n64<0, 0>(gacc, wg::desc_advance(desc_c, kk * TN::kKMajorStep),
-                             wg::desc_advance(desc_bk, kk * TN::kKMajorStep), kk > 0);
-    wg::commit();
-#pragma unroll
-    for (int kk = 0; kk < N / 16; ++kk)
-      wg::wgmma_ss_n64<0, 0>(yacc, wg::desc_advance(desc_c, kk * TN::kKMajorStep),
-                             wg::desc_advance(desc_h, kk * TH::kKMajorStep), kk > 0);
-    wg::commit();
+    th.issue_c_product(gacc, desc_c, desc_bk, TN::kKMajorStep);
+    th.issue_c_product(yacc, desc_c, desc_h, TH::kKMajorStep);
     // x of chunk c+1 into the buffer of chunk c-2 (its y copied out at the start of chunk c-1), B
     // into chunk c-1's (whose products all completed).
     if (has_next) issue_xb(c + 1);
@@ -323,80 +415,34 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
 
     scale_x_wdt<kThreads>(Xw, X, S, tid);
 
-    const int t_h[2] = {token_of_row(16 * w + gq), token_of_row(16 * w + gq + 8)};
     uint32_t mf[4][4];
     wg::wait<1>();
     wg::pin(gacc);
-    m_fragments(mf, gacc, S, w, qq, t_h);
-    // y = eoff Yo + M x: Yo's accumulators, scaled per row, accumulate M x.
+    m_fragments(mf, gacc, S, th.w, th.qq, th.t_h);
     wg::wait<0>();
     wg::pin(yacc);
-    {
-      const float e0 = S.eoff[t_h[0]], e1 = S.eoff[t_h[1]];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        yacc[4 * j] *= e0;
-        yacc[4 * j + 1] *= e0;
-        yacc[4 * j + 2] *= e1;
-        yacc[4 * j + 3] *= e1;
-      }
-    }
-    const uint64_t desc_x = wg::make_desc(wg::smem_addr(X), TX::kMnMajorLbo, TX::kMnMajorSbo);
-    wg::fence();
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks)
-      wg::wgmma_rs_n64<1>(yacc, mf[ks], wg::desc_advance(desc_x, ks * TX::kMnMajorStep), true);
-    wg::commit();
+    th.issue_y(yacc, mf, S, X);
     __syncthreads();  // (C)
     if (has_next) issue_c(c + 1);  // C was read only by G and Yo, complete in every thread before (C)
     mma::cp_async_commit();
 
-    // H = gamma H + (x w dt)ᵀ B.
-    const float gamma = S.gamma;
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) hacc[i] *= gamma;
-    const uint64_t desc_bm = wg::make_desc(wg::smem_addr(Bt), TN::kMnMajorLbo, TN::kMnMajorSbo);
-    wg::fence();
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-      const uint64_t da = wg::desc_advance(desc_xw, ks * TX::kMnMajorStep);
-      const uint64_t db = wg::desc_advance(desc_bm, ks * TN::kMnMajorStep);
-      if constexpr (N == 128)
-        wg::wgmma_ss_n128<1, 1>(hacc, da, db, true);
-      else
-        wg::wgmma_ss_n64<1, 1>(hacc, da, db, true);
-    }
-    wg::commit();
+    th.issue_state_update(hacc, S.gamma, desc_xw, Bt);
 
-    // y += D x, in place of x (each element read and written by its own thread; the y product,
-    // the last reader of x, has completed); copied out at the start of the next chunk.
+    // y += D x, in place of x (the y product, the last reader of x, has completed); copied out at
+    // the start of the next chunk.
     wg::wait<1>();
     wg::pin(yacc);
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        auto* xy = reinterpret_cast<uint32_t*>(X + TX::offset(t_h[half], 8 * j + 2 * qq));
-        const uint32_t xv = *xy;
-        const float v0 = yacc[4 * j + 2 * half] + Dh * mma::bf16_lo(xv);
-        const float v1 = yacc[4 * j + 2 * half + 1] + Dh * mma::bf16_hi(xv);
-        *xy = mma::pack_bf16x2(v0, v1);
-      }
+    th.y_plus_dx(X, X, yacc, Dh);
     // Warp 0 scans the next chunk while the state update runs; scans[(c + 1) & 1] was last read in
     // chunk c-1.
     if (w == 0 && has_next) scan_chunk(c + 1);
     wg::wait<0>();
     wg::pin(hacc);
-    if (has_next) store_state_bf16();  // every read of Hs for this chunk completed before (C)
+    if (has_next) th.store_state_bf16(Hs, hacc);  // every read of Hs for this chunk completed before (C)
   }
   __syncthreads();
   copy_out_y(c_end - 1);
-  if (seg == a.nseg - 1 && a.h_final) {
-    float* dst = a.h_final + state_off;
-    for_state_pairs([&](int p, int n, int i) {
-      *reinterpret_cast<float2*>(dst + p * N + n) = make_float2(hacc[i], hacc[i + 1]);
-    });
-  }
+  if (seg == a.nseg - 1 && a.h_final) th.store_state(a.h_final + state_off, hacc);
 }
 
 
@@ -447,29 +493,6 @@ struct WsLayout {
   static constexpr size_t total = bars + 2 * kStages * 8;
   static_assert(stage % 16 == 0 && consumer % 16 == 0 && bars % 8 == 0, "aligned regions");
 };
-
-// load_core_tile_async for one warp (lane of 32): the same tile and zero fill, C / 8 pieces per
-// row, rows 32 / (C / 8) apart (a divisor of 8, so each row's core-matrix offset is the lane's
-// first plus a constant).
-template <int R, int C, bool kPermute = false>
-__device__ __forceinline__ void load_core_tile_warp(unsigned char* S, const bf16_t* base, int64_t ld, int64_t row0,
-                                                    int valid_rows, int lane) {
-  using Tile = wg::CoreTile<R, C>;
-  constexpr int kPieces = C / 8, kRowStep = 32 / kPieces;
-  static_assert(32 % kPieces == 0 && 8 % kRowStep == 0 && R % kRowStep == 0, "rows within core matrices");
-  const int r0 = lane / kPieces, c = lane % kPieces;
-  const bf16_t* first = base + row0 * ld + 8 * c;  // a valid row for the zero-filled ones
-  const bf16_t* src = first + r0 * ld;
-  const int64_t step = kRowStep * ld;
-  unsigned char* dst = S + Tile::offset(r0, 8 * c);
-#pragma unroll 4  // not fully: the producer keeps few registers (kProducerRegs)
-  for (int k = 0; k < R / kRowStep; ++k) {
-    const int r = r0 + k * kRowStep;
-    const bool valid = r < valid_rows;
-    unsigned char* d = kPermute ? S + Tile::offset(row_of_token(r), 8 * c) : dst + Tile::offset(k * kRowStep, 0);
-    mma::cp_async16(d, valid ? src + k * step : first, valid);
-  }
-}
 
 // kEarlyG: each chunk's G = C Bᵀ (independent of the state) is issued in the chunk before, right
 // after the state update, so it runs under the epilogue and the M math can start as soon as the
@@ -580,7 +603,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
 
   // A consumer warpgroup: head h = h0 + j; w is the warp within the warpgroup.
   wg::setmaxnreg_inc<kConsumerRegs>();
-  const int j = warp / 4, h = h0 + j, lt = tid - kThreads * j, w = lt >> 5, gq = lane >> 2, qq = lane & 3;
+  const int j = warp / 4, h = h0 + j;
+  const WalkThread<N> th(tid - kThreads * j);
   const float Dh = a.D ? load_any(a.D, a.D_type, h) : 0.f;
   unsigned char* cb = sm + L::consumers + j * L::consumer;
   unsigned char* Hs = cb + L::c_h;
@@ -588,41 +612,14 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
   unsigned char* Ys = cb + L::c_y;
   auto* yg = static_cast<bf16_t*>(a.y) + static_cast<int64_t>(h) * kP;
   auto copy_out_y = [&](int c) {
-    const int len = min(kQ, T - c * kQ);
-#pragma unroll
-    for (int k = 0; k < kQ * kP / 8 / kThreads; ++k) {
-      const int i = lt + k * kThreads, r = i / (kP / 8), cg = i % (kP / 8);
-      if (r < len)
-        *reinterpret_cast<uint4*>(yg + (rowb + static_cast<int64_t>(c) * kQ + r) * a.ld_y + 8 * cg) =
-            *reinterpret_cast<const uint4*>(Ys + TX::offset(r, 8 * cg));
-    }
+    th.copy_out_y(yg + (rowb + static_cast<int64_t>(c) * kQ) * a.ld_y, a.ld_y, Ys, min(kQ, T - c * kQ));
   };
   float hacc[N / 2];
-  auto for_state_pairs = [&](auto&& f) {
-#pragma unroll
-    for (int jn = 0; jn < N / 8; ++jn)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) f(16 * w + gq + 8 * half, 8 * jn + 2 * qq, 4 * jn + 2 * half);
-  };
   const int64_t state_off = (static_cast<int64_t>(b) * a.H + h) * kP * N;
-  {
-    const float* src = a.nseg > 1 ? a.ws_seg + seg_state_offset(a, 0, b, seg, h) : (a.h0 ? a.h0 + state_off : nullptr);
-    for_state_pairs([&](int p, int n, int i) {
-      const float2 v = src ? *reinterpret_cast<const float2*>(src + p * N + n) : make_float2(0.f, 0.f);
-      hacc[i] = v.x;
-      hacc[i + 1] = v.y;
-    });
-  }
-  auto store_state_bf16 = [&] {
-    for_state_pairs([&](int p, int n, int i) {
-      *reinterpret_cast<uint32_t*>(Hs + TH::offset(p, n)) = mma::pack_bf16x2(hacc[i], hacc[i + 1]);
-    });
-    wg::fence_async_smem();  // read by the next chunk's Yo product after barrier (A)
-  };
-  store_state_bf16();
+  th.load_state(hacc, a.nseg > 1 ? a.ws_seg + seg_state_offset(a, 0, b, seg, h) : (a.h0 ? a.h0 + state_off : nullptr));
+  th.store_state_bf16(Hs, hacc);  // read by the next chunk's Yo product after barrier (A)
   const uint64_t desc_h = wg::make_desc(wg::smem_addr(Hs), TH::kKMajorLbo, TH::kKMajorSbo);
   const uint64_t desc_xw = wg::make_desc(wg::smem_addr(Xw), TX::kMnMajorLbo, TX::kMnMajorSbo);
-  const int t_h[2] = {token_of_row(16 * w + gq), token_of_row(16 * w + gq + 8)};
   const int bar = 1 + j;
   auto wait_full = [&](int k) { mma::mbar_wait(&full[k % kStages], static_cast<unsigned>((k / kStages) & 1)); };
   float gacc[32];
@@ -630,12 +627,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
     unsigned char* st = stage_of(k);
     const uint64_t desc_c = wg::make_desc(wg::smem_addr(st + L::st_c), TN::kKMajorLbo, TN::kKMajorSbo);
     const uint64_t desc_bk = wg::make_desc(wg::smem_addr(st + L::st_b), TN::kKMajorLbo, TN::kKMajorSbo);
-    wg::fence();
-#pragma unroll
-    for (int kk = 0; kk < N / 16; ++kk)
-      wg::wgmma_ss_n64<0, 0>(gacc, wg::desc_advance(desc_c, kk * TN::kKMajorStep),
-                             wg::desc_advance(desc_bk, kk * TN::kKMajorStep), kk > 0);
-    wg::commit();
+    th.issue_c_product(gacc, desc_c, desc_bk, TN::kKMajorStep);
   };
   if (kEarlyG) {
     wait_full(0);
@@ -655,53 +647,18 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
     const uint64_t desc_c = wg::make_desc(wg::smem_addr(st + L::st_c), TN::kKMajorLbo, TN::kKMajorSbo);
     float yacc[32];
     if (!kEarlyG) issue_g(k);
-    wg::fence();
-#pragma unroll
-    for (int kk = 0; kk < N / 16; ++kk)
-      wg::wgmma_ss_n64<0, 0>(yacc, wg::desc_advance(desc_c, kk * TN::kKMajorStep),
-                             wg::desc_advance(desc_h, kk * TH::kKMajorStep), kk > 0);
-    wg::commit();
-    scale_x_wdt<kThreads>(Xw, X, S, lt);  // the previous chunk's state update (last reader) completed before (A)
+    th.issue_c_product(yacc, desc_c, desc_h, TH::kKMajorStep);
+    scale_x_wdt<kThreads>(Xw, X, S, th.lt);  // the previous chunk's state update (last reader) completed before (A)
     uint32_t mf[4][4];
     wg::wait<1>();
     wg::pin(gacc);
-    m_fragments(mf, gacc, S, w, qq, t_h);
+    m_fragments(mf, gacc, S, th.w, th.qq, th.t_h);
     wg::wait<0>();
     wg::pin(yacc);
-    {
-      const float e0 = S.eoff[t_h[0]], e1 = S.eoff[t_h[1]];
-#pragma unroll
-      for (int jn = 0; jn < 8; ++jn) {
-        yacc[4 * jn] *= e0;
-        yacc[4 * jn + 1] *= e0;
-        yacc[4 * jn + 2] *= e1;
-        yacc[4 * jn + 3] *= e1;
-      }
-    }
-    const uint64_t desc_x = wg::make_desc(wg::smem_addr(X), TX::kMnMajorLbo, TX::kMnMajorSbo);
-    wg::fence();
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks)
-      wg::wgmma_rs_n64<1>(yacc, mf[ks], wg::desc_advance(desc_x, ks * TX::kMnMajorStep), true);
-    wg::commit();
+    th.issue_y(yacc, mf, S, X);
     mma::bar_sync(bar, kThreads);  // (C): x w dt complete; Yo (the last reader of Hs) done in all warps
 
-    // H = gamma H + (x w dt)ᵀ B.
-    const float gamma = S.gamma;
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) hacc[i] *= gamma;
-    const uint64_t desc_bm = wg::make_desc(wg::smem_addr(Bt), TN::kMnMajorLbo, TN::kMnMajorSbo);
-    wg::fence();
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-      const uint64_t da = wg::desc_advance(desc_xw, ks * TX::kMnMajorStep);
-      const uint64_t db = wg::desc_advance(desc_bm, ks * TN::kMnMajorStep);
-      if constexpr (N == 128)
-        wg::wgmma_ss_n128<1, 1>(hacc, da, db, true);
-      else
-        wg::wgmma_ss_n64<1, 1>(hacc, da, db, true);
-    }
-    wg::commit();
+    th.issue_state_update(hacc, S.gamma, desc_xw, Bt);
     if (kEarlyG) {  // the next chunk's G (M above consumed this one's accumulators); in the last
                     // chunk a dummy one on its own stage (still held), so that every chunk has the
                     // same wgmma groups: a conditional group makes ptxas insert a full wait
@@ -716,30 +673,16 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
     else
       wg::wait<1>();
     wg::pin(yacc);
-#pragma unroll
-    for (int jn = 0; jn < 8; ++jn)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int off = TX::offset(t_h[half], 8 * jn + 2 * qq);
-        const uint32_t xv = *reinterpret_cast<const uint32_t*>(X + off);
-        const float v0 = yacc[4 * jn + 2 * half] + Dh * mma::bf16_lo(xv);
-        const float v1 = yacc[4 * jn + 2 * half + 1] + Dh * mma::bf16_hi(xv);
-        *reinterpret_cast<uint32_t*>(Ys + off) = mma::pack_bf16x2(v0, v1);
-      }
+    th.y_plus_dx(Ys, X, yacc, Dh);
     wg::wait<0>();  // the state update (and with kEarlyG the next chunk's G: nothing in flight across
                     // the loop's back edge, which makes ptxas serialise the wgmma)
     wg::pin(hacc);
     mma::mbar_arrive(&empty[s]);  // this thread's reads of the stage (and the warpgroup's wgmma) are done
-    if (k + 1 < nck) store_state_bf16();
+    if (k + 1 < nck) th.store_state_bf16(Hs, hacc);
   } while (++k < nck);
   mma::bar_sync(bar, kThreads);
   copy_out_y(c_end - 1);
-  if (seg == a.nseg - 1 && a.h_final) {
-    float* dst = a.h_final + state_off;
-    for_state_pairs([&](int p, int n, int i) {
-      *reinterpret_cast<float2*>(dst + p * N + n) = make_float2(hacc[i], hacc[i + 1]);
-    });
-  }
+  if (seg == a.nseg - 1 && a.h_final) th.store_state(a.h_final + state_off, hacc);
 }
 
 }  // namespace
