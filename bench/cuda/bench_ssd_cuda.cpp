@@ -485,6 +485,19 @@ int main(int argc, char** argv) {
     }
     unsetenv("HLM_SSD_FWD_VARIANT");
     unsetenv("HLM_SSD_SEG_CHUNKS");
+    // A/B of the backward's chunk kernel: the wgmma kernel (backward variant 1) against the rows
+    // above (the mma.sync kernel), after its own check against the CPU.
+    setenv("HLM_SSD_BWD_VARIANT", "1", 1);
+    if (check_ssd(1, 512) && check_ssd(2, 333)) {
+      for (auto [B, L] : {std::pair<int64_t, int64_t>{1, 4096}, {1, 65536}, {8, 8192}}) {
+        bench_ssd(B, L, NAN, L == 4096 ? 5.26 : L == 65536 ? 22.7 : 21.8, NAN, L == 65536 ? 7.5 : NAN, false);
+        g_rows[g_rows.size() - 2].name += " (in the bwd variant 1 run)";
+        g_rows.back().name += " bwd chunk wgmma (bwd variant 1)";
+      }
+    } else {
+      std::printf("backward variant 1: check failed, not timed\n");
+    }
+    unsetenv("HLM_SSD_BWD_VARIANT");
     bench_conv(65536, 10240);
     bench_conv_train(8192);
     // A/B of the conv's one-wave strips (src/ops/cuda/conv1d.cu): short strips, many waves.

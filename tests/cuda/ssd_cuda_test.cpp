@@ -387,6 +387,28 @@ TEST(SsdCuda, ForwardBlockShapes) {
   unsetenv("HLM_SSD_FWD_VARIANT");
 }
 
+// The backward's wgmma chunk kernel (HLM_SSD_BWD_VARIANT=1, sm_90a, P = 64): odd lengths,
+// documents, h0, column slices, 1 / 2 / 3 / 16 heads per group, both N, segment splits.
+TEST(SsdCuda, BackwardChunkWgmma) {
+  HLM_REQUIRE_GPU();
+  setenv("HLM_SSD_BWD_VARIANT", "1", 1);
+  check_backward({2, 333, 8, 2, 64, 128});
+  check_backward({2, 300, 16, 4, 64, 64});
+  check_backward({2, 333, 6, 2, 64, 128});  // 3 per group
+  check_backward({1, 300, 3, 3, 64, 128});  // 1 per group
+  check_backward({1, 1000, 32, 2, 64, 128});  // 16 per group
+  Case c{1, 200, 4, 2, 64, 128};
+  c.slice = true;
+  check_backward(c);
+  Case n{1, 256, 4, 1, 64, 128};
+  n.doc = n.h0 = false;
+  check_backward(n);
+  setenv("HLM_SSD_SEG_CHUNKS", "3", 1);
+  check_backward({2, 1000, 8, 2, 64, 128});
+  unsetenv("HLM_SSD_SEG_CHUNKS");
+  unsetenv("HLM_SSD_BWD_VARIANT");
+}
+
 // --- the generic path (any P, N, fp32 activations) ---
 
 TEST(SsdCuda, GenericTinyShape) {

@@ -12,7 +12,7 @@ FLAGS="-std=c++20 -O2 -g -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragma
 INC="-Itools/cuda_emu/include -Isrc"
 common="tools/cuda_emu/emu_runtime.cpp src/core/tensor.cpp src/core/dtype.cpp src/core/error.cpp"
 objs=""
-for f in tools/cuda_emu/common_stub.cpp src/ops/cuda/ssd.cu src/ops/cuda/ssd_fwd.cu src/ops/cuda/ssd_fwd_wg.cu src/ops/cuda/ssd_bwd.cu \
+for f in tools/cuda_emu/common_stub.cpp src/ops/cuda/ssd.cu src/ops/cuda/ssd_fwd.cu src/ops/cuda/ssd_fwd_wg.cu src/ops/cuda/ssd_bwd.cu src/ops/cuda/ssd_bwd_wg.cu \
          src/ops/cuda/ssd_generic.cu src/ops/cuda/ssd_state.cu src/ops/cuda/ssd_step.cu src/ops/cuda/conv1d.cu src/ops/cuda/wgmma_check.cu src/ops/cuda/pipeline_check.cu $common; do
   [ -f "$f" ] || continue
   o="$out/$(basename "$f").o"

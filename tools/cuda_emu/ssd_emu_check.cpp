@@ -385,6 +385,13 @@ int main(int argc, char** argv) {
     unsetenv("HLM_SSD_SEG_CHUNKS");
     unsetenv("HLM_SSD_FWD_VARIANT");
   }
+  if (want("bwdwg")) {  // the backward's wgmma chunk kernel: 2, 8 (every slot rotation), 3 heads per group
+    setenv("HLM_SSD_BWD_VARIANT", "1", 1);
+    run_case("bwdwg", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
+    run_case("bwdwg-heads8", 1, 200, 8, 1, 64, 128, true, true, DType::BF16, 1e-2, true);
+    run_case("bwdwg-heads3", 2, 130, 6, 2, 64, 64, true, false, DType::BF16, 1e-2, true);
+    unsetenv("HLM_SSD_BWD_VARIANT");
+  }
   if (want("fastexact")) run_case("fastexact", 1, 64, 2, 1, 64, 128, false, false, DType::BF16, 1e-2, true);
   if (want("fast64x64")) run_case("fast64x64", 1, 100, 2, 2, 64, 64, true, true, DType::BF16, 1e-2, true);
   if (want("fast128x128")) run_case("fast128x128", 1, 70, 2, 1, 128, 128, true, false, DType::BF16, 1e-2, true);

@@ -270,6 +270,15 @@ int forward_variant(int64_t P, int64_t heads_per_group) {
   return 11;
 }
 
+// The backward's chunk-gradient kernel (SsdArgs::bwd_variant): 0 (the default) the mma.sync kernel
+// (ssd_bwd.cu); 1 (sm_90, P = 64) the wgmma kernel (ssd_bwd_wg.cu), opt-in until it is measured.
+// HLM_SSD_BWD_VARIANT picks.
+int backward_variant(int64_t P) {
+  const bool wgmma = P == 64 && device_props().major == 9;
+  const char* env = std::getenv("HLM_SSD_BWD_VARIANT");
+  return env && std::atoi(env) == 1 && wgmma ? 1 : 0;
+}
+
 // Zero-fills or copies a [B,H,P,N] fp32 state (for T == 0).
 void copy_or_zero(float* dst, const float* src, size_t n) {
   if (src)
@@ -371,6 +380,7 @@ void ssd_backward(const SsdParams& p, const Tensor& dy, const Tensor& dh_final, 
 
   int part_rows = 0;
   if (fast) {
+    a.bwd_variant = backward_variant(d.P);
     split_segments(&a, 2 * d.B * d.H, true);
     const size_t states = static_cast<size_t>(d.B) * d.H * a.nchunks * d.P * d.N;  // per workspace
     const size_t part = (static_cast<size_t>(d.B) * a.nchunks * d.H * 3 + 3) / 4 * 4;  // 16-byte aligned after

@@ -512,6 +512,12 @@ void launch_bwd_fast(const SsdArgs& a) {
     return;
   }
   launch_state_sweep<Q, P, N>(a, 0, 2);
+  if constexpr (Q == 64 && P == 64) {
+    if (a.bwd_variant == 1) {
+      launch_bwd_chunk_wg<N>(a);
+      return;
+    }
+  }
   auto chunk = ssd_bwd_chunk_kernel<Q, P, N>;
   static const bool chunk_attr = [&] {
     HLM_CUDA_CHECK(cudaFuncSetAttribute(chunk, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -1,0 +1,58 @@
+// Shared pieces of the wgmma SSD kernels (ssd_fwd_wg.cu, ssd_bwd_wg.cu; sm_90a, Q = P = 64): the
+// token order of the product rows that balances the causal work over a warpgroup's warps, and the
+// cp.async loader of 8 x 8 core-matrix tiles (wgmma.cuh's CoreTile).
+#pragma once
+
+#include <cstdint>
+
+#include "ops/cuda/warp_mma.cuh"
+#include "ops/cuda/wgmma.cuh"
+
+namespace hlm::cuda::ssd {
+
+using mma::bf16_t;
+
+// The rows of the chunk's products (G, Yo, y: the wgmma M dimension, warp w holding rows 16 w ..
+// 16 w + 15) hold the tokens in this order: row 16 w + g holds token 8 w + g and row 16 w + 8 + g
+// token 63 - 8 w - g (g < 8), so each warp's causal work is the same (the forward walk's rows t
+// with columns s <= t, the backward's rows s with columns t >= s). The tiles whose rows are the
+// products' M dimension are stored permuted (load_core_tile_async's kPermute); results are written
+// back to their tokens.
+__device__ __forceinline__ int token_of_row(int m) {
+  const int w = m >> 4, g = m & 7;
+  return (m & 8) ? 63 - 8 * w - g : 8 * w + g;
+}
+__device__ __forceinline__ int row_of_token(int t) {
+  if (t < 32) return 16 * (t >> 3) + (t & 7);
+  const int u = 63 - t;
+  return 16 * (u >> 3) + 8 + (u & 7);
+}
+
+// Queues cp.async copies of rows [row0, row0 + R) x columns [0, C) of a bf16 row view into a
+// CoreTile<R, C>; rows >= valid_rows are zero-filled. As load_tile_async: thread idx of kT copies
+// the 16-byte pieces idx, idx + kT, ..., one column and rows kT / (C / 8) apart (a multiple or a
+// divisor of 8, so each row's core-matrix offset is the thread's first plus a constant), so source
+// and destination advance by constant strides. kUnroll: how far the loop is unrolled (a producer
+// warp keeps few registers). With kPermute (R = Q), token r goes to row row_of_token(r).
+template <int R, int C, int kT, int kUnroll, bool kPermute = false>
+__device__ __forceinline__ void load_core_tile_async(unsigned char* S, const bf16_t* base, int64_t ld, int64_t row0,
+                                                     int valid_rows, int idx) {
+  using Tile = wg::CoreTile<R, C>;
+  constexpr int kPieces = C / 8, kRowStep = kT / kPieces;
+  static_assert(kT % kPieces == 0 && (kRowStep % 8 == 0 || 8 % kRowStep == 0) && R % kRowStep == 0,
+                "rows within core matrices");
+  const int r0 = idx / kPieces, c = idx % kPieces;
+  const bf16_t* first = base + row0 * ld + 8 * c;  // a valid row for the zero-filled ones
+  const bf16_t* src = first + r0 * ld;
+  const int64_t step = kRowStep * ld;
+  unsigned char* dst = S + Tile::offset(r0, 8 * c);
+#pragma unroll kUnroll
+  for (int k = 0; k < R / kRowStep; ++k) {
+    const int r = r0 + k * kRowStep;
+    const bool valid = r < valid_rows;
+    unsigned char* d = kPermute ? S + Tile::offset(row_of_token(r), 8 * c) : dst + Tile::offset(k * kRowStep, 0);
+    mma::cp_async16(d, valid ? src + k * step : first, valid);
+  }
+}
+
+}  // namespace hlm::cuda::ssd
