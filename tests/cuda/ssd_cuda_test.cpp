@@ -359,7 +359,7 @@ TEST(SsdCuda, PieceSplits) {
 // warpgroups and a producer warp), also with forced segment splits.
 TEST(SsdCuda, ForwardBlockShapes) {
   HLM_REQUIRE_GPU();
-  for (const char* v : {"1", "2", "12", "21"}) {
+  for (const char* v : {"1", "2", "11", "12", "21"}) {
     SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
     setenv("HLM_SSD_FWD_VARIANT", v, 1);
     check_forward({2, 1000, 8, 2, 64, 128});
@@ -387,25 +387,29 @@ TEST(SsdCuda, ForwardBlockShapes) {
   unsetenv("HLM_SSD_FWD_VARIANT");
 }
 
-// The backward's wgmma chunk kernel (HLM_SSD_BWD_VARIANT=1, sm_90a, P = 64): odd lengths,
-// documents, h0, column slices, 1 / 2 / 3 / 16 heads per group, both N, segment splits.
-TEST(SsdCuda, BackwardChunkWgmma) {
+// Both chunk-gradient kernels of the backward (HLM_SSD_BWD_VARIANT: 1 the wgmma kernel, the default
+// on sm_90a for P = 64; 0 the mma.sync kernel): odd lengths, documents, h0, column slices, 1 / 2 /
+// 3 / 16 heads per group, both N, segment splits.
+TEST(SsdCuda, BackwardChunkKernels) {
   HLM_REQUIRE_GPU();
-  setenv("HLM_SSD_BWD_VARIANT", "1", 1);
-  check_backward({2, 333, 8, 2, 64, 128});
-  check_backward({2, 300, 16, 4, 64, 64});
-  check_backward({2, 333, 6, 2, 64, 128});  // 3 per group
-  check_backward({1, 300, 3, 3, 64, 128});  // 1 per group
-  check_backward({1, 1000, 32, 2, 64, 128});  // 16 per group
-  Case c{1, 200, 4, 2, 64, 128};
-  c.slice = true;
-  check_backward(c);
-  Case n{1, 256, 4, 1, 64, 128};
-  n.doc = n.h0 = false;
-  check_backward(n);
-  setenv("HLM_SSD_SEG_CHUNKS", "3", 1);
-  check_backward({2, 1000, 8, 2, 64, 128});
-  unsetenv("HLM_SSD_SEG_CHUNKS");
+  for (const char* v : {"1", "0"}) {
+    SCOPED_TRACE(std::string("HLM_SSD_BWD_VARIANT=") + v);
+    setenv("HLM_SSD_BWD_VARIANT", v, 1);
+    check_backward({2, 333, 8, 2, 64, 128});
+    check_backward({2, 300, 16, 4, 64, 64});
+    check_backward({2, 333, 6, 2, 64, 128});    // 3 per group
+    check_backward({1, 300, 3, 3, 64, 128});    // 1 per group
+    check_backward({1, 1000, 32, 2, 64, 128});  // 16 per group
+    Case c{1, 200, 4, 2, 64, 128};
+    c.slice = true;
+    check_backward(c);
+    Case n{1, 256, 4, 1, 64, 128};
+    n.doc = n.h0 = false;
+    check_backward(n);
+    setenv("HLM_SSD_SEG_CHUNKS", "3", 1);
+    check_backward({2, 1000, 8, 2, 64, 128});
+    unsetenv("HLM_SSD_SEG_CHUNKS");
+  }
   unsetenv("HLM_SSD_BWD_VARIANT");
 }
 

@@ -170,8 +170,9 @@ constexpr int kFastChunk = 64;
 // chunks per block; run8-2026-12-06/c-wg-scan-ahead-h100).
 constexpr double kWgWalkSeconds = 8.5e-6;
 // The warp-specialised walk's seconds per chunk and block of two heads (one block per SM, so the
-// same two heads per SM): a first guess, not yet measured.
-constexpr double kWsWalkSeconds = 6.0e-6;
+// same two heads per SM): 6.2e-6 measured on an H100 (64K, one segment: 6.38 ms for 1,024 chunks
+// per block; run11-2026-12-07/a-h100).
+constexpr double kWsWalkSeconds = 6.2e-6;
 
 const FastShape* fast_shape(const SsdArgs& a) {
   for (const FastShape& s : kFastShapes)
@@ -252,31 +253,33 @@ void split_segments(SsdArgs* a, int64_t units, bool backward) {
   }
 }
 
-// The forward walk's kernel (SsdArgs::fwd_variant). 1 (sm_90, P = 64): one warpgroup per head on
-// wgmma (ssd_fwd_wg.cu); not the default while it is slower than 11 (H100, 64K: 4.92 vs 4.03 ms,
-// bench/cuda/runs/run8-2026-12-06/a-wg-first-h100). The mma.sync walks (ssd_fwd.cu): 11 (the
-// default): one head per block, 2 blocks/SM - measured fastest of the three on the H200 (64K:
-// 5.25 ms vs 5.43 for 12, 6.22 for 21); 12: two heads of a group on 16 warps sharing the B, C
-// tiles; 21: both heads in each of 8 warps. 2 (sm_90, P = 64, heads per group even): the
-// warp-specialised wgmma walk (ssd_fwd_wg.cu; two heads and a producer warpgroup per block).
-// HLM_SSD_FWD_VARIANT picks.
+// The forward walk's kernel (SsdArgs::fwd_variant). 2 (the default on sm_90 for P = 64 and an even
+// number of heads per group): the warp-specialised wgmma walk (ssd_fwd_wg.cu; two heads and a
+// producer warpgroup per block), measured 7 % faster than 11 on an H100 (64K: 3.75 vs 4.02 ms; 4K:
+// 0.275 vs 0.292; bench/cuda/runs/run11-2026-12-07/a-h100). 1 (sm_90, P = 64): one warpgroup per
+// head on wgmma; slower than 11 (64K: 4.69 ms in the same run). The mma.sync walks (ssd_fwd.cu),
+// used elsewhere: 11: one head per block, 2 blocks/SM - measured fastest of the three on the H200
+// (64K: 5.25 ms vs 5.43 for 12, 6.22 for 21); 12: two heads of a group on 16 warps sharing the B,
+// C tiles; 21: both heads in each of 8 warps. HLM_SSD_FWD_VARIANT picks among those that apply.
 int forward_variant(int64_t P, int64_t heads_per_group) {
   const bool wgmma = P == 64 && device_props().major == 9;
   const char* env = std::getenv("HLM_SSD_FWD_VARIANT");
-  const int v = env ? std::atoi(env) : 11;
+  const int v = env && *env ? std::atoi(env) : (wgmma && heads_per_group % 2 == 0 ? 2 : 11);
   if (v == 1 && wgmma) return 1;
   if (v == 2 && wgmma && heads_per_group % 2 == 0) return 2;
   if ((v == 12 || v == 21) && P <= 64 && heads_per_group % 2 == 0) return v;
   return 11;
 }
 
-// The backward's chunk-gradient kernel (SsdArgs::bwd_variant): 0 (the default) the mma.sync kernel
-// (ssd_bwd.cu); 1 (sm_90, P = 64) the wgmma kernel (ssd_bwd_wg.cu), opt-in until it is measured.
-// HLM_SSD_BWD_VARIANT picks.
+// The backward's chunk-gradient kernel (SsdArgs::bwd_variant): 1 (the default on sm_90 for
+// P = 64) the wgmma kernel (ssd_bwd_wg.cu), measured ~5 % faster than the mma.sync kernel on an
+// H100 (fwd + bwd 64K: 13.18 vs 13.92 ms; 8 x 8K 12.83 vs 13.57; run11-2026-12-07/a-h100); 0 the
+// mma.sync kernel (ssd_bwd.cu), used elsewhere. HLM_SSD_BWD_VARIANT picks.
 int backward_variant(int64_t P) {
   const bool wgmma = P == 64 && device_props().major == 9;
   const char* env = std::getenv("HLM_SSD_BWD_VARIANT");
-  return env && std::atoi(env) == 1 && wgmma ? 1 : 0;
+  const int v = env && *env ? std::atoi(env) : 1;
+  return v == 1 && wgmma ? 1 : 0;
 }
 
 // Zero-fills or copies a [B,H,P,N] fp32 state (for T == 0).

@@ -26,8 +26,10 @@
 // terms go straight into the dC and dB accumulators, which stay in warpgroup 1's registers over all
 // heads (sums in registers, no atomics); the mma.sync kernel scales fp32 products instead.
 // Per head one block barrier: the head's tiles (prefetched during the previous head) in, the
-// previous head's buffers free. Opt-in as backward variant 1 (HLM_SSD_BWD_VARIANT=1) until it is
-// measured against ssd_bwd_chunk_kernel.
+// previous head's buffers free. The default on sm_90 (backward variant 1): ~5 % faster than
+// ssd_bwd_chunk_kernel in the SSD backward on an H100, and like it latency-bound (ncu, 4K: ~11K warp
+// instructions per head-chunk at ~0.9 IPC per SM, one block of 8 warps per SM; bench/cuda/NOTES-ssd.md
+// round 12 has the profile and what would cut it).
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/cuda/ssd_wg.cuh"
 #include "ops/cuda/wgmma.cuh"

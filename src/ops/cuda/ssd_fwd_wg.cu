@@ -20,7 +20,8 @@
 //                                          y += D x in place of x; warp 0 scans the next chunk;
 //                                          the state's bf16 copy written for the next chunk
 // Correct but not faster than ssd_fwd.cu's walk on an H100 (64K: 4.92 vs 4.02 ms): opt-in as
-// variant 1 until it is; bench/cuda/NOTES-ssd.md (round 8) has the profile and the next step.
+// variant 1; bench/cuda/NOTES-ssd.md (round 8) has the profile. Its warp-specialised form below
+// (variant 2) is the default on sm_90: 64K 3.75 vs 4.02 ms for ssd_fwd.cu's walk (H100, round 12).
 #include <cstdlib>
 
 #include "ops/cuda/ssd_kernels.cuh"
