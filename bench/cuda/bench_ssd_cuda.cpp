@@ -485,17 +485,21 @@ int main(int argc, char** argv) {
     }
     unsetenv("HLM_SSD_FWD_VARIANT");
     unsetenv("HLM_SSD_SEG_CHUNKS");
-    // A/B of the backward's chunk kernel: the mma.sync kernel (backward variant 0) against the rows
-    // above (the default: the wgmma kernel on sm_90), after its own check against the CPU.
-    setenv("HLM_SSD_BWD_VARIANT", "0", 1);
-    if (check_ssd(1, 512) && check_ssd(2, 333)) {
+    // A/B of the backward's chunk kernel against the rows above (the default: the wgmma kernel on
+    // sm_90): the mma.sync kernel (backward variant 0) and the warp-specialised wgmma kernel
+    // (variant 2), each after its own check against the CPU.
+    for (auto [v, label] : {std::pair{"0", "bwd chunk mma.sync (bwd variant 0)"},
+                            std::pair{"2", "bwd chunk warp-specialised (bwd variant 2)"}}) {
+      setenv("HLM_SSD_BWD_VARIANT", v, 1);
+      if (!check_ssd(1, 512) || !check_ssd(2, 333)) {
+        std::printf("backward variant %s: check failed, not timed\n", v);
+        continue;
+      }
       for (auto [B, L] : {std::pair<int64_t, int64_t>{1, 4096}, {1, 65536}, {8, 8192}}) {
         bench_ssd(B, L, NAN, L == 4096 ? 5.26 : L == 65536 ? 22.7 : 21.8, NAN, L == 65536 ? 7.5 : NAN, false);
-        g_rows[g_rows.size() - 2].name += " (in the bwd variant 0 run)";
-        g_rows.back().name += " bwd chunk mma.sync (bwd variant 0)";
+        g_rows[g_rows.size() - 2].name += std::string(" (in the bwd variant ") + v + " run)";
+        g_rows.back().name += std::string(" ") + label;
       }
-    } else {
-      std::printf("backward variant 0: check failed, not timed\n");
     }
     unsetenv("HLM_SSD_BWD_VARIANT");
     bench_conv(65536, 10240);

@@ -387,12 +387,12 @@ TEST(SsdCuda, ForwardBlockShapes) {
   unsetenv("HLM_SSD_FWD_VARIANT");
 }
 
-// Both chunk-gradient kernels of the backward (HLM_SSD_BWD_VARIANT: 1 the wgmma kernel, the default
-// on sm_90a for P = 64; 0 the mma.sync kernel): odd lengths, documents, h0, column slices, 1 / 2 /
-// 3 / 16 heads per group, both N, segment splits.
+// The chunk-gradient kernels of the backward (HLM_SSD_BWD_VARIANT: 1 the wgmma kernel, the default
+// on sm_90a for P = 64; 2 its warp-specialised form; 0 the mma.sync kernel): odd lengths,
+// documents, h0, column slices, 1 / 2 / 3 / 16 heads per group, both N, segment splits.
 TEST(SsdCuda, BackwardChunkKernels) {
   HLM_REQUIRE_GPU();
-  for (const char* v : {"1", "0"}) {
+  for (const char* v : {"1", "2", "0"}) {
     SCOPED_TRACE(std::string("HLM_SSD_BWD_VARIANT=") + v);
     setenv("HLM_SSD_BWD_VARIANT", v, 1);
     check_backward({2, 333, 8, 2, 64, 128});

@@ -392,6 +392,14 @@ int main(int argc, char** argv) {
     run_case("bwdwg-heads3", 2, 130, 6, 2, 64, 64, true, false, DType::BF16, 1e-2, true);
     unsetenv("HLM_SSD_BWD_VARIANT");
   }
+  if (want("bwdws")) {  // its warp-specialised form: 1, 2, 3, 8 heads per group (every ring and slot reused)
+    setenv("HLM_SSD_BWD_VARIANT", "2", 1);
+    run_case("bwdws", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
+    run_case("bwdws-heads8", 1, 200, 8, 1, 64, 128, true, true, DType::BF16, 1e-2, true);
+    run_case("bwdws-heads3", 2, 130, 6, 2, 64, 64, true, false, DType::BF16, 1e-2, true);
+    run_case("bwdws-heads1", 2, 200, 4, 4, 64, 128, true, true, DType::BF16, 1e-2, true);
+    unsetenv("HLM_SSD_BWD_VARIANT");
+  }
   if (want("fastexact")) run_case("fastexact", 1, 64, 2, 1, 64, 128, false, false, DType::BF16, 1e-2, true);
   if (want("fast64x64")) run_case("fast64x64", 1, 100, 2, 2, 64, 64, true, true, DType::BF16, 1e-2, true);
   if (want("fast128x128")) run_case("fast128x128", 1, 70, 2, 1, 128, 128, true, false, DType::BF16, 1e-2, true);

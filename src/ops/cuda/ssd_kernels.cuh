@@ -135,8 +135,8 @@ struct SsdArgs {
   // 11): 11 one head, 8 warps (2 blocks/SM); 21 two heads per warp, 8 warps; 12 one head per group
   // of 8 warps, 16 warps. Heads of one group.
   int fwd_variant = 11;
-  // Backward chunk gradients: 0 the mma.sync kernel (ssd_bwd.cu), 1 the wgmma kernel
-  // (ssd_bwd_wg.cu; sm_90a, P = 64).
+  // Backward chunk gradients: 0 the mma.sync kernel (ssd_bwd.cu), 1 the wgmma kernel, 2 its
+  // warp-specialised form (ssd_bwd_wg.cu; sm_90a, P = 64).
   int bwd_variant = 0;
   int sweep_heads = 1;  // heads per sweep block: 2 (of one group, on 16 warps) or 1
   float* ws_seg = nullptr;
@@ -447,7 +447,7 @@ template <int N>
 void launch_fwd_ws(const SsdArgs& a);
 template <int Q, int P, int N>
 void launch_bwd_fast(const SsdArgs& a);  // sweeps + chunk kernel; partials left in ws_part
-// The chunk gradients on wgmma (bwd_variant 1; sm_90a, Q = P = 64), after the sweeps.
+// The chunk gradients on wgmma (bwd_variant 1 or 2; sm_90a, Q = P = 64), after the sweeps.
 template <int N>
 void launch_bwd_chunk_wg(const SsdArgs& a);
 // Sweeps over directions dir_first .. dir_first + ndir - 1 (0: states forwards from x, B;
