@@ -273,9 +273,10 @@ int forward_variant(int64_t P, int64_t heads_per_group) {
 
 // The backward's chunk-gradient kernel (SsdArgs::bwd_variant): 1 (the default on sm_90 for
 // P = 64) the wgmma kernel (ssd_bwd_wg.cu), measured ~5 % faster than the mma.sync kernel on an
-// H100 (fwd + bwd 64K: 13.18 vs 13.92 ms; 8 x 8K 12.83 vs 13.57; run11-2026-12-07/a-h100); 2
-// (sm_90, P = 64) its warp-specialised form (a producer warpgroup and an mbarrier ring); 0 the
-// mma.sync kernel (ssd_bwd.cu), used elsewhere. HLM_SSD_BWD_VARIANT picks.
+// H100 (fwd + bwd 64K: 13.18 vs 13.92 ms; 8 x 8K 12.83 vs 13.57; run11-2026-12-07/a-h100; with the
+// variant-2 forward 12.71 vs 13.57, d-h100-defaults); 2 (sm_90, P = 64) its warp-specialised form
+// (a producer warpgroup and an mbarrier ring): correct, not faster (12.80 ms at 64K, same run);
+// 0 the mma.sync kernel (ssd_bwd.cu), used elsewhere. HLM_SSD_BWD_VARIANT picks.
 int backward_variant(int64_t P) {
   const bool wgmma = P == 64 && device_props().major == 9;
   const char* env = std::getenv("HLM_SSD_BWD_VARIANT");

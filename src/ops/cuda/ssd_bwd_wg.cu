@@ -574,6 +574,11 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
 
 // ---- Variant 2: warp-specialised, a producer warpgroup and an mbarrier ring ---------------------
 //
+// Correct on an H100 (SsdCuda.BackwardChunkKernels) but not faster than variant 1: fwd + bwd 64K
+// 12.80 against 12.71 ms, 8 x 8K 12.56 against 12.48 (run11-2026-12-07/d-h100-defaults). Moving
+// the copies, scans and epilogues off the consumers and the block barrier out did not shorten a
+// head; the consumers' own per-head chains (NOTES-ssd round 12) set the time. Opt-in.
+//
 // Warpgroups 0 and 1 as in variant 1; warpgroup 2 the producer: its warp 0 copies each head's x
 // (rows permuted) and dy, warp 1 B (first head) and Hin, warp 2 C (first head) and dHout, into a
 // ring of kBwStages head stages; warp 3 loads each head's raw dt, runs its scan into the stage,
