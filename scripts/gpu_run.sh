@@ -3,7 +3,7 @@
 # then the benchmarks with the PyTorch references of the same run. Each stage has a time limit;
 # logs and JSON go to $OUT (bundled into results.tgz), a summary is printed last. HLM_TEST_FILTER
 # narrows the tests stage (a gtest filter; default *Cuda*).
-#   scripts/gpu_run.sh STAGE:SECONDS ...   stages: tests ssd ops torch layers mixer train decode ncu ncuws
+#   scripts/gpu_run.sh STAGE:SECONDS ...   stages: tests ssd ops torch layers mixer train decode ncu ncuws ncubw
 set -u
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -31,11 +31,28 @@ run_stage() {
              --section LaunchStats --section Occupancy -k "regex:$k" --launch-skip 12 -c 1 \
              "$bin/bench_ssd_cuda" --quick --iters 5 > "$logs/ncu_$k.log" 2>&1
          done ;;
-    ncuws) # the warp-specialised SSD walk (forward variant 2) at 64K: one launch after two
+    ncuws) # the warp-specialised SSD walk (forward variant 2, the sm_90 default) at 64K: one launch
+           # after two, with the per-instruction stall samples exported as CSV (SASS; sum them with
+           # a few lines of Python, as bench/cuda/NOTES-ssd.md round 12 did for the backward)
            HLM_SSD_FWD_VARIANT=2 timeout "$limit" ncu --clock-control none --section WarpStateStats \
              --section SchedulerStats --section LaunchStats --section Occupancy --section SpeedOfLight \
-             -k "regex:ssd_fwd_ws_kernel" --launch-skip 2 -c 1 "$bin/bench_ssd_cuda" --profile 65536 \
-             > "$logs/ncu_ssd_fwd_ws_kernel.log" 2>&1 ;;
+             --section SourceCounters -k "regex:ssd_fwd_ws_kernel" --launch-skip 2 -c 1 --export "$logs/fwd_ws" \
+             "$bin/bench_ssd_cuda" --profile 65536 > "$logs/ncu_ssd_fwd_ws_kernel.log" 2>&1
+           ncu --import "$logs/fwd_ws.ncu-rep" > "$logs/ncu_ssd_fwd_ws_details.log" 2>&1
+           ncu --import "$logs/fwd_ws.ncu-rep" --page source --csv --print-source sass 2>/dev/null | gzip > "$logs/fwd_ws_sass.csv.gz"
+           rm -f "$logs/fwd_ws.ncu-rep" ;;
+    ncubw) # the backward chunk kernels (variants 1, the sm_90 default, and 2) at 4K, the bench's
+           # first backward launch after its two checks: details and per-instruction samples
+           for v in 1 2; do
+             k=$([ $v = 1 ] && echo ssd_bwd_chunk_wg_kernel || echo ssd_bwd_chunk_ws_kernel)
+             HLM_SSD_BWD_VARIANT=$v timeout "$((limit / 2))" ncu --clock-control none --section WarpStateStats \
+               --section SchedulerStats --section LaunchStats --section Occupancy --section SpeedOfLight \
+               --section SourceCounters -k "regex:$k" --launch-skip 2 -c 1 --export "$logs/bw$v" \
+               "$bin/bench_ssd_cuda" --quick --iters 5 > /dev/null 2>&1
+             ncu --import "$logs/bw$v.ncu-rep" > "$logs/ncu_$k.log" 2>&1
+             ncu --import "$logs/bw$v.ncu-rep" --page source --csv --print-source sass 2>/dev/null | gzip > "$logs/${k}_sass.csv.gz"
+             rm -f "$logs/bw$v.ncu-rep"
+           done ;;
     layers|train|decode|mixer) timeout "$limit" stdbuf -oL "$bin/bench_model_cuda" "--$name" --json "$logs/$name.json" > "$logs/$name.log" 2>&1 ;;
     *) echo "unknown stage $name"; return 1 ;;
   esac
