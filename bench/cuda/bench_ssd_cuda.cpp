@@ -487,10 +487,13 @@ int main(int argc, char** argv) {
     unsetenv("HLM_SSD_SEG_CHUNKS");
     // A/B of the backward's chunk kernel against the rows above (the default: the wgmma kernel on
     // sm_90): the mma.sync kernel (backward variant 0) and the warp-specialised wgmma kernel
-    // (variant 2), each after its own check against the CPU.
+    // (variant 2), then the default kernel with the sweeps' states in core-matrix order
+    // (HLM_SSD_CORE_STATES=1), each after its own check against the CPU.
     for (auto [v, label] : {std::pair{"0", "bwd chunk mma.sync (bwd variant 0)"},
-                            std::pair{"2", "bwd chunk warp-specialised (bwd variant 2)"}}) {
-      setenv("HLM_SSD_BWD_VARIANT", v, 1);
+                            std::pair{"2", "bwd chunk warp-specialised (bwd variant 2)"},
+                            std::pair{"1c", "bwd chunk wgmma, core-order states (HLM_SSD_CORE_STATES=1)"}}) {
+      setenv("HLM_SSD_BWD_VARIANT", std::string(v).substr(0, 1).c_str(), 1);
+      if (std::string(v) == "1c") setenv("HLM_SSD_CORE_STATES", "1", 1);
       if (!check_ssd(1, 512) || !check_ssd(2, 333)) {
         std::printf("backward variant %s: check failed, not timed\n", v);
         continue;
@@ -502,6 +505,7 @@ int main(int argc, char** argv) {
       }
     }
     unsetenv("HLM_SSD_BWD_VARIANT");
+    unsetenv("HLM_SSD_CORE_STATES");
     bench_conv(65536, 10240);
     bench_conv_train(8192);
     // A/B of the conv's one-wave strips (src/ops/cuda/conv1d.cu): short strips, many waves.

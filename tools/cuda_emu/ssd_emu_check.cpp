@@ -392,6 +392,17 @@ int main(int argc, char** argv) {
     run_case("bwdwg-heads3", 2, 130, 6, 2, 64, 64, true, false, DType::BF16, 1e-2, true);
     unsetenv("HLM_SSD_BWD_VARIANT");
   }
+  if (want("corestates")) {  // the sweeps' states in core-matrix order, both wgmma chunk kernels
+    setenv("HLM_SSD_CORE_STATES", "1", 1);
+    for (const char* v : {"1", "2"}) {
+      setenv("HLM_SSD_BWD_VARIANT", v, 1);
+      std::printf("HLM_SSD_BWD_VARIANT=%s HLM_SSD_CORE_STATES=1\n", v);
+      run_case("corestates", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
+      run_case("corestates-n64", 2, 130, 6, 2, 64, 64, true, false, DType::BF16, 1e-2, true);
+    }
+    unsetenv("HLM_SSD_BWD_VARIANT");
+    unsetenv("HLM_SSD_CORE_STATES");
+  }
   if (want("bwdws")) {  // its warp-specialised form: 1, 2, 3, 8 heads per group (every ring and slot reused)
     setenv("HLM_SSD_BWD_VARIANT", "2", 1);
     run_case("bwdws", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);

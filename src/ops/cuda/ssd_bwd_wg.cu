@@ -472,6 +472,7 @@ template <int N>
 __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const SsdArgs a) {
   using L = BwLayout<N>;
   using TN = typename L::TN;
+  using TH = typename L::TH;
   unsigned char* sm = mma::dynamic_smem();
   unsigned char* Bs = sm + L::bs;
   unsigned char* Cs = sm + L::cs;
@@ -492,8 +493,13 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
     load_core_tile_async<kQ, kP, kBwThreads, 2>(hb + L::h_dy, static_cast<const bf16_t*>(a.dy) + int64_t{h} * kP,
                                                  a.ld_dy, k.row0, k.len, tid);
     const int64_t st = ((static_cast<int64_t>(k.b) * a.H + h) * k.C + k.c) * kP * N;
-    load_core_tile_async<kP, N, kBwThreads, 4>(hb + L::h_hin, a.ws_hin + st, N, 0, kP, tid);
-    load_core_tile_async<kP, N, kBwThreads, 4>(hb + L::h_dho, a.ws_dhout + st, N, 0, kP, tid);
+    if (a.core_states) {
+      load_contiguous_async<TH::kBytes, kBwThreads, 4>(hb + L::h_hin, a.ws_hin + st, tid);
+      load_contiguous_async<TH::kBytes, kBwThreads, 4>(hb + L::h_dho, a.ws_dhout + st, tid);
+    } else {
+      load_core_tile_async<kP, N, kBwThreads, 4>(hb + L::h_hin, a.ws_hin + st, N, 0, kP, tid);
+      load_core_tile_async<kP, N, kBwThreads, 4>(hb + L::h_dho, a.ws_dhout + st, N, 0, kP, tid);
+    }
   };
   auto scan_head = [&](int hi) {
     chunk_scan_warp<kQ>(scans[hi % 3], raw + (hi & 1) * kQ, bnd, k.len, head_A(a, k.h_first + hi),
@@ -615,6 +621,7 @@ template <int N>
 __global__ void __launch_bounds__(kWsBwThreads, 1) ssd_bwd_chunk_ws_kernel(const SsdArgs a) {
   using L = WsBwLayout<N>;
   using TN = typename L::TN;
+  using TH = typename L::TH;
   unsigned char* sm = mma::dynamic_smem();
   auto* full = reinterpret_cast<uint64_t*>(sm + L::bars);
   uint64_t* empty = full + kBwStages;
@@ -690,12 +697,18 @@ __global__ void __launch_bounds__(kWsBwThreads, 1) ssd_bwd_chunk_ws_kernel(const
         if (i == 0)
           load_core_tile_async<kQ, N, 32, 4, true>(sm + L::bs, static_cast<const bf16_t*>(a.Bm) + int64_t{k.g} * N,
                                                    a.ld_B, k.row0, k.len, lane);
-        load_core_tile_async<kP, N, 32, 4>(st + L::st_hin, a.ws_hin + sto, N, 0, kP, lane);
+        if (a.core_states)
+          load_contiguous_async<TH::kBytes, 32, 4>(st + L::st_hin, a.ws_hin + sto, lane);
+        else
+          load_core_tile_async<kP, N, 32, 4>(st + L::st_hin, a.ws_hin + sto, N, 0, kP, lane);
       } else {
         if (i == 0)
           load_core_tile_async<kQ, N, 32, 4>(sm + L::cs, static_cast<const bf16_t*>(a.Cm) + int64_t{k.g} * N, a.ld_C,
                                              k.row0, k.len, lane);
-        load_core_tile_async<kP, N, 32, 4>(st + L::st_dho, a.ws_dhout + sto, N, 0, kP, lane);
+        if (a.core_states)
+          load_contiguous_async<TH::kBytes, 32, 4>(st + L::st_dho, a.ws_dhout + sto, lane);
+        else
+          load_core_tile_async<kP, N, 32, 4>(st + L::st_dho, a.ws_dhout + sto, N, 0, kP, lane);
       }
       mma::cp_async_commit();
       if (i >= 1) {

@@ -116,9 +116,11 @@ struct SsdArgs {
   int64_t ld_dC = 0;
   float* dh0 = nullptr;
   // workspace of the backward: states entering / gradients leaving each chunk, [B,H,C,P,N] bf16,
-  // and per-(b, chunk, h) partial sums of dA, dD, ddt_bias.
+  // and per-(b, chunk, h) partial sums of dA, dD, ddt_bias. With core_states each [P,N] state is
+  // stored as 8 x 8 core matrices (StateFrag::store_bf16_core) for the wgmma chunk kernels.
   bf16_t* ws_hin = nullptr;
   bf16_t* ws_dhout = nullptr;
+  bool core_states = false;
   float* ws_part = nullptr;
   int nchunks = 0;
   // Chunk-parallel split: the chunks of a row are cut into nseg segments of seg_chunks chunks, and
@@ -372,6 +374,23 @@ struct StateFrag {
         for (int half = 0; half < 2; ++half) {
           int p = mma::acc_row(p0() + 16 * mt, 2 * half), n = mma::acc_col(n0() + 8 * nt, 0);
           *reinterpret_cast<uint32_t*>(S + p * ld + n) =
+              mma::pack_bf16x2(v[mt][nt][2 * half], v[mt][nt][2 * half + 1]);
+        }
+  }
+  // bf16 copy into a [P][N] tile stored as 8 x 8 core matrices (wgmma.cuh's CoreTile<P, N>: core
+  // matrix (p / 8, n / 8) at (p / 8) N 16 + (n / 8) 128 bytes, rows of 16 bytes inside), so that a
+  // wgmma kernel loads it as one contiguous block. A warp's 32 pairs of one 8-column block are one
+  // 128-byte core matrix.
+  __device__ __forceinline__ void store_bf16_core(bf16_t* S) const {
+    auto* base = reinterpret_cast<unsigned char*>(S);
+#pragma unroll
+    for (int mt = 0; mt < Cfg::kSMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Cfg::kSNT; ++nt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          int p = mma::acc_row(p0() + 16 * mt, 2 * half), n = mma::acc_col(n0() + 8 * nt, 0);
+          *reinterpret_cast<uint32_t*>(base + (p >> 3) * Cfg::N * 16 + (n >> 3) * 128 + (p & 7) * 16 + (n & 7) * 2) =
               mma::pack_bf16x2(v[mt][nt][2 * half], v[mt][nt][2 * half + 1]);
         }
   }

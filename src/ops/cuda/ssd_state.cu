@@ -108,7 +108,10 @@ __global__ void __launch_bounds__(256 * kHG, (P <= 64 && kHG == 1) ? 2 : 1)
   for (int it = 0; it < nit; ++it) {
     const int buf = it & 1;
     // The state entering (forwards) / the gradient leaving (backwards) this chunk.
-    S.store_bf16(ws + static_cast<int64_t>(chunk_of(it)) * P * N, N);
+    if (a.core_states)
+      S.store_bf16_core(ws + static_cast<int64_t>(chunk_of(it)) * P * N);
+    else
+      S.store_bf16(ws + static_cast<int64_t>(chunk_of(it)) * P * N, N);
     mma::cp_async_wait<0>();
     __syncthreads();  // tiles and scan of this chunk in; the previous chunk is done with its buffers
     if (it + 1 < nit) issue_loads(it + 1, buf ^ 1);  // buffers last read by the previous chunk

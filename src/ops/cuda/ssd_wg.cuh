@@ -55,4 +55,15 @@ __device__ __forceinline__ void load_core_tile_async(unsigned char* S, const bf1
   }
 }
 
+// Queues cp.async copies of kBytes contiguous bytes (a tile already in core-matrix order in global
+// memory) to S, by kT threads (this one idx), 16 bytes each per step: plain offsets, no row math.
+template <int kBytes, int kT, int kUnroll>
+__device__ __forceinline__ void load_contiguous_async(unsigned char* S, const void* src, int idx) {
+  static_assert(kBytes % (16 * kT) == 0, "whole steps");
+  const auto* g = static_cast<const unsigned char*>(src) + idx * 16;
+  unsigned char* d = S + idx * 16;
+#pragma unroll kUnroll
+  for (int k = 0; k < kBytes / (16 * kT); ++k) mma::cp_async16(d + k * 16 * kT, g + k * 16 * kT, true);
+}
+
 }  // namespace hlm::cuda::ssd
