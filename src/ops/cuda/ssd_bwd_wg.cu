@@ -25,7 +25,7 @@
 // The scaled A operands (eoff dy, w dt x: bf16 copies, as the forward's x w dt) let every head's
 // terms go straight into the dC and dB accumulators, which stay in warpgroup 1's registers over all
 // heads (sums in registers, no atomics); the mma.sync kernel scales fp32 products instead.
-// Per head one block barrier: the head's tiles (prefetched during the previous head) in, the
+// Variant 2 (further below) is the same work warp-specialised; opt-in. Variant 1, per head one block barrier: the head's tiles (prefetched during the previous head) in, the
 // previous head's buffers free. The default on sm_90 (backward variant 1): ~5 % faster than
 // ssd_bwd_chunk_kernel in the SSD backward on an H100, and like it latency-bound (ncu, 4K: ~11K warp
 // instructions per head-chunk at ~0.9 IPC per SM, one block of 8 warps per SM; bench/cuda/NOTES-ssd.md
@@ -732,7 +732,10 @@ __global__ void __launch_bounds__(kWsBwThreads, 1) ssd_bwd_chunk_ws_kernel(const
   const uint64_t desc_b_k = wg::make_desc(wg::smem_addr(Bs), TN::kKMajorLbo, TN::kKMajorSbo);
   const uint64_t desc_c_k = wg::make_desc(wg::smem_addr(Cs), TN::kKMajorLbo, TN::kKMajorSbo);
   auto wait_full = [&](int i) { mma::mbar_wait(&full[i % kBwStages], static_cast<unsigned>((i / kBwStages) & 1)); };
-  auto wait_red = [&](int i) {  // slot i % 2 free: the epilogue of head i - 2 done
+  // Slot i % 2 free: the epilogue of head i - 2 done. Implied by full(i) as the scan warp orders
+  // its work (head i - 2's epilogue before head i's scan); kept so that the hand-over does not
+  // rest on that order.
+  auto wait_red = [&](int i) {
     if (i >= 2) mma::mbar_wait(&rempty[i & 1], static_cast<unsigned>((i / 2 - 1) & 1));
   };
   auto head_done = [&](int i) {  // this thread's reads of the stage and its row partials done
