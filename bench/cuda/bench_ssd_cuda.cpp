@@ -489,18 +489,18 @@ int main(int argc, char** argv) {
     // sm_90): the mma.sync kernel (backward variant 0) and the warp-specialised wgmma kernel
     // (variant 2), then the default kernel with the sweeps' states in core-matrix order
     // (HLM_SSD_CORE_STATES=1), each after its own check against the CPU.
-    for (auto [v, label] : {std::pair{"0", "bwd chunk mma.sync (bwd variant 0)"},
-                            std::pair{"2", "bwd chunk warp-specialised (bwd variant 2)"},
-                            std::pair{"1c", "bwd chunk wgmma, core-order states (HLM_SSD_CORE_STATES=1)"}}) {
-      setenv("HLM_SSD_BWD_VARIANT", std::string(v).substr(0, 1).c_str(), 1);
-      if (std::string(v) == "1c") setenv("HLM_SSD_CORE_STATES", "1", 1);
+    for (auto [v, core, label] : {std::tuple{"0", "0", "bwd chunk mma.sync (bwd variant 0)"},
+                                  std::tuple{"2", "0", "bwd chunk warp-specialised (bwd variant 2)"},
+                                  std::tuple{"1", "1", "bwd chunk wgmma, core-order states (HLM_SSD_CORE_STATES=1)"}}) {
+      setenv("HLM_SSD_BWD_VARIANT", v, 1);
+      setenv("HLM_SSD_CORE_STATES", core, 1);
       if (!check_ssd(1, 512) || !check_ssd(2, 333)) {
         std::printf("backward variant %s: check failed, not timed\n", v);
         continue;
       }
       for (auto [B, L] : {std::pair<int64_t, int64_t>{1, 4096}, {1, 65536}, {8, 8192}}) {
         bench_ssd(B, L, NAN, L == 4096 ? 5.26 : L == 65536 ? 22.7 : 21.8, NAN, L == 65536 ? 7.5 : NAN, false);
-        g_rows[g_rows.size() - 2].name += std::string(" (in the bwd variant ") + v + " run)";
+        g_rows[g_rows.size() - 2].name += std::string(" (in the ") + label + " run)";
         g_rows.back().name += std::string(" ") + label;
       }
     }

@@ -116,8 +116,6 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
   load_tile_async<Q, N, LDN, 256>(Cs, static_cast<const bf16_t*>(a.Cm) + static_cast<int64_t>(g) * N, a.ld_C, row0, len);
   issue_head_loads(h_first, 0);
   mma::cp_async_commit();
-  auto head_A = [&](int h) { return -expf(load_any(a.A_log, a.A_type, h)); };
-  auto head_bias = [&](int h) { return a.dt_bias ? load_any(a.dt_bias, a.bias_type, h) : 0.f; };
   if (tid < Q) {  // raw dt of heads 0 and 1 (head hi's in slot hi % 2)
     bnd[tid] = boundary_at(a, b, t0 + tid);
     raw[tid] = raw_dt_at(a, b, t0 + tid, h_first);
@@ -125,7 +123,7 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
   }
   mma::cp_async_wait<0>();
   __syncthreads();
-  if (warp == Cfg::kScanWarp) chunk_scan_warp<Q>(scans[0], raw, bnd, len, head_A(h_first), head_bias(h_first), a.dt_min, a.dt_max);
+  if (warp == Cfg::kScanWarp) chunk_scan_warp<Q>(scans[0], raw, bnd, len, head_A(a, h_first), head_bias(a, h_first), a.dt_min, a.dt_max);
 
   // G = C Bᵀ (this warp's [16, kQCols] tile), kept for all heads.
   {
@@ -169,7 +167,6 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
     const int h = h_first + hi;
     const ChunkScan<Q>& sc = scans[hi % 3];
     const ChunkReduce<Cfg>& red = reds[hi & 1];
-    const float A = head_A(h);
     constexpr int E = Q / 32;
     float dcum[E], vs = 0.f;
 #pragma unroll
@@ -192,45 +189,14 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
     float gsum = 0.f;
 #pragma unroll
     for (int k = 0; k < Cfg::kWarps; ++k) gsum += red.gdot[k];
-    if (lane == 31) dcum[E - 1] += vs + sc.gamma * gsum;
-    // da_s = sum_{t >= s} dcum_t
-    float suf[E], run = 0.f;
-#pragma unroll
-    for (int e = E - 1; e >= 0; --e) {
-      run += dcum[e];
-      suf[e] = run;
-    }
-    float inc = run;
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-      const float v = __shfl_down_sync(0xffffffffu, inc, off);
-      if (lane + off < 32) inc += v;
-    }
-    float after = __shfl_down_sync(0xffffffffu, inc, 1);
-    if (lane == 31) after = 0.f;
-    float pA = 0.f, pB = 0.f, pD = 0.f;
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const int t = lane * E + e;
-      const float da = suf[e] + after;
+    auto xrow = [&](int t) {
       float xs = 0.f;
 #pragma unroll
       for (int k = 0; k < Cfg::kColSplit; ++k) xs += red.xrow[k][t];
-      const float graw = (xs + A * da) * sc.dsp[t];
-      if (a.ddt && t < len) store_any(a.ddt, a.ddt_type, (row0 + t) * a.ld_ddt + h, graw);
-      pA += da * sc.dt[t];
-      pB += graw;
-      pD += red.ddiag[t];
-    }
-    pA = warp_sum(pA);
-    pB = warp_sum(pB);
-    pD = warp_sum(pD);
-    if (lane == 0 && a.ws_part) {
-      float* part = a.ws_part + ((static_cast<int64_t>(b) * C + c) * a.H + h) * 3;
-      part[0] = pA;
-      part[1] = pD;
-      part[2] = pB;
-    }
+      return xs;
+    };
+    dt_epilogue_tail<Q>(a, sc, dcum, vs, gsum, head_A(a, h), xrow, [&](int t) { return red.ddiag[t]; }, len, row0, h,
+                        a.ws_part ? a.ws_part + ((static_cast<int64_t>(b) * C + c) * a.H + h) * 3 : nullptr);
   };
 
   // Per head two barriers: the scan of head hi runs one head ahead (warp kScanWarp, during head
@@ -260,7 +226,7 @@ __global__ void __launch_bounds__(256, 1) ssd_bwd_chunk_kernel(const SsdArgs a) 
     if (kBufs == 2 && has_next) issue_head_loads(h + 1, buf ^ 1);
     mma::cp_async_commit();
     if (warp == Cfg::kScanWarp && has_next)
-      chunk_scan_warp<Q>(scans[(hi + 1) % 3], raw + ((hi + 1) & 1) * Q, bnd, len, head_A(h + 1), head_bias(h + 1),
+      chunk_scan_warp<Q>(scans[(hi + 1) % 3], raw + ((hi + 1) & 1) * Q, bnd, len, head_A(a, h + 1), head_bias(a, h + 1),
                          a.dt_min, a.dt_max);
     if (hi + 2 < hpg && tid < Q) raw[(hi & 1) * Q + tid] = next_raw;  // head hi's slot: scanned before this barrier
     if (warp == kEpilogueWarp && hi > 0) head_epilogue(hi - 1);

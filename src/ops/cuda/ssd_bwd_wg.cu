@@ -81,29 +81,6 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t da, uint64_
     wg::wgmma_ss_n64<kTransA, kTransB>(d, da, db, accumulate);
 }
 
-// dst[r][:] = bf16(src[r][:] coef[token of row r]) for a CoreTile<Q, P> (rows permuted by
-// token_of_row() if kPermuted), by the 128 threads of a warpgroup (this one idx), 16 bytes per
-// thread and step; src and dst share the layout. The forward's x w dt rounding.
-__device__ __forceinline__ void scale_rows_core(unsigned char* dst, const unsigned char* src, const float* coef,
-                                                bool permuted, int idx) {
-  using TX = wg::CoreTile<kQ, kP>;
-  constexpr int kSteps = kQ * kP / 8 / 128;
-  uint4 u[kSteps];
-#pragma unroll
-  for (int k = 0; k < kSteps; ++k) u[k] = *reinterpret_cast<const uint4*>(src + (idx + k * 128) * 16);
-#pragma unroll
-  for (int k = 0; k < kSteps; ++k) {
-    const int off = (idx + k * 128) * 16;
-    // byte offset -> row: (r / 8) row groups of kP * 16 bytes, then (r % 8) 16-byte rows in a core matrix
-    const int r = off / TX::kRowGroup * 8 + (off % 128) / 16;
-    const float sc = coef[permuted ? token_of_row(r) : r];
-    uint32_t v[4] = {u[k].x, u[k].y, u[k].z, u[k].w};
-#pragma unroll
-    for (int e = 0; e < 4; ++e) v[e] = mma::pack_bf16x2(mma::bf16_lo(v[e]) * sc, mma::bf16_hi(v[e]) * sc);
-    *reinterpret_cast<uint4*>(dst + off) = make_uint4(v[0], v[1], v[2], v[3]);
-  }
-}
-
 // The block's chunk: (c, g, b) = blockIdx, the group's heads, the chunk's rows.
 struct BwChunk {
   int c, g, b, hpg, h_first, C, t0, len;
@@ -124,18 +101,27 @@ struct BwThread {
     s_h[0] = token_of_row(m_h[0]);
     s_h[1] = token_of_row(m_h[1]);
   }
+  // For each of this thread's rows m_h: the dot product of tile row m_h (a CoreTile<Q, P>, bf16)
+  // with the row of the [64, 64] accumulator acc, summed over the 4 lanes that share the row.
+  __device__ __forceinline__ void row_dots(float (&out)[2], const unsigned char* tile, const float (&acc)[32]) const {
+    using TX = wg::CoreTile<kQ, kP>;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float d = 0.f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const uint32_t v = *reinterpret_cast<const uint32_t*>(tile + TX::offset(m_h[half], 8 * j + 2 * qq));
+        d += mma::bf16_lo(v) * acc[4 * j + 2 * half] + mma::bf16_hi(v) * acc[4 * j + 2 * half + 1];
+      }
+      out[half] = quad_sum(d);
+    }
+  }
 };
-
-__device__ __forceinline__ float head_A(const SsdArgs& a, int h) { return -expf(load_any(a.A_log, a.A_type, h)); }
-__device__ __forceinline__ float head_bias(const SsdArgs& a, int h) {
-  return a.dt_bias ? load_any(a.dt_bias, a.bias_type, h) : 0.f;
-}
 
 // dcum -> da -> d(dt) of head h and its partial sums of dA, dD, ddt_bias (one warp), from the
 // head's row partials and scan.
 __device__ __forceinline__ void bw_head_epilogue(const SsdArgs& a, const BwChunk& k, const ChunkScan<kQ>& sc,
                                                  const BwReduce& red, int h, int lane) {
-  const float A = head_A(a, h);
   constexpr int E = kQ / 32;
   float dcum[E], vs = 0.f;
 #pragma unroll
@@ -147,42 +133,9 @@ __device__ __forceinline__ void bw_head_epilogue(const SsdArgs& a, const BwChunk
   }
   vs = warp_sum(vs);
   const float gsum = red.gdot[0] + red.gdot[1] + red.gdot[2] + red.gdot[3];
-  if (lane == 31) dcum[E - 1] += vs + sc.gamma * gsum;
-  // da_s = sum_{t >= s} dcum_t
-  float suf[E], run = 0.f;
-#pragma unroll
-  for (int e = E - 1; e >= 0; --e) {
-    run += dcum[e];
-    suf[e] = run;
-  }
-  float inc = run;
-#pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const float v = __shfl_down_sync(0xffffffffu, inc, off);
-    if (lane + off < 32) inc += v;
-  }
-  float after = __shfl_down_sync(0xffffffffu, inc, 1);
-  if (lane == 31) after = 0.f;
-  float pA = 0.f, pB = 0.f, pD = 0.f;
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    const int t = lane * E + e;
-    const float da = suf[e] + after;
-    const float graw = (red.xrow[t] + A * da) * sc.dsp[t];
-    if (a.ddt && t < k.len) store_any(a.ddt, a.ddt_type, (k.row0 + t) * a.ld_ddt + h, graw);
-    pA += da * sc.dt[t];
-    pB += graw;
-    pD += red.ddiag[t];
-  }
-  pA = warp_sum(pA);
-  pB = warp_sum(pB);
-  pD = warp_sum(pD);
-  if (lane == 0 && a.ws_part) {
-    float* part = a.ws_part + ((static_cast<int64_t>(k.b) * k.C + k.c) * a.H + h) * 3;
-    part[0] = pA;
-    part[1] = pD;
-    part[2] = pB;
-  }
+  dt_epilogue_tail<kQ>(a, sc, dcum, vs, gsum, head_A(a, h), [&](int t) { return red.xrow[t]; },
+                       [&](int t) { return red.ddiag[t]; }, k.len, k.row0, h,
+                       a.ws_part ? a.ws_part + ((static_cast<int64_t>(k.b) * k.C + k.c) * a.H + h) * 3 : nullptr);
 }
 
 // Warpgroup 0 (the [s, t] side), once per block: Gᵀ[s, t] = B_s . C_t.
@@ -292,19 +245,11 @@ __device__ __forceinline__ void q_head(const SsdArgs& a, const BwChunk& k, const
   // v_s = w_s dt_s x_s . BdH_s
   wg::wait<1>();
   wg::pin(bdh);
-  float vr[2] = {0.f, 0.f};
+  float vr[2];
+  th.row_dots(vr, Xs, bdh);
 #pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const uint32_t xv = *reinterpret_cast<const uint32_t*>(Xs + TX::offset(th.m_h[half], 8 * j + 2 * qq));
-      vr[half] += mma::bf16_lo(xv) * bdh[4 * j + 2 * half] + mma::bf16_hi(xv) * bdh[4 * j + 2 * half + 1];
-    }
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const float v = quad_sum(vr[half]);
-    if (qq == 0) red.vrow[th.s_h[half]] = v * S.wdt[th.s_h[half]];
-  }
+  for (int half = 0; half < 2; ++half)
+    if (qq == 0) red.vrow[th.s_h[half]] = vr[half] * S.wdt[th.s_h[half]];
   // dxdt = Mᵀ dY + w BdH; dx = D dy + dt dxdt; x . dxdt
   wg::wait<0>();
   wg::pin(dxa);
@@ -362,8 +307,8 @@ __device__ __forceinline__ void n_head(const BwThread& th, const unsigned char* 
   using TN = wg::CoreTile<kQ, N>;
   using TH = wg::CoreTile<kP, N>;
   const int qq = th.qq;
-  scale_rows_core(Ye, Ys, S.eoff, false, th.lt);
-  scale_rows_core(Xw, Xs, S.wdt, true, th.lt);
+  scale_rows_core<128, false>(Ye, Ys, S.eoff, th.lt);
+  scale_rows_core<128, true>(Xw, Xs, S.wdt, th.lt);
   wg::fence_async_smem();
   mma::bar_sync(1, 128);  // warpgroup 1's copies complete
   const uint64_t desc_ye_k = wg::make_desc(wg::smem_addr(Ye), TX::kKMajorLbo, TX::kKMajorSbo);
@@ -406,19 +351,11 @@ __device__ __forceinline__ void n_head(const BwThread& th, const unsigned char* 
   // orow_t = eoff_t dy_t . (C_t Hinᵀ)  (rows t = m_h)
   wg::wait<1>();
   wg::pin(yo);
-  float orr[2] = {0.f, 0.f};
+  float orr[2];
+  th.row_dots(orr, Ys, yo);
 #pragma unroll
   for (int half = 0; half < 2; ++half)
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const uint32_t yv = *reinterpret_cast<const uint32_t*>(Ys + TX::offset(th.m_h[half], 8 * j + 2 * qq));
-      orr[half] += mma::bf16_lo(yv) * yo[4 * j + 2 * half] + mma::bf16_hi(yv) * yo[4 * j + 2 * half + 1];
-    }
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const float v = quad_sum(orr[half]);
-    if (qq == 0) red.orow[th.m_h[half]] = v * S.eoff[th.m_h[half]];
-  }
+    if (qq == 0) red.orow[th.m_h[half]] = orr[half] * S.eoff[th.m_h[half]];
   wg::wait<0>();
   wg::pin(dca);
   wg::pin(dba);
@@ -689,37 +626,31 @@ __global__ void __launch_bounds__(kWsBwThreads, 1) ssd_bwd_chunk_ws_kernel(const
       wait_empty(i);
       const int64_t sto = ((static_cast<int64_t>(k.b) * a.H + h) * k.C + k.c) * kP * N;
       if (pw == 0) {
-        load_core_tile_async<kQ, kP, 32, 4, true>(st + L::st_x, static_cast<const bf16_t*>(a.x) + int64_t{h} * kP,
+        load_core_tile_warp<kQ, kP, true>(st + L::st_x, static_cast<const bf16_t*>(a.x) + int64_t{h} * kP,
                                                   a.ld_x, k.row0, k.len, lane);
-        load_core_tile_async<kQ, kP, 32, 4>(st + L::st_dy, static_cast<const bf16_t*>(a.dy) + int64_t{h} * kP,
+        load_core_tile_warp<kQ, kP>(st + L::st_dy, static_cast<const bf16_t*>(a.dy) + int64_t{h} * kP,
                                             a.ld_dy, k.row0, k.len, lane);
       } else if (pw == 1) {
         if (i == 0)
-          load_core_tile_async<kQ, N, 32, 4, true>(sm + L::bs, static_cast<const bf16_t*>(a.Bm) + int64_t{k.g} * N,
+          load_core_tile_warp<kQ, N, true>(sm + L::bs, static_cast<const bf16_t*>(a.Bm) + int64_t{k.g} * N,
                                                    a.ld_B, k.row0, k.len, lane);
         if (a.core_states)
           load_contiguous_async<TH::kBytes, 32, 4>(st + L::st_hin, a.ws_hin + sto, lane);
         else
-          load_core_tile_async<kP, N, 32, 4>(st + L::st_hin, a.ws_hin + sto, N, 0, kP, lane);
+          load_core_tile_warp<kP, N>(st + L::st_hin, a.ws_hin + sto, N, 0, kP, lane);
       } else {
         if (i == 0)
-          load_core_tile_async<kQ, N, 32, 4>(sm + L::cs, static_cast<const bf16_t*>(a.Cm) + int64_t{k.g} * N, a.ld_C,
+          load_core_tile_warp<kQ, N>(sm + L::cs, static_cast<const bf16_t*>(a.Cm) + int64_t{k.g} * N, a.ld_C,
                                              k.row0, k.len, lane);
         if (a.core_states)
           load_contiguous_async<TH::kBytes, 32, 4>(st + L::st_dho, a.ws_dhout + sto, lane);
         else
-          load_core_tile_async<kP, N, 32, 4>(st + L::st_dho, a.ws_dhout + sto, N, 0, kP, lane);
+          load_core_tile_warp<kP, N>(st + L::st_dho, a.ws_dhout + sto, N, 0, kP, lane);
       }
       mma::cp_async_commit();
-      if (i >= 1) {
-        mma::cp_async_wait<1>();
-        wg::fence_async_smem();
-        mma::mbar_arrive(&full[(i - 1) % kBwStages]);
-      }
+      if (i >= 1) arrive_when_landed<1>(&full[(i - 1) % kBwStages]);
     }
-    mma::cp_async_wait<0>();
-    wg::fence_async_smem();
-    mma::mbar_arrive(&full[(k.hpg - 1) % kBwStages]);
+    arrive_when_landed<0>(&full[(k.hpg - 1) % kBwStages]);
     return;  // no copy in flight
   }
 

@@ -58,39 +58,6 @@ __device__ __forceinline__ void load_core_tile_block(unsigned char* S, const bf1
   load_core_tile_async<R, C, kThreads, R * C / 8 / kThreads, kPermute>(S, base, ld, row0, valid_rows,
                                                                         static_cast<int>(threadIdx.x));
 }
-// One producer warp (lane of 32), unrolled by 4 (not fully: the producer keeps few registers).
-template <int R, int C, bool kPermute = false>
-__device__ __forceinline__ void load_core_tile_warp(unsigned char* S, const bf16_t* base, int64_t ld, int64_t row0,
-                                                    int valid_rows, int lane) {
-  load_core_tile_async<R, C, 32, 4, kPermute>(S, base, ld, row0, valid_rows, lane);
-}
-
-// x w dt for the state update: Xw[t][p] = bf16(x[t][p] * wdt[t]) (the other kernels' rounding: bf16
-// of x times the fp32 coefficient), by kT threads (this one is idx), 16 bytes per thread and step;
-// the offsets of x and x w dt agree (same layout). Fenced for the async proxy (wgmma reads Xw).
-template <int kT>
-__device__ __forceinline__ void scale_x_wdt(unsigned char* Xw, const unsigned char* X, const ChunkScan<kQ>& S,
-                                            int idx) {
-  using TX = wg::CoreTile<kQ, kP>;
-  constexpr int kSteps = kQ * kP / 8 / kT;
-  uint4 u[kSteps];
-#pragma unroll
-  for (int k = 0; k < kSteps; ++k) {
-    const int i = idx + k * kT;
-    u[k] = *reinterpret_cast<const uint4*>(X + TX::offset(i / (kP / 8), 8 * (i % (kP / 8))));
-  }
-#pragma unroll
-  for (int k = 0; k < kSteps; ++k) {
-    const int i = idx + k * kT, r = i / (kP / 8);
-    const float sc = S.wdt[r];
-    uint32_t v[4] = {u[k].x, u[k].y, u[k].z, u[k].w};
-#pragma unroll
-    for (int e = 0; e < 4; ++e) v[e] = mma::pack_bf16x2(mma::bf16_lo(v[e]) * sc, mma::bf16_hi(v[e]) * sc);
-    *reinterpret_cast<uint4*>(Xw + TX::offset(r, 8 * (i % (kP / 8)))) = make_uint4(v[0], v[1], v[2], v[3]);
-  }
-  wg::fence_async_smem();
-}
-
 // M[t, s] = G[t, s] exp(cum_t - cum_s) dt_s for s <= t in t's document, else 0, as the A fragments
 // of y's product: k step ks takes G's column blocks 2 ks, 2 ks + 1. The rows are tokens
 // token_of_row(): every warp (w, of its warpgroup) holds 8 early and 8 late tokens t_h, so the
@@ -375,7 +342,8 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
     if (c + 2 < c_end) issue_raw(c + 2, c & 1);  // slot last read by the scan of chunk c, in chunk c-1
     mma::cp_async_commit();
 
-    scale_x_wdt<kThreads>(Xw, X, S, tid);
+    scale_rows_core<kThreads, false>(Xw, X, S.wdt, tid);  // x w dt for the state update
+    wg::fence_async_smem();
 
     uint32_t mf[4][4];
     wg::wait<1>();
@@ -551,15 +519,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
         load_core_tile_warp<kQ, N, true>(st + L::st_c, Cg, a.ld_C, t0, valid, lane);
       }
       mma::cp_async_commit();
-      if (k >= 1) {
-        mma::cp_async_wait<1>();
-        wg::fence_async_smem();
-        mma::mbar_arrive(&full[(k - 1) % kStages]);
-      }
+      if (k >= 1) arrive_when_landed<1>(&full[(k - 1) % kStages]);
     }
-    mma::cp_async_wait<0>();
-    wg::fence_async_smem();
-    mma::mbar_arrive(&full[(nck - 1) % kStages]);
+    arrive_when_landed<0>(&full[(nck - 1) % kStages]);
     return;  // no copy in flight
   }
 
@@ -610,7 +572,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
     float yacc[32];
     if (!kEarlyG) issue_g(k);
     th.issue_c_product(yacc, desc_c, desc_h, TH::kKMajorStep);
-    scale_x_wdt<kThreads>(Xw, X, S, th.lt);  // the previous chunk's state update (last reader) completed before (A)
+    // x w dt for the state update; the previous chunk's state update (its last reader) completed before (A)
+    scale_rows_core<kThreads, false>(Xw, X, S.wdt, th.lt);
+    wg::fence_async_smem();
     uint32_t mf[4][4];
     wg::wait<1>();
     wg::pin(gacc);

@@ -155,6 +155,12 @@ __host__ __device__ __forceinline__ int64_t piece_index(const SsdArgs& a, int di
   return (((static_cast<int64_t>(dir) * a.B + b) * (a.nseg - 1) + sp) * a.pps + j) * a.H + h;
 }
 
+// Head h's A = -exp(A_log) and dt bias (0 without one).
+__device__ __forceinline__ float head_A(const SsdArgs& a, int h) { return -expf(load_any(a.A_log, a.A_type, h)); }
+__device__ __forceinline__ float head_bias(const SsdArgs& a, int h) {
+  return a.dt_bias ? load_any(a.dt_bias, a.bias_type, h) : 0.f;
+}
+
 // dt = clamp(softplus(raw + bias), dt_min, dt_max); dsp = d dt / d raw (zero where clamped).
 __device__ __forceinline__ void dt_from_raw(float raw, float bias, float dt_min, float dt_max,
                                             float* dt, float* dsp) {
@@ -308,6 +314,54 @@ __device__ __forceinline__ float column_sum(float v) {
   return v;
 }
 
+// The end of one head's d(dt) epilogue in the backward chunk kernels, one warp (lane holds tokens
+// lane Q/32 + e): dcum_t (from the head's row partials) plus, on the last token, vs + gamma gsum
+// (sum_s v_s and <dHout, Hin>); da = reverse cumulative sum of dcum; d(dt)_t = (xrow(t) + A da_t)
+// d dt / d raw, stored for the chunk's len tokens (rows row0 + t, column h); the head's partial
+// sums of dA (da dt), dD (ddiag(t) = dy_t . x_t) and ddt_bias (d(dt)) into part (if not null).
+template <int Q, class XRow, class DDiag>
+__device__ __forceinline__ void dt_epilogue_tail(const SsdArgs& a, const ChunkScan<Q>& sc, float (&dcum)[Q / 32],
+                                                 float vs, float gsum, float A, XRow&& xrow, DDiag&& ddiag, int len,
+                                                 int64_t row0, int h, float* part) {
+  constexpr int E = Q / 32;
+  const int lane = mma::lane_id();
+  if (lane == 31) dcum[E - 1] += vs + sc.gamma * gsum;
+  // da_s = sum_{t >= s} dcum_t
+  float suf[E], run = 0.f;
+#pragma unroll
+  for (int e = E - 1; e >= 0; --e) {
+    run += dcum[e];
+    suf[e] = run;
+  }
+  float inc = run;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const float v = __shfl_down_sync(0xffffffffu, inc, off);
+    if (lane + off < 32) inc += v;
+  }
+  float after = __shfl_down_sync(0xffffffffu, inc, 1);
+  if (lane == 31) after = 0.f;
+  float pA = 0.f, pB = 0.f, pD = 0.f;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int t = lane * E + e;
+    const float da = suf[e] + after;
+    const float graw = (xrow(t) + A * da) * sc.dsp[t];
+    if (a.ddt && t < len) store_any(a.ddt, a.ddt_type, (row0 + t) * a.ld_ddt + h, graw);
+    pA += da * sc.dt[t];
+    pB += graw;
+    pD += ddiag(t);
+  }
+  pA = warp_sum(pA);
+  pB = warp_sum(pB);
+  pD = warp_sum(pD);
+  if (lane == 0 && part) {
+    part[0] = pA;
+    part[1] = pD;
+    part[2] = pB;
+  }
+}
+
 // Tiling of the tensor-core kernels: 8 warps; chunk Q rows split in Q/16 row blocks of 16, the
 // warps of one row block split the columns. State tiles [P, N] split 2 (or 1) x 4 (or 8).
 template <int Q_, int P_, int N_>
@@ -352,30 +406,28 @@ struct StateFrag {
           v[mt][nt][i] = src ? src[p * Cfg::N + n] : 0.f;
         }
   }
-  __device__ __forceinline__ void store_f32(float* dst) const {  // dst [P][N]
+  // f(p, n, x, y) for each pair of this thread's elements, x = (p, n) and y = (p, n + 1), n even.
+  template <class F>
+  __device__ __forceinline__ void for_pairs(F&& f) const {
 #pragma unroll
     for (int mt = 0; mt < Cfg::kSMT; ++mt)
 #pragma unroll
       for (int nt = 0; nt < Cfg::kSNT; ++nt)
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          int p = mma::acc_row(p0() + 16 * mt, 2 * half), n = mma::acc_col(n0() + 8 * nt, 0);
-          *reinterpret_cast<float2*>(dst + p * Cfg::N + n) =
-              make_float2(v[mt][nt][2 * half], v[mt][nt][2 * half + 1]);
-        }
+        for (int half = 0; half < 2; ++half)
+          f(mma::acc_row(p0() + 16 * mt, 2 * half), mma::acc_col(n0() + 8 * nt, 0), v[mt][nt][2 * half],
+            v[mt][nt][2 * half + 1]);
+  }
+  __device__ __forceinline__ void store_f32(float* dst) const {  // dst [P][N]
+    for_pairs([&](int p, int n, float x, float y) {
+      *reinterpret_cast<float2*>(dst + p * Cfg::N + n) = make_float2(x, y);
+    });
   }
   // bf16 copy into S[p][n] with pitch ld (shared or global).
   __device__ __forceinline__ void store_bf16(bf16_t* S, int ld) const {
-#pragma unroll
-    for (int mt = 0; mt < Cfg::kSMT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < Cfg::kSNT; ++nt)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          int p = mma::acc_row(p0() + 16 * mt, 2 * half), n = mma::acc_col(n0() + 8 * nt, 0);
-          *reinterpret_cast<uint32_t*>(S + p * ld + n) =
-              mma::pack_bf16x2(v[mt][nt][2 * half], v[mt][nt][2 * half + 1]);
-        }
+    for_pairs([&](int p, int n, float x, float y) {
+      *reinterpret_cast<uint32_t*>(S + p * ld + n) = mma::pack_bf16x2(x, y);
+    });
   }
   // bf16 copy into a [P][N] tile stored as 8 x 8 core matrices (wgmma.cuh's CoreTile<P, N>: core
   // matrix (p / 8, n / 8) at (p / 8) N 16 + (n / 8) 128 bytes, rows of 16 bytes inside), so that a
@@ -383,16 +435,10 @@ struct StateFrag {
   // 128-byte core matrix.
   __device__ __forceinline__ void store_bf16_core(bf16_t* S) const {
     auto* base = reinterpret_cast<unsigned char*>(S);
-#pragma unroll
-    for (int mt = 0; mt < Cfg::kSMT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < Cfg::kSNT; ++nt)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          int p = mma::acc_row(p0() + 16 * mt, 2 * half), n = mma::acc_col(n0() + 8 * nt, 0);
-          *reinterpret_cast<uint32_t*>(base + (p >> 3) * Cfg::N * 16 + (n >> 3) * 128 + (p & 7) * 16 + (n & 7) * 2) =
-              mma::pack_bf16x2(v[mt][nt][2 * half], v[mt][nt][2 * half + 1]);
-        }
+    for_pairs([&](int p, int n, float x, float y) {
+      *reinterpret_cast<uint32_t*>(base + (p >> 3) * Cfg::N * 16 + (n >> 3) * 128 + (p & 7) * 16 + (n & 7) * 2) =
+          mma::pack_bf16x2(x, y);
+    });
   }
   __device__ __forceinline__ void scale(float s) {
 #pragma unroll

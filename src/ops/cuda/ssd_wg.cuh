@@ -66,4 +66,47 @@ __device__ __forceinline__ void load_contiguous_async(unsigned char* S, const vo
   for (int k = 0; k < kBytes / (16 * kT); ++k) mma::cp_async16(d + k * 16 * kT, g + k * 16 * kT, true);
 }
 
+// A producer warp's share of a tile copy (lane of 32), unrolled by 4 (not fully: a producer keeps few
+// registers).
+template <int R, int C, bool kPermute = false>
+__device__ __forceinline__ void load_core_tile_warp(unsigned char* S, const bf16_t* base, int64_t ld, int64_t row0,
+                                                    int valid_rows, int lane) {
+  load_core_tile_async<R, C, 32, 4, kPermute>(S, base, ld, row0, valid_rows, lane);
+}
+
+// A copy warp's hand-over of a ring stage: once its copies up to kPending groups ago have landed,
+// fenced for the async proxy (wgmma reads them), its lane arrives on the stage's full barrier.
+template <int kPending>
+__device__ __forceinline__ void arrive_when_landed(uint64_t* full) {
+  mma::cp_async_wait<kPending>();
+  wg::fence_async_smem();
+  mma::mbar_arrive(full);
+}
+
+// dst[r][:] = bf16(src[r][:] coef[token of row r]) for a CoreTile<64, 64> (rows permuted by
+// token_of_row() if kPermuted; the activation tiles x, dy), by kT threads (this one idx), 16
+// contiguous bytes per thread and step; src and dst share the layout. Rounded as every SSD kernel
+// rounds x w dt: bf16 of the bf16 element times the fp32 coefficient. The caller fences for the
+// async proxy.
+template <int kT, bool kPermuted>
+__device__ __forceinline__ void scale_rows_core(unsigned char* dst, const unsigned char* src, const float* coef,
+                                                int idx) {
+  using TX = wg::CoreTile<64, 64>;
+  constexpr int kSteps = TX::kBytes / 16 / kT;
+  uint4 u[kSteps];
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k) u[k] = *reinterpret_cast<const uint4*>(src + (idx + k * kT) * 16);
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k) {
+    const int off = (idx + k * kT) * 16;
+    // byte offset -> row: (r / 8) row groups, then (r % 8) 16-byte rows in a core matrix
+    const int r = off / TX::kRowGroup * 8 + (off % 128) / 16;
+    const float sc = coef[kPermuted ? token_of_row(r) : r];
+    uint32_t v[4] = {u[k].x, u[k].y, u[k].z, u[k].w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = mma::pack_bf16x2(mma::bf16_lo(v[e]) * sc, mma::bf16_hi(v[e]) * sc);
+    *reinterpret_cast<uint4*>(dst + off) = make_uint4(v[0], v[1], v[2], v[3]);
+  }
+}
+
 }  // namespace hlm::cuda::ssd
