@@ -41,16 +41,15 @@ run_stage() {
            ncu --import "$logs/fwd_ws.ncu-rep" > "$logs/ncu_ssd_fwd_ws_details.log" 2>&1
            ncu --import "$logs/fwd_ws.ncu-rep" --page source --csv --print-source sass 2>/dev/null | gzip > "$logs/fwd_ws_sass.csv.gz"
            rm -f "$logs/fwd_ws.ncu-rep" ;;
-    ncubw) # the backward chunk kernels (variants 1, the sm_90 default, and 2) at 4K, the bench's
-           # first backward launch after its two checks: details and per-instruction samples
-           for v in 1 2; do
-             k=$([ $v = 1 ] && echo ssd_bwd_chunk_wg_kernel || echo ssd_bwd_chunk_ws_kernel)
+    ncubw) # the backward chunk kernel, variants 1 (the sm_90 default) and 3 (pipelined), at 4K, the
+           # bench's first backward launch after its two checks: details and per-instruction samples
+           for v in 1 3; do
              HLM_SSD_BWD_VARIANT=$v timeout "$((limit / 2))" ncu --clock-control none --section WarpStateStats \
                --section SchedulerStats --section LaunchStats --section Occupancy --section SpeedOfLight \
-               --section SourceCounters -k "regex:$k" --launch-skip 2 -c 1 --export "$logs/bw$v" \
+               --section SourceCounters -k "regex:ssd_bwd_chunk_wg_kernel" --launch-skip 2 -c 1 --export "$logs/bw$v" \
                "$bin/bench_ssd_cuda" --quick --iters 5 > /dev/null 2>&1
-             ncu --import "$logs/bw$v.ncu-rep" > "$logs/ncu_$k.log" 2>&1
-             ncu --import "$logs/bw$v.ncu-rep" --page source --csv --print-source sass 2>/dev/null | gzip > "$logs/${k}_sass.csv.gz"
+             ncu --import "$logs/bw$v.ncu-rep" > "$logs/ncu_bwd$v.log" 2>&1
+             ncu --import "$logs/bw$v.ncu-rep" --page source --csv --print-source sass 2>/dev/null | gzip > "$logs/bwd${v}_sass.csv.gz"
              rm -f "$logs/bw$v.ncu-rep"
            done ;;
     layers|train|decode|mixer) timeout "$limit" stdbuf -oL "$bin/bench_model_cuda" "--$name" --json "$logs/$name.json" > "$logs/$name.log" 2>&1 ;;

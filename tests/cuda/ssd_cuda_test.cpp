@@ -388,11 +388,12 @@ TEST(SsdCuda, ForwardBlockShapes) {
 }
 
 // The chunk-gradient kernels of the backward (HLM_SSD_BWD_VARIANT: 1 the wgmma kernel, the default
-// on sm_90a for P = 64; 2 its warp-specialised form; 0 the mma.sync kernel): odd lengths,
+// on sm_90a for P = 64; 2 its warp-specialised form; 3 it with warpgroup 0 pipelined over two
+// heads; 4 that with warpgroup 1 alone issuing the copies; 0 the mma.sync kernel): odd lengths,
 // documents, h0, column slices, 1 / 2 / 3 / 16 heads per group, both N, segment splits.
 TEST(SsdCuda, BackwardChunkKernels) {
   HLM_REQUIRE_GPU();
-  for (const char* v : {"1", "2", "0"}) {
+  for (const char* v : {"1", "2", "3", "4", "0"}) {
     SCOPED_TRACE(std::string("HLM_SSD_BWD_VARIANT=") + v);
     setenv("HLM_SSD_BWD_VARIANT", v, 1);
     check_backward({2, 333, 8, 2, 64, 128});
@@ -412,7 +413,7 @@ TEST(SsdCuda, BackwardChunkKernels) {
   }
   // The sweeps' states in core-matrix order (HLM_SSD_CORE_STATES=1), read by both wgmma kernels.
   setenv("HLM_SSD_CORE_STATES", "1", 1);
-  for (const char* v : {"1", "2"}) {
+  for (const char* v : {"1", "2", "3", "4"}) {
     SCOPED_TRACE(std::string("HLM_SSD_CORE_STATES=1 HLM_SSD_BWD_VARIANT=") + v);
     setenv("HLM_SSD_BWD_VARIANT", v, 1);
     check_backward({2, 333, 8, 2, 64, 128});

@@ -392,9 +392,20 @@ int main(int argc, char** argv) {
     run_case("bwdwg-heads3", 2, 130, 6, 2, 64, 64, true, false, DType::BF16, 1e-2, true);
     unsetenv("HLM_SSD_BWD_VARIANT");
   }
-  if (want("corestates")) {  // the sweeps' states in core-matrix order, both wgmma chunk kernels
+  if (want("bwdpipe")) {  // variants 3 and 4 (warpgroup 0 pipelined over two heads; 4: copies by
+                          // warpgroup 1): bwdwg's cases, then 1 head per group; one hash for both
+    for (const char* v : {"3", "4"}) {
+      setenv("HLM_SSD_BWD_VARIANT", v, 1);
+      run_case("bwdwg", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
+      run_case("bwdwg-heads8", 1, 200, 8, 1, 64, 128, true, true, DType::BF16, 1e-2, true);
+      run_case("bwdwg-heads3", 2, 130, 6, 2, 64, 64, true, false, DType::BF16, 1e-2, true);
+      run_case("bwdpipe-heads1", 2, 200, 4, 4, 64, 128, true, true, DType::BF16, 1e-2, true);
+    }
+    unsetenv("HLM_SSD_BWD_VARIANT");
+  }
+  if (want("corestates")) {  // the sweeps' states in core-matrix order, the wgmma chunk kernels
     setenv("HLM_SSD_CORE_STATES", "1", 1);
-    for (const char* v : {"1", "2"}) {
+    for (const char* v : {"1", "2", "4"}) {
       setenv("HLM_SSD_BWD_VARIANT", v, 1);
       std::printf("HLM_SSD_BWD_VARIANT=%s HLM_SSD_CORE_STATES=1\n", v);
       run_case("corestates", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);

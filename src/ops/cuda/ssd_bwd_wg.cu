@@ -51,17 +51,17 @@ struct BwReduce {
   float gdot[4];    // <dHout, Hin> per warp of warpgroup 1
 };
 
-template <int N>
+template <int N, int kBufs>
 struct BwLayout {
   using TX = wg::CoreTile<kQ, kP>;  // x (rows permuted), dy [t][p]; dGsum [s (permuted)][t]
   using TN = wg::CoreTile<kQ, N>;   // B (rows permuted), C [t][n]
   using TH = wg::CoreTile<kP, N>;   // Hin, dHout [p][n]
   static constexpr size_t bs = 0;
   static constexpr size_t cs = bs + TN::kBytes;
-  static constexpr size_t heads = cs + TN::kBytes;  // two head buffers: x, dy, Hin, dHout
+  static constexpr size_t heads = cs + TN::kBytes;  // kBufs head buffers: x, dy, Hin, dHout
   static constexpr size_t h_x = 0, h_dy = h_x + TX::kBytes, h_hin = h_dy + TX::kBytes, h_dho = h_hin + TH::kBytes;
   static constexpr size_t head = h_dho + TH::kBytes;
-  static constexpr size_t dg = heads + 2 * head;  // dGsum, bf16
+  static constexpr size_t dg = heads + kBufs * head;  // dGsum, bf16
   static constexpr size_t ye = dg + TX::kBytes;     // eoff dy (warpgroup 1's A operand for dC)
   static constexpr size_t xw = ye + TX::kBytes;     // w dt x, rows permuted (for dB)
   static constexpr size_t raw = xw + TX::kBytes;    // raw dt, head hi's at slot hi % 2
@@ -152,41 +152,46 @@ __device__ __forceinline__ void q_gt(float (&gt)[32], uint64_t desc_b_k, uint64_
   wg::pin(gt);
 }
 
-// Warpgroup 0, one head h: dXY, BdH, Mᵀ and dG (dgs += dG), dxdt, dx; the row / column partials of
-// d(dt) into red. Xs (rows permuted), Ys: the head's x and dy tiles; Dho its dHout.
-template <int N>
-__device__ __forceinline__ void q_head(const SsdArgs& a, const BwChunk& k, const BwThread& th, const unsigned char* Xs,
-                                       const unsigned char* Ys, const unsigned char* Dho, uint64_t desc_b_k,
-                                       const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32], float (&dgs)[32],
-                                       int h) {
+// Warpgroup 0's per-head work in pieces, so that variant 1 (q_head) and variant 3 (the pipelined
+// loop in ssd_bwd_chunk_wg_kernel) issue the same products in different orders.
+
+// dXY = X dYᵀ [s, t] (one committed group). Xs (rows permuted), Ys: the head's x and dy tiles.
+__device__ __forceinline__ void q_issue_dxy(float (&dxy)[32], const unsigned char* Xs, const unsigned char* Ys) {
   using TX = wg::CoreTile<kQ, kP>;
-  using TN = wg::CoreTile<kQ, N>;
-  using TH = wg::CoreTile<kP, N>;
-  const int w = th.w, gq = th.gq, qq = th.qq;
   const uint64_t desc_x_k = wg::make_desc(wg::smem_addr(Xs), TX::kKMajorLbo, TX::kKMajorSbo);
   const uint64_t desc_dy_k = wg::make_desc(wg::smem_addr(Ys), TX::kKMajorLbo, TX::kKMajorSbo);
-  const uint64_t desc_dho_k = wg::make_desc(wg::smem_addr(Dho), TH::kKMajorLbo, TH::kKMajorSbo);
-  float dxy[32], bdh[32];
   wg::fence();
 #pragma unroll
   for (int kk = 0; kk < kP / 16; ++kk)
     wg::wgmma_ss_n64<0, 0>(dxy, wg::desc_advance(desc_x_k, kk * TX::kKMajorStep),
                            wg::desc_advance(desc_dy_k, kk * TX::kKMajorStep), kk > 0);
   wg::commit();
+}
+
+// BdH = B dHoutᵀ [s, p] (one committed group). Dho: the head's dHout tile.
+template <int N>
+__device__ __forceinline__ void q_issue_bdh(float (&bdh)[32], uint64_t desc_b_k, const unsigned char* Dho) {
+  using TN = wg::CoreTile<kQ, N>;
+  using TH = wg::CoreTile<kP, N>;
+  const uint64_t desc_dho_k = wg::make_desc(wg::smem_addr(Dho), TH::kKMajorLbo, TH::kKMajorSbo);
+  wg::fence();
 #pragma unroll
   for (int kk = 0; kk < N / 16; ++kk)
     wg::wgmma_ss_n64<0, 0>(bdh, wg::desc_advance(desc_b_k, kk * TN::kKMajorStep),
                            wg::desc_advance(desc_dho_k, kk * TH::kKMajorStep), kk > 0);
   wg::commit();
+}
 
-  // Mᵀ[s, t] = G[t, s] L[t, s] (the A fragments of dxdt: k step ks takes columns 16 ks ..),
-  // dG[t, s] = dXY[s, t] dt_s L[t, s], L[t, s] = exp(cum_t - cum_s) for t >= s in s's document.
-  // Column block j of a half is zero where all its t are below the half's tokens: j < w for the
-  // early half (tokens 8 w ..), j < 7 - w for the late one.
-  wg::wait<1>();
-  wg::pin(dxy);
-  uint32_t mf[4][4];
-  float zr[2] = {0.f, 0.f}, zc[8][2];
+// From dXY (complete): Mᵀ as dxdt's A fragments, dgs += dG, the z = dG G partial sums, ddiag.
+// Mᵀ[s, t] = G[t, s] L[t, s] (the A fragments of dxdt: k step ks takes columns 16 ks ..),
+// dG[t, s] = dXY[s, t] dt_s L[t, s], L[t, s] = exp(cum_t - cum_s) for t >= s in s's document.
+// Column block j of a half is zero where all its t are below the half's tokens: j < w for the
+// early half (tokens 8 w ..), j < 7 - w for the late one.
+__device__ __forceinline__ void q_mask(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32],
+                                       float (&dgs)[32], const float (&dxy)[32], uint32_t (&mf)[4][4],
+                                       float (&zr)[2], float (&zc)[8][2]) {
+  const int w = th.w, qq = th.qq;
+  zr[0] = zr[1] = 0.f;
   const float cum_s[2] = {S.cum[th.s_h[0]], S.cum[th.s_h[1]]};
   const float dt_s[2] = {S.dt[th.s_h[0]], S.dt[th.s_h[1]]};
   const int seg_s[2] = {S.seg[th.s_h[0]], S.seg[th.s_h[1]]};
@@ -221,38 +226,51 @@ __device__ __forceinline__ void q_head(const SsdArgs& a, const BwChunk& k, const
       mf[j >> 1][2 * (j & 1) + half] = mma::pack_bf16x2(m[0], m[1]);
     }
   }
-  float dxa[32];
-  {
-    const uint64_t desc_dy_mn = wg::make_desc(wg::smem_addr(Ys), TX::kMnMajorLbo, TX::kMnMajorSbo);
-    wg::fence();
+}
+
+// dxdt = Mᵀ dY [s, p] (one committed group; A = Mᵀ from registers, B = dy MN-major).
+__device__ __forceinline__ void q_issue_dxdt(float (&dxa)[32], const uint32_t (&mf)[4][4], const unsigned char* Ys) {
+  using TX = wg::CoreTile<kQ, kP>;
+  const uint64_t desc_dy_mn = wg::make_desc(wg::smem_addr(Ys), TX::kMnMajorLbo, TX::kMnMajorSbo);
+  wg::fence();
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks)
-      wg::wgmma_rs_n64<1>(dxa, mf[ks], wg::desc_advance(desc_dy_mn, ks * TX::kMnMajorStep), ks > 0);
-    wg::commit();
-  }
+  for (int ks = 0; ks < 4; ++ks)
+    wg::wgmma_rs_n64<1>(dxa, mf[ks], wg::desc_advance(desc_dy_mn, ks * TX::kMnMajorStep), ks > 0);
+  wg::commit();
+}
+
+// The z partial sums into red: per row s (zs) and per column t and warp (zt).
+__device__ __forceinline__ void q_zsums(const BwThread& th, BwReduce& red, const float (&zr)[2],
+                                        const float (&zc)[8][2]) {
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const float v = quad_sum(zr[half]);
-    if (qq == 0) red.zs[th.s_h[half]] = v;
+    if (th.qq == 0) red.zs[th.s_h[half]] = v;
   }
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const float v = column_sum(zc[j][e]);
-      if (gq == 0) red.zt[w][8 * j + 2 * qq + e] = v;
+      if (th.gq == 0) red.zt[th.w][8 * j + 2 * th.qq + e] = v;
     }
-  // v_s = w_s dt_s x_s . BdH_s
-  wg::wait<1>();
-  wg::pin(bdh);
+}
+
+// From BdH (complete): v_s = w_s dt_s x_s . BdH_s into red.
+__device__ __forceinline__ void q_vrow(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red,
+                                       const unsigned char* Xs, const float (&bdh)[32]) {
   float vr[2];
   th.row_dots(vr, Xs, bdh);
 #pragma unroll
   for (int half = 0; half < 2; ++half)
-    if (qq == 0) red.vrow[th.s_h[half]] = vr[half] * S.wdt[th.s_h[half]];
-  // dxdt = Mᵀ dY + w BdH; dx = D dy + dt dxdt; x . dxdt
-  wg::wait<0>();
-  wg::pin(dxa);
+    if (th.qq == 0) red.vrow[th.s_h[half]] = vr[half] * S.wdt[th.s_h[half]];
+}
+
+// From dxdt (complete): dxdt += w BdH; dx = D dy + dt dxdt stored; x . dxdt into red.
+__device__ __forceinline__ void q_dx(const SsdArgs& a, const BwChunk& k, const BwThread& th, const ChunkScan<kQ>& S,
+                                     BwReduce& red, const unsigned char* Xs, const unsigned char* Ys,
+                                     const float (&bdh)[32], const float (&dxa)[32], int h) {
+  using TX = wg::CoreTile<kQ, kP>;
   const float Dh = a.D ? load_any(a.D, a.D_type, h) : 0.f;
   auto* dxg = a.dx ? static_cast<bf16_t*>(a.dx) + static_cast<int64_t>(h) * kP : nullptr;
   float xr[2] = {0.f, 0.f};
@@ -262,7 +280,7 @@ __device__ __forceinline__ void q_head(const SsdArgs& a, const BwChunk& k, const
     const float ws = S.w[s], dts = S.dt[s];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      const int p = 8 * j + 2 * qq, i = 4 * j + 2 * half;
+      const int p = 8 * j + 2 * th.qq, i = 4 * j + 2 * half;
       const float d0 = dxa[i] + ws * bdh[i];
       const float d1 = dxa[i + 1] + ws * bdh[i + 1];
       const uint32_t xv = *reinterpret_cast<const uint32_t*>(Xs + TX::offset(th.m_h[half], p));
@@ -277,8 +295,32 @@ __device__ __forceinline__ void q_head(const SsdArgs& a, const BwChunk& k, const
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const float v = quad_sum(xr[half]);
-    if (qq == 0) red.xrow[th.s_h[half]] = v;
+    if (th.qq == 0) red.xrow[th.s_h[half]] = v;
   }
+}
+
+// Warpgroup 0, one head h (variant 1): dXY, BdH, Mᵀ and dG (dgs += dG), dxdt, dx; the row / column
+// partials of d(dt) into red. Xs (rows permuted), Ys: the head's x and dy tiles; Dho its dHout.
+template <int N>
+__device__ __forceinline__ void q_head(const SsdArgs& a, const BwChunk& k, const BwThread& th, const unsigned char* Xs,
+                                       const unsigned char* Ys, const unsigned char* Dho, uint64_t desc_b_k,
+                                       const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32], float (&dgs)[32],
+                                       int h) {
+  float dxy[32], bdh[32], dxa[32], zr[2], zc[8][2];
+  uint32_t mf[4][4];
+  q_issue_dxy(dxy, Xs, Ys);
+  q_issue_bdh<N>(bdh, desc_b_k, Dho);
+  wg::wait<1>();
+  wg::pin(dxy);
+  q_mask(th, S, red, gt, dgs, dxy, mf, zr, zc);
+  q_issue_dxdt(dxa, mf, Ys);
+  q_zsums(th, red, zr, zc);
+  wg::wait<1>();
+  wg::pin(bdh);
+  q_vrow(th, S, red, Xs, bdh);
+  wg::wait<0>();
+  wg::pin(dxa);
+  q_dx(a, k, th, S, red, Xs, Ys, bdh, dxa, h);
 }
 
 // Warpgroup 0, after the last head: dGsum (bf16) into Ds for warpgroup 1's products, fenced for the
@@ -405,9 +447,12 @@ __device__ __forceinline__ void n_final(const SsdArgs& a, const BwChunk& k, cons
 
 // ---- Variant 1: two warpgroups, one block barrier per head --------------------------------------
 
-template <int N>
+// kPipe (variants 3, 4): warpgroup 0 pipelined over two heads, 3 head buffers. kLoadsWg1 (variant
+// 4): warpgroup 1 alone issues the per-head copies (warpgroup 0, the longer chain, issues none).
+template <int N, bool kPipe, bool kLoadsWg1>
 __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const SsdArgs a) {
-  using L = BwLayout<N>;
+  constexpr int kBufs = kPipe ? 3 : 2, kAhead = kPipe ? 2 : 1;  // head buffers; loads run kAhead heads ahead
+  using L = BwLayout<N, kBufs>;
   using TN = typename L::TN;
   using TH = typename L::TH;
   unsigned char* sm = mma::dynamic_smem();
@@ -422,20 +467,31 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wgi = tid >> 7;
   const BwThread th(tid & 127);
 
-  auto head_buf = [&](int hi) { return sm + L::heads + (hi & 1) * L::head; };
-  auto issue_head_loads = [&](int h, int hi) {
+  auto head_buf = [&](int hi) { return sm + L::heads + (hi % kBufs) * L::head; };
+  // One head's x (rows permuted), dy, Hin and dHout into its buffer, by kT threads (this one idx).
+  auto head_loads = [&]<int kT>(int h, int hi, int idx) {
+    constexpr int kX = kQ * kP / 8 / kT, kH = kP * N / 8 / kT;  // pieces per thread of each tile
     unsigned char* hb = head_buf(hi);
-    load_core_tile_async<kQ, kP, kBwThreads, 2, true>(hb + L::h_x, static_cast<const bf16_t*>(a.x) + int64_t{h} * kP,
-                                                       a.ld_x, k.row0, k.len, tid);
-    load_core_tile_async<kQ, kP, kBwThreads, 2>(hb + L::h_dy, static_cast<const bf16_t*>(a.dy) + int64_t{h} * kP,
-                                                 a.ld_dy, k.row0, k.len, tid);
+    load_core_tile_async<kQ, kP, kT, kX, true>(hb + L::h_x, static_cast<const bf16_t*>(a.x) + int64_t{h} * kP, a.ld_x,
+                                               k.row0, k.len, idx);
+    load_core_tile_async<kQ, kP, kT, kX>(hb + L::h_dy, static_cast<const bf16_t*>(a.dy) + int64_t{h} * kP, a.ld_dy,
+                                         k.row0, k.len, idx);
     const int64_t st = ((static_cast<int64_t>(k.b) * a.H + h) * k.C + k.c) * kP * N;
     if (a.core_states) {
-      load_contiguous_async<TH::kBytes, kBwThreads, 4>(hb + L::h_hin, a.ws_hin + st, tid);
-      load_contiguous_async<TH::kBytes, kBwThreads, 4>(hb + L::h_dho, a.ws_dhout + st, tid);
+      load_contiguous_async<TH::kBytes, kT, 4>(hb + L::h_hin, a.ws_hin + st, idx);
+      load_contiguous_async<TH::kBytes, kT, 4>(hb + L::h_dho, a.ws_dhout + st, idx);
     } else {
-      load_core_tile_async<kP, N, kBwThreads, 4>(hb + L::h_hin, a.ws_hin + st, N, 0, kP, tid);
-      load_core_tile_async<kP, N, kBwThreads, 4>(hb + L::h_dho, a.ws_dhout + st, N, 0, kP, tid);
+      load_core_tile_async<kP, N, kT, kH < 4 ? kH : 4>(hb + L::h_hin, a.ws_hin + st, N, 0, kP, idx);
+      load_core_tile_async<kP, N, kT, kH < 4 ? kH : 4>(hb + L::h_dho, a.ws_dhout + st, N, 0, kP, idx);
+    }
+  };
+  auto issue_head_loads = [&](int h, int hi) { head_loads.template operator()<kBwThreads>(h, hi, tid); };
+  // The loads inside the head loop: by warpgroup 1 alone (kLoadsWg1) or by every thread.
+  auto issue_loop_loads = [&](int h, int hi) {
+    if constexpr (kLoadsWg1) {
+      if (wgi == 1) head_loads.template operator()<128>(h, hi, tid - 128);
+    } else {
+      issue_head_loads(h, hi);
     }
   };
   auto scan_head = [&](int hi) {
@@ -449,6 +505,7 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
   load_core_tile_async<kQ, N, kBwThreads, 4>(Cs, static_cast<const bf16_t*>(a.Cm) + int64_t{k.g} * N, a.ld_C, k.row0,
                                              k.len, tid);
   issue_head_loads(k.h_first, 0);
+  if (kPipe && k.hpg > 1) issue_head_loads(k.h_first + 1, 1);
   mma::cp_async_commit();
   if (tid < kQ) {  // raw dt of heads 0 and 1 (head hi's in slot hi % 2)
     bnd[tid] = boundary_at(a, k.b, k.t0 + tid);
@@ -463,9 +520,10 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
   const uint64_t desc_b_k = wg::make_desc(wg::smem_addr(Bs), TN::kKMajorLbo, TN::kKMajorSbo);
   const uint64_t desc_c_k = wg::make_desc(wg::smem_addr(Cs), TN::kKMajorLbo, TN::kKMajorSbo);
 
-  // The start of head hi, all 256 threads: head hi's tiles in; its scan (run during head hi-1) and
-  // head hi-1's row partials visible; every read of head hi-1's buffers, scan slot (hi+1) % 3
-  // (head hi-2's) and raw slot hi % 2 (scanned during head hi-1) done. Then head hi+1's loads.
+  // The start of head hi, all 256 threads: head hi's tiles in (and head hi+1's with kPipe); its scan
+  // (run during head hi-1) and head hi-1's row partials visible; every read of head hi-1's buffers,
+  // scan slot (hi+1) % 3 (head hi-2's) and raw slot hi % 2 (scanned during head hi-1) done. Then
+  // the loads of head hi + kAhead, into head hi-1's buffer with kPipe (hi+1's without).
   auto head_top = [&](int hi) {
     const int h = k.h_first + hi;
     float next_raw = 0.f;
@@ -473,7 +531,7 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
     mma::cp_async_wait<0>();
     wg::fence_async_smem();  // the copies are read by wgmma (async proxy)
     __syncthreads();
-    if (hi + 1 < k.hpg) issue_head_loads(h + 1, hi + 1);
+    if (hi + kAhead < k.hpg) issue_loop_loads(h + kAhead, hi + kAhead);
     mma::cp_async_commit();
     if (hi + 2 < k.hpg && tid < kQ) raw[(hi & 1) * kQ + tid] = next_raw;
   };
@@ -485,11 +543,46 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
     q_gt<N>(gt, desc_b_k, desc_c_k);
 #pragma unroll
     for (int i = 0; i < 32; ++i) dgs[i] = 0.f;
-    for (int hi = 0; hi < k.hpg; ++hi) {
-      head_top(hi);
-      const unsigned char* hb = head_buf(hi);
-      q_head<N>(a, k, th, hb + L::h_x, hb + L::h_dy, hb + L::h_dho, desc_b_k, scans[hi % 3], reds[hi & 1], gt, dgs,
-                k.h_first + hi);
+    if constexpr (!kPipe) {
+      for (int hi = 0; hi < k.hpg; ++hi) {
+        head_top(hi);
+        const unsigned char* hb = head_buf(hi);
+        q_head<N>(a, k, th, hb + L::h_x, hb + L::h_dy, hb + L::h_dho, desc_b_k, scans[hi % 3], reds[hi & 1], gt,
+                  dgs, k.h_first + hi);
+      }
+    } else {
+      // Pipelined (variant 3): head hi+1's dXY is issued right after head hi's dxdt, so it runs on
+      // the tensor cores under head hi's sums, v_s and dx; head hi's BdH under its own Mᵀ / dG.
+      // Commit order per head: BdH(hi), dxdt(hi), dXY(hi+1) (an empty group after the last head).
+      float dxy[32];
+      q_issue_dxy(dxy, head_buf(0) + L::h_x, head_buf(0) + L::h_dy);  // head 0's tiles landed (prologue)
+      for (int hi = 0; hi < k.hpg; ++hi) {
+        head_top(hi);  // head hi+1's tiles in
+        const unsigned char* hb = head_buf(hi);
+        const ChunkScan<kQ>& S = scans[hi % 3];
+        BwReduce& red = reds[hi & 1];
+        float bdh[32], dxa[32], zr[2], zc[8][2];
+        uint32_t mf[4][4];
+        q_issue_bdh<N>(bdh, desc_b_k, hb + L::h_dho);
+        wg::wait<1>();
+        wg::pin(dxy);
+        q_mask(th, S, red, gt, dgs, dxy, mf, zr, zc);
+        q_issue_dxdt(dxa, mf, hb + L::h_dy);
+        if (hi + 1 < k.hpg) {
+          const unsigned char* nb = head_buf(hi + 1);
+          q_issue_dxy(dxy, nb + L::h_x, nb + L::h_dy);
+        } else {
+          wg::commit();  // empty: the waits below count the same groups for every head
+        }
+        q_zsums(th, red, zr, zc);
+        wg::wait<2>();
+        wg::pin(bdh);
+        q_vrow(th, S, red, hb + L::h_x, bdh);
+        wg::wait<1>();
+        wg::pin(dxa);
+        q_dx(a, k, th, S, red, hb + L::h_x, hb + L::h_dy, bdh, dxa, k.h_first + hi);
+      }
+      wg::wait<0>();
     }
     q_store_dgs(Ds, th, dgs);
     __syncthreads();  // Ds complete; the last head's row partials in
@@ -712,6 +805,8 @@ __global__ void __launch_bounds__(kWsBwThreads, 1) ssd_bwd_chunk_ws_kernel(const
 template <int N>
 void launch_bwd_chunk_wg(const SsdArgs& a) {
   const dim3 grid(static_cast<unsigned>(a.nchunks), static_cast<unsigned>(a.G), static_cast<unsigned>(a.B));
+  using L2 = BwLayout<N, 2>;
+  using L3 = BwLayout<N, 3>;
   if (a.bwd_variant == 2) {
     auto kernel = ssd_bwd_chunk_ws_kernel<N>;
     static const bool attr = [&] {
@@ -721,15 +816,25 @@ void launch_bwd_chunk_wg(const SsdArgs& a) {
     }();
     (void)attr;
     HLM_LAUNCH(kernel, grid, dim3(kWsBwThreads), WsBwLayout<N>::total, a);
-  } else {
-    auto kernel = ssd_bwd_chunk_wg_kernel<N>;
+  } else if (a.bwd_variant == 3 || a.bwd_variant == 4) {
+    auto kernel = a.bwd_variant == 3 ? ssd_bwd_chunk_wg_kernel<N, true, false> : ssd_bwd_chunk_wg_kernel<N, true, true>;
     static const bool attr = [&] {
-      HLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(BwLayout<N>::total)));
+      for (auto* f : {ssd_bwd_chunk_wg_kernel<N, true, false>, ssd_bwd_chunk_wg_kernel<N, true, true>})
+        HLM_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(L3::total)));
       return true;
     }();
     (void)attr;
-    HLM_LAUNCH(kernel, grid, dim3(kBwThreads), BwLayout<N>::total, a);
+    HLM_LAUNCH(kernel, grid, dim3(kBwThreads), L3::total, a);
+  } else {
+    auto kernel = ssd_bwd_chunk_wg_kernel<N, false, false>;
+    static const bool attr = [&] {
+      HLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(L2::total)));
+      return true;
+    }();
+    (void)attr;
+    HLM_LAUNCH(kernel, grid, dim3(kBwThreads), L2::total, a);
   }
   HLM_CUDA_CHECK_LAUNCH();
 }
