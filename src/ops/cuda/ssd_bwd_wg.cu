@@ -25,11 +25,13 @@
 // The scaled A operands (eoff dy, w dt x: bf16 copies, as the forward's x w dt) let every head's
 // terms go straight into the dC and dB accumulators, which stay in warpgroup 1's registers over all
 // heads (sums in registers, no atomics); the mma.sync kernel scales fp32 products instead.
-// Variant 2 (further below) is the same work warp-specialised; opt-in. Variant 1, per head one block barrier: the head's tiles (prefetched during the previous head) in, the
-// previous head's buffers free. The default on sm_90 (backward variant 1): ~5 % faster than
-// ssd_bwd_chunk_kernel in the SSD backward on an H100, and like it latency-bound (ncu, 4K: ~11K warp
-// instructions per head-chunk at ~0.9 IPC per SM, one block of 8 warps per SM; bench/cuda/NOTES-ssd.md
-// round 12 has the profile and what would cut it).
+// Variant 1, per head one block barrier: the head's tiles (prefetched during the previous head)
+// in, the previous head's buffers free. The default on sm_90 (backward variant 1): ~5 % faster
+// than ssd_bwd_chunk_kernel in the SSD backward on an H100, and like it latency-bound (ncu, 4K: ~11K
+// warp instructions per head-chunk at ~0.9 IPC per SM, one block of 8 warps per SM; warpgroup 0
+// sets the pace; bench/cuda/NOTES-ssd.md rounds 12 and 13). Opt-in, same gradients bitwise:
+// variant 3 pipelines warpgroup 0 over two heads (the same kernel, kPipe), variant 4 also leaves
+// the copies to warpgroup 1 (kLoadsWg1); variant 2 (further below) is the work warp-specialised.
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/cuda/ssd_wg.cuh"
 #include "ops/cuda/wgmma.cuh"
