@@ -555,9 +555,13 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
     } else {
       // Pipelined (variant 3): head hi+1's dXY is issued right after head hi's dxdt, so it runs on
       // the tensor cores under head hi's sums, v_s and dx; head hi's BdH under its own Mᵀ / dG.
-      // Commit order per head: BdH(hi), dxdt(hi), dXY(hi+1) (an empty group after the last head).
+      // Commit order per head: BdH(hi), dxdt(hi), dXY(hi+1) (a spare one after the last head).
+      // Every group completes within its head: no accumulator in flight crosses the loop edge or
+      // a branch (either makes ptxas serialise every wgmma: C7514 / C7520).
       float dxy[32];
       q_issue_dxy(dxy, head_buf(0) + L::h_x, head_buf(0) + L::h_dy);  // head 0's tiles landed (prologue)
+      wg::wait<0>();
+      wg::pin(dxy);
       for (int hi = 0; hi < k.hpg; ++hi) {
         head_top(hi);  // head hi+1's tiles in
         const unsigned char* hb = head_buf(hi);
@@ -566,16 +570,10 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
         float bdh[32], dxa[32], zr[2], zc[8][2];
         uint32_t mf[4][4];
         q_issue_bdh<N>(bdh, desc_b_k, hb + L::h_dho);
-        wg::wait<1>();
-        wg::pin(dxy);
         q_mask(th, S, red, gt, dgs, dxy, mf, zr, zc);
         q_issue_dxdt(dxa, mf, hb + L::h_dy);
-        if (hi + 1 < k.hpg) {
-          const unsigned char* nb = head_buf(hi + 1);
-          q_issue_dxy(dxy, nb + L::h_x, nb + L::h_dy);
-        } else {
-          wg::commit();  // empty: the waits below count the same groups for every head
-        }
+        const unsigned char* nb = head_buf(hi + 1 < k.hpg ? hi + 1 : hi);  // after the last head: spare
+        q_issue_dxy(dxy, nb + L::h_x, nb + L::h_dy);
         q_zsums(th, red, zr, zc);
         wg::wait<2>();
         wg::pin(bdh);
@@ -583,8 +581,9 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
         wg::wait<1>();
         wg::pin(dxa);
         q_dx(a, k, th, S, red, hb + L::h_x, hb + L::h_dy, bdh, dxa, k.h_first + hi);
+        wg::wait<0>();
+        wg::pin(dxy);
       }
-      wg::wait<0>();
     }
     q_store_dgs(Ds, th, dgs);
     __syncthreads();  // Ds complete; the last head's row partials in
