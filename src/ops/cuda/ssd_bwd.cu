@@ -479,7 +479,7 @@ void launch_bwd_fast(const SsdArgs& a) {
   }
   launch_state_sweep<Q, P, N>(a, 0, 2);
   if constexpr (Q == 64 && P == 64) {
-    if (a.bwd_variant >= 1 && a.bwd_variant <= 4) {
+    if (a.bwd_variant != 0) {  // backward_variant() picks a wgmma kernel only where it applies
       launch_bwd_chunk_wg<N>(a);
       return;
     }

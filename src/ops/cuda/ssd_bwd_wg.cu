@@ -32,6 +32,8 @@
 // sets the pace; bench/cuda/NOTES-ssd.md rounds 12 and 13). Opt-in, same gradients bitwise:
 // variant 3 pipelines warpgroup 0 over two heads (the same kernel, kPipe), variant 4 also leaves
 // the copies to warpgroup 1 (kLoadsWg1); variant 2 (further below) is the work warp-specialised.
+#include <type_traits>
+
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/cuda/ssd_wg.cuh"
 #include "ops/cuda/wgmma.cuh"
@@ -471,7 +473,8 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
 
   auto head_buf = [&](int hi) { return sm + L::heads + (hi % kBufs) * L::head; };
   // One head's x (rows permuted), dy, Hin and dHout into its buffer, by kT threads (this one idx).
-  auto head_loads = [&]<int kT>(int h, int hi, int idx) {
+  auto head_loads = [&](auto threads, int h, int hi, int idx) {
+    constexpr int kT = decltype(threads)::value;
     constexpr int kX = kQ * kP / 8 / kT, kH = kP * N / 8 / kT;  // pieces per thread of each tile
     unsigned char* hb = head_buf(hi);
     load_core_tile_async<kQ, kP, kT, kX, true>(hb + L::h_x, static_cast<const bf16_t*>(a.x) + int64_t{h} * kP, a.ld_x,
@@ -487,11 +490,11 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
       load_core_tile_async<kP, N, kT, kH < 4 ? kH : 4>(hb + L::h_dho, a.ws_dhout + st, N, 0, kP, idx);
     }
   };
-  auto issue_head_loads = [&](int h, int hi) { head_loads.template operator()<kBwThreads>(h, hi, tid); };
+  auto issue_head_loads = [&](int h, int hi) { head_loads(std::integral_constant<int, kBwThreads>{}, h, hi, tid); };
   // The loads inside the head loop: by warpgroup 1 alone (kLoadsWg1) or by every thread.
   auto issue_loop_loads = [&](int h, int hi) {
     if constexpr (kLoadsWg1) {
-      if (wgi == 1) head_loads.template operator()<128>(h, hi, tid - 128);
+      if (wgi == 1) head_loads(std::integral_constant<int, 128>{}, h, hi, tid - 128);
     } else {
       issue_head_loads(h, hi);
     }
@@ -801,41 +804,28 @@ __global__ void __launch_bounds__(kWsBwThreads, 1) ssd_bwd_chunk_ws_kernel(const
   n_final<N>(a, k, th, Ds, Bs, Cs, dca, dba);
 }
 
+// Launches kKernel with `bytes` of dynamic shared memory, raising its limit on the first call.
+template <auto kKernel>
+void launch_with_smem(const dim3& grid, int threads, size_t bytes, const SsdArgs& a) {
+  static const bool attr = [&] {
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    return true;
+  }();
+  (void)attr;
+  HLM_LAUNCH(kKernel, grid, dim3(threads), bytes, a);
+}
+
 }  // namespace
 
 template <int N>
 void launch_bwd_chunk_wg(const SsdArgs& a) {
   const dim3 grid(static_cast<unsigned>(a.nchunks), static_cast<unsigned>(a.G), static_cast<unsigned>(a.B));
-  using L2 = BwLayout<N, 2>;
-  using L3 = BwLayout<N, 3>;
-  if (a.bwd_variant == 2) {
-    auto kernel = ssd_bwd_chunk_ws_kernel<N>;
-    static const bool attr = [&] {
-      HLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(WsBwLayout<N>::total)));
-      return true;
-    }();
-    (void)attr;
-    HLM_LAUNCH(kernel, grid, dim3(kWsBwThreads), WsBwLayout<N>::total, a);
-  } else if (a.bwd_variant == 3 || a.bwd_variant == 4) {
-    auto kernel = a.bwd_variant == 3 ? ssd_bwd_chunk_wg_kernel<N, true, false> : ssd_bwd_chunk_wg_kernel<N, true, true>;
-    static const bool attr = [&] {
-      for (auto* f : {ssd_bwd_chunk_wg_kernel<N, true, false>, ssd_bwd_chunk_wg_kernel<N, true, true>})
-        HLM_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(L3::total)));
-      return true;
-    }();
-    (void)attr;
-    HLM_LAUNCH(kernel, grid, dim3(kBwThreads), L3::total, a);
-  } else {
-    auto kernel = ssd_bwd_chunk_wg_kernel<N, false, false>;
-    static const bool attr = [&] {
-      HLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(L2::total)));
-      return true;
-    }();
-    (void)attr;
-    HLM_LAUNCH(kernel, grid, dim3(kBwThreads), L2::total, a);
+  constexpr size_t kBytes2 = BwLayout<N, 2>::total, kBytes3 = BwLayout<N, 3>::total;
+  switch (a.bwd_variant) {
+    case 2: launch_with_smem<ssd_bwd_chunk_ws_kernel<N>>(grid, kWsBwThreads, WsBwLayout<N>::total, a); break;
+    case 3: launch_with_smem<ssd_bwd_chunk_wg_kernel<N, true, false>>(grid, kBwThreads, kBytes3, a); break;
+    case 4: launch_with_smem<ssd_bwd_chunk_wg_kernel<N, true, true>>(grid, kBwThreads, kBytes3, a); break;
+    default: launch_with_smem<ssd_bwd_chunk_wg_kernel<N, false, false>>(grid, kBwThreads, kBytes2, a);
   }
   HLM_CUDA_CHECK_LAUNCH();
 }
