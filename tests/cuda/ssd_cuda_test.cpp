@@ -411,10 +411,11 @@ TEST(SsdCuda, BackwardChunkKernels) {
     check_backward({2, 1000, 8, 2, 64, 128});
     unsetenv("HLM_SSD_SEG_CHUNKS");
   }
-  // The sweeps' states in core-matrix order (HLM_SSD_CORE_STATES=1), read by both wgmma kernels.
-  setenv("HLM_SSD_CORE_STATES", "1", 1);
+  // The sweeps' states row-major (HLM_SSD_CORE_STATES=0; the default is core-matrix order), read
+  // by every wgmma kernel.
+  setenv("HLM_SSD_CORE_STATES", "0", 1);
   for (const char* v : {"1", "2", "3", "4"}) {
-    SCOPED_TRACE(std::string("HLM_SSD_CORE_STATES=1 HLM_SSD_BWD_VARIANT=") + v);
+    SCOPED_TRACE(std::string("HLM_SSD_CORE_STATES=0 HLM_SSD_BWD_VARIANT=") + v);
     setenv("HLM_SSD_BWD_VARIANT", v, 1);
     check_backward({2, 333, 8, 2, 64, 128});
     check_backward({2, 300, 16, 4, 64, 64});

@@ -403,13 +403,13 @@ int main(int argc, char** argv) {
     }
     unsetenv("HLM_SSD_BWD_VARIANT");
   }
-  if (want("corestates")) {  // the sweeps' states in core-matrix order, the wgmma chunk kernels
-    setenv("HLM_SSD_CORE_STATES", "1", 1);
+  if (want("rowmajor")) {  // the sweeps' states row-major (the default is core-matrix order)
+    setenv("HLM_SSD_CORE_STATES", "0", 1);
     for (const char* v : {"1", "2", "4"}) {
       setenv("HLM_SSD_BWD_VARIANT", v, 1);
-      std::printf("HLM_SSD_BWD_VARIANT=%s HLM_SSD_CORE_STATES=1\n", v);
-      run_case("corestates", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
-      run_case("corestates-n64", 2, 130, 6, 2, 64, 64, true, false, DType::BF16, 1e-2, true);
+      std::printf("HLM_SSD_BWD_VARIANT=%s HLM_SSD_CORE_STATES=0\n", v);
+      run_case("rowmajor", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
+      run_case("rowmajor-n64", 2, 130, 6, 2, 64, 64, true, false, DType::BF16, 1e-2, true);
     }
     unsetenv("HLM_SSD_BWD_VARIANT");
     unsetenv("HLM_SSD_CORE_STATES");
