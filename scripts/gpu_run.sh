@@ -3,7 +3,7 @@
 # then the benchmarks with the PyTorch references of the same run. Each stage has a time limit;
 # logs and JSON go to $OUT (bundled into results.tgz), a summary is printed last. HLM_TEST_FILTER
 # narrows the tests stage (a gtest filter; default *Cuda*).
-#   scripts/gpu_run.sh STAGE:SECONDS ...   stages: tests ssd ssdbase ops torch layers mixer train decode ncu ncuws ncubw
+#   scripts/gpu_run.sh STAGE:SECONDS ...   stages: tests ssd ssdbase ssdalt ops torch layers mixer train decode ncu ncuws ncubw
 set -u
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -22,13 +22,14 @@ run_stage() {
   case "$name" in
     tests) timeout "$limit" stdbuf -oL "$bin/hybridlm_tests" --gtest_filter="${HLM_TEST_FILTER:-*Cuda*}" --gtest_color=no > "$logs/tests.log" 2>&1 ;;
     ssd) timeout "$limit" stdbuf -oL "$bin/bench_ssd_cuda" --json "$logs/ssd.json" > "$logs/ssd.log" 2>&1 ;;
-    ssdbase) # the same bench over another build of libhlm.so (an A/B across builds): the folder
-             # HLM_BASE_LIB names (default .gpu/base, its libhlm.so.xz unpacked), the environment
-             # HLM_BASE_ENV sets (e.g. a knob whose default changed since that build)
-             base="${HLM_BASE_LIB:-$root/.gpu/base}"
+    ssdbase|ssdalt) # the same bench over another build of libhlm.so (an A/B across builds): the
+             # folder .gpu/base or .gpu/alt (its libhlm.so.xz unpacked), with the environment
+             # HLM_BASE_ENV sets for ssdbase (e.g. a knob whose default changed since that build)
+             base="$root/.gpu/${name#ssd}" env_set="${HLM_BASE_ENV:-}"
+             [ "$name" = ssdalt ] && env_set=""
              [ -f "$base/libhlm.so" ] || xz -dk "$base/libhlm.so.xz"
-             timeout "$limit" env ${HLM_BASE_ENV:-} LD_LIBRARY_PATH="$base:$LD_LIBRARY_PATH" stdbuf -oL \
-               "$bin/bench_ssd_cuda" --json "$logs/ssd_base.json" > "$logs/ssd_base.log" 2>&1 ;;
+             timeout "$limit" env $env_set LD_LIBRARY_PATH="$base:$LD_LIBRARY_PATH" stdbuf -oL \
+               "$bin/bench_ssd_cuda" --json "$logs/ssd_${name#ssd}.json" > "$logs/ssd_${name#ssd}.log" 2>&1 ;;
     ops) timeout "$limit" stdbuf -oL "$bin/bench_ops_cuda" --json "$logs/ops.json" > "$logs/ops.log" 2>&1 ;;
     torch) timeout "$limit" "$py" bench/cuda/torch_reference.py --json "$logs/torch.json" > "$logs/torch.log" 2>&1 &&
            "$py" bench/cuda/compare.py "$logs/ops.json" "$logs/torch.json" > "$logs/compare.log" 2>&1 ;;
@@ -73,7 +74,7 @@ tar -czf "$out/results.tgz" -C "$out" logs
 rm -rf "$logs"
 # What matters most, last (the reply carries the end of the output).
 tar -xzOf "$out/results.tgz" logs/tests.log 2>/dev/null | grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests? ran" | tail -40
-for f in ssd ssd_base ops compare layers mixer train decode ncu_ssd_fwd_fast_kernel ncu_ssd_bwd_chunk ncu_ssd_fwd_ws_kernel; do
+for f in ssd ssd_base ssd_alt ops compare layers mixer train decode ncu_ssd_fwd_fast_kernel ncu_ssd_bwd_chunk ncu_ssd_fwd_ws_kernel; do
   tar -xzOf "$out/results.tgz" "logs/$f.log" 2>/dev/null | tail -40
 done
 cat "$out/summary.txt"

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "ops/cuda/warp_mma.cuh"
 #include "ops/cuda/wgmma.cuh"
@@ -48,24 +49,43 @@ __device__ __forceinline__ void load_core_tile_async(unsigned char* S, const bf1
   const int rr = idx & 7, j0 = idx >> 3;  // row within the core matrix; first core matrix (tile order)
   const bf16_t* first = base + row0 * ld;  // a valid row for the zero-filled ones
   const bf16_t* src0 = first + rr * ld;
+  // A whole tile (every chunk but a row's last) takes the plain copy; a partial one zero-fills.
+  auto copies = [&](auto whole) {
 #pragma unroll kUnroll
-  for (int k = 0; k < kSteps; ++k) {
-    // Core matrix j = j0 + k kGroups: column block j % kPieces, rows 8 (j / kPieces) + rr. Either the
-    // column block is the thread's own for every step (kGroups a multiple of kPieces), or j0 <
-    // kGroups divides kPieces and the split is static in k.
-    int c, rg;
-    if constexpr (kGroups % kPieces == 0) {
-      c = j0 % kPieces;
-      rg = j0 / kPieces + k * (kGroups / kPieces);
-    } else {
-      c = j0 + kGroups * (k % (kPieces / kGroups));
-      rg = k / (kPieces / kGroups);
+    for (int k = 0; k < kSteps; ++k) {
+      // Core matrix j = j0 + k kGroups: column block j % kPieces, rows 8 (j / kPieces) + rr. Either
+      // the column block is the thread's own for every step (kGroups a multiple of kPieces), or j0 <
+      // kGroups divides kPieces and the split is static in k.
+#ifdef HLM_SSD_COPY_BY_ROW  // TEMPORARY A/B: the earlier order (lanes along a row)
+      const int c = idx % kPieces, r = idx / kPieces + k * (kT / kPieces);
+      unsigned char* d = S + Tile::offset(kPermute ? row_of_token(r) : r, 8 * c);
+      const bf16_t* src = first + r * ld + 8 * c;
+      (void)src0, (void)j0, (void)rr;
+#else
+      int c, rg;
+      if constexpr (kGroups % kPieces == 0) {
+        c = j0 % kPieces;
+        rg = j0 / kPieces + k * (kGroups / kPieces);
+      } else {
+        c = j0 + kGroups * (k % (kPieces / kGroups));
+        rg = k / (kPieces / kGroups);
+      }
+      const int r = 8 * rg + rr;
+      unsigned char* d = kPermute ? S + Tile::offset(row_of_token(r), 8 * c) : S + (idx + k * kT) * 16;
+      const bf16_t* src = src0 + int64_t{8 * rg} * ld + 8 * c;
+#endif
+      if constexpr (decltype(whole)::value) {
+        mma::cp_async16(d, src);
+      } else {
+        const bool valid = r < valid_rows;
+        mma::cp_async16(d, valid ? src : first, valid);
+      }
     }
-    const int r = 8 * rg + rr;
-    const bool valid = r < valid_rows;
-    unsigned char* d = kPermute ? S + Tile::offset(row_of_token(r), 8 * c) : S + (idx + k * kT) * 16;
-    mma::cp_async16(d, valid ? src0 + int64_t{8 * rg} * ld + 8 * c : first, valid);
-  }
+  };
+  if (valid_rows >= R)
+    copies(std::true_type{});
+  else
+    copies(std::false_type{});
 }
 
 // Queues cp.async copies of kBytes contiguous bytes (a tile already in core-matrix order in global
