@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-#include <type_traits>
 
 #include "ops/cuda/warp_mma.cuh"
 #include "ops/cuda/wgmma.cuh"
@@ -30,62 +29,30 @@ __device__ __forceinline__ int row_of_token(int t) {
 }
 
 // Queues cp.async copies of rows [row0, row0 + R) x columns [0, C) of a bf16 row view into a
-// CoreTile<R, C>; rows >= valid_rows are zero-filled. Thread idx of kT copies the 16-byte pieces
-// idx, idx + kT, ... of the tile in its shared-memory order (8 rows of one 8-column block, then
-// the next column block, then the next 8 rows): each 8 lanes of a warp fill one 128-byte core
-// matrix (no bank conflict) from 8 rows, and the 4 groups of a warp take 4 neighbouring column
-// blocks, so each row's 64 bytes are whole sectors read by one instruction. (Lanes along a row
-// wrote 8 core matrices 128 bytes apart: an 8-way conflict, and ncu counted twice the ideal L2
-// sectors for every such copy.) kUnroll: how far the loop is unrolled (a producer warp keeps few
-// registers). With kPermute (R = Q), token r goes to row row_of_token(r) (an aligned 8-token group
-// lands in one core matrix, possibly in reverse row order).
+// CoreTile<R, C>; rows >= valid_rows are zero-filled. As load_tile_async: thread idx of kT copies
+// the 16-byte pieces idx, idx + kT, ..., one column and rows kT / (C / 8) apart (a multiple or a
+// divisor of 8, so each row's core-matrix offset is the thread's first plus a constant), so source
+// and destination advance by constant strides. kUnroll: how far the loop is unrolled (a producer
+// warp keeps few registers). With kPermute (R = Q), token r goes to row row_of_token(r).
 template <int R, int C, int kT, int kUnroll, bool kPermute = false>
 __device__ __forceinline__ void load_core_tile_async(unsigned char* S, const bf16_t* base, int64_t ld, int64_t row0,
                                                      int valid_rows, int idx) {
   using Tile = wg::CoreTile<R, C>;
-  constexpr int kPieces = C / 8, kSteps = R * kPieces / kT, kGroups = kT / 8;  // groups of 8 rows per step
-  static_assert(kT % 8 == 0 && (R * kPieces) % kT == 0 && (kGroups % kPieces == 0 || kPieces % kGroups == 0),
-                "whole core matrices per step");
-  const int rr = idx & 7, j0 = idx >> 3;  // row within the core matrix; first core matrix (tile order)
-  const bf16_t* first = base + row0 * ld;  // a valid row for the zero-filled ones
-  const bf16_t* src0 = first + rr * ld;
-  // A whole tile (every chunk but a row's last) takes the plain copy; a partial one zero-fills.
-  auto copies = [&](auto whole) {
+  constexpr int kPieces = C / 8, kRowStep = kT / kPieces;
+  static_assert(kT % kPieces == 0 && (kRowStep % 8 == 0 || 8 % kRowStep == 0) && R % kRowStep == 0,
+                "rows within core matrices");
+  const int r0 = idx / kPieces, c = idx % kPieces;
+  const bf16_t* first = base + row0 * ld + 8 * c;  // a valid row for the zero-filled ones
+  const bf16_t* src = first + r0 * ld;
+  const int64_t step = kRowStep * ld;
+  unsigned char* dst = S + Tile::offset(r0, 8 * c);
 #pragma unroll kUnroll
-    for (int k = 0; k < kSteps; ++k) {
-      // Core matrix j = j0 + k kGroups: column block j % kPieces, rows 8 (j / kPieces) + rr. Either
-      // the column block is the thread's own for every step (kGroups a multiple of kPieces), or j0 <
-      // kGroups divides kPieces and the split is static in k.
-#ifdef HLM_SSD_COPY_BY_ROW  // TEMPORARY A/B: the earlier order (lanes along a row)
-      const int c = idx % kPieces, r = idx / kPieces + k * (kT / kPieces);
-      unsigned char* d = S + Tile::offset(kPermute ? row_of_token(r) : r, 8 * c);
-      const bf16_t* src = first + r * ld + 8 * c;
-      (void)src0, (void)j0, (void)rr;
-#else
-      int c, rg;
-      if constexpr (kGroups % kPieces == 0) {
-        c = j0 % kPieces;
-        rg = j0 / kPieces + k * (kGroups / kPieces);
-      } else {
-        c = j0 + kGroups * (k % (kPieces / kGroups));
-        rg = k / (kPieces / kGroups);
-      }
-      const int r = 8 * rg + rr;
-      unsigned char* d = kPermute ? S + Tile::offset(row_of_token(r), 8 * c) : S + (idx + k * kT) * 16;
-      const bf16_t* src = src0 + int64_t{8 * rg} * ld + 8 * c;
-#endif
-      if constexpr (decltype(whole)::value) {
-        mma::cp_async16(d, src);
-      } else {
-        const bool valid = r < valid_rows;
-        mma::cp_async16(d, valid ? src : first, valid);
-      }
-    }
-  };
-  if (valid_rows >= R)
-    copies(std::true_type{});
-  else
-    copies(std::false_type{});
+  for (int k = 0; k < R / kRowStep; ++k) {
+    const int r = r0 + k * kRowStep;
+    const bool valid = r < valid_rows;
+    unsigned char* d = kPermute ? S + Tile::offset(row_of_token(r), 8 * c) : dst + Tile::offset(k * kRowStep, 0);
+    mma::cp_async16(d, valid ? src + k * step : first, valid);
+  }
 }
 
 // Queues cp.async copies of kBytes contiguous bytes (a tile already in core-matrix order in global

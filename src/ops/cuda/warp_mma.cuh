@@ -132,16 +132,6 @@ __device__ __forceinline__ void cp_async(void* smem, const void* src, bool valid
 #endif
 }
 __device__ __forceinline__ void cp_async16(void* smem, const void* src, bool valid) { cp_async<16>(smem, src, valid); }
-// 16 bytes, always read: no source-size operand. ncu shows this form at the ideal shared-memory
-// wavefronts (one per 128 bytes) and L2 sectors; the zero-filling form above, even with every lane
-// valid, at 8 times the wavefronts and twice the sectors.
-__device__ __forceinline__ void cp_async16(void* smem, const void* src) {
-#ifdef HLM_CUDA_EMU
-  ::emu::cp_async(smem, src, 16, false);
-#else
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(smem)), "l"(src));
-#endif
-}
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef HLM_CUDA_EMU
   ::emu::cp_commit();
