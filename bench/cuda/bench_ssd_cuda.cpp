@@ -485,6 +485,18 @@ int main(int argc, char** argv) {
     }
     unsetenv("HLM_SSD_FWD_VARIANT");
     unsetenv("HLM_SSD_SEG_CHUNKS");
+    // Variant 2 with its y copy-out under the chunk's Yo product (HLM_SSD_WS_LATE_COPY=1, opt-in),
+    // against the variant-2 rows above; checked against the CPU first.
+    setenv("HLM_SSD_WS_LATE_COPY", "1", 1);
+    if (check_ssd(1, 512) && check_ssd(2, 333)) {
+      for (int64_t len : {int64_t{4096}, int64_t{65536}}) {
+        bench_ssd(1, len, len == 4096 ? 1.03 : 5.03, NAN, len == 4096 ? 0.15 : 1.7, NAN, true);
+        g_rows.back().name += " variant 2, late y copy (HLM_SSD_WS_LATE_COPY=1)";
+      }
+    } else {
+      std::printf("HLM_SSD_WS_LATE_COPY=1: check failed, not timed\n");
+    }
+    unsetenv("HLM_SSD_WS_LATE_COPY");
     // A/B of the backward's chunk kernel against the rows above (the default: the wgmma kernel on
     // sm_90, the sweeps' states in core-matrix order): the mma.sync kernel (backward variant 0),
     // the wgmma kernel with warpgroup 0 pipelined over two heads (variant 3), that with warpgroup

@@ -384,6 +384,16 @@ TEST(SsdCuda, ForwardBlockShapes) {
     }
     unsetenv("HLM_SSD_SEG_CHUNKS");
   }
+  // Variant 2 with its y copy-out under the Yo product (HLM_SSD_WS_LATE_COPY=1): one and several
+  // segments, a partial last chunk.
+  setenv("HLM_SSD_FWD_VARIANT", "2", 1);
+  setenv("HLM_SSD_WS_LATE_COPY", "1", 1);
+  check_forward({2, 1000, 8, 2, 64, 128});
+  check_forward({1, 333, 16, 4, 64, 64});
+  setenv("HLM_SSD_SEG_CHUNKS", "3", 1);
+  check_forward({2, 1000, 8, 2, 64, 128});
+  unsetenv("HLM_SSD_SEG_CHUNKS");
+  unsetenv("HLM_SSD_WS_LATE_COPY");
   unsetenv("HLM_SSD_FWD_VARIANT");
 }
 

@@ -203,13 +203,22 @@ struct WalkThread {
       }
   }
   // The first len rows of the y tile Y to dst (row pitch ld): 16 bytes per thread and step (whole
-  // 32-byte sectors; the accumulator layout would store 4 bytes per thread, half sectors).
+  // 32-byte sectors; the accumulator layout would store 4 bytes per thread, half sectors). All of
+  // the thread's shared-memory loads first, then the stores: one load latency, not one per store
+  // (the per-row form compiled to load, wait, store, four times over, ~19 % of the consumers'
+  // stall samples in round 14's profile).
   __device__ __forceinline__ void copy_out_y(bf16_t* dst, int64_t ld, const unsigned char* Y, int len) const {
+    constexpr int kSteps = kQ * kP / 8 / kThreads;
+    uint4 v[kSteps];
 #pragma unroll
-    for (int k = 0; k < kQ * kP / 8 / kThreads; ++k) {
+    for (int k = 0; k < kSteps; ++k) {
+      const int i = lt + k * kThreads;
+      v[k] = *reinterpret_cast<const uint4*>(Y + TX::offset(i / (kP / 8), 8 * (i % (kP / 8))));
+    }
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
       const int i = lt + k * kThreads, r = i / (kP / 8), cg = i % (kP / 8);
-      if (r < len)
-        *reinterpret_cast<uint4*>(dst + r * ld + 8 * cg) = *reinterpret_cast<const uint4*>(Y + TX::offset(r, 8 * cg));
+      if (r < len) *reinterpret_cast<uint4*>(dst + r * ld + 8 * cg) = v[k];
     }
   }
 };
@@ -564,7 +573,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
     unsigned char* st = stage_of(k);
     if (!kEarlyG) wait_full(k);    // (with kEarlyG, waited before the previous chunk's G)
     mma::bar_sync(bar, kThreads);  // (A): Hs and Ys of the previous chunk written by all four warps
-    if (k > 0) copy_out_y(c - 1);
+    if (k > 0 && !a.ws_late_copy) copy_out_y(c - 1);
     const ChunkScan<kQ>& S = reinterpret_cast<const ChunkScan<kQ>*>(st + L::st_scan)[j];
     const unsigned char* X = st + L::st_x + j * TX::kBytes;
     const unsigned char* Bt = st + L::st_b;
@@ -572,6 +581,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
     float yacc[32];
     if (!kEarlyG) issue_g(k);
     th.issue_c_product(yacc, desc_c, desc_h, TH::kKMajorStep);
+    // With ws_late_copy (opt-in until measured) the previous chunk's y goes out under this Yo
+    // product instead of before it: Ys is next written by y_plus_dx, after (C).
+    if (k > 0 && a.ws_late_copy) copy_out_y(c - 1);
     // x w dt for the state update; the previous chunk's state update (its last reader) completed before (A)
     scale_rows_core<kThreads, false>(Xw, X, S.wdt, th.lt);
     wg::fence_async_smem();
@@ -632,7 +644,8 @@ void launch_fwd_wg(const SsdArgs& a) {
 template void launch_fwd_wg<128>(const SsdArgs&);
 template void launch_fwd_wg<64>(const SsdArgs&);
 
-// HLM_SSD_WS_EARLY_G=0 turns off variant 2's early G (on by default; A/B knob).
+// HLM_SSD_WS_EARLY_G=0 turns off variant 2's early G (on by default; A/B knob);
+// HLM_SSD_WS_LATE_COPY=1 moves its y copy-out under the Yo product (opt-in until measured).
 template <int N>
 void launch_fwd_ws(const SsdArgs& a) {
   if (a.nseg > 1) launch_segment_states<kQ, kP, N>(a, 0, 1);
@@ -640,6 +653,9 @@ void launch_fwd_ws(const SsdArgs& a) {
   const char* env = std::getenv("HLM_SSD_WS_EARLY_G");  // read per call, as the other SSD knobs
   const bool early_g = !(env && std::atoi(env) == 0);
   auto kernel = early_g ? ssd_fwd_ws_kernel<N, true> : ssd_fwd_ws_kernel<N, false>;
+  const char* late_env = std::getenv("HLM_SSD_WS_LATE_COPY");
+  SsdArgs args = a;
+  args.ws_late_copy = late_env && std::atoi(late_env) == 1;
   static const bool attr_set = [&] {
     for (auto kr : {ssd_fwd_ws_kernel<N, true>, ssd_fwd_ws_kernel<N, false>})
       HLM_CUDA_CHECK(cudaFuncSetAttribute(kr, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -648,7 +664,7 @@ void launch_fwd_ws(const SsdArgs& a) {
   }();
   (void)attr_set;
   dim3 grid(static_cast<unsigned>(a.H / 2), static_cast<unsigned>(a.nseg), static_cast<unsigned>(a.B));
-  HLM_LAUNCH(kernel, grid, dim3(kWsThreads), L::total, a);
+  HLM_LAUNCH(kernel, grid, dim3(kWsThreads), L::total, args);
   HLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -121,6 +121,7 @@ struct SsdArgs {
   bf16_t* ws_hin = nullptr;
   bf16_t* ws_dhout = nullptr;
   bool core_states = false;
+  bool ws_late_copy = false;  // forward variant 2: y copy-out under the Yo product (HLM_SSD_WS_LATE_COPY)
   float* ws_part = nullptr;
   int nchunks = 0;
   // Chunk-parallel split: the chunks of a row are cut into nseg segments of seg_chunks chunks, and
