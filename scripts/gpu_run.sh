@@ -49,9 +49,9 @@ run_stage() {
            ncu --import "$logs/fwd_ws.ncu-rep" > "$logs/ncu_ssd_fwd_ws_details.log" 2>&1
            ncu --import "$logs/fwd_ws.ncu-rep" --page source --csv --print-source sass 2>/dev/null | gzip > "$logs/fwd_ws_sass.csv.gz"
            rm -f "$logs/fwd_ws.ncu-rep" ;;
-    ncubw) # the backward chunk kernel, variants 1 (the sm_90 default) and 3 (pipelined; or the list
-           # HLM_NCU_BWD_VARIANTS), at 4K, the
-           # bench's first backward launch after its two checks: details and per-instruction samples
+    ncubw) # the backward chunk kernel, variants 1 (the sm_90 default) and 3 (pipelined), or those
+           # HLM_NCU_BWD_VARIANTS lists, at 4K, the bench's first backward launch after its two
+           # checks: details and per-instruction samples
            for v in ${HLM_NCU_BWD_VARIANTS:-1 3}; do
              HLM_SSD_BWD_VARIANT=$v timeout "$((limit / 2))" ncu --clock-control none --section WarpStateStats \
                --section SchedulerStats --section LaunchStats --section Occupancy --section SpeedOfLight \
