@@ -384,17 +384,14 @@ TEST(SsdCuda, ForwardBlockShapes) {
     }
     unsetenv("HLM_SSD_SEG_CHUNKS");
   }
+  unsetenv("HLM_SSD_FWD_VARIANT");
   // Variant 2 with its y copy-out under the Yo product (HLM_SSD_WS_LATE_COPY=1): one and several
   // segments, a partial last chunk.
-  setenv("HLM_SSD_FWD_VARIANT", "2", 1);
-  setenv("HLM_SSD_WS_LATE_COPY", "1", 1);
+  ScopedEnv variant("HLM_SSD_FWD_VARIANT", "2"), late("HLM_SSD_WS_LATE_COPY", "1");
   check_forward({2, 1000, 8, 2, 64, 128});
   check_forward({1, 333, 16, 4, 64, 64});
-  setenv("HLM_SSD_SEG_CHUNKS", "3", 1);
+  ScopedEnv segs("HLM_SSD_SEG_CHUNKS", "3");
   check_forward({2, 1000, 8, 2, 64, 128});
-  unsetenv("HLM_SSD_SEG_CHUNKS");
-  unsetenv("HLM_SSD_WS_LATE_COPY");
-  unsetenv("HLM_SSD_FWD_VARIANT");
 }
 
 // The chunk-gradient kernels of the backward (HLM_SSD_BWD_VARIANT: 1 the wgmma kernel, the default
@@ -403,11 +400,17 @@ TEST(SsdCuda, ForwardBlockShapes) {
 // documents, h0, column slices, 1 / 2 / 3 / 16 heads per group, both N, segment splits.
 TEST(SsdCuda, BackwardChunkKernels) {
   HLM_REQUIRE_GPU();
-  for (const char* v : {"1", "2", "3", "4", "0"}) {
-    SCOPED_TRACE(std::string("HLM_SSD_BWD_VARIANT=") + v);
-    setenv("HLM_SSD_BWD_VARIANT", v, 1);
+  // Both N, several heads per group, and a segment split: run for every kernel and states layout.
+  auto common_cases = [] {
     check_backward({2, 333, 8, 2, 64, 128});
     check_backward({2, 300, 16, 4, 64, 64});
+    ScopedEnv segs("HLM_SSD_SEG_CHUNKS", "3");
+    check_backward({2, 1000, 8, 2, 64, 128});
+  };
+  for (const char* v : {"1", "2", "3", "4", "0"}) {
+    SCOPED_TRACE(std::string("HLM_SSD_BWD_VARIANT=") + v);
+    ScopedEnv variant("HLM_SSD_BWD_VARIANT", v);
+    common_cases();
     check_backward({2, 333, 6, 2, 64, 128});    // 3 per group
     check_backward({1, 300, 3, 3, 64, 128});    // 1 per group
     check_backward({1, 1000, 32, 2, 64, 128});  // 16 per group
@@ -417,24 +420,15 @@ TEST(SsdCuda, BackwardChunkKernels) {
     Case n{1, 256, 4, 1, 64, 128};
     n.doc = n.h0 = false;
     check_backward(n);
-    setenv("HLM_SSD_SEG_CHUNKS", "3", 1);
-    check_backward({2, 1000, 8, 2, 64, 128});
-    unsetenv("HLM_SSD_SEG_CHUNKS");
   }
   // The sweeps' states row-major (HLM_SSD_CORE_STATES=0; the default is core-matrix order), read
   // by every wgmma kernel.
-  setenv("HLM_SSD_CORE_STATES", "0", 1);
+  ScopedEnv row_major("HLM_SSD_CORE_STATES", "0");
   for (const char* v : {"1", "2", "3", "4"}) {
     SCOPED_TRACE(std::string("HLM_SSD_CORE_STATES=0 HLM_SSD_BWD_VARIANT=") + v);
-    setenv("HLM_SSD_BWD_VARIANT", v, 1);
-    check_backward({2, 333, 8, 2, 64, 128});
-    check_backward({2, 300, 16, 4, 64, 64});
-    setenv("HLM_SSD_SEG_CHUNKS", "3", 1);
-    check_backward({2, 1000, 8, 2, 64, 128});
-    unsetenv("HLM_SSD_SEG_CHUNKS");
+    ScopedEnv variant("HLM_SSD_BWD_VARIANT", v);
+    common_cases();
   }
-  unsetenv("HLM_SSD_CORE_STATES");
-  unsetenv("HLM_SSD_BWD_VARIANT");
 }
 
 // --- the generic path (any P, N, fp32 activations) ---
