@@ -2,9 +2,11 @@
 # Runs on the GPU machine over the binaries scripts/gpu_stage.sh put in .gpu/bin: the CUDA tests,
 # then the benchmarks with the PyTorch references of the same run. Each stage has a time limit;
 # logs and JSON go to $OUT (bundled into results.tgz), a summary is printed last. HLM_TEST_FILTER
-# narrows the tests stage (a gtest filter; default *Cuda*).
+# narrows the tests stage (a gtest filter; default *Cuda*); HLM_SSD_BENCH_ARGS adds arguments to the
+# SSD bench of the ssd, ssdbase and ssdalt stages (e.g. --forward-ab: the forward walks alone).
 #   scripts/gpu_run.sh STAGE:SECONDS ...   stages: tests ssd ssdbase ssdalt ops torch layers mixer train decode ncu ncuws ncubw
 set -u
+HLM_SSD_BENCH_ARGS="${HLM_SSD_BENCH_ARGS:-}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export LD_LIBRARY_PATH="/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib:$root/.gpu/bin:${LD_LIBRARY_PATH:-}"
@@ -21,7 +23,7 @@ run_stage() {
   local t0=$(date +%s)
   case "$name" in
     tests) timeout "$limit" stdbuf -oL "$bin/hybridlm_tests" --gtest_filter="${HLM_TEST_FILTER:-*Cuda*}" --gtest_color=no > "$logs/tests.log" 2>&1 ;;
-    ssd) timeout "$limit" stdbuf -oL "$bin/bench_ssd_cuda" --json "$logs/ssd.json" > "$logs/ssd.log" 2>&1 ;;
+    ssd) timeout "$limit" stdbuf -oL "$bin/bench_ssd_cuda" $HLM_SSD_BENCH_ARGS --json "$logs/ssd.json" > "$logs/ssd.log" 2>&1 ;;
     ssdbase|ssdalt) # the same bench over another build of libhlm.so (an A/B across builds): the
              # folder .gpu/base or .gpu/alt (its libhlm.so.xz unpacked), with the environment
              # HLM_BASE_ENV sets for ssdbase (e.g. a knob whose default changed since that build)
@@ -29,7 +31,7 @@ run_stage() {
              [ "$name" = ssdalt ] && env_set=""
              [ -f "$base/libhlm.so" ] || xz -dk "$base/libhlm.so.xz"
              timeout "$limit" env $env_set LD_LIBRARY_PATH="$base:$LD_LIBRARY_PATH" stdbuf -oL \
-               "$bin/bench_ssd_cuda" --json "$logs/ssd_${name#ssd}.json" > "$logs/ssd_${name#ssd}.log" 2>&1 ;;
+               "$bin/bench_ssd_cuda" $HLM_SSD_BENCH_ARGS --json "$logs/ssd_${name#ssd}.json" > "$logs/ssd_${name#ssd}.log" 2>&1 ;;
     ops) timeout "$limit" stdbuf -oL "$bin/bench_ops_cuda" --json "$logs/ops.json" > "$logs/ops.log" 2>&1 ;;
     torch) timeout "$limit" "$py" bench/cuda/torch_reference.py --json "$logs/torch.json" > "$logs/torch.log" 2>&1 &&
            "$py" bench/cuda/compare.py "$logs/ops.json" "$logs/torch.json" > "$logs/compare.log" 2>&1 ;;
@@ -39,10 +41,10 @@ run_stage() {
              --section LaunchStats --section Occupancy -k "regex:$k" --launch-skip 12 -c 1 \
              "$bin/bench_ssd_cuda" --quick --iters 5 > "$logs/ncu_$k.log" 2>&1
          done ;;
-    ncuws) # the warp-specialised SSD walk (forward variant 2, the sm_90 default) at 64K: one launch
+    ncuws) # the warp-specialised SSD walk (forward variant 2, the sm_90 default, or HLM_NCU_FWD_VARIANT) at 64K: one launch
            # after two, with the per-instruction stall samples exported as CSV (SASS; sum them with
            # a few lines of Python, as bench/cuda/NOTES-ssd.md round 12 did for the backward)
-           HLM_SSD_FWD_VARIANT=2 timeout "$limit" ncu --clock-control none --section WarpStateStats \
+           HLM_SSD_FWD_VARIANT=${HLM_NCU_FWD_VARIANT:-2} timeout "$limit" ncu --clock-control none --section WarpStateStats \
              --section SchedulerStats --section LaunchStats --section Occupancy --section SpeedOfLight \
              --section SourceCounters -k "regex:ssd_fwd_ws_kernel" --launch-skip 2 -c 1 --export "$logs/fwd_ws" \
              "$bin/bench_ssd_cuda" --profile 65536 > "$logs/ncu_ssd_fwd_ws_kernel.log" 2>&1

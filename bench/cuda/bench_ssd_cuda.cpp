@@ -1,7 +1,9 @@
 // Times the CUDA Mamba-2 path (SSD forward, forward + backward, conv1d + SiLU, decode state
 // update) at the Mamba-2-Hybrid 8B mixer shape next to the reference numbers of shared/gpu.md.
 // Each configuration is first checked against the CPU op at a small length (exit 1 on mismatch).
-//   bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only] [--profile L]
+//   bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only] [--profile L] [--forward-ab]
+// --forward-ab: the forward walks alone (variants 11, 2, 3 at 4K, 16K, 64K and 8 x 8K, interleaved
+// per length), each variant checked against the CPU first; for A/B runs across builds.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -306,6 +308,8 @@ bool check_step(int64_t B) {
 
 // ---- timings ----
 
+bool g_forward_only = false;  // --forward-ab: no fwd + bwd rows
+
 void bench_ssd(int64_t B, int64_t L, double ref_fwd, double ref_fb, double tgt_fwd, double tgt_fb, bool quick) {
   const double in_bytes = double(B) * L * (H * P * 2 + 2 * G * N * 2 + H * 2);
   const int nsets = L * B <= 16384 ? 3 : 1;  // rotate inputs where they could stay in L2
@@ -320,7 +324,7 @@ void bench_ssd(int64_t B, int64_t L, double ref_fwd, double ref_fb, double tgt_f
   std::snprintf(note, sizeof note, "%.2f TB/s (x,B,C,dt in + y out)", (in_bytes + double(B) * L * H * P * 2) / fwd / 1e9);
   g_rows.push_back({"SSD fwd " + tag, fwd, ref_fwd, tgt_fwd, note});
   progress(g_rows.back());
-  if (quick && L > 16384) {
+  if ((quick && L > 16384) || g_forward_only) {
     for (auto* s : sets) delete s;
     return;
   }
@@ -422,7 +426,7 @@ void bench_step(int64_t B, double ref_us, double tgt_us) {
 
 int main(int argc, char** argv) {
   std::string json;
-  bool quick = false, step_only = false;
+  bool quick = false, step_only = false, forward_ab = false;
   int64_t profile_len = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -436,8 +440,11 @@ int main(int argc, char** argv) {
       step_only = true;
     else if (a == "--profile" && i + 1 < argc)
       profile_len = std::atoll(argv[++i]);
+    else if (a == "--forward-ab")
+      forward_ab = true;
     else {
-      std::fprintf(stderr, "usage: bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only] [--profile L]\n");
+      std::fprintf(stderr,
+                   "usage: bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only] [--profile L] [--forward-ab]\n");
       return 2;
     }
   }
@@ -454,12 +461,31 @@ int main(int argc, char** argv) {
       CK(cudaDeviceSynchronize());
       return 0;
     }
-    bool ok = check_ssd(1, 512) && check_ssd(2, 333) && check_conv(700, 10240) && check_conv_train(2100) && check_step(1) && check_step(32);
+    if (forward_ab) {
+      g_forward_only = true;
+      const char* variants[] = {"11", "2", "3"};
+      for (const char* v : variants) {
+        setenv("HLM_SSD_FWD_VARIANT", v, 1);
+        if (!(check_ssd(1, 512) && check_ssd(2, 333))) {
+          std::fprintf(stderr, "bench_ssd_cuda: HLM_SSD_FWD_VARIANT=%s: check failed, not timing\n", v);
+          return 1;
+        }
+      }
+      for (auto [B, len] : {std::pair<int64_t, int64_t>{1, 4096}, {1, 16384}, {1, 65536}, {8, 8192}})
+        for (const char* v : variants) {
+          setenv("HLM_SSD_FWD_VARIANT", v, 1);
+          bench_ssd(B, len, NAN, NAN, len == 4096 ? 0.15 : len == 65536 ? 1.7 : NAN, NAN, true);
+          g_rows.back().name += std::string(" variant ") + v;
+        }
+      unsetenv("HLM_SSD_FWD_VARIANT");
+    }
+    bool ok = forward_ab || (check_ssd(1, 512) && check_ssd(2, 333) && check_conv(700, 10240) && check_conv_train(2100) &&
+                            check_step(1) && check_step(32));
     if (!ok) {
       std::fprintf(stderr, "bench_ssd_cuda: correctness check failed, not timing\n");
       return 1;
     }
-    if (!step_only) {  // --step-only: the decode state update alone (its A/B runs)
+    if (!step_only && !forward_ab) {  // --step-only: the decode state update alone (its A/B runs)
     bench_ssd(1, 4096, 1.03, 5.26, 0.15, NAN, quick);
     bench_ssd(1, 16384, 1.15, 5.45, NAN, NAN, quick);
     bench_ssd(1, 65536, 5.03, 22.7, 1.7, 7.5, quick);
@@ -497,6 +523,19 @@ int main(int argc, char** argv) {
       std::printf("HLM_SSD_WS_LATE_COPY=1: check failed, not timed\n");
     }
     unsetenv("HLM_SSD_WS_LATE_COPY");
+    // Variant 3 (variant 2 with its consumers' chunk reordered: H and Yo issued together, the M
+    // math and the copy-out under them), against the variant-2 rows above; checked first.
+    setenv("HLM_SSD_FWD_VARIANT", "3", 1);
+    if (check_ssd(1, 512) && check_ssd(2, 333)) {
+      for (int64_t len : {int64_t{4096}, int64_t{16384}, int64_t{65536}}) {
+        bench_ssd(1, len, len == 4096 ? 1.03 : len == 16384 ? 1.15 : 5.03, NAN, len == 4096 ? 0.15 : len == 65536 ? 1.7 : NAN,
+                  NAN, true);
+        g_rows.back().name += " pipelined consumers (variant 3)";
+      }
+    } else {
+      std::printf("HLM_SSD_FWD_VARIANT=3: check failed, not timed\n");
+    }
+    unsetenv("HLM_SSD_FWD_VARIANT");
     // A/B of the backward's chunk kernel against the rows above (the default: the wgmma kernel on
     // sm_90, the sweeps' states in core-matrix order): the mma.sync kernel (backward variant 0),
     // the wgmma kernel with warpgroup 0 pipelined over two heads (variant 3), that with warpgroup
@@ -533,6 +572,7 @@ int main(int argc, char** argv) {
     g_rows.back().name += " strip 64";
     unsetenv("HLM_CONV_STRIP");
     }
+    if (!forward_ab) {
     bench_step(1, 43, 5);
     bench_step(32, 130, 75);
     // A/B of the state update (knobs read by src/ops/cuda/ssd_step.cu): float4s per thread, and
@@ -548,6 +588,7 @@ int main(int argc, char** argv) {
     bench_step(1, 43, 5);
     g_rows.back().name += " default caching";
     unsetenv("HLM_SSD_STEP_STREAM");
+    }
 
     std::printf("\n%-32s %12s %12s %12s  %s\n", "measurement (ms unless noted)", "ours", "reference", "target", "notes");
     for (const Row& r : g_rows) {

@@ -356,16 +356,17 @@ TEST(SsdCuda, PieceSplits) {
 
 // The forward's walks: the mma.sync block shapes 11 (the default: one head, 2 blocks per SM), 12
 // and 21, and the wgmma walks (sm_90: variant 1, one warpgroup per head; variant 2, two consumer
-// warpgroups and a producer warp), also with forced segment splits.
+// warpgroups and a producer warpgroup; variant 3, that with the consumers' chunk reordered), also
+// with forced segment splits.
 TEST(SsdCuda, ForwardBlockShapes) {
   HLM_REQUIRE_GPU();
-  for (const char* v : {"1", "2", "11", "12", "21"}) {
+  for (const char* v : {"1", "2", "3", "11", "12", "21"}) {
     SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
     setenv("HLM_SSD_FWD_VARIANT", v, 1);
     check_forward({2, 1000, 8, 2, 64, 128});
     check_forward({1, 333, 16, 4, 64, 64});
   }
-  for (const char* v : {"1", "2"}) {  // the wgmma walks: one warpgroup per head; warp-specialised
+  for (const char* v : {"1", "2", "3"}) {  // the wgmma walks: one warpgroup per head; warp-specialised (3: reordered)
     SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
     setenv("HLM_SSD_FWD_VARIANT", v, 1);
     {  // dt a bf16 column slice at an odd offset (the walk of variant 1 copies the words holding it)

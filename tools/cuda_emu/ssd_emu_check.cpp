@@ -376,7 +376,8 @@ int main(int argc, char** argv) {
     unsetenv("HLM_SSD_SWEEP_HEADS");
   }
   if (want("ws")) {  // variant 2 alone (CI, mutate_barriers.sh): 2 head pairs, every ring slot reused, late G
-    setenv("HLM_SSD_FWD_VARIANT", "2", 1);
+                     // (HLM_SSD_FWD_VARIANT=3 set outside: variant 3, the same hash; EARLY_G is ignored there)
+    setenv("HLM_SSD_FWD_VARIANT", "2", 0);
     setenv("HLM_SSD_SEG_CHUNKS", "5", 1);
     run_case("ws-heads4", 1, 600, 4, 1, 64, 128, true, true, DType::BF16, 1e-2, false);  // each chunk's G early
     setenv("HLM_SSD_WS_EARLY_G", "0", 1);

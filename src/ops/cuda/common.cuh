@@ -202,6 +202,19 @@ __device__ __forceinline__ uint4 load_stream16(const void* p) {
 #endif
 }
 
+// 16 bytes to global memory as one 128-bit store. A uint4 assigned through a pointer is a struct
+// copy that the compiler may split into four 32-bit stores (it did for a uint4 held in an array:
+// four times the store instructions, each holding its source register until the data left).
+// The pointer must be 16-byte aligned.
+__device__ __forceinline__ void store16(void* p, const uint4& v) {
+#ifdef HLM_CUDA_EMU
+  *static_cast<uint4*>(p) = v;
+#else
+  asm volatile("st.global.v4.u32 [%0], {%1,%2,%3,%4};\n" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+#endif
+}
+
 // ---- Programmatic dependent launch (PDL, sm_90) -----------------------------------------------
 // A kernel launched with HLM_LAUNCH_PDL (warp_mma.cuh) may start while the kernel before it on the
 // stream is still running. Such a kernel calls pdl_begin() before it reads anything an earlier

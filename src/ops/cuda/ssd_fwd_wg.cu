@@ -60,12 +60,16 @@ __device__ __forceinline__ void load_core_tile_block(unsigned char* S, const bf1
 }
 // M[t, s] = G[t, s] exp(cum_t - cum_s) dt_s for s <= t in t's document, else 0, as the A fragments
 // of y's product: k step ks takes G's column blocks 2 ks, 2 ks + 1. The rows are tokens
-// token_of_row(): every warp (w, of its warpgroup) holds 8 early and 8 late tokens t_h, so the
+// token_of_row(): every warp (W, of its warpgroup) holds 8 early and 8 late tokens t_h, so the
 // causal triangle's work is the same for all four (9 of 16 column blocks each); blocks right of a
-// half's last token are zero without arithmetic.
-__device__ __forceinline__ void m_fragments(uint32_t (&mf)[4][4], const float (&gacc)[32], const ChunkScan<kQ>& S,
-                                            int w, int qq, const int (&t_h)[2]) {
-  const int t_max[2] = {8 * w + 7, 63 - 8 * w};  // last token of each half in this warp
+// half's last token are zero without arithmetic. One instance per warp index, so that which blocks
+// are zero is known at compile time: straight-line code the compiler can interleave (with W a
+// run-time value the skips were branches, and the profile showed the math as short dependent runs,
+// round 15).
+template <int W>
+__device__ __forceinline__ void m_fragments_w(uint32_t (&mf)[4][4], const float (&gacc)[32], const ChunkScan<kQ>& S,
+                                              int qq, const int (&t_h)[2]) {
+  constexpr int kTMax0 = 8 * W + 7, kTMax1 = 63 - 8 * W;  // last token of each half in this warp
   const float cum_t[2] = {S.cum[t_h[0]], S.cum[t_h[1]]};
   const int seg_t[2] = {S.seg[t_h[0]], S.seg[t_h[1]]};
 #pragma unroll
@@ -73,7 +77,7 @@ __device__ __forceinline__ void m_fragments(uint32_t (&mf)[4][4], const float (&
 #pragma unroll
     for (int jj = 0; jj < 2; ++jj) {
       const int j = 2 * ks + jj, s = 8 * j + 2 * qq;
-      if (8 * j > t_max[1]) {  // both halves (the late half ends last)
+      if (8 * j > kTMax1) {  // both halves (the late half ends last)
         mf[ks][2 * jj] = mf[ks][2 * jj + 1] = 0u;
         continue;
       }
@@ -83,7 +87,7 @@ __device__ __forceinline__ void m_fragments(uint32_t (&mf)[4][4], const float (&
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int t = t_h[half];
-        if (half == 0 && 8 * j > t_max[0]) {
+        if (half == 0 && 8 * j > kTMax0) {
           mf[ks][2 * jj] = 0u;
           continue;
         }
@@ -96,6 +100,15 @@ __device__ __forceinline__ void m_fragments(uint32_t (&mf)[4][4], const float (&
         mf[ks][2 * jj + half] = mma::pack_bf16x2(m0, m1);
       }
     }
+}
+__device__ __forceinline__ void m_fragments(uint32_t (&mf)[4][4], const float (&gacc)[32], const ChunkScan<kQ>& S,
+                                            int w, int qq, const int (&t_h)[2]) {
+  switch (w) {  // warp-uniform
+    case 0: m_fragments_w<0>(mf, gacc, S, qq, t_h); break;
+    case 1: m_fragments_w<1>(mf, gacc, S, qq, t_h); break;
+    case 2: m_fragments_w<2>(mf, gacc, S, qq, t_h); break;
+    default: m_fragments_w<3>(mf, gacc, S, qq, t_h); break;
+  }
 }
 
 // One thread's share of a consumer warpgroup's per-chunk work, common to both walks: lt is the
@@ -188,25 +201,31 @@ struct WalkThread {
     wg::commit();
   }
   // Y = y + D x (y complete in yacc) in the tile layout; each element is read from X and written to
-  // Y by this thread only, so Y may be X.
+  // Y by this thread only, so Y may be X. All 16 loads first: the compiler cannot move a load of X
+  // above a store to Y (they may alias), so load, store, load, ... waited on every load (round 15).
   __device__ __forceinline__ void y_plus_dx(unsigned char* Y, const unsigned char* X, const float (&yacc)[32],
                                             float Dh) const {
+    uint32_t xv[16];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+        xv[2 * j + half] = *reinterpret_cast<const uint32_t*>(X + TX::offset(t_h[half], 8 * j + 2 * qq));
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int off = TX::offset(t_h[half], 8 * j + 2 * qq);
-        const uint32_t xv = *reinterpret_cast<const uint32_t*>(X + off);
-        const float v0 = yacc[4 * j + 2 * half] + Dh * mma::bf16_lo(xv);
-        const float v1 = yacc[4 * j + 2 * half + 1] + Dh * mma::bf16_hi(xv);
-        *reinterpret_cast<uint32_t*>(Y + off) = mma::pack_bf16x2(v0, v1);
+        const float v0 = yacc[4 * j + 2 * half] + Dh * mma::bf16_lo(xv[2 * j + half]);
+        const float v1 = yacc[4 * j + 2 * half + 1] + Dh * mma::bf16_hi(xv[2 * j + half]);
+        *reinterpret_cast<uint32_t*>(Y + TX::offset(t_h[half], 8 * j + 2 * qq)) = mma::pack_bf16x2(v0, v1);
       }
   }
   // The first len rows of the y tile Y to dst (row pitch ld): 16 bytes per thread and step (whole
   // 32-byte sectors; the accumulator layout would store 4 bytes per thread, half sectors). All of
   // the thread's shared-memory loads first, then the stores: one load latency, not one per store
   // (the per-row form compiled to load, wait, store, four times over, ~19 % of the consumers'
-  // stall samples in round 14's profile).
+  // stall samples in round 14's profile). Stored through store16: the plain assignment of v[k]
+  // compiled to four 32-bit stores and made variant 2 8 % slower at 64K (round 15).
   __device__ __forceinline__ void copy_out_y(bf16_t* dst, int64_t ld, const unsigned char* Y, int len) const {
     constexpr int kSteps = kQ * kP / 8 / kThreads;
     uint4 v[kSteps];
@@ -218,7 +237,7 @@ struct WalkThread {
 #pragma unroll
     for (int k = 0; k < kSteps; ++k) {
       const int i = lt + k * kThreads, r = i / (kP / 8), cg = i % (kP / 8);
-      if (r < len) *reinterpret_cast<uint4*>(dst + r * ld + 8 * cg) = v[k];
+      if (r < len) store16(dst + r * ld + 8 * cg, v[k]);  // one 128-bit store (see store16)
     }
   }
 };
@@ -436,7 +455,9 @@ struct WsLayout {
 // kEarlyG: each chunk's G = C Bᵀ (independent of the state) is issued in the chunk before, right
 // after the state update, so it runs under the epilogue and the M math can start as soon as the
 // chunk's Yo is issued.
-template <int N, bool kEarlyG>
+// kPipe (variant 3; implies early G): the consumer's chunk reordered so that every stretch of its
+// own work runs under a wgmma group of the same chunk (pipelined consumers, below).
+template <int N, bool kEarlyG, bool kPipe>
 __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs a) {
   using L = WsLayout<N>;
   using TX = typename L::TX;
@@ -562,6 +583,66 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
     const uint64_t desc_bk = wg::make_desc(wg::smem_addr(st + L::st_b), TN::kKMajorLbo, TN::kKMajorSbo);
     th.issue_c_product(gacc, desc_c, desc_bk, TN::kKMajorStep);
   };
+  if constexpr (kPipe) {
+    // Variant 3. Per chunk k (Hs = the bf16 state entering it, Xw = its x w dt, gacc = its G):
+    //   (A) -> Yo = C Hsᵀ and H = gamma H + (x w dt)ᵀ B issued together; the previous chunk's y
+    //   copied out and M built from G under them; Yo waited, y = eoff Yo + M x issued; H waited;
+    //   (B) -> the next chunk's G issued; under it and y: the state's bf16 copy and the next
+    //   chunk's x w dt (their last readers, Yo and H, completed in every warp before (B)), then
+    //   y + D x into Ys (every warp's copy-out of Ys finished before (B)); arrive empty[s].
+    // The state's dependency chain per chunk is H issue -> H wait -> (B) -> bf16 copy -> (A); the
+    // M math, copy-out and epilogue no longer sit between a wait and the next issue.
+    auto scale_xw = [&](int kk) {  // x w dt of chunk kk (its stage full) into Xw
+      unsigned char* stk = stage_of(kk);
+      const ChunkScan<kQ>& Sk = reinterpret_cast<const ChunkScan<kQ>*>(stk + L::st_scan)[j];
+      scale_rows_core<kThreads, false>(Xw, stk + L::st_x + j * TX::kBytes, Sk.wdt, th.lt);
+      wg::fence_async_smem();
+    };
+    wait_full(0);
+    scale_xw(0);
+    issue_g(0);
+    wg::wait<0>();
+    wg::pin(gacc);
+    int k = 0;
+    do {  // at least one chunk per block, as below
+      const int c = c_begin + k;
+      unsigned char* st = stage_of(k);
+      mma::bar_sync(bar, kThreads);  // (A): Hs, Xw and Ys (the previous chunk's y) written by all four warps
+      const ChunkScan<kQ>& S = reinterpret_cast<const ChunkScan<kQ>*>(st + L::st_scan)[j];
+      const unsigned char* X = st + L::st_x + j * TX::kBytes;
+      const uint64_t desc_c = wg::make_desc(wg::smem_addr(st + L::st_c), TN::kKMajorLbo, TN::kKMajorSbo);
+      float yacc[32];
+      th.issue_c_product(yacc, desc_c, desc_h, TH::kKMajorStep);
+      th.issue_state_update(hacc, S.gamma, desc_xw, st + L::st_b);
+      if (k > 0) copy_out_y(c - 1);
+      uint32_t mf[4][4];
+      m_fragments(mf, gacc, S, th.w, th.qq, th.t_h);  // G of this chunk completed in the previous one
+      wg::wait<1>();
+      wg::pin(yacc);
+      th.issue_y(yacc, mf, S, X);
+      wg::wait<1>();  // the state update (y may still run)
+      wg::pin(hacc);
+      mma::bar_sync(bar, kThreads);  // (B): Yo and H (the last readers of Hs, Xw) done in all warps; Ys copied out
+      // The next chunk's G; in the last chunk a dummy one on its own stage (still held), so that
+      // every chunk has the same wgmma groups (see kEarlyG below).
+      if (k + 1 < nck) wait_full(k + 1);
+      issue_g(min(k + 1, nck - 1));
+      if (k + 1 < nck) {
+        th.store_state_bf16(Hs, hacc);
+        scale_xw(k + 1);
+      }
+      wg::wait<1>();  // y
+      wg::pin(yacc);
+      th.y_plus_dx(Ys, X, yacc, Dh);
+      wg::wait<0>();  // the next G: nothing in flight across the loop's back edge
+      wg::pin(gacc);
+      mma::mbar_arrive(&empty[k % kStages]);  // this chunk's stage: every read done
+    } while (++k < nck);
+    mma::bar_sync(bar, kThreads);
+    copy_out_y(c_end - 1);
+    if (seg == a.nseg - 1 && a.h_final) th.store_state(a.h_final + state_off, hacc);
+    return;
+  }
   if (kEarlyG) {
     wait_full(0);
     issue_g(0);
@@ -652,12 +733,15 @@ void launch_fwd_ws(const SsdArgs& a) {
   using L = WsLayout<N>;
   const char* env = std::getenv("HLM_SSD_WS_EARLY_G");  // read per call, as the other SSD knobs
   const bool early_g = !(env && std::atoi(env) == 0);
-  auto kernel = early_g ? ssd_fwd_ws_kernel<N, true> : ssd_fwd_ws_kernel<N, false>;
+  auto kernel = a.fwd_variant == 3 ? ssd_fwd_ws_kernel<N, true, true>
+                : early_g          ? ssd_fwd_ws_kernel<N, true, false>
+                                   : ssd_fwd_ws_kernel<N, false, false>;
   const char* late_env = std::getenv("HLM_SSD_WS_LATE_COPY");
   SsdArgs args = a;
   args.ws_late_copy = late_env && std::atoi(late_env) == 1;
   static const bool attr_set = [&] {
-    for (auto kr : {ssd_fwd_ws_kernel<N, true>, ssd_fwd_ws_kernel<N, false>})
+    for (auto kr : {ssd_fwd_ws_kernel<N, true, false>, ssd_fwd_ws_kernel<N, false, false>,
+                    ssd_fwd_ws_kernel<N, true, true>})
       HLM_CUDA_CHECK(cudaFuncSetAttribute(kr, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(L::total)));
     return true;
