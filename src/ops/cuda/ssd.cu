@@ -253,19 +253,21 @@ void split_segments(SsdArgs* a, int64_t units, bool backward) {
   }
 }
 
-// The forward walk's kernel (SsdArgs::fwd_variant). 2 (the default on sm_90 for P = 64 and an even
+// The forward walk's kernel (SsdArgs::fwd_variant). 3 (the default on sm_90 for P = 64 and an even
 // number of heads per group): the warp-specialised wgmma walk (ssd_fwd_wg.cu; two heads and a
-// producer warpgroup per block), measured 7 % faster than 11 on an H100 (64K: 3.75 vs 4.02 ms; 4K:
-// 0.275 vs 0.292; bench/cuda/runs/run11-2026-12-07/a-h100). 1 (sm_90, P = 64): one warpgroup per
-// head on wgmma; slower than 11 (64K: 4.69 ms in the same run). 3 (sm_90, as 2): variant 2 with
-// its consumers' chunk reordered (H and Yo issued together; not yet measured). The mma.sync walks (ssd_fwd.cu),
-// used elsewhere: 11: one head per block, 2 blocks/SM - measured fastest of the three on the H200
-// (64K: 5.25 ms vs 5.43 for 12, 6.22 for 21); 12: two heads of a group on 16 warps sharing the B,
-// C tiles; 21: both heads in each of 8 warps. HLM_SSD_FWD_VARIANT picks among those that apply.
+// producer warpgroup per block) with its consumers' chunk reordered (Yo and the state update
+// issued together); 3.34 against 3.45 ms for 2 at 64K in its first run (H100, run13-2026-12-07/a,
+// with a copy-out since fixed). 2: the same walk in round 11's order, measured 7 % faster than 11
+// on an H100 (64K: 3.75 vs 4.02 ms; 4K: 0.275 vs 0.292; run11-2026-12-07/a-h100). 1 (sm_90,
+// P = 64): one warpgroup per head on wgmma; slower than 11 (64K: 4.69 ms in the same run). The
+// mma.sync walks (ssd_fwd.cu), used elsewhere: 11: one head per block, 2 blocks/SM - measured
+// fastest of the three on the H200 (64K: 5.25 ms vs 5.43 for 12, 6.22 for 21); 12: two heads of a
+// group on 16 warps sharing the B, C tiles; 21: both heads in each of 8 warps.
+// HLM_SSD_FWD_VARIANT picks among those that apply.
 int forward_variant(int64_t P, int64_t heads_per_group) {
   const bool wgmma = P == 64 && device_props().major == 9;
   const char* env = std::getenv("HLM_SSD_FWD_VARIANT");
-  const int v = env && *env ? std::atoi(env) : (wgmma && heads_per_group % 2 == 0 ? 2 : 11);
+  const int v = env && *env ? std::atoi(env) : (wgmma && heads_per_group % 2 == 0 ? 3 : 11);
   if (v == 1 && wgmma) return 1;
   if ((v == 2 || v == 3) && wgmma && heads_per_group % 2 == 0) return v;
   if ((v == 12 || v == 21) && P <= 64 && heads_per_group % 2 == 0) return v;
