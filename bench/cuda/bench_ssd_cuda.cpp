@@ -492,8 +492,8 @@ int main(int argc, char** argv) {
     bench_ssd(8, 8192, 4.92, 21.8, NAN, NAN, quick);
     // A/B of the forward walks in the same run (knobs read by src/ops/cuda/ssd.cu; segments 0 =
     // the cost model's choice): the mma.sync walk (variant 11) and the wgmma walk (variant 1)
-    // against the warp-specialised one (variant 2, the default on sm_90) at 4K and 64K, and
-    // variant 2 with 1, 2, 4 and 8 segments per row at 64K.
+    // against the warp-specialised one (variant 2; the default on sm_90 is its reordered form, 3)
+    // at 4K and 64K, and variant 2 with 1, 2, 4 and 8 segments per row at 64K.
     for (auto [env, len, label] : {std::tuple{"11:0", 4096, " mma.sync walk (variant 11)"},
                                    std::tuple{"11:0", 65536, " mma.sync walk (variant 11)"},
                                    std::tuple{"1:0", 65536, " wgmma walk (variant 1)"},

@@ -256,8 +256,10 @@ void split_segments(SsdArgs* a, int64_t units, bool backward) {
 // The forward walk's kernel (SsdArgs::fwd_variant). 3 (the default on sm_90 for P = 64 and an even
 // number of heads per group): the warp-specialised wgmma walk (ssd_fwd_wg.cu; two heads and a
 // producer warpgroup per block) with its consumers' chunk reordered (Yo and the state update
-// issued together); 3.34 against 3.45 ms for 2 at 64K in its first run (H100, run13-2026-12-07/a,
-// with a copy-out since fixed). 2: the same walk in round 11's order, measured 7 % faster than 11
+// issued together): 64K 2.90 ms against 3.01 for 2 and 4.06 for 11 (H100, one run:
+// run13-2026-12-07/b-h100-forward-ab; round 14's default, 2, read 3.18 there). 2: the same walk in
+// round 11's order (HLM_SSD_WS_LATE_COPY=1: its y copy-out under the Yo product, 2.91 against
+// 3.05 ms, run13/c), measured 7 % faster than 11
 // on an H100 (64K: 3.75 vs 4.02 ms; 4K: 0.275 vs 0.292; run11-2026-12-07/a-h100). 1 (sm_90,
 // P = 64): one warpgroup per head on wgmma; slower than 11 (64K: 4.69 ms in the same run). The
 // mma.sync walks (ssd_fwd.cu), used elsewhere: 11: one head per block, 2 blocks/SM - measured

@@ -21,7 +21,8 @@
 //                                          the state's bf16 copy written for the next chunk
 // Correct but not faster than ssd_fwd.cu's walk on an H100 (64K: 4.92 vs 4.02 ms): opt-in as
 // variant 1; bench/cuda/NOTES-ssd.md (round 8) has the profile. Its warp-specialised form below
-// (variant 2) is the default on sm_90: 64K 3.75 vs 4.02 ms for ssd_fwd.cu's walk (H100, round 12).
+// (variant 2; 64K 3.75 vs 4.02 ms for ssd_fwd.cu's walk, H100, round 12) and that with its
+// consumers' chunk reordered (variant 3, the default on sm_90: 2.90 ms, round 15).
 #include <cstdlib>
 
 #include "ops/cuda/ssd_kernels.cuh"
@@ -662,8 +663,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
     float yacc[32];
     if (!kEarlyG) issue_g(k);
     th.issue_c_product(yacc, desc_c, desc_h, TH::kKMajorStep);
-    // With ws_late_copy (opt-in until measured) the previous chunk's y goes out under this Yo
-    // product instead of before it: Ys is next written by y_plus_dx, after (C).
+    // With ws_late_copy (opt-in; 2.91 against 3.05 ms at 64K, run13/c) the previous chunk's y goes
+    // out under this Yo product instead of before it: Ys is next written by y_plus_dx, after (C).
     if (k > 0 && a.ws_late_copy) copy_out_y(c - 1);
     // x w dt for the state update; the previous chunk's state update (its last reader) completed before (A)
     scale_rows_core<kThreads, false>(Xw, X, S.wdt, th.lt);
@@ -726,7 +727,7 @@ template void launch_fwd_wg<128>(const SsdArgs&);
 template void launch_fwd_wg<64>(const SsdArgs&);
 
 // HLM_SSD_WS_EARLY_G=0 turns off variant 2's early G (on by default; A/B knob);
-// HLM_SSD_WS_LATE_COPY=1 moves its y copy-out under the Yo product (opt-in until measured).
+// HLM_SSD_WS_LATE_COPY=1 moves its y copy-out under the Yo product (opt-in; variant 3 does so too).
 template <int N>
 void launch_fwd_ws(const SsdArgs& a) {
   if (a.nseg > 1) launch_segment_states<kQ, kP, N>(a, 0, 1);

@@ -507,8 +507,8 @@ void launch_fwd_fast(const SsdArgs& a);
 // The forward walk on wgmma (sm_90a, Q = P = 64; ssd_fwd_wg.cu), after the segment states.
 template <int N>
 void launch_fwd_wg(const SsdArgs& a);
-// The warp-specialised wgmma walk (variant 2: two heads of a group and a producer warp per block;
-// heads per group even), after the segment states.
+// The warp-specialised wgmma walk (variants 2 and 3, SsdArgs::fwd_variant: two heads of a group
+// and a producer warpgroup per block; heads per group even), after the segment states.
 template <int N>
 void launch_fwd_ws(const SsdArgs& a);
 template <int Q, int P, int N>
