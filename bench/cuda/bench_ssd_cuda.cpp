@@ -539,12 +539,14 @@ int main(int argc, char** argv) {
     // A/B of the backward's chunk kernel against the rows above (the default: the wgmma kernel on
     // sm_90, the sweeps' states in core-matrix order): the mma.sync kernel (backward variant 0),
     // the wgmma kernel with warpgroup 0 pipelined over two heads (variant 3), that with warpgroup
-    // 1 alone issuing the copies (variant 4), then variant 1 with row-major states
+    // 1 alone issuing the copies (variant 4), variant 1 with its mask math per warp index
+    // (variant 5), then variant 1 with row-major states
     // (HLM_SSD_CORE_STATES=0), each after its own check against the CPU. (The warp-specialised
     // variant 2 was measured in run11-2026-12-07: not faster than 1.)
     for (auto [v, core, label] : {std::tuple{"0", "1", "bwd chunk mma.sync (bwd variant 0)"},
                                   std::tuple{"3", "1", "bwd chunk wgmma pipelined (bwd variant 3)"},
                                   std::tuple{"4", "1", "bwd chunk pipelined, copies by warpgroup 1 (bwd variant 4)"},
+                                  std::tuple{"5", "1", "bwd chunk wgmma, mask per warp (bwd variant 5)"},
                                   std::tuple{"1", "0", "bwd chunk wgmma, row-major states (HLM_SSD_CORE_STATES=0)"}}) {
       setenv("HLM_SSD_BWD_VARIANT", v, 1);
       setenv("HLM_SSD_CORE_STATES", core, 1);

@@ -397,7 +397,8 @@ TEST(SsdCuda, ForwardBlockShapes) {
 
 // The chunk-gradient kernels of the backward (HLM_SSD_BWD_VARIANT: 1 the wgmma kernel, the default
 // on sm_90a for P = 64; 2 its warp-specialised form; 3 it with warpgroup 0 pipelined over two
-// heads; 4 that with warpgroup 1 alone issuing the copies; 0 the mma.sync kernel): odd lengths,
+// heads; 4 that with warpgroup 1 alone issuing the copies; 5 variant 1 with its mask math per warp
+// index; 0 the mma.sync kernel): odd lengths,
 // documents, h0, column slices, 1 / 2 / 3 / 16 heads per group, both N, segment splits.
 TEST(SsdCuda, BackwardChunkKernels) {
   HLM_REQUIRE_GPU();
@@ -408,7 +409,7 @@ TEST(SsdCuda, BackwardChunkKernels) {
     ScopedEnv segs("HLM_SSD_SEG_CHUNKS", "3");
     check_backward({2, 1000, 8, 2, 64, 128});
   };
-  for (const char* v : {"1", "2", "3", "4", "0"}) {
+  for (const char* v : {"1", "2", "3", "4", "5", "0"}) {
     SCOPED_TRACE(std::string("HLM_SSD_BWD_VARIANT=") + v);
     ScopedEnv variant("HLM_SSD_BWD_VARIANT", v);
     common_cases();

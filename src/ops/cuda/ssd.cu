@@ -282,12 +282,14 @@ int forward_variant(int64_t P, int64_t heads_per_group) {
 // variant-2 forward 12.71 vs 13.57, d-h100-defaults); 2 (sm_90, P = 64) its warp-specialised form
 // (a producer warpgroup and an mbarrier ring): correct, not faster (12.80 ms at 64K, same run);
 // 3 (sm_90, P = 64) variant 1 with warpgroup 0's products pipelined over two heads, 4 that with
-// warpgroup 1 alone issuing the copies (both not yet measured); 0 the mma.sync kernel (ssd_bwd.cu), used elsewhere. HLM_SSD_BWD_VARIANT picks.
+// warpgroup 1 alone issuing the copies (12.87 and 12.52 against 12.43 ms, run12-2026-12-07/a);
+// 5 (sm_90, P = 64) variant 1 with its mask math in one instance per warp (not yet measured); 0 the
+// mma.sync kernel (ssd_bwd.cu), used elsewhere. HLM_SSD_BWD_VARIANT picks.
 int backward_variant(int64_t P) {
   const bool wgmma = P == 64 && device_props().major == 9;
   const char* env = std::getenv("HLM_SSD_BWD_VARIANT");
   const int v = env && *env ? std::atoi(env) : 1;
-  return v >= 1 && v <= 4 && wgmma ? v : 0;
+  return v >= 1 && v <= 5 && wgmma ? v : 0;
 }
 
 // Zero-fills or copies a [B,H,P,N] fp32 state (for T == 0).

@@ -189,11 +189,54 @@ __device__ __forceinline__ void q_issue_bdh(float (&bdh)[32], uint64_t desc_b_k,
 // From dXY (complete): Mᵀ as dxdt's A fragments, dgs += dG, the z = dG G partial sums, ddiag.
 // Mᵀ[s, t] = G[t, s] L[t, s] (the A fragments of dxdt: k step ks takes columns 16 ks ..),
 // dG[t, s] = dXY[s, t] dt_s L[t, s], L[t, s] = exp(cum_t - cum_s) for t >= s in s's document.
-// Column block j of a half is zero where all its t are below the half's tokens: j < W for the
-// early half (tokens 8 W ..), j < 7 - W for the late one. One instance per warp index W, so those
-// skips are known at compile time (straight-line code, as the forward's m_fragments since round
-// 15), and the diagonal dXY[s, s] is kept in a register and stored after the loop: a shared store
-// inside it would keep the compiler from moving the next block's loads of S above it.
+// Column block j of a half is zero where all its t are below the half's tokens: j < w for the
+// early half (tokens 8 w ..), j < 7 - w for the late one.
+__device__ __forceinline__ void q_mask(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32],
+                                       float (&dgs)[32], const float (&dxy)[32], uint32_t (&mf)[4][4],
+                                       float (&zr)[2], float (&zc)[8][2]) {
+  const int w = th.w, qq = th.qq;
+  zr[0] = zr[1] = 0.f;
+  const float cum_s[2] = {S.cum[th.s_h[0]], S.cum[th.s_h[1]]};
+  const float dt_s[2] = {S.dt[th.s_h[0]], S.dt[th.s_h[1]]};
+  const int seg_s[2] = {S.seg[th.s_h[0]], S.seg[th.s_h[1]]};
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    zc[j][0] = zc[j][1] = 0.f;
+    const int t = 8 * j + 2 * qq;
+    const float2 ct = *reinterpret_cast<const float2*>(S.cum + t);
+    const int2 sg = *reinterpret_cast<const int2*>(S.seg + t);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int s = th.s_h[half];
+      if (j < (half == 0 ? w : 7 - w)) {
+        mf[j >> 1][2 * (j & 1) + half] = 0u;
+        continue;
+      }
+      float m[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int i = 4 * j + 2 * half + e;
+        const float cte = e ? ct.y : ct.x;
+        const int sge = e ? sg.y : sg.x;
+        const float Lm = (t + e >= s && sge == seg_s[half]) ? __expf(fminf(cte - cum_s[half], 0.f)) : 0.f;
+        const float dg = dxy[i] * dt_s[half] * Lm;
+        dgs[i] += dg;
+        const float z = dg * gt[i];
+        zr[half] += z;
+        zc[j][e] += z;
+        m[e] = gt[i] * Lm;
+        if (t + e == s) red.ddiag[s] = dxy[i];
+      }
+      mf[j >> 1][2 * (j & 1) + half] = mma::pack_bf16x2(m[0], m[1]);
+    }
+  }
+}
+
+// q_mask in one instance per warp index W (backward variant 5, opt-in until measured): the skips
+// known at compile time (straight-line code, as the forward's m_fragments since round 15; but
+// 4 copies of the code, +16 % for the kernel, where round 12's profile already shows instruction
+// fetch stalls), and the diagonal dXY[s, s] kept in a register and stored after the loop (a
+// shared store inside it keeps the compiler from moving the next block's loads of S above it).
 template <int W>
 __device__ __forceinline__ void q_mask_w(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red,
                                          const float (&gt)[32], float (&dgs)[32], const float (&dxy)[32],
@@ -243,7 +286,7 @@ __device__ __forceinline__ void q_mask_w(const BwThread& th, const ChunkScan<kQ>
   for (int half = 0; half < 2; ++half)
     if (has_diag[half]) red.ddiag[th.s_h[half]] = diag[half];
 }
-__device__ __forceinline__ void q_mask(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32],
+__device__ __forceinline__ void q_mask_per_warp(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32],
                                        float (&dgs)[32], const float (&dxy)[32], uint32_t (&mf)[4][4],
                                        float (&zr)[2], float (&zc)[8][2]) {
   switch (th.w) {  // warp-uniform
@@ -327,7 +370,7 @@ __device__ __forceinline__ void q_dx(const SsdArgs& a, const BwChunk& k, const B
 
 // Warpgroup 0, one head h (variant 1): dXY, BdH, Mᵀ and dG (dgs += dG), dxdt, dx; the row / column
 // partials of d(dt) into red. Xs (rows permuted), Ys: the head's x and dy tiles; Dho its dHout.
-template <int N>
+template <int N, bool kMaskW = false>
 __device__ __forceinline__ void q_head(const SsdArgs& a, const BwChunk& k, const BwThread& th, const unsigned char* Xs,
                                        const unsigned char* Ys, const unsigned char* Dho, uint64_t desc_b_k,
                                        const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32], float (&dgs)[32],
@@ -338,7 +381,10 @@ __device__ __forceinline__ void q_head(const SsdArgs& a, const BwChunk& k, const
   q_issue_bdh<N>(bdh, desc_b_k, Dho);
   wg::wait<1>();
   wg::pin(dxy);
-  q_mask(th, S, red, gt, dgs, dxy, mf, zr, zc);
+  if constexpr (kMaskW)
+    q_mask_per_warp(th, S, red, gt, dgs, dxy, mf, zr, zc);
+  else
+    q_mask(th, S, red, gt, dgs, dxy, mf, zr, zc);
   q_issue_dxdt(dxa, mf, Ys);
   q_zsums(th, red, zr, zc);
   wg::wait<1>();
@@ -475,7 +521,7 @@ __device__ __forceinline__ void n_final(const SsdArgs& a, const BwChunk& k, cons
 
 // kPipe (variants 3, 4): warpgroup 0 pipelined over two heads, 3 head buffers. kLoadsWg1 (variant
 // 4): warpgroup 1 alone issues the per-head copies (warpgroup 0, the longer chain, issues none).
-template <int N, bool kPipe, bool kLoadsWg1>
+template <int N, bool kPipe, bool kLoadsWg1, bool kMaskW = false>
 __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const SsdArgs a) {
   constexpr int kBufs = kPipe ? 3 : 2, kAhead = kPipe ? 2 : 1;  // head buffers; loads run kAhead heads ahead
   using L = BwLayout<N, kBufs>;
@@ -574,7 +620,7 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
       for (int hi = 0; hi < k.hpg; ++hi) {
         head_top(hi);
         const unsigned char* hb = head_buf(hi);
-        q_head<N>(a, k, th, hb + L::h_x, hb + L::h_dy, hb + L::h_dho, desc_b_k, scans[hi % 3], reds[hi & 1], gt,
+        q_head<N, kMaskW>(a, k, th, hb + L::h_x, hb + L::h_dy, hb + L::h_dho, desc_b_k, scans[hi % 3], reds[hi & 1], gt,
                   dgs, k.h_first + hi);
       }
     } else {
@@ -847,6 +893,7 @@ void launch_bwd_chunk_wg(const SsdArgs& a) {
     case 2: launch_with_smem<ssd_bwd_chunk_ws_kernel<N>>(grid, kWsBwThreads, WsBwLayout<N>::total, a); break;
     case 3: launch_with_smem<ssd_bwd_chunk_wg_kernel<N, true, false>>(grid, kBwThreads, kBytes3, a); break;
     case 4: launch_with_smem<ssd_bwd_chunk_wg_kernel<N, true, true>>(grid, kBwThreads, kBytes3, a); break;
+    case 5: launch_with_smem<ssd_bwd_chunk_wg_kernel<N, false, false, true>>(grid, kBwThreads, kBytes2, a); break;
     default: launch_with_smem<ssd_bwd_chunk_wg_kernel<N, false, false>>(grid, kBwThreads, kBytes2, a);
   }
   HLM_CUDA_CHECK_LAUNCH();
