@@ -523,19 +523,6 @@ int main(int argc, char** argv) {
       std::printf("HLM_SSD_WS_LATE_COPY=1: check failed, not timed\n");
     }
     unsetenv("HLM_SSD_WS_LATE_COPY");
-    // Variant 3 (variant 2 with its consumers' chunk reordered: H and Yo issued together, the M
-    // math and the copy-out under them), against the variant-2 rows above; checked first.
-    setenv("HLM_SSD_FWD_VARIANT", "3", 1);
-    if (check_ssd(1, 512) && check_ssd(2, 333)) {
-      for (int64_t len : {int64_t{4096}, int64_t{16384}, int64_t{65536}}) {
-        bench_ssd(1, len, len == 4096 ? 1.03 : len == 16384 ? 1.15 : 5.03, NAN, len == 4096 ? 0.15 : len == 65536 ? 1.7 : NAN,
-                  NAN, true);
-        g_rows.back().name += " pipelined consumers (variant 3)";
-      }
-    } else {
-      std::printf("HLM_SSD_FWD_VARIANT=3: check failed, not timed\n");
-    }
-    unsetenv("HLM_SSD_FWD_VARIANT");
     // A/B of the backward's chunk kernel against the rows above (the default: the wgmma kernel on
     // sm_90, the sweeps' states in core-matrix order): the mma.sync kernel (backward variant 0),
     // the wgmma kernel with warpgroup 0 pipelined over two heads (variant 3), that with warpgroup

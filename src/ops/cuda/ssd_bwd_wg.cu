@@ -190,15 +190,24 @@ __device__ __forceinline__ void q_issue_bdh(float (&bdh)[32], uint64_t desc_b_k,
 // Mᵀ[s, t] = G[t, s] L[t, s] (the A fragments of dxdt: k step ks takes columns 16 ks ..),
 // dG[t, s] = dXY[s, t] dt_s L[t, s], L[t, s] = exp(cum_t - cum_s) for t >= s in s's document.
 // Column block j of a half is zero where all its t are below the half's tokens: j < w for the
-// early half (tokens 8 w ..), j < 7 - w for the late one.
-__device__ __forceinline__ void q_mask(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32],
-                                       float (&dgs)[32], const float (&dxy)[32], uint32_t (&mf)[4][4],
-                                       float (&zr)[2], float (&zc)[8][2]) {
-  const int w = th.w, qq = th.qq;
+// early half (tokens 8 w ..), j < 7 - w for the late one. kW < 0 (q_mask, variant 1): w = th.w at
+// run time, ddiag stored where it is found. kW = 0..3 (q_mask_per_warp, backward variant 5,
+// opt-in until measured): one instance per warp index, so the skips are known at compile time
+// (straight-line code, as the forward's m_fragments since round 15; but 4 copies of the code, +16 %
+// for the kernel, where round 12's profile already shows instruction fetch stalls), and the
+// diagonal kept in a register and stored after the loop (a shared store inside it keeps the
+// compiler from moving the next block's loads of S above it).
+template <int kW>
+__device__ __forceinline__ void q_mask_impl(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red,
+                                            const float (&gt)[32], float (&dgs)[32], const float (&dxy)[32],
+                                            uint32_t (&mf)[4][4], float (&zr)[2], float (&zc)[8][2]) {
+  const int w = kW >= 0 ? kW : th.w, qq = th.qq;
   zr[0] = zr[1] = 0.f;
   const float cum_s[2] = {S.cum[th.s_h[0]], S.cum[th.s_h[1]]};
   const float dt_s[2] = {S.dt[th.s_h[0]], S.dt[th.s_h[1]]};
   const int seg_s[2] = {S.seg[th.s_h[0]], S.seg[th.s_h[1]]};
+  float diag[2] = {0.f, 0.f};  // kW >= 0
+  bool has_diag[2] = {false, false};
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     zc[j][0] = zc[j][1] = 0.f;
@@ -225,75 +234,37 @@ __device__ __forceinline__ void q_mask(const BwThread& th, const ChunkScan<kQ>& 
         zr[half] += z;
         zc[j][e] += z;
         m[e] = gt[i] * Lm;
-        if (t + e == s) red.ddiag[s] = dxy[i];
-      }
-      mf[j >> 1][2 * (j & 1) + half] = mma::pack_bf16x2(m[0], m[1]);
-    }
-  }
-}
-
-// q_mask in one instance per warp index W (backward variant 5, opt-in until measured): the skips
-// known at compile time (straight-line code, as the forward's m_fragments since round 15; but
-// 4 copies of the code, +16 % for the kernel, where round 12's profile already shows instruction
-// fetch stalls), and the diagonal dXY[s, s] kept in a register and stored after the loop (a
-// shared store inside it keeps the compiler from moving the next block's loads of S above it).
-template <int W>
-__device__ __forceinline__ void q_mask_w(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red,
-                                         const float (&gt)[32], float (&dgs)[32], const float (&dxy)[32],
-                                         uint32_t (&mf)[4][4], float (&zr)[2], float (&zc)[8][2]) {
-  const int qq = th.qq;
-  zr[0] = zr[1] = 0.f;
-  const float cum_s[2] = {S.cum[th.s_h[0]], S.cum[th.s_h[1]]};
-  const float dt_s[2] = {S.dt[th.s_h[0]], S.dt[th.s_h[1]]};
-  const int seg_s[2] = {S.seg[th.s_h[0]], S.seg[th.s_h[1]]};
-  float diag[2] = {0.f, 0.f};
-  bool has_diag[2] = {false, false};
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    zc[j][0] = zc[j][1] = 0.f;
-    const int t = 8 * j + 2 * qq;
-    const float2 ct = *reinterpret_cast<const float2*>(S.cum + t);
-    const int2 sg = *reinterpret_cast<const int2*>(S.seg + t);
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int s = th.s_h[half];
-      if (j < (half == 0 ? W : 7 - W)) {
-        mf[j >> 1][2 * (j & 1) + half] = 0u;
-        continue;
-      }
-      float m[2];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int i = 4 * j + 2 * half + e;
-        const float cte = e ? ct.y : ct.x;
-        const int sge = e ? sg.y : sg.x;
-        const float Lm = (t + e >= s && sge == seg_s[half]) ? __expf(fminf(cte - cum_s[half], 0.f)) : 0.f;
-        const float dg = dxy[i] * dt_s[half] * Lm;
-        dgs[i] += dg;
-        const float z = dg * gt[i];
-        zr[half] += z;
-        zc[j][e] += z;
-        m[e] = gt[i] * Lm;
         if (t + e == s) {
-          diag[half] = dxy[i];
-          has_diag[half] = true;
+          if constexpr (kW < 0) {
+            red.ddiag[s] = dxy[i];
+          } else {
+            diag[half] = dxy[i];
+            has_diag[half] = true;
+          }
         }
       }
       mf[j >> 1][2 * (j & 1) + half] = mma::pack_bf16x2(m[0], m[1]);
     }
   }
+  if constexpr (kW >= 0) {
 #pragma unroll
-  for (int half = 0; half < 2; ++half)
-    if (has_diag[half]) red.ddiag[th.s_h[half]] = diag[half];
+    for (int half = 0; half < 2; ++half)
+      if (has_diag[half]) red.ddiag[th.s_h[half]] = diag[half];
+  }
+}
+__device__ __forceinline__ void q_mask(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32],
+                                       float (&dgs)[32], const float (&dxy)[32], uint32_t (&mf)[4][4],
+                                       float (&zr)[2], float (&zc)[8][2]) {
+  q_mask_impl<-1>(th, S, red, gt, dgs, dxy, mf, zr, zc);
 }
 __device__ __forceinline__ void q_mask_per_warp(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32],
                                        float (&dgs)[32], const float (&dxy)[32], uint32_t (&mf)[4][4],
                                        float (&zr)[2], float (&zc)[8][2]) {
   switch (th.w) {  // warp-uniform
-    case 0: q_mask_w<0>(th, S, red, gt, dgs, dxy, mf, zr, zc); break;
-    case 1: q_mask_w<1>(th, S, red, gt, dgs, dxy, mf, zr, zc); break;
-    case 2: q_mask_w<2>(th, S, red, gt, dgs, dxy, mf, zr, zc); break;
-    default: q_mask_w<3>(th, S, red, gt, dgs, dxy, mf, zr, zc); break;
+    case 0: q_mask_impl<0>(th, S, red, gt, dgs, dxy, mf, zr, zc); break;
+    case 1: q_mask_impl<1>(th, S, red, gt, dgs, dxy, mf, zr, zc); break;
+    case 2: q_mask_impl<2>(th, S, red, gt, dgs, dxy, mf, zr, zc); break;
+    default: q_mask_impl<3>(th, S, red, gt, dgs, dxy, mf, zr, zc); break;
   }
 }
 
