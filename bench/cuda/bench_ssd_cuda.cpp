@@ -2,7 +2,7 @@
 // update) at the Mamba-2-Hybrid 8B mixer shape next to the reference numbers of shared/gpu.md.
 // Each configuration is first checked against the CPU op at a small length (exit 1 on mismatch).
 //   bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only] [--profile L] [--forward-ab]
-// --forward-ab: the forward walks alone (variants 11, 2, 3 at 4K, 16K, 64K and 8 x 8K, interleaved
+// --forward-ab: the forward walks alone (variants 11, 2, 3, 4 at 4K, 16K, 64K and 8 x 8K, interleaved
 // per length), each variant checked against the CPU first; for A/B runs across builds.
 #include <cuda_runtime.h>
 
@@ -463,7 +463,7 @@ int main(int argc, char** argv) {
     }
     if (forward_ab) {
       g_forward_only = true;
-      const char* variants[] = {"11", "2", "3"};
+      const char* variants[] = {"11", "2", "3", "4"};
       for (const char* v : variants) {
         setenv("HLM_SSD_FWD_VARIANT", v, 1);
         if (!(check_ssd(1, 512) && check_ssd(2, 333))) {
@@ -493,10 +493,20 @@ int main(int argc, char** argv) {
     // A/B of the forward walks in the same run (knobs read by src/ops/cuda/ssd.cu; segments 0 =
     // the cost model's choice): the mma.sync walk (variant 11) and the wgmma walk (variant 1)
     // against the warp-specialised one (variant 2; the default on sm_90 is its reordered form, 3)
-    // at 4K and 64K, and variant 2 with 1, 2, 4 and 8 segments per row at 64K.
+    // at 4K and 64K, variant 3 with y stored by TMA (variant 4), and variant 2 with 1, 2, 4 and 8
+    // segments per row at 64K. Each walk checked against the CPU first.
+    for (const char* v : {"11", "1", "2", "4"}) {
+      setenv("HLM_SSD_FWD_VARIANT", v, 1);
+      if (!(check_ssd(1, 512) && check_ssd(2, 333))) {
+        std::fprintf(stderr, "bench_ssd_cuda: HLM_SSD_FWD_VARIANT=%s: check failed, not timing\n", v);
+        return 1;
+      }
+    }
     for (auto [env, len, label] : {std::tuple{"11:0", 4096, " mma.sync walk (variant 11)"},
                                    std::tuple{"11:0", 65536, " mma.sync walk (variant 11)"},
                                    std::tuple{"1:0", 65536, " wgmma walk (variant 1)"},
+                                   std::tuple{"4:0", 4096, " y stored by TMA (variant 4)"},
+                                   std::tuple{"4:0", 65536, " y stored by TMA (variant 4)"},
                                    std::tuple{"2:0", 4096, " warp-specialised walk (variant 2)"},
                                    std::tuple{"2:0", 65536, " warp-specialised walk (variant 2)"},
                                    std::tuple{"2:100000", 65536, " variant 2, 1 segment"},
@@ -526,14 +536,12 @@ int main(int argc, char** argv) {
     // A/B of the backward's chunk kernel against the rows above (the default: the wgmma kernel on
     // sm_90, the sweeps' states in core-matrix order): the mma.sync kernel (backward variant 0),
     // the wgmma kernel with warpgroup 0 pipelined over two heads (variant 3), that with warpgroup
-    // 1 alone issuing the copies (variant 4), variant 1 with its mask math per warp index
-    // (variant 5), then variant 1 with row-major states
+    // 1 alone issuing the copies (variant 4), then variant 1 with row-major states
     // (HLM_SSD_CORE_STATES=0), each after its own check against the CPU. (The warp-specialised
     // variant 2 was measured in run11-2026-12-07: not faster than 1.)
     for (auto [v, core, label] : {std::tuple{"0", "1", "bwd chunk mma.sync (bwd variant 0)"},
                                   std::tuple{"3", "1", "bwd chunk wgmma pipelined (bwd variant 3)"},
                                   std::tuple{"4", "1", "bwd chunk pipelined, copies by warpgroup 1 (bwd variant 4)"},
-                                  std::tuple{"5", "1", "bwd chunk wgmma, mask per warp (bwd variant 5)"},
                                   std::tuple{"1", "0", "bwd chunk wgmma, row-major states (HLM_SSD_CORE_STATES=0)"}}) {
       setenv("HLM_SSD_BWD_VARIANT", v, 1);
       setenv("HLM_SSD_CORE_STATES", core, 1);

@@ -49,6 +49,12 @@ struct WgGroup {
   bool done = false;
 };
 
+struct BulkStore {
+  TmaDesc desc;
+  const unsigned char* smem;
+  int coords[5];
+};
+
 struct Fiber {
   ucontext_t ctx;
   dim3 tid;
@@ -58,6 +64,8 @@ struct Fiber {
   unsigned bar_wait = 0;
   std::vector<std::vector<CopyOp>> groups;
   std::vector<CopyOp> open;
+  std::vector<std::vector<BulkStore>> bulk_groups;
+  std::vector<BulkStore> bulk_open;
   std::vector<WgOp> wg_open;
   uint64_t wg_committed = 0, wg_completed = 0;  // groups committed / known complete
 };
@@ -153,6 +161,8 @@ void fiber_entry() {
   for (const auto& grp : g_cur->groups)
     if (!grp.empty()) die("thread ended with cp.async copies never waited for");
   if (!g_cur->open.empty()) die("thread ended with uncommitted cp.async copies");
+  if (!g_cur->bulk_groups.empty() || !g_cur->bulk_open.empty())
+    die("thread ended with bulk tensor stores never waited for");
   g_cur->groups.clear();
   g_cur->done = true;
   g_blk->live--;
@@ -260,6 +270,59 @@ void cp_wait(int pending) {
   while (static_cast<int>(g_cur->groups.size()) > pending) {
     run_copies(g_cur->groups.front());
     g_cur->groups.erase(g_cur->groups.begin());
+  }
+}
+
+void bulk_tensor_store(const void* desc, const void* smem, const int* coords) {
+  BulkStore st{};
+  std::memcpy(&st.desc, desc, sizeof(TmaDesc));
+  const TmaDesc& d = st.desc;
+  if (d.rank < 1 || d.rank > 5 || d.base == nullptr) die("bulk tensor store: not an encoded tensor map");
+  size_t bytes = static_cast<size_t>(d.elem_bytes);
+  for (int i = 0; i < d.rank; ++i) bytes *= d.box[i];
+  check_smem(smem, bytes, "bulk tensor store");
+  const uintptr_t off = static_cast<uintptr_t>(static_cast<const unsigned char*>(smem) - g_blk->smem);
+  if (off % (d.swizzle_bytes == 128 ? 1024 : 128) != 0) die("bulk tensor store: misaligned shared tile");
+  st.smem = static_cast<const unsigned char*>(smem);
+  for (int i = 0; i < d.rank; ++i) st.coords[i] = coords[i];
+  g_cur->bulk_open.push_back(st);
+}
+
+void bulk_commit() {
+  g_cur->bulk_groups.push_back(std::move(g_cur->bulk_open));
+  g_cur->bulk_open.clear();
+}
+
+namespace {
+void run_bulk_store(const BulkStore& st) {
+  const TmaDesc& d = st.desc;
+  const size_t eb = static_cast<size_t>(d.elem_bytes);
+  const uintptr_t tile = static_cast<uintptr_t>(st.smem - g_blk->smem);
+  uint32_t idx[5] = {0, 0, 0, 0, 0};
+  size_t total = 1;
+  for (int i = 0; i < d.rank; ++i) total *= d.box[i];
+  for (size_t n = 0; n < total; ++n) {
+    size_t rem = n;
+    bool inside = true;
+    size_t goff = 0;
+    for (int i = 0; i < d.rank; ++i) {
+      idx[i] = static_cast<uint32_t>(rem % d.box[i]);
+      rem /= d.box[i];
+      const int64_t g = static_cast<int64_t>(st.coords[i]) + idx[i];
+      if (g < 0 || static_cast<uint64_t>(g) >= d.dims[i]) inside = false;
+      goff += static_cast<size_t>(g) * d.strides[i];
+    }
+    uintptr_t s = tile + n * eb;
+    if (d.swizzle_bytes == 128) s ^= ((s >> 7) & 7) << 4;
+    if (inside) std::memcpy(static_cast<unsigned char*>(d.base) + goff, g_blk->smem + s, eb);
+  }
+}
+}  // namespace
+
+void bulk_wait(int pending) {
+  while (static_cast<int>(g_cur->bulk_groups.size()) > pending) {
+    for (const BulkStore& st : g_cur->bulk_groups.front()) run_bulk_store(st);
+    g_cur->bulk_groups.erase(g_cur->bulk_groups.begin());
   }
 }
 

@@ -75,4 +75,20 @@ void wgmma(float* d, int n, const uint32_t* a_regs, uint64_t desc_a, uint64_t de
 void wgmma_commit();
 void wgmma_wait(int pending);
 
+// Bulk tensor stores (ops/cuda/tma.cuh): the emulator's tensor map (in place of a CUtensorMap's
+// opaque bytes). A store is queued in this thread's open bulk group and performed at the
+// bulk_wait that covers it (reading shared memory then): elements outside dims are skipped; the
+// 128-byte swizzle XORs address bits 4-6 with bits 7-9 (shared-memory offsets from the dynamic
+// base, the tile 1024-byte aligned).
+struct TmaDesc {
+  void* base;
+  uint64_t dims[5];
+  uint64_t strides[5];  // bytes; strides[0] = the element size
+  uint32_t box[5];
+  int rank, elem_bytes, swizzle_bytes;
+};
+void bulk_tensor_store(const void* desc, const void* smem, const int* coords);
+void bulk_commit();
+void bulk_wait(int pending);
+
 }  // namespace emu

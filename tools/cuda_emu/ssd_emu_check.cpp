@@ -375,11 +375,13 @@ int main(int argc, char** argv) {
     unsetenv("HLM_SSD_SEG_CHUNKS");
     unsetenv("HLM_SSD_SWEEP_HEADS");
   }
-  if (want("ws")) {  // variant 2 alone (CI, mutate_barriers.sh): 2 head pairs, every ring slot reused, late G
-                     // (HLM_SSD_FWD_VARIANT=3 set outside: variant 3, the same hash; EARLY_G is ignored there)
+  if (want("ws")) {  // variant 2 alone (CI, mutate_barriers.sh): 2 head pairs, every ring slot reused, late G,
+                     // batch 2 with partial last chunks (HLM_SSD_FWD_VARIANT=3 or 4 set outside: variant 3,
+                     // or 3 with y stored by TMA, the same hash; EARLY_G is ignored there)
     setenv("HLM_SSD_FWD_VARIANT", "2", 0);
     setenv("HLM_SSD_SEG_CHUNKS", "5", 1);
     run_case("ws-heads4", 1, 600, 4, 1, 64, 128, true, true, DType::BF16, 1e-2, false);  // each chunk's G early
+    run_case("ws-batch2", 2, 333, 4, 2, 64, 64, true, true, DType::BF16, 1e-2, false);
     setenv("HLM_SSD_WS_EARLY_G", "0", 1);
     run_case("ws-late-g", 1, 600, 4, 1, 64, 128, true, true, DType::BF16, 1e-2, false);
     unsetenv("HLM_SSD_WS_EARLY_G");
@@ -387,7 +389,7 @@ int main(int argc, char** argv) {
     unsetenv("HLM_SSD_FWD_VARIANT");
   }
   if (want("bwdwg")) {  // the backward's wgmma chunk kernel: 2, 8 (every slot rotation), 3 heads per group
-    setenv("HLM_SSD_BWD_VARIANT", "1", 0);  // HLM_SSD_BWD_VARIANT=5 set outside: variant 5, the same hash
+    setenv("HLM_SSD_BWD_VARIANT", "1", 1);
     run_case("bwdwg", 2, 150, 4, 2, 64, 128, true, true, DType::BF16, 1e-2, true);
     run_case("bwdwg-heads8", 1, 200, 8, 1, 64, 128, true, true, DType::BF16, 1e-2, true);
     run_case("bwdwg-heads3", 2, 130, 6, 2, 64, 64, true, false, DType::BF16, 1e-2, true);

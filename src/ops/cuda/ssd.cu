@@ -265,13 +265,15 @@ void split_segments(SsdArgs* a, int64_t units, bool backward) {
 // mma.sync walks (ssd_fwd.cu), used elsewhere: 11: one head per block, 2 blocks/SM - measured
 // fastest of the three on the H200 (64K: 5.25 ms vs 5.43 for 12, 6.22 for 21); 12: two heads of a
 // group on 16 warps sharing the B, C tiles; 21: both heads in each of 8 warps.
+// 4 (opt-in until measured): variant 3 with y stored by TMA (one thread issues each 64 x 64 tile)
+// instead of the consumers' copy-out (14.7 % of variant 3's stall samples, round 15).
 // HLM_SSD_FWD_VARIANT picks among those that apply.
 int forward_variant(int64_t P, int64_t heads_per_group) {
   const bool wgmma = P == 64 && device_props().major == 9;
   const char* env = std::getenv("HLM_SSD_FWD_VARIANT");
   const int v = env && *env ? std::atoi(env) : (wgmma && heads_per_group % 2 == 0 ? 3 : 11);
   if (v == 1 && wgmma) return 1;
-  if ((v == 2 || v == 3) && wgmma && heads_per_group % 2 == 0) return v;
+  if (v >= 2 && v <= 4 && wgmma && heads_per_group % 2 == 0) return v;
   if ((v == 12 || v == 21) && P <= 64 && heads_per_group % 2 == 0) return v;
   return 11;
 }
@@ -283,13 +285,12 @@ int forward_variant(int64_t P, int64_t heads_per_group) {
 // (a producer warpgroup and an mbarrier ring): correct, not faster (12.80 ms at 64K, same run);
 // 3 (sm_90, P = 64) variant 1 with warpgroup 0's products pipelined over two heads, 4 that with
 // warpgroup 1 alone issuing the copies (12.87 and 12.52 against 12.43 ms, run12-2026-12-07/a);
-// 5 (sm_90, P = 64) variant 1 with its mask math in one instance per warp (not yet measured); 0 the
-// mma.sync kernel (ssd_bwd.cu), used elsewhere. HLM_SSD_BWD_VARIANT picks.
+// 0 the mma.sync kernel (ssd_bwd.cu), used elsewhere. HLM_SSD_BWD_VARIANT picks.
 int backward_variant(int64_t P) {
   const bool wgmma = P == 64 && device_props().major == 9;
   const char* env = std::getenv("HLM_SSD_BWD_VARIANT");
   const int v = env && *env ? std::atoi(env) : 1;
-  return v >= 1 && v <= 5 && wgmma ? v : 0;
+  return v >= 1 && v <= 4 && wgmma ? v : 0;
 }
 
 // Zero-fills or copies a [B,H,P,N] fp32 state (for T == 0).

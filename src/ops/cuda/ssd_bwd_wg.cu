@@ -190,24 +190,17 @@ __device__ __forceinline__ void q_issue_bdh(float (&bdh)[32], uint64_t desc_b_k,
 // Mᵀ[s, t] = G[t, s] L[t, s] (the A fragments of dxdt: k step ks takes columns 16 ks ..),
 // dG[t, s] = dXY[s, t] dt_s L[t, s], L[t, s] = exp(cum_t - cum_s) for t >= s in s's document.
 // Column block j of a half is zero where all its t are below the half's tokens: j < w for the
-// early half (tokens 8 w ..), j < 7 - w for the late one. kW < 0 (q_mask, variant 1): w = th.w at
-// run time, ddiag stored where it is found. kW = 0..3 (q_mask_per_warp, backward variant 5,
-// opt-in until measured): one instance per warp index, so the skips are known at compile time
-// (straight-line code, as the forward's m_fragments since round 15; but 4 copies of the code, +16 %
-// for the kernel, where round 12's profile already shows instruction fetch stalls), and the
-// diagonal kept in a register and stored after the loop (a shared store inside it keeps the
-// compiler from moving the next block's loads of S above it).
-template <int kW>
-__device__ __forceinline__ void q_mask_impl(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red,
-                                            const float (&gt)[32], float (&dgs)[32], const float (&dxy)[32],
-                                            uint32_t (&mf)[4][4], float (&zr)[2], float (&zc)[8][2]) {
-  const int w = kW >= 0 ? kW : th.w, qq = th.qq;
+// early half (tokens 8 w ..), j < 7 - w for the late one. (One instance per warp index, with the
+// skips known at compile time and ddiag stored after the loop, was backward variant 5 of round 15:
+// +16 % code, and slower on the H100, 11.49 against 10.70 ms at 64K; NOTES-ssd round 16.)
+__device__ __forceinline__ void q_mask(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32],
+                                       float (&dgs)[32], const float (&dxy)[32], uint32_t (&mf)[4][4],
+                                       float (&zr)[2], float (&zc)[8][2]) {
+  const int w = th.w, qq = th.qq;
   zr[0] = zr[1] = 0.f;
   const float cum_s[2] = {S.cum[th.s_h[0]], S.cum[th.s_h[1]]};
   const float dt_s[2] = {S.dt[th.s_h[0]], S.dt[th.s_h[1]]};
   const int seg_s[2] = {S.seg[th.s_h[0]], S.seg[th.s_h[1]]};
-  float diag[2] = {0.f, 0.f};  // kW >= 0
-  bool has_diag[2] = {false, false};
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     zc[j][0] = zc[j][1] = 0.f;
@@ -234,37 +227,10 @@ __device__ __forceinline__ void q_mask_impl(const BwThread& th, const ChunkScan<
         zr[half] += z;
         zc[j][e] += z;
         m[e] = gt[i] * Lm;
-        if (t + e == s) {
-          if constexpr (kW < 0) {
-            red.ddiag[s] = dxy[i];
-          } else {
-            diag[half] = dxy[i];
-            has_diag[half] = true;
-          }
-        }
+        if (t + e == s) red.ddiag[s] = dxy[i];
       }
       mf[j >> 1][2 * (j & 1) + half] = mma::pack_bf16x2(m[0], m[1]);
     }
-  }
-  if constexpr (kW >= 0) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-      if (has_diag[half]) red.ddiag[th.s_h[half]] = diag[half];
-  }
-}
-__device__ __forceinline__ void q_mask(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32],
-                                       float (&dgs)[32], const float (&dxy)[32], uint32_t (&mf)[4][4],
-                                       float (&zr)[2], float (&zc)[8][2]) {
-  q_mask_impl<-1>(th, S, red, gt, dgs, dxy, mf, zr, zc);
-}
-__device__ __forceinline__ void q_mask_per_warp(const BwThread& th, const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32],
-                                       float (&dgs)[32], const float (&dxy)[32], uint32_t (&mf)[4][4],
-                                       float (&zr)[2], float (&zc)[8][2]) {
-  switch (th.w) {  // warp-uniform
-    case 0: q_mask_impl<0>(th, S, red, gt, dgs, dxy, mf, zr, zc); break;
-    case 1: q_mask_impl<1>(th, S, red, gt, dgs, dxy, mf, zr, zc); break;
-    case 2: q_mask_impl<2>(th, S, red, gt, dgs, dxy, mf, zr, zc); break;
-    default: q_mask_impl<3>(th, S, red, gt, dgs, dxy, mf, zr, zc); break;
   }
 }
 
@@ -341,7 +307,7 @@ __device__ __forceinline__ void q_dx(const SsdArgs& a, const BwChunk& k, const B
 
 // Warpgroup 0, one head h (variant 1): dXY, BdH, Mᵀ and dG (dgs += dG), dxdt, dx; the row / column
 // partials of d(dt) into red. Xs (rows permuted), Ys: the head's x and dy tiles; Dho its dHout.
-template <int N, bool kMaskW = false>
+template <int N>
 __device__ __forceinline__ void q_head(const SsdArgs& a, const BwChunk& k, const BwThread& th, const unsigned char* Xs,
                                        const unsigned char* Ys, const unsigned char* Dho, uint64_t desc_b_k,
                                        const ChunkScan<kQ>& S, BwReduce& red, const float (&gt)[32], float (&dgs)[32],
@@ -352,10 +318,7 @@ __device__ __forceinline__ void q_head(const SsdArgs& a, const BwChunk& k, const
   q_issue_bdh<N>(bdh, desc_b_k, Dho);
   wg::wait<1>();
   wg::pin(dxy);
-  if constexpr (kMaskW)
-    q_mask_per_warp(th, S, red, gt, dgs, dxy, mf, zr, zc);
-  else
-    q_mask(th, S, red, gt, dgs, dxy, mf, zr, zc);
+  q_mask(th, S, red, gt, dgs, dxy, mf, zr, zc);
   q_issue_dxdt(dxa, mf, Ys);
   q_zsums(th, red, zr, zc);
   wg::wait<1>();
@@ -492,7 +455,7 @@ __device__ __forceinline__ void n_final(const SsdArgs& a, const BwChunk& k, cons
 
 // kPipe (variants 3, 4): warpgroup 0 pipelined over two heads, 3 head buffers. kLoadsWg1 (variant
 // 4): warpgroup 1 alone issues the per-head copies (warpgroup 0, the longer chain, issues none).
-template <int N, bool kPipe, bool kLoadsWg1, bool kMaskW = false>
+template <int N, bool kPipe, bool kLoadsWg1>
 __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const SsdArgs a) {
   constexpr int kBufs = kPipe ? 3 : 2, kAhead = kPipe ? 2 : 1;  // head buffers; loads run kAhead heads ahead
   using L = BwLayout<N, kBufs>;
@@ -591,7 +554,7 @@ __global__ void __launch_bounds__(kBwThreads, 1) ssd_bwd_chunk_wg_kernel(const S
       for (int hi = 0; hi < k.hpg; ++hi) {
         head_top(hi);
         const unsigned char* hb = head_buf(hi);
-        q_head<N, kMaskW>(a, k, th, hb + L::h_x, hb + L::h_dy, hb + L::h_dho, desc_b_k, scans[hi % 3], reds[hi & 1], gt,
+        q_head<N>(a, k, th, hb + L::h_x, hb + L::h_dy, hb + L::h_dho, desc_b_k, scans[hi % 3], reds[hi & 1], gt,
                   dgs, k.h_first + hi);
       }
     } else {
@@ -864,7 +827,6 @@ void launch_bwd_chunk_wg(const SsdArgs& a) {
     case 2: launch_with_smem<ssd_bwd_chunk_ws_kernel<N>>(grid, kWsBwThreads, WsBwLayout<N>::total, a); break;
     case 3: launch_with_smem<ssd_bwd_chunk_wg_kernel<N, true, false>>(grid, kBwThreads, kBytes3, a); break;
     case 4: launch_with_smem<ssd_bwd_chunk_wg_kernel<N, true, true>>(grid, kBwThreads, kBytes3, a); break;
-    case 5: launch_with_smem<ssd_bwd_chunk_wg_kernel<N, false, false, true>>(grid, kBwThreads, kBytes2, a); break;
     default: launch_with_smem<ssd_bwd_chunk_wg_kernel<N, false, false>>(grid, kBwThreads, kBytes2, a);
   }
   HLM_CUDA_CHECK_LAUNCH();

@@ -27,6 +27,7 @@
 
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/cuda/ssd_wg.cuh"
+#include "ops/cuda/tma.cuh"
 #include "ops/cuda/wgmma.cuh"
 
 namespace hlm::cuda::ssd {
@@ -201,9 +202,11 @@ struct WalkThread {
     }
     wg::commit();
   }
-  // Y = y + D x (y complete in yacc) in the tile layout; each element is read from X and written to
-  // Y by this thread only, so Y may be X. All 16 loads first: the compiler cannot move a load of X
-  // above a store to Y (they may alias), so load, store, load, ... waited on every load (round 15).
+  // Y = y + D x (y complete in yacc) in the tile layout (kSwY: Y row-major in TMA's 128-byte
+  // swizzle, tma::sw128_offset); each element is read from X and written to Y by this thread only,
+  // so Y may be X. All 16 loads first: the compiler cannot move a load of X above a store to Y
+  // (they may alias), so load, store, load, ... waited on every load (round 15).
+  template <bool kSwY = false>
   __device__ __forceinline__ void y_plus_dx(unsigned char* Y, const unsigned char* X, const float (&yacc)[32],
                                             float Dh) const {
     uint32_t xv[16];
@@ -218,7 +221,8 @@ struct WalkThread {
       for (int half = 0; half < 2; ++half) {
         const float v0 = yacc[4 * j + 2 * half] + Dh * mma::bf16_lo(xv[2 * j + half]);
         const float v1 = yacc[4 * j + 2 * half + 1] + Dh * mma::bf16_hi(xv[2 * j + half]);
-        *reinterpret_cast<uint32_t*>(Y + TX::offset(t_h[half], 8 * j + 2 * qq)) = mma::pack_bf16x2(v0, v1);
+        const int off = kSwY ? tma::sw128_offset(t_h[half], 8 * j + 2 * qq) : TX::offset(t_h[half], 8 * j + 2 * qq);
+        *reinterpret_cast<uint32_t*>(Y + off) = mma::pack_bf16x2(v0, v1);
       }
   }
   // The first len rows of the y tile Y to dst (row pitch ld): 16 bytes per thread and step (whole
@@ -429,7 +433,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_fwd_wg_kernel(const SsdArgs a
 // with the producer at 56 or 64).
 constexpr int kStages = 3, kWsThreads = 3 * kThreads, kProducerRegs = 72, kConsumerRegs = 216;
 
-template <int N>
+template <int N, bool kTmaY = false>
 struct WsLayout {
   using TX = wg::CoreTile<kQ, kP>;
   using TN = wg::CoreTile<kQ, N>;
@@ -445,12 +449,14 @@ struct WsLayout {
   static constexpr size_t c_xw = c_h + TH::kBytes;
   static constexpr size_t c_y = c_xw + TX::kBytes;
   static constexpr size_t consumer = c_y + TX::kBytes;
-  static constexpr size_t consumers = kStages * stage;
-  static constexpr size_t raw = consumers + 2 * consumer;  // producer: raw dt [2][Q], boundary flags [Q]
+  // kTmaY (variant 4): the consumers' regions last, each y tile 1024-byte aligned for the TMA
+  // store's swizzle (a run-time pad of up to 1 KB: the dynamic base's alignment is not promised).
+  static constexpr size_t consumers = kTmaY ? kStages * stage + 2 * kQ * 4 + kQ * 4 + 2 * kStages * 8 : kStages * stage;
+  static constexpr size_t raw = kTmaY ? kStages * stage : consumers + 2 * consumer;  // producer: raw dt [2][Q], boundary flags [Q]
   static constexpr size_t bnd = raw + 2 * kQ * 4;
   static constexpr size_t bars = bnd + kQ * 4;  // full[kStages], empty[kStages]
-  static constexpr size_t total = bars + 2 * kStages * 8;
-  static_assert(stage % 16 == 0 && consumer % 16 == 0 && bars % 8 == 0, "aligned regions");
+  static constexpr size_t total = kTmaY ? consumers + 1024 + 2 * consumer : bars + 2 * kStages * 8;
+  static_assert(stage % 16 == 0 && consumer % 1024 == 0 && c_y % 1024 == 0 && bars % 8 == 0, "aligned regions");
 };
 
 // kEarlyG: each chunk's G = C Bᵀ (independent of the state) is issued in the chunk before, right
@@ -458,9 +464,13 @@ struct WsLayout {
 // chunk's Yo is issued.
 // kPipe (variant 3; implies early G): the consumer's chunk reordered so that every stretch of its
 // own work runs under a wgmma group of the same chunk (pipelined consumers, below).
-template <int N, bool kEarlyG, bool kPipe>
-__global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs a) {
-  using L = WsLayout<N>;
+// kTmaY (variant 4; with kPipe): y leaves through TMA stores of y_map (one thread per consumer
+// issues each tile) instead of the consumers' own copy-out.
+template <int N, bool kEarlyG, bool kPipe, bool kTmaY = false>
+__global__ void __launch_bounds__(kWsThreads, 1)
+    ssd_fwd_ws_kernel(const SsdArgs a, const __grid_constant__ tma::Map y_map) {
+  static_assert(!kTmaY || kPipe, "the TMA store of y is variant 3's");
+  using L = WsLayout<N, kTmaY>;
   using TX = typename L::TX;
   using TN = typename L::TN;
   using TH = typename L::TH;
@@ -561,13 +571,25 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
   const int j = warp / 4, h = h0 + j;
   const WalkThread<N> th(tid - kThreads * j);
   const float Dh = a.D ? load_any(a.D, a.D_type, h) : 0.f;
-  unsigned char* cb = sm + L::consumers + j * L::consumer;
+  unsigned char* cbase = sm + L::consumers;
+  if constexpr (kTmaY) cbase += (1024u - (wg::smem_addr(cbase) & 1023u)) & 1023u;  // the y tiles' alignment
+  unsigned char* cb = cbase + j * L::consumer;
   unsigned char* Hs = cb + L::c_h;
   unsigned char* Xw = cb + L::c_xw;
   unsigned char* Ys = cb + L::c_y;
   auto* yg = static_cast<bf16_t*>(a.y) + static_cast<int64_t>(h) * kP;
+  // y of chunk c out of Ys (written by all four warps, each fenced for the async proxy under
+  // kTmaY, and a barrier since). kTmaY: thread 0 issues one store (rows past T are clipped) and
+  // waits for its read of Ys before the barrier after which Ys is next written.
   auto copy_out_y = [&](int c) {
-    th.copy_out_y(yg + (rowb + static_cast<int64_t>(c) * kQ) * a.ld_y, a.ld_y, Ys, min(kQ, T - c * kQ));
+    if constexpr (kTmaY) {
+      if (th.lt == 0) {
+        tma::store_3d(&y_map, Ys, h * kP, c * kQ, b);
+        tma::commit();
+      }
+    } else {
+      th.copy_out_y(yg + (rowb + static_cast<int64_t>(c) * kQ) * a.ld_y, a.ld_y, Ys, min(kQ, T - c * kQ));
+    }
   };
   float hacc[N / 2];
   const int64_t state_off = (static_cast<int64_t>(b) * a.H + h) * kP * N;
@@ -623,6 +645,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
       th.issue_y(yacc, mf, S, X);
       wg::wait<1>();  // the state update (y may still run)
       wg::pin(hacc);
+      if constexpr (kTmaY)
+        if (k > 0 && th.lt == 0) tma::wait_read<0>();  // the previous chunk's y read out of Ys
       mma::bar_sync(bar, kThreads);  // (B): Yo and H (the last readers of Hs, Xw) done in all warps; Ys copied out
       // The next chunk's G; in the last chunk a dummy one on its own stage (still held), so that
       // every chunk has the same wgmma groups (see kEarlyG below).
@@ -634,13 +658,16 @@ __global__ void __launch_bounds__(kWsThreads, 1) ssd_fwd_ws_kernel(const SsdArgs
       }
       wg::wait<1>();  // y
       wg::pin(yacc);
-      th.y_plus_dx(Ys, X, yacc, Dh);
+      th.template y_plus_dx<kTmaY>(Ys, X, yacc, Dh);
+      if constexpr (kTmaY) wg::fence_async_smem();  // Ys for the TMA store after (A)
       wg::wait<0>();  // the next G: nothing in flight across the loop's back edge
       wg::pin(gacc);
       mma::mbar_arrive(&empty[k % kStages]);  // this chunk's stage: every read done
     } while (++k < nck);
     mma::bar_sync(bar, kThreads);
     copy_out_y(c_end - 1);
+    if constexpr (kTmaY)
+      if (th.lt == 0) tma::wait_all<0>();  // y written before the block's shared memory goes
     if (seg == a.nseg - 1 && a.h_final) th.store_state(a.h_final + state_off, hacc);
     return;
   }
@@ -728,15 +755,28 @@ template void launch_fwd_wg<64>(const SsdArgs&);
 
 // HLM_SSD_WS_EARLY_G=0 turns off variant 2's early G (on by default; A/B knob);
 // HLM_SSD_WS_LATE_COPY=1 moves its y copy-out under the Yo product (opt-in; variant 3 does so too).
+// Variant 4: variant 3 with y stored through TMA (a tensor map over y: columns H P, rows T, batch
+// B; box 64 x 64 x 1), where TMA can describe y (16-byte aligned base and row pitch); else 3.
 template <int N>
 void launch_fwd_ws(const SsdArgs& a) {
   if (a.nseg > 1) launch_segment_states<kQ, kP, N>(a, 0, 1);
   using L = WsLayout<N>;
+  using LT = WsLayout<N, true>;
   const char* env = std::getenv("HLM_SSD_WS_EARLY_G");  // read per call, as the other SSD knobs
   const bool early_g = !(env && std::atoi(env) == 0);
-  auto kernel = a.fwd_variant == 3 ? ssd_fwd_ws_kernel<N, true, true>
-                : early_g          ? ssd_fwd_ws_kernel<N, true, false>
-                                   : ssd_fwd_ws_kernel<N, false, false>;
+  tma::Map y_map{};
+  bool tma_y = false;
+  if (a.fwd_variant == 4) {
+    const uint64_t ld = static_cast<uint64_t>(a.ld_y) * 2;
+    const uint64_t dims[3] = {static_cast<uint64_t>(a.H) * kP, static_cast<uint64_t>(a.T), static_cast<uint64_t>(a.B)};
+    const uint64_t strides[2] = {ld, ld * static_cast<uint64_t>(a.T)};
+    const uint32_t box[3] = {kP, kQ, 1};
+    tma_y = tma::encode_bf16_3d_sw128(y_map, a.y, dims, strides, box);
+  }
+  auto kernel = tma_y                ? ssd_fwd_ws_kernel<N, true, true, true>
+                : a.fwd_variant >= 3 ? ssd_fwd_ws_kernel<N, true, true>
+                : early_g            ? ssd_fwd_ws_kernel<N, true, false>
+                                     : ssd_fwd_ws_kernel<N, false, false>;
   const char* late_env = std::getenv("HLM_SSD_WS_LATE_COPY");
   SsdArgs args = a;
   args.ws_late_copy = late_env && std::atoi(late_env) == 1;
@@ -745,11 +785,13 @@ void launch_fwd_ws(const SsdArgs& a) {
                     ssd_fwd_ws_kernel<N, true, true>})
       HLM_CUDA_CHECK(cudaFuncSetAttribute(kr, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(L::total)));
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(ssd_fwd_ws_kernel<N, true, true, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LT::total)));
     return true;
   }();
   (void)attr_set;
   dim3 grid(static_cast<unsigned>(a.H / 2), static_cast<unsigned>(a.nseg), static_cast<unsigned>(a.B));
-  HLM_LAUNCH(kernel, grid, dim3(kWsThreads), L::total, args);
+  HLM_LAUNCH(kernel, grid, dim3(kWsThreads), tma_y ? LT::total : L::total, args, y_map);
   HLM_CUDA_CHECK_LAUNCH();
 }
 

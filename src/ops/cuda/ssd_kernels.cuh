@@ -513,7 +513,7 @@ template <int N>
 void launch_fwd_ws(const SsdArgs& a);
 template <int Q, int P, int N>
 void launch_bwd_fast(const SsdArgs& a);  // sweeps + chunk kernel; partials left in ws_part
-// The chunk gradients on wgmma (bwd_variant 1-5; sm_90a, Q = P = 64), after the sweeps.
+// The chunk gradients on wgmma (bwd_variant 1-4; sm_90a, Q = P = 64), after the sweeps.
 template <int N>
 void launch_bwd_chunk_wg(const SsdArgs& a);
 // Sweeps over directions dir_first .. dir_first + ndir - 1 (0: states forwards from x, B;
