@@ -23,6 +23,7 @@
 // variant 1; bench/cuda/NOTES-ssd.md (round 8) has the profile. Its warp-specialised form below
 // (variant 2; 64K 3.75 vs 4.02 ms for ssd_fwd.cu's walk, H100, round 12) and that with its
 // consumers' chunk reordered (variant 3, the default on sm_90: 2.90 ms, round 15).
+#include <cstdio>
 #include <cstdlib>
 
 #include "ops/cuda/ssd_kernels.cuh"
@@ -772,6 +773,14 @@ void launch_fwd_ws(const SsdArgs& a) {
     const uint64_t strides[2] = {ld, ld * static_cast<uint64_t>(a.T)};
     const uint32_t box[3] = {kP, kQ, 1};
     tma_y = tma::encode_bf16_3d_sw128(y_map, a.y, dims, strides, box);
+    static bool warned = false;  // a once-per-process note, so that an A/B never times 3 as 4 unseen
+    if (!tma_y && !warned) {
+      warned = true;
+      std::fprintf(stderr,
+                   "hybridlm: SSD forward variant 4: TMA cannot describe y (ld %lld, base %% 16 = %d); "
+                   "using variant 3\n",
+                   static_cast<long long>(a.ld_y), static_cast<int>(reinterpret_cast<uintptr_t>(a.y) % 16));
+    }
   }
   auto kernel = tma_y                ? ssd_fwd_ws_kernel<N, true, true, true>
                 : a.fwd_variant >= 3 ? ssd_fwd_ws_kernel<N, true, true>
