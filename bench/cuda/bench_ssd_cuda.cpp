@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -209,6 +210,19 @@ bool check_ssd(int64_t B, int64_t L) {
   }
   std::printf(" -> %s\n", ok ? "ok" : "MISMATCH");
   return ok;
+}
+
+// check_ssd at B 1 and 2 under each forward variant (HLM_SSD_FWD_VARIANT, left set to the last);
+// false, with the failing variant named on stderr, at the first mismatch.
+bool check_forward_variants(std::initializer_list<const char*> variants) {
+  for (const char* v : variants) {
+    setenv("HLM_SSD_FWD_VARIANT", v, 1);
+    if (!(check_ssd(1, 512) && check_ssd(2, 333))) {
+      std::fprintf(stderr, "bench_ssd_cuda: HLM_SSD_FWD_VARIANT=%s: check failed, not timing\n", v);
+      return false;
+    }
+  }
+  return true;
 }
 
 bool check_conv(int64_t L, int64_t C) {
@@ -463,14 +477,8 @@ int main(int argc, char** argv) {
     }
     if (forward_ab) {
       g_forward_only = true;
-      const char* variants[] = {"11", "2", "3", "4"};
-      for (const char* v : variants) {
-        setenv("HLM_SSD_FWD_VARIANT", v, 1);
-        if (!(check_ssd(1, 512) && check_ssd(2, 333))) {
-          std::fprintf(stderr, "bench_ssd_cuda: HLM_SSD_FWD_VARIANT=%s: check failed, not timing\n", v);
-          return 1;
-        }
-      }
+      const auto variants = {"11", "2", "3", "4"};
+      if (!check_forward_variants(variants)) return 1;
       for (auto [B, len] : {std::pair<int64_t, int64_t>{1, 4096}, {1, 16384}, {1, 65536}, {8, 8192}})
         for (const char* v : variants) {
           setenv("HLM_SSD_FWD_VARIANT", v, 1);
@@ -495,13 +503,7 @@ int main(int argc, char** argv) {
     // against the warp-specialised one (variant 2; the default on sm_90 is its reordered form with
     // y stored by TMA, 4) at 4K and 64K, the reordered form with the consumers' copy-out (variant
     // 3), and variant 2 with 1, 2, 4 and 8 segments per row at 64K. Each walk checked against the CPU first.
-    for (const char* v : {"11", "1", "2", "3"}) {
-      setenv("HLM_SSD_FWD_VARIANT", v, 1);
-      if (!(check_ssd(1, 512) && check_ssd(2, 333))) {
-        std::fprintf(stderr, "bench_ssd_cuda: HLM_SSD_FWD_VARIANT=%s: check failed, not timing\n", v);
-        return 1;
-      }
-    }
+    if (!check_forward_variants({"11", "1", "2", "3"})) return 1;
     for (auto [env, len, label] : {std::tuple{"11:0", 4096, " mma.sync walk (variant 11)"},
                                    std::tuple{"11:0", 65536, " mma.sync walk (variant 11)"},
                                    std::tuple{"1:0", 65536, " wgmma walk (variant 1)"},

@@ -453,11 +453,13 @@ struct WsLayout {
   static constexpr size_t consumer = c_y + TX::kBytes;
   // kTmaY (variant 4): the consumers' regions last, each y tile 1024-byte aligned for the TMA
   // store's swizzle (a run-time pad of up to 1 KB: the dynamic base's alignment is not promised).
-  static constexpr size_t consumers = kTmaY ? kStages * stage + 2 * kQ * 4 + kQ * 4 + 2 * kStages * 8 : kStages * stage;
-  static constexpr size_t raw = kTmaY ? kStages * stage : consumers + 2 * consumer;  // producer: raw dt [2][Q], boundary flags [Q]
+  static constexpr size_t stages_end = kStages * stage;
+  static constexpr size_t raw = kTmaY ? stages_end : stages_end + 2 * consumer;  // producer: raw dt [2][Q], boundary flags [Q]
   static constexpr size_t bnd = raw + 2 * kQ * 4;
   static constexpr size_t bars = bnd + kQ * 4;  // full[kStages], empty[kStages]
-  static constexpr size_t total = kTmaY ? consumers + 1024 + 2 * consumer : bars + 2 * kStages * 8;
+  static constexpr size_t bars_end = bars + 2 * kStages * 8;
+  static constexpr size_t consumers = kTmaY ? bars_end : stages_end;
+  static constexpr size_t total = kTmaY ? consumers + 1024 + 2 * consumer : bars_end;
   static_assert(stage % 16 == 0 && consumer % 1024 == 0 && c_y % 1024 == 0 && bars % 8 == 0, "aligned regions");
 };
 
@@ -648,7 +650,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       wg::wait<1>();  // the state update (y may still run)
       wg::pin(hacc);
       if constexpr (kTmaY)
-        if (k > 0 && th.lt == 0) tma::wait_read<0>();  // the previous chunk's y read out of Ys
+        if (k > 0 && th.lt == 0) tma::wait<0, true>();  // the previous chunk's y read out of Ys
       mma::bar_sync(bar, kThreads);  // (B): Yo and H (the last readers of Hs, Xw) done in all warps; Ys copied out
       // The next chunk's G; in the last chunk a dummy one on its own stage (still held), so that
       // every chunk has the same wgmma groups (see kEarlyG below).
@@ -669,7 +671,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     mma::bar_sync(bar, kThreads);
     copy_out_y(c_end - 1);
     if constexpr (kTmaY)
-      if (th.lt == 0) tma::wait_all<0>();  // y written before the block's shared memory goes
+      if (th.lt == 0) tma::wait<0, false>();  // y written before the block's shared memory goes
     if (seg == a.nseg - 1 && a.h_final) th.store_state(a.h_final + state_off, hacc);
     return;
   }
@@ -776,8 +778,8 @@ void launch_fwd_ws(const SsdArgs& a) {
     tma_y = tma::encode_bf16_3d_sw128(y_map, a.y, dims, strides, box);
     // Asked for by name: a once-per-process note, so that an A/B never times 3 as 4 unseen.
     static bool warned = false;
-    const char* venv = std::getenv("HLM_SSD_FWD_VARIANT");
-    if (!tma_y && !warned && venv && std::atoi(venv) == 4) {
+    const char* venv = tma_y || warned ? nullptr : std::getenv("HLM_SSD_FWD_VARIANT");
+    if (venv && std::atoi(venv) == 4) {
       warned = true;
       std::fprintf(stderr,
                    "hybridlm: SSD forward variant 4: TMA cannot describe y (ld %lld, base %% 16 = %d); "

@@ -5,7 +5,7 @@
 // store performed at the wait that covers it (reading shared memory then, as the hardware may).
 //
 // The tensor map (a CUtensorMap, 128 opaque bytes) must live in kernel-parameter, constant or
-// global memory: here it is a member of a kernel's __grid_constant__ argument struct.
+// global memory: here it is a kernel's own __grid_constant__ parameter.
 #pragma once
 
 #include <cstdint>
@@ -112,23 +112,18 @@ __device__ __forceinline__ void commit() {
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
 #endif
 }
-// Until at most kPending of this thread's bulk groups still read their shared-memory source (the
-// tile may then be rewritten).
-template <int kPending>
-__device__ __forceinline__ void wait_read() {
+// Until at most kPending of this thread's bulk groups are pending: kReadOnly, until they no longer
+// read their shared-memory source (the tile may then be rewritten); else until their writes are
+// performed. (The emulator performs a store whole at either wait.)
+template <int kPending, bool kReadOnly>
+__device__ __forceinline__ void wait() {
 #ifdef HLM_CUDA_EMU
   ::emu::bulk_wait(kPending);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
-#endif
-}
-// Until at most kPending of this thread's bulk groups are incomplete (their writes performed).
-template <int kPending>
-__device__ __forceinline__ void wait_all() {
-#ifdef HLM_CUDA_EMU
-  ::emu::bulk_wait(kPending);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(kPending) : "memory");
+  if constexpr (kReadOnly)
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
+  else
+    asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(kPending) : "memory");
 #endif
 }
 
