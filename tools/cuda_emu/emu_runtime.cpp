@@ -55,6 +55,19 @@ struct BulkStore {
   int coords[5];
 };
 
+struct BulkLoad {
+  TmaDesc desc;
+  unsigned char* smem;
+  int coords[5];
+};
+
+// An mbarrier's transaction count (bytes announced by arrive_expect_tx minus bytes issued by
+// bulk loads) and the loads that land when its phase completes.
+struct MbarTx {
+  int64_t pending = 0;
+  std::vector<BulkLoad> loads;
+};
+
 struct Fiber {
   ucontext_t ctx;
   dim3 tid;
@@ -84,6 +97,7 @@ struct Block {
   unsigned bar_arrived = 0, bar_gen = 0;
   unsigned nb_arrived[16] = {}, nb_gen[16] = {}, nb_count[16] = {};  // named barriers 1..15
   std::map<void*, std::vector<CopyOp>> mbar_copies;                 // copies landing at a phase's end
+  std::map<void*, MbarTx> mbar_tx;                                  // transaction counts, bulk loads
   uint64_t progress = 0;
   std::vector<Fiber> fibers;
   std::vector<WarpState> warps;
@@ -319,6 +333,39 @@ void run_bulk_store(const BulkStore& st) {
 }
 }  // namespace
 
+namespace {
+size_t box_bytes(const TmaDesc& d) {
+  size_t bytes = static_cast<size_t>(d.elem_bytes);
+  for (int i = 0; i < d.rank; ++i) bytes *= d.box[i];
+  return bytes;
+}
+void run_bulk_load(const BulkLoad& ld) {
+  const TmaDesc& d = ld.desc;
+  const size_t eb = static_cast<size_t>(d.elem_bytes);
+  const uintptr_t tile = static_cast<uintptr_t>(ld.smem - g_blk->smem);
+  size_t total = 1;
+  for (int i = 0; i < d.rank; ++i) total *= d.box[i];
+  for (size_t n = 0; n < total; ++n) {
+    size_t rem = n;
+    bool inside = true;
+    size_t goff = 0;
+    for (int i = 0; i < d.rank; ++i) {
+      const uint32_t idx = static_cast<uint32_t>(rem % d.box[i]);
+      rem /= d.box[i];
+      const int64_t g = static_cast<int64_t>(ld.coords[i]) + idx;
+      if (g < 0 || static_cast<uint64_t>(g) >= d.dims[i]) inside = false;
+      if (inside) goff += static_cast<size_t>(g) * d.strides[i];
+    }
+    uintptr_t s = tile + n * eb;
+    if (d.swizzle_bytes == 128) s ^= ((s >> 7) & 7) << 4;
+    if (inside)
+      std::memcpy(g_blk->smem + s, static_cast<const unsigned char*>(d.base) + goff, eb);
+    else
+      std::memset(g_blk->smem + s, 0, eb);
+  }
+}
+}  // namespace
+
 void bulk_wait(int pending) {
   while (static_cast<int>(g_cur->bulk_groups.size()) > pending) {
     for (const BulkStore& st : g_cur->bulk_groups.front()) run_bulk_store(st);
@@ -332,12 +379,33 @@ uint32_t* mbar_words(void* bar) {
   if (reinterpret_cast<uintptr_t>(bar) % 8 != 0) die("mbarrier: not 8-byte aligned");
   return static_cast<uint32_t*>(bar);
 }
+
+// The phase completes once its arrivals are made and its transaction count is zero: the copies
+// and bulk loads handed to it land first.
+void mbar_try_complete(void* bar) {
+  uint32_t* w = mbar_words(bar);
+  if (w[0] != 0) return;
+  auto tx = g_blk->mbar_tx.find(bar);
+  if (tx != g_blk->mbar_tx.end()) {
+    if (tx->second.pending != 0) return;  // announced bytes still to be loaded
+    for (const BulkLoad& ld : tx->second.loads) run_bulk_load(ld);
+    g_blk->mbar_tx.erase(tx);
+  }
+  auto it = g_blk->mbar_copies.find(bar);
+  if (it != g_blk->mbar_copies.end()) {
+    run_copies(it->second);
+    g_blk->mbar_copies.erase(it);
+  }
+  w[0] = w[1] >> 1;
+  w[1] ^= 1u;
+}
 }  // namespace
 
 void mbar_init(void* bar, unsigned count) {
   if (count == 0 || count >= (1u << 20)) die("mbarrier.init: count out of range");
   uint32_t* w = mbar_words(bar);
   g_blk->mbar_copies.erase(bar);
+  g_blk->mbar_tx.erase(bar);
   w[0] = count;
   w[1] = count << 1;
   g_blk->progress++;
@@ -346,16 +414,36 @@ void mbar_init(void* bar, unsigned count) {
 void mbar_arrive(void* bar) {
   uint32_t* w = mbar_words(bar);
   const uint32_t count = w[1] >> 1;
-  if (count == 0 || w[0] == 0 || w[0] > count) die("mbarrier.arrive: barrier not initialised (or corrupted)");
+  if (count == 0 || w[0] == 0 || w[0] > count)
+    die("mbarrier.arrive: barrier not initialised, corrupted, or arrived on more than its count");
   g_blk->progress++;
   if (--w[0] > 0) return;
-  auto it = g_blk->mbar_copies.find(bar);  // the phase completes: its copies land first
-  if (it != g_blk->mbar_copies.end()) {
-    run_copies(it->second);
-    g_blk->mbar_copies.erase(it);
-  }
-  w[0] = count;
-  w[1] ^= 1u;
+  mbar_try_complete(bar);
+}
+
+void mbar_arrive_expect_tx(void* bar, unsigned bytes) {
+  g_blk->mbar_tx[bar].pending += bytes;
+  mbar_arrive(bar);
+}
+
+void bulk_tensor_load(const void* desc, void* smem, void* bar, const int* coords) {
+  BulkLoad ld{};
+  std::memcpy(&ld.desc, desc, sizeof(TmaDesc));
+  const TmaDesc& d = ld.desc;
+  if (d.rank < 1 || d.rank > 5 || d.base == nullptr) die("bulk tensor load: not an encoded tensor map");
+  const size_t bytes = box_bytes(d);
+  check_smem(smem, bytes, "bulk tensor load");
+  const uintptr_t off = static_cast<uintptr_t>(static_cast<unsigned char*>(smem) - g_blk->smem);
+  if (off % (d.swizzle_bytes == 128 ? 1024 : 128) != 0) die("bulk tensor load: misaligned shared tile");
+  const uint32_t* w = mbar_words(bar);
+  if ((w[1] >> 1) == 0) die("bulk tensor load: mbarrier not initialised");
+  ld.smem = static_cast<unsigned char*>(smem);
+  for (int i = 0; i < d.rank; ++i) ld.coords[i] = coords[i];
+  MbarTx& tx = g_blk->mbar_tx[bar];
+  tx.loads.push_back(ld);
+  tx.pending -= static_cast<int64_t>(bytes);
+  g_blk->progress++;
+  mbar_try_complete(bar);
 }
 
 void mbar_wait(void* bar, unsigned parity) {
@@ -575,12 +663,23 @@ namespace {
 
 // Element (mn, k) of a bf16 operand behind a no-swizzle descriptor (wgmma.cuh's layout).
 float desc_element(uint64_t desc, bool mn_major, int mn, int k) {
-  if ((desc >> 62) != 0) die("wgmma: only the no-swizzle layout is emulated");
+  const uint64_t layout = desc >> 62;
+  if (layout > 1) die("wgmma: only the no-swizzle and 128-byte swizzle layouts are emulated");
+  if (((desc >> 49) & 7) != 0) die("wgmma: a non-zero base offset is not emulated");
   const uint32_t start = static_cast<uint32_t>(desc & 0x3fff) << 4;
   const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3fff) << 4;
   const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3fff) << 4;
-  const uint32_t inner = mn_major ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2;
-  const uint32_t off = start + (mn / 8) * sbo + (k / 8) * lbo + inner;
+  uint32_t off;
+  if (layout == 0) {
+    const uint32_t inner = mn_major ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2;
+    off = start + (mn / 8) * sbo + (k / 8) * lbo + inner;
+  } else {  // 128-byte swizzle: rows of 128 bytes, 8-row atoms; the swizzle on the address bits
+    if (mn_major)  // rows along K; 64 MN elements per row, atom columns LBO apart, 8-row groups SBO
+      off = start + (mn / 64) * lbo + (mn % 64) * 2 + (k / 8) * sbo + (k % 8) * 128;
+    else  // rows along MN; K within the row (k < 16 from the start, which steps by 32 bytes)
+      off = start + (mn / 8) * sbo + (mn % 8) * 128 + k * 2;
+    off ^= ((off >> 7) & 7) << 4;
+  }
   const unsigned char* p = g_blk->smem + off;
   check_smem(p, 2, "wgmma operand");
   uint16_t v;

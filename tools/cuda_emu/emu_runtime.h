@@ -88,6 +88,11 @@ struct TmaDesc {
   int rank, elem_bytes, swizzle_bytes;
 };
 void bulk_tensor_store(const void* desc, const void* smem, const int* coords);
+// Bulk tensor load into shared memory, completing bytes of bar's transaction count: it lands when
+// bar's phase completes (all arrivals made and as many bytes loaded as arrive_expect_tx announced),
+// reading global memory then; elements outside dims read as zero, the swizzle as for stores.
+void bulk_tensor_load(const void* desc, void* smem, void* bar, const int* coords);
+void mbar_arrive_expect_tx(void* bar, unsigned bytes);
 void bulk_commit();
 void bulk_wait(int pending);
 

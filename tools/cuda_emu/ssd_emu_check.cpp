@@ -1,6 +1,7 @@
 // Checks hlm::cuda::ssd_forward / ssd_backward / ssd_step, run on the host emulation, against a
 // float64 sequential reference (itself checked by finite differences). Usage:
 //   ssd_emu_check [case-filter]
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -327,7 +328,19 @@ void run_step_case(int B, int H, int G, int P, int N, DType act, double tol) {
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IONBF, 0);
   std::string filter = argc > 1 ? argv[1] : "";
-  auto want = [&](const char* n) { return filter.empty() || std::string(n).find(filter) != std::string::npos; };
+  // A filter naming a group runs that group alone ("ws" not also "bwdws"); else every group whose
+  // name contains it ("fast": the fast* groups).
+  const std::vector<std::string> groups = {"fd",       "generic",   "fast64x128", "segments", "pieces",   "variants",
+                                           "ws",       "bwdwg",     "bwdpipe",    "rowmajor", "bwdws",    "fastexact",
+                                           "fast64x64", "fast128x128", "heads",   "step"};
+  const bool exact = std::find(groups.begin(), groups.end(), filter) != groups.end();
+  auto want = [&](const char* n) {
+    if (std::find(groups.begin(), groups.end(), n) == groups.end()) {
+      std::fprintf(stderr, "ssd_emu_check: group %s missing from the list of groups\n", n);
+      std::exit(2);
+    }
+    return filter.empty() || (exact ? filter == n : std::string(n).find(filter) != std::string::npos);
+  };
   if (want("fd") && !check_reference_fd()) ++g_fail;
   if (want("generic")) {
     run_case("generic-f32", 2, 37, 4, 2, 8, 16, true, true, DType::F32, 1e-5, true);

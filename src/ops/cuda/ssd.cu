@@ -269,13 +269,15 @@ void split_segments(SsdArgs* a, int64_t units, bool backward) {
 // mma.sync walks (ssd_fwd.cu), used elsewhere: 11: one head per block, 2 blocks/SM - measured
 // fastest of the three on the H200 (64K: 5.25 ms vs 5.43 for 12, 6.22 for 21); 12: two heads of a
 // group on 16 warps sharing the B, C tiles; 21: both heads in each of 8 warps.
-// HLM_SSD_FWD_VARIANT picks among those that apply.
+// 5 (opt-in, sm_90, as 4): variant 4 with the producer's x, B and C tiles brought by TMA loads
+// (one thread issues a stage's boxes; 128-byte-swizzled tiles read by the wgmma descriptors
+// directly), where TMA can describe x, B and C; else 4. HLM_SSD_FWD_VARIANT picks among those that apply.
 int forward_variant(int64_t P, int64_t heads_per_group) {
   const bool wgmma = P == 64 && device_props().major == 9;
   const char* env = std::getenv("HLM_SSD_FWD_VARIANT");
   const int v = env && *env ? std::atoi(env) : (wgmma && heads_per_group % 2 == 0 ? 4 : 11);
   if (v == 1 && wgmma) return 1;
-  if (v >= 2 && v <= 4 && wgmma && heads_per_group % 2 == 0) return v;
+  if (v >= 2 && v <= 5 && wgmma && heads_per_group % 2 == 0) return v;
   if ((v == 12 || v == 21) && P <= 64 && heads_per_group % 2 == 0) return v;
   return 11;
 }

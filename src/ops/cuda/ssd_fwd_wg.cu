@@ -116,8 +116,12 @@ __device__ __forceinline__ void m_fragments(uint32_t (&mf)[4][4], const float (&
 }
 
 // One thread's share of a consumer warpgroup's per-chunk work, common to both walks: lt is the
-// thread within its warpgroup (warp w, lane 4 gq + qq), t_h its two product rows' tokens.
-template <int N>
+// thread within its warpgroup (warp w, lane 4 gq + qq), t_h its two product rows' tokens
+// (token_of_row, or with kBlockOrder token_of_row_blocks: the order of TMA-loaded C tiles).
+// The x, B and C tiles in TMA's 128-byte swizzle (variant 5) are [N / 64][64 rows][64] atom
+// columns of kSwAtom bytes.
+constexpr uint32_t kSwAtom = kQ * 128;
+template <int N, bool kBlockOrder = false>
 struct WalkThread {
   using TX = wg::CoreTile<kQ, kP>;
   using TN = wg::CoreTile<kQ, N>;
@@ -125,8 +129,8 @@ struct WalkThread {
   int lt, w, gq, qq;
   int t_h[2];
   __device__ explicit WalkThread(int lt_) : lt(lt_), w(lt_ >> 5), gq((lt_ & 31) >> 2), qq(lt_ & 3) {
-    t_h[0] = token_of_row(16 * w + gq);
-    t_h[1] = token_of_row(16 * w + gq + 8);
+    t_h[0] = kBlockOrder ? token_of_row_blocks(16 * w + gq) : token_of_row(16 * w + gq);
+    t_h[1] = kBlockOrder ? token_of_row_blocks(16 * w + gq + 8) : token_of_row(16 * w + gq + 8);
   }
   // The state: accumulator element 4 j + i is (p, n) = (16 w + gq + 8 (i / 2), 8 j + 2 qq + i % 2).
   // f(p, n, i) for each pair (i, i + 1) of this thread's elements, n even.
@@ -158,19 +162,28 @@ struct WalkThread {
     wg::fence_async_smem();
   }
   // acc = C Vᵀ over N, one commit group: G with V the B tile (desc_v K-major, step TN's), Yo with V
-  // the bf16 state (step TH's).
+  // the bf16 state (step TH's). kSwC / kSwV: that operand a 128-byte-swizzled tile (K steps of 32
+  // bytes within an atom column, kSwAtom between them; step_v unused).
+  template <bool kSwC = false, bool kSwV = false>
   __device__ __forceinline__ static void issue_c_product(float (&acc)[32], uint64_t desc_c, uint64_t desc_v,
                                                          uint32_t step_v) {
     wg::fence();
 #pragma unroll
-    for (int kk = 0; kk < N / 16; ++kk)
-      wg::wgmma_ss_n64<0, 0>(acc, wg::desc_advance(desc_c, kk * TN::kKMajorStep), wg::desc_advance(desc_v, kk * step_v),
-                             kk > 0);
+    for (int kk = 0; kk < N / 16; ++kk) {
+      const uint32_t sw = (kk / 4) * kSwAtom + (kk % 4) * 32;
+      wg::wgmma_ss_n64<0, 0>(acc, wg::desc_advance(desc_c, kSwC ? sw : kk * TN::kKMajorStep),
+                             wg::desc_advance(desc_v, kSwV ? sw : kk * step_v), kk > 0);
+    }
     wg::commit();
   }
   // y = eoff Yo + M x (Yo complete in yacc, M in mf, x tile X), one commit group.
   __device__ __forceinline__ void issue_y(float (&yacc)[32], const uint32_t (&mf)[4][4], const ChunkScan<kQ>& S,
                                           const unsigned char* X) const {
+    issue_y_desc(yacc, mf, S, wg::make_desc(wg::smem_addr(X), TX::kMnMajorLbo, TX::kMnMajorSbo), TX::kMnMajorStep);
+  }
+  // The same with the x tile behind desc_x (MN-major), k steps of step_x bytes.
+  __device__ __forceinline__ void issue_y_desc(float (&yacc)[32], const uint32_t (&mf)[4][4], const ChunkScan<kQ>& S,
+                                               uint64_t desc_x, uint32_t step_x) const {
     const float e0 = S.eoff[t_h[0]], e1 = S.eoff[t_h[1]];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -179,24 +192,27 @@ struct WalkThread {
       yacc[4 * j + 2] *= e1;
       yacc[4 * j + 3] *= e1;
     }
-    const uint64_t desc_x = wg::make_desc(wg::smem_addr(X), TX::kMnMajorLbo, TX::kMnMajorSbo);
     wg::fence();
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks)
-      wg::wgmma_rs_n64<1>(yacc, mf[ks], wg::desc_advance(desc_x, ks * TX::kMnMajorStep), true);
+    for (int ks = 0; ks < 4; ++ks) wg::wgmma_rs_n64<1>(yacc, mf[ks], wg::desc_advance(desc_x, ks * step_x), true);
     wg::commit();
   }
   // H = gamma H + (x w dt)ᵀ B (x w dt behind desc_xw, B tile Bt), one commit group.
   __device__ __forceinline__ static void issue_state_update(float (&hacc)[N / 2], float gamma, uint64_t desc_xw,
                                                             const unsigned char* Bt) {
+    issue_state_update_desc(hacc, gamma, desc_xw, TX::kMnMajorStep,
+                            wg::make_desc(wg::smem_addr(Bt), TN::kMnMajorLbo, TN::kMnMajorSbo), TN::kMnMajorStep);
+  }
+  // The same with the B tile behind desc_bm (MN-major); k steps of step_xw and step_b bytes.
+  __device__ __forceinline__ static void issue_state_update_desc(float (&hacc)[N / 2], float gamma, uint64_t desc_xw,
+                                                                 uint32_t step_xw, uint64_t desc_bm, uint32_t step_b) {
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) hacc[i] *= gamma;
-    const uint64_t desc_bm = wg::make_desc(wg::smem_addr(Bt), TN::kMnMajorLbo, TN::kMnMajorSbo);
     wg::fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
-      const uint64_t da = wg::desc_advance(desc_xw, ks * TX::kMnMajorStep);
-      const uint64_t db = wg::desc_advance(desc_bm, ks * TN::kMnMajorStep);
+      const uint64_t da = wg::desc_advance(desc_xw, ks * step_xw);
+      const uint64_t db = wg::desc_advance(desc_bm, ks * step_b);
       if constexpr (N == 128)
         wg::wgmma_ss_n128<1, 1>(hacc, da, db, true);
       else
@@ -208,7 +224,7 @@ struct WalkThread {
   // swizzle, tma::sw128_offset); each element is read from X and written to Y by this thread only,
   // so Y may be X. All 16 loads first: the compiler cannot move a load of X above a store to Y
   // (they may alias), so load, store, load, ... waited on every load (round 15).
-  template <bool kSwY = false>
+  template <bool kSwY = false, bool kSwX = false>
   __device__ __forceinline__ void y_plus_dx(unsigned char* Y, const unsigned char* X, const float (&yacc)[32],
                                             float Dh) const {
     uint32_t xv[16];
@@ -216,7 +232,8 @@ struct WalkThread {
     for (int j = 0; j < 8; ++j)
 #pragma unroll
       for (int half = 0; half < 2; ++half)
-        xv[2 * j + half] = *reinterpret_cast<const uint32_t*>(X + TX::offset(t_h[half], 8 * j + 2 * qq));
+        xv[2 * j + half] = *reinterpret_cast<const uint32_t*>(
+            X + (kSwX ? tma::sw128_offset(t_h[half], 8 * j + 2 * qq) : TX::offset(t_h[half], 8 * j + 2 * qq)));
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -463,22 +480,63 @@ struct WsLayout {
   static_assert(stage % 16 == 0 && consumer % 1024 == 0 && c_y % 1024 == 0 && bars % 8 == 0, "aligned regions");
 };
 
+// Variant 5 (TMA loads): every offset from the dynamic base rounded up to 1024 bytes at run time
+// (a pad of up to 1 KB in total). One stage: x of both heads, B, C in TMA's 128-byte swizzle
+// (kSwAtom-byte atom columns; C's 8-row blocks in token_block_of_row_block order), both heads'
+// scans; per consumer the bf16 state (core matrices), x w dt and y (both swizzled); then the
+// producer's scan scratch and the barriers.
+template <int N>
+struct WsTmaLayout {
+  using TX = wg::CoreTile<kQ, kP>;
+  using TN = wg::CoreTile<kQ, N>;
+  using TH = wg::CoreTile<kP, N>;
+  static constexpr uint32_t kBcBytes = N / 64 * kSwAtom;  // a B or C tile
+  static constexpr size_t st_x = 0;
+  static constexpr size_t st_b = st_x + 2 * kSwAtom;
+  static constexpr size_t st_c = st_b + kBcBytes;
+  static constexpr size_t st_scan = st_c + kBcBytes;
+  static constexpr size_t stage = (st_scan + 2 * sizeof(ChunkScan<kQ>) + 1023) / 1024 * 1024;
+  static constexpr uint32_t kStageTx = 2 * kSwAtom + 2 * kBcBytes;  // bytes the loads of a stage bring
+  static constexpr size_t c_h = 0;
+  static constexpr size_t c_xw = c_h + TH::kBytes;
+  static constexpr size_t c_y = c_xw + kSwAtom;
+  static constexpr size_t consumer = c_y + kSwAtom;
+  static constexpr size_t consumers = kStages * stage;
+  static constexpr size_t raw = consumers + 2 * consumer;
+  static constexpr size_t bnd = raw + 2 * kQ * 4;
+  static constexpr size_t bars = bnd + kQ * 4;
+  static constexpr size_t total = bars + 2 * kStages * 8 + 1024;
+  static_assert(N % 64 == 0 && consumer % 1024 == 0 && c_xw % 1024 == 0 && bars % 8 == 0, "aligned regions");
+  static_assert(total <= 227 * 1024, "fits sm_90's shared memory per block");
+};
+
+// The tensor maps of variant 4 (y) and 5 (y, and the loads of x, B and C), one kernel parameter.
+struct WsMaps {
+  tma::Map y, x, b, c;
+};
+
 // kEarlyG: each chunk's G = C Bᵀ (independent of the state) is issued in the chunk before, right
 // after the state update, so it runs under the epilogue and the M math can start as soon as the
 // chunk's Yo is issued.
 // kPipe (variant 3; implies early G): the consumer's chunk reordered so that every stretch of its
 // own work runs under a wgmma group of the same chunk (pipelined consumers, below).
-// kTmaY (variant 4; with kPipe): y leaves through TMA stores of y_map (one thread per consumer
+// kTmaY (variant 4; with kPipe): y leaves through TMA stores of maps.y (one thread per consumer
 // issues each tile) instead of the consumers' own copy-out.
-template <int N, bool kEarlyG, bool kPipe, bool kTmaY = false>
+// kTmaLd (variant 5; with kTmaY): the producer's x, B and C tiles come by TMA loads (maps.x, .b,
+// .c; one thread issues a stage's 20 boxes, its full barrier counting their bytes) into TMA's
+// 128-byte swizzle, which the wgmma descriptors read directly; C's rows in token_of_row_blocks
+// order (8-row boxes), x w dt swizzled too.
+template <int N, bool kEarlyG, bool kPipe, bool kTmaY = false, bool kTmaLd = false>
 __global__ void __launch_bounds__(kWsThreads, 1)
-    ssd_fwd_ws_kernel(const SsdArgs a, const __grid_constant__ tma::Map y_map) {
+    ssd_fwd_ws_kernel(const SsdArgs a, const __grid_constant__ WsMaps maps) {
   static_assert(!kTmaY || kPipe, "the TMA store of y is variant 3's");
-  using L = WsLayout<N, kTmaY>;
+  static_assert(!kTmaLd || kTmaY, "the TMA loads are variant 4's");
+  using L = std::conditional_t<kTmaLd, WsTmaLayout<N>, WsLayout<N, kTmaY>>;
   using TX = typename L::TX;
   using TN = typename L::TN;
   using TH = typename L::TH;
   unsigned char* sm = mma::dynamic_smem();
+  if constexpr (kTmaLd) sm += (1024u - (wg::smem_addr(sm) & 1023u)) & 1023u;  // the swizzled tiles' alignment
   auto* full = reinterpret_cast<uint64_t*>(sm + L::bars);
   uint64_t* empty = full + kStages;
   const int hp = blockIdx.x, seg = blockIdx.y, b = blockIdx.z;
@@ -492,7 +550,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   auto stage_of = [&](int k) { return sm + (k % kStages) * L::stage; };
   if (tid == 0)
     for (int s = 0; s < kStages; ++s) {
-      mma::mbar_init(&full[s], kThreads);          // the producer warpgroup's threads
+      mma::mbar_init(&full[s], kTmaLd ? 1 + 32 : kThreads);  // the producer warpgroup's threads (kTmaLd: the
+                                                             // loading thread and the scan warp)
       mma::mbar_init(&empty[s], 2 * kThreads);     // every consumer thread
     }
   __syncthreads();
@@ -545,6 +604,27 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       }
       return;
     }
+    if constexpr (kTmaLd) {  // lane 0 of warp 0 issues every load; warps 1 and 2 have nothing to do
+      if (pw != 0 || lane != 0) return;
+      for (int k = 0; k < nck; ++k) {
+        const int c = c_begin + k, t0 = c * kQ;
+        unsigned char* st = stage_of(k);
+        uint64_t* bar = &full[k % kStages];
+        wait_empty(k);
+        tma::arrive_expect_tx(bar, L::kStageTx);
+        tma::load_3d(&maps.x, st + L::st_x, bar, h0 * kP, t0, b);
+        tma::load_3d(&maps.x, st + L::st_x + kSwAtom, bar, (h0 + 1) * kP, t0, b);
+#pragma unroll
+        for (int at = 0; at < N / 64; ++at) {
+          tma::load_3d(&maps.b, st + L::st_b + at * kSwAtom, bar, g * N + 64 * at, t0, b);
+#pragma unroll
+          for (int rb = 0; rb < 8; ++rb)
+            tma::load_3d(&maps.c, st + L::st_c + at * kSwAtom + rb * 1024, bar, g * N + 64 * at,
+                         t0 + 8 * token_block_of_row_block(rb), b);
+        }
+      }
+      return;  // the loads complete on the full barriers, which the consumers wait for
+    }
     // Warps 0, 1, 2 of the producer: both heads' x tiles, B, C (rows permuted). Each hands a stage
     // over one chunk late, once its copies landed (waited and fenced for the async proxy), so the
     // copies fly while it issues the next stage's.
@@ -573,10 +653,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   // A consumer warpgroup: head h = h0 + j; w is the warp within the warpgroup.
   wg::setmaxnreg_inc<kConsumerRegs>();
   const int j = warp / 4, h = h0 + j;
-  const WalkThread<N> th(tid - kThreads * j);
+  const WalkThread<N, kTmaLd> th(tid - kThreads * j);
   const float Dh = a.D ? load_any(a.D, a.D_type, h) : 0.f;
   unsigned char* cbase = sm + L::consumers;
-  if constexpr (kTmaY) cbase += (1024u - (wg::smem_addr(cbase) & 1023u)) & 1023u;  // the y tiles' alignment
+  if constexpr (kTmaY && !kTmaLd) cbase += (1024u - (wg::smem_addr(cbase) & 1023u)) & 1023u;  // the y tiles' alignment
   unsigned char* cb = cbase + j * L::consumer;
   unsigned char* Hs = cb + L::c_h;
   unsigned char* Xw = cb + L::c_xw;
@@ -588,7 +668,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   auto copy_out_y = [&](int c) {
     if constexpr (kTmaY) {
       if (th.lt == 0) {
-        tma::store_3d(&y_map, Ys, h * kP, c * kQ, b);
+        tma::store_3d(&maps.y, Ys, h * kP, c * kQ, b);
         tma::commit();
       }
     } else {
@@ -600,15 +680,25 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   th.load_state(hacc, a.nseg > 1 ? a.ws_seg + seg_state_offset(a, 0, b, seg, h) : (a.h0 ? a.h0 + state_off : nullptr));
   th.store_state_bf16(Hs, hacc);  // read by the next chunk's Yo product after barrier (A)
   const uint64_t desc_h = wg::make_desc(wg::smem_addr(Hs), TH::kKMajorLbo, TH::kKMajorSbo);
-  const uint64_t desc_xw = wg::make_desc(wg::smem_addr(Xw), TX::kMnMajorLbo, TX::kMnMajorSbo);
+  // x w dt as the state update's MN-major A operand (kTmaLd: swizzled, one atom column; K groups of
+  // 8 rows 1024 bytes apart, k steps of 16 rows)
+  const uint64_t desc_xw = kTmaLd ? wg::make_desc_sw128(wg::smem_addr(Xw), kSwAtom, 1024)
+                                  : wg::make_desc(wg::smem_addr(Xw), TX::kMnMajorLbo, TX::kMnMajorSbo);
+  constexpr uint32_t kStepXw = kTmaLd ? 2048 : TX::kMnMajorStep;
   const int bar = 1 + j;
   auto wait_full = [&](int k) { mma::mbar_wait(&full[k % kStages], static_cast<unsigned>((k / kStages) & 1)); };
   float gacc[32];
+  // C of a stage as the K-major A operand of G and Yo (kTmaLd: swizzled, 8-row groups 1024 bytes
+  // apart; LBO unused)
+  auto c_desc = [&](const unsigned char* st) {
+    return kTmaLd ? wg::make_desc_sw128(wg::smem_addr(st + L::st_c), 16, 1024)
+                  : wg::make_desc(wg::smem_addr(st + L::st_c), TN::kKMajorLbo, TN::kKMajorSbo);
+  };
   auto issue_g = [&](int k) {  // G = C Bᵀ of chunk k (its stage full)
     unsigned char* st = stage_of(k);
-    const uint64_t desc_c = wg::make_desc(wg::smem_addr(st + L::st_c), TN::kKMajorLbo, TN::kKMajorSbo);
-    const uint64_t desc_bk = wg::make_desc(wg::smem_addr(st + L::st_b), TN::kKMajorLbo, TN::kKMajorSbo);
-    th.issue_c_product(gacc, desc_c, desc_bk, TN::kKMajorStep);
+    const uint64_t desc_bk = kTmaLd ? wg::make_desc_sw128(wg::smem_addr(st + L::st_b), 16, 1024)
+                                    : wg::make_desc(wg::smem_addr(st + L::st_b), TN::kKMajorLbo, TN::kKMajorSbo);
+    th.template issue_c_product<kTmaLd, kTmaLd>(gacc, c_desc(st), desc_bk, TN::kKMajorStep);
   };
   if constexpr (kPipe) {
     // Variant 3. Per chunk k (Hs = the bf16 state entering it, Xw = its x w dt, gacc = its G):
@@ -622,7 +712,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     auto scale_xw = [&](int kk) {  // x w dt of chunk kk (its stage full) into Xw
       unsigned char* stk = stage_of(kk);
       const ChunkScan<kQ>& Sk = reinterpret_cast<const ChunkScan<kQ>*>(stk + L::st_scan)[j];
-      scale_rows_core<kThreads, false>(Xw, stk + L::st_x + j * TX::kBytes, Sk.wdt, th.lt);
+      if constexpr (kTmaLd)
+        scale_rows_sw128<kThreads>(Xw, stk + L::st_x + j * kSwAtom, Sk.wdt, th.lt);
+      else
+        scale_rows_core<kThreads, false>(Xw, stk + L::st_x + j * TX::kBytes, Sk.wdt, th.lt);
       wg::fence_async_smem();
     };
     wait_full(0);
@@ -636,17 +729,23 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       unsigned char* st = stage_of(k);
       mma::bar_sync(bar, kThreads);  // (A): Hs, Xw and Ys (the previous chunk's y) written by all four warps
       const ChunkScan<kQ>& S = reinterpret_cast<const ChunkScan<kQ>*>(st + L::st_scan)[j];
-      const unsigned char* X = st + L::st_x + j * TX::kBytes;
-      const uint64_t desc_c = wg::make_desc(wg::smem_addr(st + L::st_c), TN::kKMajorLbo, TN::kKMajorSbo);
+      const unsigned char* X = st + L::st_x + j * (kTmaLd ? kSwAtom : TX::kBytes);
       float yacc[32];
-      th.issue_c_product(yacc, desc_c, desc_h, TH::kKMajorStep);
-      th.issue_state_update(hacc, S.gamma, desc_xw, st + L::st_b);
+      th.template issue_c_product<kTmaLd, false>(yacc, c_desc(st), desc_h, TH::kKMajorStep);
+      if constexpr (kTmaLd)  // B MN-major: atom columns of 64 states kSwAtom apart, 8-row groups 1024
+        th.issue_state_update_desc(hacc, S.gamma, desc_xw, kStepXw,
+                                   wg::make_desc_sw128(wg::smem_addr(st + L::st_b), kSwAtom, 1024), 2048);
+      else
+        th.issue_state_update(hacc, S.gamma, desc_xw, st + L::st_b);
       if (k > 0) copy_out_y(c - 1);
       uint32_t mf[4][4];
       m_fragments(mf, gacc, S, th.w, th.qq, th.t_h);  // G of this chunk completed in the previous one
       wg::wait<1>();
       wg::pin(yacc);
-      th.issue_y(yacc, mf, S, X);
+      if constexpr (kTmaLd)  // x MN-major: one atom column, 8-row groups 1024 bytes apart
+        th.issue_y_desc(yacc, mf, S, wg::make_desc_sw128(wg::smem_addr(X), kSwAtom, 1024), 2048);
+      else
+        th.issue_y(yacc, mf, S, X);
       wg::wait<1>();  // the state update (y may still run)
       wg::pin(hacc);
       if constexpr (kTmaY)
@@ -662,7 +761,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       }
       wg::wait<1>();  // y
       wg::pin(yacc);
-      th.template y_plus_dx<kTmaY>(Ys, X, yacc, Dh);
+      th.template y_plus_dx<kTmaY, kTmaLd>(Ys, X, yacc, Dh);
       if constexpr (kTmaY) wg::fence_async_smem();  // Ys for the TMA store after (A)
       wg::wait<0>();  // the next G: nothing in flight across the loop's back edge
       wg::pin(gacc);
@@ -766,28 +865,37 @@ void launch_fwd_ws(const SsdArgs& a) {
   if (a.nseg > 1) launch_segment_states<kQ, kP, N>(a, 0, 1);
   using L = WsLayout<N>;
   using LT = WsLayout<N, true>;
+  using LL = WsTmaLayout<N>;
   const char* env = std::getenv("HLM_SSD_WS_EARLY_G");  // read per call, as the other SSD knobs
   const bool early_g = !(env && std::atoi(env) == 0);
-  tma::Map y_map{};
-  bool tma_y = false;
-  if (a.fwd_variant == 4) {
-    const uint64_t ld = static_cast<uint64_t>(a.ld_y) * 2;
-    const uint64_t dims[3] = {static_cast<uint64_t>(a.H) * kP, static_cast<uint64_t>(a.T), static_cast<uint64_t>(a.B)};
-    const uint64_t strides[2] = {ld, ld * static_cast<uint64_t>(a.T)};
-    const uint32_t box[3] = {kP, kQ, 1};
-    tma_y = tma::encode_bf16_3d_sw128(y_map, a.y, dims, strides, box);
-    // Asked for by name: a once-per-process note, so that an A/B never times 3 as 4 unseen.
+  WsMaps maps{};
+  bool tma_y = false, tma_ld = false;
+  // A [B][T][cols] bf16 row view (row pitch ld elements) as a 3-d tensor map with box 64 x rows x 1.
+  auto encode = [&](tma::Map& m, const void* base, int64_t cols, int64_t ld, uint32_t rows) {
+    const uint64_t pitch = static_cast<uint64_t>(ld) * 2;
+    const uint64_t dims[3] = {static_cast<uint64_t>(cols), static_cast<uint64_t>(a.T), static_cast<uint64_t>(a.B)};
+    const uint64_t strides[2] = {pitch, pitch * static_cast<uint64_t>(a.T)};
+    const uint32_t box[3] = {64, rows, 1};
+    return tma::encode_bf16_3d_sw128(m, base, dims, strides, box);
+  };
+  if (a.fwd_variant >= 4) {
+    tma_y = encode(maps.y, a.y, a.H * kP, a.ld_y, kQ);
+    tma_ld = a.fwd_variant == 5 && tma_y && encode(maps.x, a.x, a.H * kP, a.ld_x, kQ) &&
+             encode(maps.b, a.Bm, a.G * N, a.ld_B, kQ) && encode(maps.c, a.Cm, a.G * N, a.ld_C, 8);
+    // Asked for by name: a once-per-process note, so that an A/B never times 3 as 4 (or 4 as 5) unseen.
     static bool warned = false;
-    const char* venv = tma_y || warned ? nullptr : std::getenv("HLM_SSD_FWD_VARIANT");
-    if (venv && std::atoi(venv) == 4) {
+    const bool short_of = a.fwd_variant == 5 ? !tma_ld : !tma_y;
+    const char* venv = !short_of || warned ? nullptr : std::getenv("HLM_SSD_FWD_VARIANT");
+    if (venv && std::atoi(venv) == a.fwd_variant) {
       warned = true;
       std::fprintf(stderr,
-                   "hybridlm: SSD forward variant 4: TMA cannot describe y (ld %lld, base %% 16 = %d); "
-                   "using variant 3\n",
-                   static_cast<long long>(a.ld_y), static_cast<int>(reinterpret_cast<uintptr_t>(a.y) % 16));
+                   "hybridlm: SSD forward variant %d: TMA cannot describe %s (a base or row pitch not a multiple "
+                   "of 16 bytes); using variant %d\n",
+                   a.fwd_variant, tma_y ? "x, B or C" : "y", tma_y ? 4 : 3);
     }
   }
-  auto kernel = tma_y                ? ssd_fwd_ws_kernel<N, true, true, true>
+  auto kernel = tma_ld               ? ssd_fwd_ws_kernel<N, true, true, true, true>
+                : tma_y              ? ssd_fwd_ws_kernel<N, true, true, true>
                 : a.fwd_variant >= 3 ? ssd_fwd_ws_kernel<N, true, true>
                 : early_g            ? ssd_fwd_ws_kernel<N, true, false>
                                      : ssd_fwd_ws_kernel<N, false, false>;
@@ -801,11 +909,13 @@ void launch_fwd_ws(const SsdArgs& a) {
                                           static_cast<int>(L::total)));
     HLM_CUDA_CHECK(cudaFuncSetAttribute(ssd_fwd_ws_kernel<N, true, true, true>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LT::total)));
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(ssd_fwd_ws_kernel<N, true, true, true, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LL::total)));
     return true;
   }();
   (void)attr_set;
   dim3 grid(static_cast<unsigned>(a.H / 2), static_cast<unsigned>(a.nseg), static_cast<unsigned>(a.B));
-  HLM_LAUNCH(kernel, grid, dim3(kWsThreads), tma_y ? LT::total : L::total, args, y_map);
+  HLM_LAUNCH(kernel, grid, dim3(kWsThreads), tma_ld ? LL::total : tma_y ? LT::total : L::total, args, maps);
   HLM_CUDA_CHECK_LAUNCH();
 }
 

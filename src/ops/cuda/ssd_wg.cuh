@@ -28,6 +28,16 @@ __device__ __forceinline__ int row_of_token(int t) {
   return 16 * (u >> 3) + 8 + (u & 7);
 }
 
+// The same balance with whole 8-row blocks (TMA loads a tile's rows by blocks and cannot reverse
+// them): row 16 w + g holds token 8 w + g and row 16 w + 8 + g token 56 - 8 w + g, so warp w holds
+// token blocks w and 7 - w. Row block rb (rows 8 rb .. 8 rb + 7) is token block
+// token_block_of_row_block(rb).
+__device__ __forceinline__ int token_of_row_blocks(int m) {
+  const int w = m >> 4, g = m & 7;
+  return (m & 8) ? 56 - 8 * w + g : 8 * w + g;
+}
+__host__ __device__ constexpr int token_block_of_row_block(int rb) { return (rb & 1) ? 7 - (rb >> 1) : rb >> 1; }
+
 // Queues cp.async copies of rows [row0, row0 + R) x columns [0, C) of a bf16 row view into a
 // CoreTile<R, C>; rows >= valid_rows are zero-filled. As load_tile_async: thread idx of kT copies
 // the 16-byte pieces idx, idx + kT, ..., one column and rows kT / (C / 8) apart (a multiple or a
@@ -106,6 +116,26 @@ __device__ __forceinline__ void scale_rows_core(unsigned char* dst, const unsign
 #pragma unroll
     for (int e = 0; e < 4; ++e) v[e] = mma::pack_bf16x2(mma::bf16_lo(v[e]) * sc, mma::bf16_hi(v[e]) * sc);
     *reinterpret_cast<uint4*>(dst + off) = make_uint4(v[0], v[1], v[2], v[3]);
+  }
+}
+
+// scale_rows_core for a [64][64] tile in TMA's 128-byte swizzle (tma::sw128_offset; src and dst
+// share it): the swizzle moves 16-byte chunks within their 128-byte row, so chunk i is row i / 8.
+template <int kT>
+__device__ __forceinline__ void scale_rows_sw128(unsigned char* dst, const unsigned char* src, const float* coef,
+                                                 int idx) {
+  constexpr int kSteps = 64 * 64 * 2 / 16 / kT;
+  uint4 u[kSteps];
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k) u[k] = *reinterpret_cast<const uint4*>(src + (idx + k * kT) * 16);
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k) {
+    const int i = idx + k * kT;
+    const float sc = coef[i >> 3];
+    uint32_t v[4] = {u[k].x, u[k].y, u[k].z, u[k].w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = mma::pack_bf16x2(mma::bf16_lo(v[e]) * sc, mma::bf16_hi(v[e]) * sc);
+    *reinterpret_cast<uint4*>(dst + i * 16) = make_uint4(v[0], v[1], v[2], v[3]);
   }
 }
 

@@ -1,7 +1,7 @@
-// The Hopper tensor memory accelerator (TMA, sm_90): bulk tensor stores from shared to global
+// The Hopper tensor memory accelerator (TMA, sm_90): bulk tensor copies between global and shared
 // memory described by a tensor map. One thread issues a whole tile; rows and columns outside the
-// tensor's dimensions are not written (the hardware clips them), so a partial last tile needs no
-// masking. Under HLM_CUDA_EMU the same calls run on the host emulation (tools/cuda_emu), each
+// tensor's dimensions are not written by a store (the hardware clips them) and read as zero by a
+// load, so a partial last tile needs no masking. A load completes an mbarrier's transaction count. Under HLM_CUDA_EMU the same calls run on the host emulation (tools/cuda_emu), each
 // store performed at the wait that covers it (reading shared memory then, as the hardware may).
 //
 // The tensor map (a CUtensorMap, 128 opaque bytes) must live in kernel-parameter, constant or
@@ -99,6 +99,38 @@ __device__ __forceinline__ void store_3d(const Map* m, const void* smem, int c0,
   asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
                    reinterpret_cast<uint64_t>(m)),
                "r"(static_cast<uint32_t>(__cvta_generic_to_shared(smem))), "r"(c0), "r"(c1), "r"(c2)
+               : "memory");
+#elif defined(__CUDA_ARCH__)
+  __trap();  // TMA needs sm_90
+#endif
+}
+// One thread: the box at coordinates (c0, c1, c2) into the tile at smem (1024-byte aligned; box
+// elements outside the tensor read as zero), completing bar's transaction count by the box's bytes
+// when it has landed. The waiters on bar's phase then see the tile; the thread that made the phase
+// expect the bytes (arrive_expect_tx) issues the loads after it.
+__device__ __forceinline__ void load_3d(const Map* m, void* smem, uint64_t* bar, int c0, int c1, int c2) {
+#ifdef HLM_CUDA_EMU
+  const int c[3] = {c0, c1, c2};
+  ::emu::bulk_tensor_load(m->opaque, smem, bar, c);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n" ::
+          "r"(static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
+      "l"(reinterpret_cast<uint64_t>(m)), "r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar))), "r"(c0), "r"(c1),
+      "r"(c2)
+      : "memory");
+#elif defined(__CUDA_ARCH__)
+  __trap();  // TMA needs sm_90
+#endif
+}
+// One of bar's arrivals, with the phase also waiting for `bytes` more of TMA loads to land.
+__device__ __forceinline__ void arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+#ifdef HLM_CUDA_EMU
+  ::emu::mbar_arrive_expect_tx(bar, bytes);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
+                   static_cast<uint32_t>(__cvta_generic_to_shared(bar))),
+               "r"(bytes)
                : "memory");
 #elif defined(__CUDA_ARCH__)
   __trap();  // TMA needs sm_90

@@ -65,6 +65,16 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t smem_byte_addr, uint32_t 
   return static_cast<uint64_t>((smem_byte_addr >> 4) & 0x3fff) |
          (static_cast<uint64_t>((lbo >> 4) & 0x3fff) << 16) | (static_cast<uint64_t>((sbo >> 4) & 0x3fff) << 32);
 }
+// Matrix descriptor, 128-byte swizzle (layout type 1, bits 62-63), base offset 0: the operand's
+// 8-row x 128-byte atoms 1024-byte aligned (TMA's CU_TENSOR_MAP_SWIZZLE_128B tiles; element (r, c)
+// of a [rows][64] bf16 atom column at tma::sw128_offset). K-major (rows = M / N, 64 K elements per
+// row): SBO = the stride of 8-row groups, LBO unused; a k step within the 64 advances the start
+// address by 32 bytes. MN-major (rows = K, 64 M / N elements per row): LBO = the stride between
+// 64-element atom columns along M / N, SBO = the stride of 8-row groups along K (CUTLASS's
+// canonical B128 layouts; PTX ISA "Matrix Descriptor Format").
+__device__ __forceinline__ uint64_t make_desc_sw128(uint32_t smem_byte_addr, uint32_t lbo, uint32_t sbo) {
+  return make_desc(smem_byte_addr, lbo, sbo) | (uint64_t{1} << 62);
+}
 // The same descriptor moved by `bytes` (a multiple of 16) along its start address.
 __device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
 
