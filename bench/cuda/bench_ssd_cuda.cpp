@@ -2,7 +2,7 @@
 // update) at the Mamba-2-Hybrid 8B mixer shape next to the reference numbers of shared/gpu.md.
 // Each configuration is first checked against the CPU op at a small length (exit 1 on mismatch).
 //   bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only] [--profile L] [--forward-ab]
-// --forward-ab: the forward walks alone (variants 11, 3, 4, 5 at 4K, 16K, 64K and 8 x 8K, interleaved
+// --forward-ab: the forward walks alone (variants 11, 4, 5, 6 and 6 in clusters of 4 ("6c4") at 4K, 16K, 64K and 8 x 8K, interleaved
 // per length), each variant checked against the CPU first; for A/B runs across builds.
 #include <cuda_runtime.h>
 
@@ -214,9 +214,19 @@ bool check_ssd(int64_t B, int64_t L) {
 
 // check_ssd at B 1 and 2 under each forward variant (HLM_SSD_FWD_VARIANT, left set to the last);
 // false, with the failing variant named on stderr, at the first mismatch.
+// A forward variant by name: "6c4" is variant 6 with HLM_SSD_FWD_CLUSTER=4.
+void set_forward_variant(const std::string& v) {
+  const size_t c = v.find('c');
+  setenv("HLM_SSD_FWD_VARIANT", v.substr(0, c).c_str(), 1);
+  if (c == std::string::npos)
+    unsetenv("HLM_SSD_FWD_CLUSTER");
+  else
+    setenv("HLM_SSD_FWD_CLUSTER", v.substr(c + 1).c_str(), 1);
+}
+
 bool check_forward_variants(std::initializer_list<const char*> variants) {
   for (const char* v : variants) {
-    setenv("HLM_SSD_FWD_VARIANT", v, 1);
+    set_forward_variant(v);
     if (!(check_ssd(1, 512) && check_ssd(2, 333))) {
       std::fprintf(stderr, "bench_ssd_cuda: HLM_SSD_FWD_VARIANT=%s: check failed, not timing\n", v);
       return false;
@@ -477,15 +487,16 @@ int main(int argc, char** argv) {
     }
     if (forward_ab) {
       g_forward_only = true;
-      const auto variants = {"11", "3", "4", "5"};
+      const auto variants = {"11", "4", "5", "6", "6c4"};
       if (!check_forward_variants(variants)) return 1;
       for (auto [B, len] : {std::pair<int64_t, int64_t>{1, 4096}, {1, 16384}, {1, 65536}, {8, 8192}})
         for (const char* v : variants) {
-          setenv("HLM_SSD_FWD_VARIANT", v, 1);
+          set_forward_variant(v);
           bench_ssd(B, len, NAN, NAN, len == 4096 ? 0.15 : len == 65536 ? 1.7 : NAN, NAN, true);
           g_rows.back().name += std::string(" variant ") + v;
         }
       unsetenv("HLM_SSD_FWD_VARIANT");
+      unsetenv("HLM_SSD_FWD_CLUSTER");
     }
     bool ok = forward_ab || (check_ssd(1, 512) && check_ssd(2, 333) && check_conv(700, 10240) && check_conv_train(2100) &&
                             check_step(1) && check_step(32));
