@@ -41,7 +41,7 @@ run_stage() {
              --section LaunchStats --section Occupancy -k "regex:$k" --launch-skip 12 -c 1 \
              "$bin/bench_ssd_cuda" --quick --iters 5 > "$logs/ncu_$k.log" 2>&1
          done ;;
-    ncuws) # the warp-specialised SSD walk (forward variant 2, or HLM_NCU_FWD_VARIANT, e.g. 3: the sm_90 default) at 64K: one launch
+    ncuws) # the warp-specialised SSD walk (forward variant 2, or HLM_NCU_FWD_VARIANT, e.g. 5: the sm_90 default) at 64K: one launch
            # after two, with the per-instruction stall samples exported as CSV (SASS; sum them with
            # a few lines of Python, as bench/cuda/NOTES-ssd.md round 12 did for the backward)
            HLM_SSD_FWD_VARIANT=${HLM_NCU_FWD_VARIANT:-2} timeout "$limit" ncu --clock-control none --section WarpStateStats \

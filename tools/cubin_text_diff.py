@@ -5,7 +5,8 @@
 
 Build each with `nvcc ... -cubin` from the same file name (the anonymous namespace's hash comes
 from it). Kernel names are normalised: the anonymous namespace, a trailing `false` template
-argument added since (ILi128ELb1ELb0ELb0E -> ILi128ELb1ELb0E), an added tma::Map parameter. Prints
+argument added since (ILi128ELb1ELb0ELb0E -> ILi128ELb1ELb0E), an added tma::Map parameter, a
+trailing int argument 1 (ELi1E) removed since. Prints
 `same` or `DIFF` per kernel with both sizes; how the SSD notes show that a change left the
 measured kernels byte-identical.
 """
@@ -22,6 +23,7 @@ def secs(f):
         k=re.sub(r'_GLOBAL__N__\w+?_cu_[0-9a-f]+_\d+','ANON',k)
         k=re.sub(r'(ILi\d+(?:ELb\d){2})ELb0(EEEv)',r'\1\2',k)
         k=k.replace('NS0_3tma3MapE','')
+        k=k.replace('ELi1EEEv','EEEv')  # a trailing default int argument (1) removed since
         r[k]=data[o:o+s]
     return r
 a=secs(sys.argv[1]); b=secs(sys.argv[2])

@@ -2,7 +2,7 @@
 // update) at the Mamba-2-Hybrid 8B mixer shape next to the reference numbers of shared/gpu.md.
 // Each configuration is first checked against the CPU op at a small length (exit 1 on mismatch).
 //   bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only] [--profile L] [--forward-ab]
-// --forward-ab: the forward walks alone (variants 11, 4, 5, 6 and 6 in clusters of 4 ("6c4") at 4K, 16K, 64K and 8 x 8K, interleaved
+// --forward-ab: the forward walks alone (variants 11, 3, 4, 5 at 4K, 16K, 64K and 8 x 8K, interleaved
 // per length), each variant checked against the CPU first; for A/B runs across builds.
 #include <cuda_runtime.h>
 
@@ -214,19 +214,9 @@ bool check_ssd(int64_t B, int64_t L) {
 
 // check_ssd at B 1 and 2 under each forward variant (HLM_SSD_FWD_VARIANT, left set to the last);
 // false, with the failing variant named on stderr, at the first mismatch.
-// A forward variant by name: "6c4" is variant 6 with HLM_SSD_FWD_CLUSTER=4.
-void set_forward_variant(const std::string& v) {
-  const size_t c = v.find('c');
-  setenv("HLM_SSD_FWD_VARIANT", v.substr(0, c).c_str(), 1);
-  if (c == std::string::npos)
-    unsetenv("HLM_SSD_FWD_CLUSTER");
-  else
-    setenv("HLM_SSD_FWD_CLUSTER", v.substr(c + 1).c_str(), 1);
-}
-
 bool check_forward_variants(std::initializer_list<const char*> variants) {
   for (const char* v : variants) {
-    set_forward_variant(v);
+    setenv("HLM_SSD_FWD_VARIANT", v, 1);
     if (!(check_ssd(1, 512) && check_ssd(2, 333))) {
       std::fprintf(stderr, "bench_ssd_cuda: HLM_SSD_FWD_VARIANT=%s: check failed, not timing\n", v);
       return false;
@@ -487,16 +477,15 @@ int main(int argc, char** argv) {
     }
     if (forward_ab) {
       g_forward_only = true;
-      const auto variants = {"11", "4", "5", "6", "6c4"};
+      const auto variants = {"11", "3", "4", "5"};
       if (!check_forward_variants(variants)) return 1;
       for (auto [B, len] : {std::pair<int64_t, int64_t>{1, 4096}, {1, 16384}, {1, 65536}, {8, 8192}})
         for (const char* v : variants) {
-          set_forward_variant(v);
+          setenv("HLM_SSD_FWD_VARIANT", v, 1);
           bench_ssd(B, len, NAN, NAN, len == 4096 ? 0.15 : len == 65536 ? 1.7 : NAN, NAN, true);
           g_rows.back().name += std::string(" variant ") + v;
         }
       unsetenv("HLM_SSD_FWD_VARIANT");
-      unsetenv("HLM_SSD_FWD_CLUSTER");
     }
     bool ok = forward_ab || (check_ssd(1, 512) && check_ssd(2, 333) && check_conv(700, 10240) && check_conv_train(2100) &&
                             check_step(1) && check_step(32));
@@ -512,12 +501,15 @@ int main(int argc, char** argv) {
     // A/B of the forward walks in the same run (knobs read by src/ops/cuda/ssd.cu; segments 0 =
     // the cost model's choice): the mma.sync walk (variant 11) and the wgmma walk (variant 1)
     // against the warp-specialised one (variant 2; the default on sm_90 is its reordered form with
-    // y stored by TMA, 4) at 4K and 64K, the reordered form with the consumers' copy-out (variant
-    // 3), and variant 2 with 1, 2, 4 and 8 segments per row at 64K. Each walk checked against the CPU first.
-    if (!check_forward_variants({"11", "1", "2", "3"})) return 1;
+    // y stored and x, B, C loaded by TMA, 5) at 4K and 64K, the reordered form with the consumers'
+    // copy-out (variant 3) and with y stored by TMA alone (variant 4, round 16's default), and
+    // variant 2 with 1, 2, 4 and 8 segments per row at 64K. Each walk checked against the CPU first.
+    if (!check_forward_variants({"11", "1", "2", "3", "4"})) return 1;
     for (auto [env, len, label] : {std::tuple{"11:0", 4096, " mma.sync walk (variant 11)"},
                                    std::tuple{"11:0", 65536, " mma.sync walk (variant 11)"},
                                    std::tuple{"1:0", 65536, " wgmma walk (variant 1)"},
+                                   std::tuple{"4:0", 4096, " x, B, C by cp.async (variant 4)"},
+                                   std::tuple{"4:0", 65536, " x, B, C by cp.async (variant 4)"},
                                    std::tuple{"3:0", 4096, " y copied out by the consumers (variant 3)"},
                                    std::tuple{"3:0", 65536, " y copied out by the consumers (variant 3)"},
                                    std::tuple{"2:0", 4096, " warp-specialised walk (variant 2)"},

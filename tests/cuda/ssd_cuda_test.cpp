@@ -358,20 +358,18 @@ TEST(SsdCuda, PieceSplits) {
 // and 21, and the wgmma walks (sm_90: variant 1, one warpgroup per head; variant 2, two consumer
 // warpgroups and a producer warpgroup; variant 3, that with the consumers' chunk reordered; variant
 // 4, that with y stored by TMA: batch 2 and partial last chunks check its clipping; variant 5, that
-// with x, B and C loaded by TMA: partial chunks read as zeros, C's rows in 8-row blocks; variant 6,
-// clusters of head-pair blocks sharing B and C, where a group has 4 heads or more, else variant 5),
-// also with forced segment splits; then variant 6 in clusters of 4.
+// with x, B and C loaded by TMA: partial chunks read as zeros, C's rows in 8-row blocks), also with
+// forced segment splits.
 TEST(SsdCuda, ForwardBlockShapes) {
   HLM_REQUIRE_GPU();
-  for (const char* v : {"1", "2", "3", "4", "5", "6", "11", "12", "21"}) {
+  for (const char* v : {"1", "2", "3", "4", "5", "11", "12", "21"}) {
     SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
     setenv("HLM_SSD_FWD_VARIANT", v, 1);
     check_forward({2, 1000, 8, 2, 64, 128});
     check_forward({1, 333, 16, 4, 64, 64});
   }
-  for (const char* v : {"1", "2", "3", "4", "5", "6"}) {  // the wgmma walks: one warpgroup per head; warp-
-                                                          // specialised (3: reordered; 4: TMA y; 5: TMA loads
-                                                          // too; 6: clusters of 2 sharing B and C)
+  for (const char* v : {"1", "2", "3", "4", "5"}) {  // the wgmma walks: one warpgroup per head; warp-specialised
+                                                     // (3: reordered; 4: TMA y; 5: TMA loads too)
     SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
     setenv("HLM_SSD_FWD_VARIANT", v, 1);
     {  // dt a bf16 column slice at an odd offset (the walk of variant 1 copies the words holding it)
@@ -391,16 +389,6 @@ TEST(SsdCuda, ForwardBlockShapes) {
     unsetenv("HLM_SSD_SEG_CHUNKS");
   }
   unsetenv("HLM_SSD_FWD_VARIANT");
-  {  // variant 6 in clusters of 4 (8 heads per group; batch 2, partial chunks, 1 and 3 chunks per segment)
-    ScopedEnv variant("HLM_SSD_FWD_VARIANT", "6"), cluster("HLM_SSD_FWD_CLUSTER", "4");
-    check_forward({2, 1000, 16, 2, 64, 128});
-    check_forward({1, 333, 8, 1, 64, 64});
-    for (const char* segs : {"1", "3"}) {
-      SCOPED_TRACE(std::string("HLM_SSD_SEG_CHUNKS=") + segs);
-      ScopedEnv seg_env("HLM_SSD_SEG_CHUNKS", segs);
-      check_forward({2, 1000, 16, 2, 64, 128});
-    }
-  }
   // Variant 2 with its y copy-out under the Yo product (HLM_SSD_WS_LATE_COPY=1): one and several
   // segments, a partial last chunk.
   ScopedEnv variant("HLM_SSD_FWD_VARIANT", "2"), late("HLM_SSD_WS_LATE_COPY", "1");

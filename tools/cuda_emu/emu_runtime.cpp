@@ -55,10 +55,8 @@ struct BulkStore {
   int coords[5];
 };
 
-struct Block;
 struct BulkLoad {
   TmaDesc desc;
-  Block* blk;  // the destination block (a multicast load has one per block of its mask)
   unsigned char* smem;
   int coords[5];
 };
@@ -100,6 +98,7 @@ struct Block {
   unsigned nb_arrived[16] = {}, nb_gen[16] = {}, nb_count[16] = {};  // named barriers 1..15
   std::map<void*, std::vector<CopyOp>> mbar_copies;                 // copies landing at a phase's end
   std::map<void*, MbarTx> mbar_tx;                                  // transaction counts, bulk loads
+  uint64_t progress = 0;
   std::vector<Fiber> fibers;
   std::vector<WarpState> warps;
   std::vector<std::vector<WgGroup>> wgroups;  // [warpgroup][group sequence number]
@@ -107,15 +106,10 @@ struct Block {
   size_t smem_size = 0;
   ucontext_t sched;
   const std::function<void()>* body = nullptr;
-  int rank = 0;  // in its cluster
 };
 
 Block* g_blk = nullptr;
 Fiber* g_cur = nullptr;
-uint64_t g_progress = 0;  // any thread's step forward (deadlock detection over a cluster's blocks)
-// The running cluster: its blocks (one unless launched with a cluster size) and barrier.cluster.
-std::vector<Block>* g_cluster = nullptr;
-unsigned g_cl_arrived = 0, g_cl_gen = 0;
 std::vector<char*> g_stacks;
 int g_error = 0;
 
@@ -169,7 +163,7 @@ void maybe_release_barrier() {
   if (b.bar_arrived > 0 && b.bar_arrived == static_cast<unsigned>(b.live)) {
     b.bar_arrived = 0;
     b.bar_gen++;
-    g_progress++;
+    b.progress++;
   }
 }
 
@@ -188,10 +182,7 @@ void fiber_entry() {
   g_blk->live--;
   if (g_blk->live == 0 && !g_blk->mbar_copies.empty())
     die("block ended with cp.async copies handed to an mbarrier whose phase never completed");
-  if (g_blk->live == 0)
-    for (const auto& e : g_blk->mbar_tx)
-      if (!e.second.loads.empty()) die("block ended with bulk tensor loads whose mbarrier phase never completed");
-  g_progress++;
+  g_blk->progress++;
   maybe_release_barrier();
 #ifdef EMU_ASAN
   __sanitizer_start_switch_fiber(nullptr, g_sched_bottom, g_sched_size);
@@ -202,7 +193,7 @@ void fiber_entry() {
 void warp_barrier() {
   WarpState& w = g_blk->warps[static_cast<size_t>(g_cur->linear / 32)];
   unsigned gen = w.gen;
-  g_progress++;
+  g_blk->progress++;
   if (++w.arrived == w.size) {
     w.arrived = 0;
     w.gen++;
@@ -249,7 +240,7 @@ void syncthreads() {
   Block& b = *g_blk;
   unsigned gen = b.bar_gen;
   b.bar_arrived++;
-  g_progress++;
+  b.progress++;
   maybe_release_barrier();
   g_cur->at_bar = true;
   g_cur->bar_wait = gen;
@@ -351,8 +342,7 @@ size_t box_bytes(const TmaDesc& d) {
 void run_bulk_load(const BulkLoad& ld) {
   const TmaDesc& d = ld.desc;
   const size_t eb = static_cast<size_t>(d.elem_bytes);
-  unsigned char* base = ld.blk->smem;
-  const uintptr_t tile = static_cast<uintptr_t>(ld.smem - base);
+  const uintptr_t tile = static_cast<uintptr_t>(ld.smem - g_blk->smem);
   size_t total = 1;
   for (int i = 0; i < d.rank; ++i) total *= d.box[i];
   for (size_t n = 0; n < total; ++n) {
@@ -369,9 +359,9 @@ void run_bulk_load(const BulkLoad& ld) {
     uintptr_t s = tile + n * eb;
     if (d.swizzle_bytes == 128) s ^= ((s >> 7) & 7) << 4;
     if (inside)
-      std::memcpy(base + s, static_cast<const unsigned char*>(d.base) + goff, eb);
+      std::memcpy(g_blk->smem + s, static_cast<const unsigned char*>(d.base) + goff, eb);
     else
-      std::memset(base + s, 0, eb);
+      std::memset(g_blk->smem + s, 0, eb);
   }
 }
 }  // namespace
@@ -390,30 +380,21 @@ uint32_t* mbar_words(void* bar) {
   return static_cast<uint32_t*>(bar);
 }
 
-// The block of the running cluster whose shared memory holds [p, p + bytes).
-Block& owner_of(const void* p, size_t bytes, const char* what) {
-  auto* c = static_cast<const unsigned char*>(p);
-  for (Block& b : *g_cluster)
-    if (c >= b.smem && c + bytes <= b.smem + b.smem_size) return b;
-  die(std::string(what) + ": address outside the cluster's shared memory");
-}
-
 // The phase completes once its arrivals are made and its transaction count is zero: the copies
-// and bulk loads handed to it land first. (bar may be another block's of the cluster.)
+// and bulk loads handed to it land first.
 void mbar_try_complete(void* bar) {
   uint32_t* w = mbar_words(bar);
   if (w[0] != 0) return;
-  Block& o = owner_of(bar, 8, "mbarrier");
-  auto tx = o.mbar_tx.find(bar);
-  if (tx != o.mbar_tx.end()) {
+  auto tx = g_blk->mbar_tx.find(bar);
+  if (tx != g_blk->mbar_tx.end()) {
     if (tx->second.pending != 0) return;  // announced bytes still to be loaded
     for (const BulkLoad& ld : tx->second.loads) run_bulk_load(ld);
-    o.mbar_tx.erase(tx);
+    g_blk->mbar_tx.erase(tx);
   }
-  auto it = o.mbar_copies.find(bar);
-  if (it != o.mbar_copies.end()) {
+  auto it = g_blk->mbar_copies.find(bar);
+  if (it != g_blk->mbar_copies.end()) {
     run_copies(it->second);
-    o.mbar_copies.erase(it);
+    g_blk->mbar_copies.erase(it);
   }
   w[0] = w[1] >> 1;
   w[1] ^= 1u;
@@ -427,80 +408,42 @@ void mbar_init(void* bar, unsigned count) {
   g_blk->mbar_tx.erase(bar);
   w[0] = count;
   w[1] = count << 1;
-  g_progress++;
+  g_blk->progress++;
 }
 
 void mbar_arrive(void* bar) {
-  if (owner_of(bar, 8, "mbarrier.arrive").live == 0) die("mbarrier.arrive: on a block that has exited");
   uint32_t* w = mbar_words(bar);
   const uint32_t count = w[1] >> 1;
   if (count == 0 || w[0] == 0 || w[0] > count)
     die("mbarrier.arrive: barrier not initialised, corrupted, or arrived on more than its count");
-  g_progress++;
+  g_blk->progress++;
   if (--w[0] > 0) return;
-  mbar_try_complete(bar);  // bar may be another block's of the cluster (a remote arrival)
+  mbar_try_complete(bar);
 }
 
 void mbar_arrive_expect_tx(void* bar, unsigned bytes) {
-  owner_of(bar, 8, "mbarrier").mbar_tx[bar].pending += bytes;
+  g_blk->mbar_tx[bar].pending += bytes;
   mbar_arrive(bar);
 }
 
-void bulk_tensor_load_multicast(const void* desc, void* smem, void* bar, const int* coords, unsigned mask) {
+void bulk_tensor_load(const void* desc, void* smem, void* bar, const int* coords) {
   BulkLoad ld{};
   std::memcpy(&ld.desc, desc, sizeof(TmaDesc));
   const TmaDesc& d = ld.desc;
   if (d.rank < 1 || d.rank > 5 || d.base == nullptr) die("bulk tensor load: not an encoded tensor map");
   const size_t bytes = box_bytes(d);
   check_smem(smem, bytes, "bulk tensor load");
-  check_smem(bar, 8, "bulk tensor load's mbarrier");
   const uintptr_t off = static_cast<uintptr_t>(static_cast<unsigned char*>(smem) - g_blk->smem);
-  const uintptr_t bar_off = static_cast<uintptr_t>(static_cast<unsigned char*>(bar) - g_blk->smem);
   if (off % (d.swizzle_bytes == 128 ? 1024 : 128) != 0) die("bulk tensor load: misaligned shared tile");
-  if (mask == 0 || (mask >> g_cluster->size()) != 0) die("bulk tensor load: multicast mask outside the cluster");
+  const uint32_t* w = mbar_words(bar);
+  if ((w[1] >> 1) == 0) die("bulk tensor load: mbarrier not initialised");
+  ld.smem = static_cast<unsigned char*>(smem);
   for (int i = 0; i < d.rank; ++i) ld.coords[i] = coords[i];
-  for (size_t r = 0; r < g_cluster->size(); ++r) {  // the same offsets in each block of the mask
-    if (!((mask >> r) & 1u)) continue;
-    Block& dst = (*g_cluster)[r];
-    if (dst.live == 0) die("bulk tensor load: multicast into a block that has exited");
-    void* dbar = dst.smem + bar_off;
-    const uint32_t* w = mbar_words(dbar);
-    if ((w[1] >> 1) == 0) die("bulk tensor load: mbarrier not initialised (in a destination block)");
-    ld.blk = &dst;
-    ld.smem = dst.smem + off;
-    MbarTx& tx = dst.mbar_tx[dbar];
-    tx.loads.push_back(ld);
-    tx.pending -= static_cast<int64_t>(bytes);
-  }
-  g_progress++;
-  for (size_t r = 0; r < g_cluster->size(); ++r)
-    if ((mask >> r) & 1u) mbar_try_complete((*g_cluster)[r].smem + bar_off);
-}
-
-void bulk_tensor_load(const void* desc, void* smem, void* bar, const int* coords) {
-  bulk_tensor_load_multicast(desc, smem, bar, coords, 1u << g_blk->rank);
-}
-
-int cluster_rank() { return g_blk->rank; }
-int cluster_size() { return static_cast<int>(g_cluster->size()); }
-
-void* map_shared_rank(const void* p, int rank) {
-  check_smem(p, 1, "mapa");
-  if (rank < 0 || rank >= static_cast<int>(g_cluster->size())) die("mapa: rank outside the cluster");
-  return (*g_cluster)[static_cast<size_t>(rank)].smem + (static_cast<const unsigned char*>(p) - g_blk->smem);
-}
-
-void cluster_sync() {
-  unsigned live = 0;
-  for (const Block& b : *g_cluster) live += static_cast<unsigned>(b.live);
-  const unsigned gen = g_cl_gen;
-  g_progress++;
-  if (++g_cl_arrived == live) {
-    g_cl_arrived = 0;
-    g_cl_gen++;
-    return;
-  }
-  while (g_cl_gen == gen) switch_to_sched();
+  MbarTx& tx = g_blk->mbar_tx[bar];
+  tx.loads.push_back(ld);
+  tx.pending -= static_cast<int64_t>(bytes);
+  g_blk->progress++;
+  mbar_try_complete(bar);
 }
 
 void mbar_wait(void* bar, unsigned parity) {
@@ -526,7 +469,7 @@ void named_bar(int id, int nthreads, bool wait) {
   if (b.nb_arrived[i] == 0) b.nb_count[i] = static_cast<unsigned>(nthreads);
   if (b.nb_count[i] != static_cast<unsigned>(nthreads)) die("named barrier: thread counts differ between arrivals");
   const unsigned gen = b.nb_gen[i];
-  g_progress++;
+  b.progress++;
   if (++b.nb_arrived[i] == b.nb_count[i]) {
     b.nb_arrived[i] = 0;
     b.nb_gen[i]++;
@@ -543,131 +486,100 @@ int last_error() {
 }
 void set_error(int e) { g_error = e; }
 
-void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body, unsigned cluster_x) {
+void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body) {
   int n = static_cast<int>(block.x * block.y * block.z);
   if (n <= 0 || n > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
-      grid.z > 65535 || smem > 232448 || cluster_x == 0 || cluster_x > 8 || grid.x % cluster_x != 0) {
-    std::fprintf(stderr, "emu: invalid launch grid (%u,%u,%u) block (%u,%u,%u) smem %zu cluster %u\n", grid.x,
-                 grid.y, grid.z, block.x, block.y, block.z, smem, cluster_x);
+      grid.z > 65535 || smem > 232448) {
+    std::fprintf(stderr, "emu: invalid launch grid (%u,%u,%u) block (%u,%u,%u) smem %zu\n", grid.x,
+                 grid.y, grid.z, block.x, block.y, block.z, smem);
     g_error = 9;  // cudaErrorInvalidConfiguration
     return;
   }
-  const int cl = static_cast<int>(cluster_x);
-  while (g_stacks.size() < static_cast<size_t>(n * cl))
-    g_stacks.push_back(static_cast<char*>(std::malloc(kStack)));
+  while (g_stacks.size() < static_cast<size_t>(n)) g_stacks.push_back(static_cast<char*>(std::malloc(kStack)));
   unsigned seed = 0;
   Order order = sched_order(&seed);
   std::mt19937 rng(seed);
-  // The blocks of one cluster run together (their fibers interleaved, one scheduler); clusters
-  // and plain blocks (cluster size 1) one after another.
-  std::vector<Block> blocks(static_cast<size_t>(cl));
-  for (int r = 0; r < cl; ++r) {
-    Block& b = blocks[static_cast<size_t>(r)];
-    b.gdim = grid;
-    b.bdim = block;
-    b.n = n;
-    b.body = &body;
-    b.smem_size = smem;
-    b.smem = static_cast<unsigned char*>(std::malloc(std::max<size_t>(smem, 1)));
-    b.rank = r;
-  }
-  g_cluster = &blocks;
+  Block b;
+  b.gdim = grid;
+  b.bdim = block;
+  b.n = n;
+  b.body = &body;
+  b.smem_size = smem;
+  b.smem = static_cast<unsigned char*>(std::malloc(std::max<size_t>(smem, 1)));
   std::vector<int> perm(static_cast<size_t>(n));
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx0 = 0; bx0 < grid.x; bx0 += cluster_x) {
-        g_cl_arrived = 0;
-        for (int r = 0; r < cl; ++r) {
-          Block& b = blocks[static_cast<size_t>(r)];
-          b.bid = dim3(bx0 + static_cast<unsigned>(r), by, bz);
-          b.live = n;
-          b.bar_arrived = 0;
-          for (int k = 0; k < 16; ++k) b.nb_arrived[k] = b.nb_count[k] = 0;
-          b.mbar_copies.clear();
-          b.mbar_tx.clear();
-          b.fibers.assign(static_cast<size_t>(n), Fiber{});
-          b.warps.assign(static_cast<size_t>((n + 31) / 32), WarpState{});
-          b.wgroups.clear();
-          for (size_t w = 0; w < b.warps.size(); ++w)
-            b.warps[w].size = static_cast<unsigned>(std::min(32, n - static_cast<int>(w) * 32));
-          std::memset(b.smem, 0xFF, smem);
-          for (int i = 0; i < n; ++i) {
-            Fiber& f = b.fibers[static_cast<size_t>(i)];
-            f.linear = i;
-            f.tid = dim3(static_cast<unsigned>(i) % block.x, (static_cast<unsigned>(i) / block.x) % block.y,
-                         static_cast<unsigned>(i) / (block.x * block.y));
-            getcontext(&f.ctx);
-            f.ctx.uc_stack.ss_sp = g_stacks[static_cast<size_t>(r * n + i)];
-            f.ctx.uc_stack.ss_size = kStack;
-            f.ctx.uc_link = nullptr;
-            makecontext(&f.ctx, fiber_entry, 0);
-          }
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        b.bid = dim3(bx, by, bz);
+        b.live = n;
+        b.bar_arrived = 0;
+        for (int k = 0; k < 16; ++k) b.nb_arrived[k] = b.nb_count[k] = 0;
+        b.mbar_copies.clear();
+        b.fibers.assign(static_cast<size_t>(n), Fiber{});
+        b.warps.assign(static_cast<size_t>((n + 31) / 32), WarpState{});
+        b.wgroups.clear();
+        for (size_t w = 0; w < b.warps.size(); ++w)
+          b.warps[w].size = static_cast<unsigned>(std::min(32, n - static_cast<int>(w) * 32));
+        std::memset(b.smem, 0xFF, smem);
+        g_blk = &b;
+        for (int i = 0; i < n; ++i) {
+          Fiber& f = b.fibers[static_cast<size_t>(i)];
+          f.linear = i;
+          f.tid = dim3(static_cast<unsigned>(i) % block.x, (static_cast<unsigned>(i) / block.x) % block.y,
+                       static_cast<unsigned>(i) / (block.x * block.y));
+          getcontext(&f.ctx);
+          f.ctx.uc_stack.ss_sp = g_stacks[static_cast<size_t>(i)];
+          f.ctx.uc_stack.ss_size = kStack;
+          f.ctx.uc_link = nullptr;
+          makecontext(&f.ctx, fiber_entry, 0);
         }
-        std::vector<int> border(static_cast<size_t>(cl));
-        for (int r = 0; r < cl; ++r)
-          border[static_cast<size_t>(r)] = order == Order::Rev || order == Order::WarpRev ? cl - 1 - r : r;
         for (int i = 0; i < n; ++i) perm[static_cast<size_t>(i)] = order == Order::Rev ? n - 1 - i : i;
         if (order == Order::Warp || order == Order::WarpRev || order == Order::WarpRand) {
           const int nw = (n + 31) / 32;
           std::vector<int> worder(static_cast<size_t>(nw));
           for (int w = 0; w < nw; ++w) worder[static_cast<size_t>(w)] = order == Order::WarpRev ? nw - 1 - w : w;
           for (;;) {
-            if (order == Order::WarpRand) {
-              std::shuffle(worder.begin(), worder.end(), rng);
-              std::shuffle(border.begin(), border.end(), rng);
-            }
+            if (order == Order::WarpRand) std::shuffle(worder.begin(), worder.end(), rng);
             bool any_live = false;
-            uint64_t before = g_progress;
-            for (int r : border) {
-              Block& b = blocks[static_cast<size_t>(r)];
-              g_blk = &b;
-              for (int w : worder) {
-                for (;;) {  // run warp w until none of its threads can move
-                  bool moved = false;
-                  for (int i = 32 * w; i < std::min(n, 32 * w + 32); ++i) {
-                    Fiber& f = b.fibers[static_cast<size_t>(i)];
-                    if (!f.done) any_live = true;
-                    if (!runnable(f, b)) continue;
-                    uint64_t p0 = g_progress;
-                    switch_to_fiber(f, r * n + i);
-                    moved = moved || g_progress != p0 || f.done;
-                  }
-                  if (!moved) break;
+            uint64_t before = b.progress;
+            for (int w : worder) {
+              for (;;) {  // run warp w until none of its threads can move
+                bool moved = false;
+                for (int i = 32 * w; i < std::min(n, 32 * w + 32); ++i) {
+                  Fiber& f = b.fibers[static_cast<size_t>(i)];
+                  if (!f.done) any_live = true;
+                  if (!runnable(f, b)) continue;
+                  uint64_t p0 = b.progress;
+                  switch_to_fiber(f, i);
+                  moved = moved || b.progress != p0 || f.done;
                 }
+                if (!moved) break;
               }
             }
             if (!any_live) break;
-            if (g_progress == before) die("deadlock: every live thread waits at a barrier that cannot complete");
+            if (b.progress == before) die("deadlock: every live thread waits at a barrier that cannot complete");
           }
           g_blk = nullptr;
           g_cur = nullptr;
           continue;
         }
         for (;;) {
-          if (order == Order::Rand) {
-            std::shuffle(perm.begin(), perm.end(), rng);
-            std::shuffle(border.begin(), border.end(), rng);
-          }
-          uint64_t before = g_progress;
+          if (order == Order::Rand) std::shuffle(perm.begin(), perm.end(), rng);
+          uint64_t before = b.progress;
           bool any = false;
-          for (int r : border) {
-            Block& b = blocks[static_cast<size_t>(r)];
-            g_blk = &b;
-            for (int i : perm) {
-              Fiber& f = b.fibers[static_cast<size_t>(i)];
-              if (f.done) continue;
-              any = true;
-              switch_to_fiber(f, r * n + i);
-            }
+          for (int i : perm) {
+            Fiber& f = b.fibers[static_cast<size_t>(i)];
+            if (f.done) continue;
+            any = true;
+            switch_to_fiber(f, i);
           }
           if (!any) break;
-          if (g_progress == before) die("deadlock: every live thread waits at a barrier that cannot complete");
+          if (b.progress == before) die("deadlock: every live thread waits at a barrier that cannot complete");
         }
         g_blk = nullptr;
         g_cur = nullptr;
       }
-  for (Block& b : blocks) std::free(b.smem);
-  g_cluster = nullptr;
+  std::free(b.smem);
 }
 
 void ldmatrix(uint32_t* out, int nmat, bool trans, const void* row_ptr) {
@@ -848,7 +760,7 @@ void wgmma_commit() {
   grp.ops.insert(grp.ops.end(), g_cur->wg_open.begin(), g_cur->wg_open.end());
   grp.committed++;
   g_cur->wg_open.clear();
-  g_progress++;
+  g_blk->progress++;
 }
 
 void wgmma_wait(int pending) {
@@ -859,7 +771,7 @@ void wgmma_wait(int pending) {
     if (!grp.done) {
       for (const WgOp& op : grp.ops) run_wgmma(op);
       grp.done = true;
-      g_progress++;
+      g_blk->progress++;
     }
     g_cur->wg_completed++;
   }

@@ -50,7 +50,7 @@ size_t dynamic_smem_size();
 // Aborts with a message unless [p, p+bytes) lies in this block's dynamic shared memory.
 void check_smem(const void* p, size_t bytes, const char* what);
 
-void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body, unsigned cluster_x = 1);
+void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body);
 int last_error();
 void set_error(int e);
 
@@ -59,20 +59,6 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args..
   std::function<void()> body = [=]() { kernel(args...); };
   run_grid(grid, block, smem, body);
 }
-// A launch in thread-block clusters of cluster_x consecutive blocks along x: a cluster's blocks run
-// together (their threads interleaved by the scheduler), sharing barrier.cluster, remote mbarrier
-// arrivals and multicast bulk loads.
-template <typename... KArgs, typename... Args>
-void launch_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, unsigned cluster_x, Args... args) {
-  std::function<void()> body = [=]() { kernel(args...); };
-  run_grid(grid, block, smem, body, cluster_x);
-}
-// Clusters: this block's rank and the cluster's size; the address of p's offset in the shared
-// memory of block `rank` (mapa); barrier.cluster (arrive and wait, every thread of the cluster).
-int cluster_rank();
-int cluster_size();
-void* map_shared_rank(const void* p, int rank);
-void cluster_sync();
 
 // Warp-collective operations behind ops/cuda/warp_mma.cuh.
 void ldmatrix(uint32_t* out, int nmat, bool trans, const void* row_ptr);
@@ -106,9 +92,6 @@ void bulk_tensor_store(const void* desc, const void* smem, const int* coords);
 // bar's phase completes (all arrivals made and as many bytes loaded as arrive_expect_tx announced),
 // reading global memory then; elements outside dims read as zero, the swizzle as for stores.
 void bulk_tensor_load(const void* desc, void* smem, void* bar, const int* coords);
-// The same load into the same shared-memory offsets (tile and mbarrier) of every block of the
-// cluster in mask (bit r: rank r).
-void bulk_tensor_load_multicast(const void* desc, void* smem, void* bar, const int* coords, unsigned mask);
 void mbar_arrive_expect_tx(void* bar, unsigned bytes);
 void bulk_commit();
 void bulk_wait(int pending);

@@ -253,11 +253,15 @@ void split_segments(SsdArgs* a, int64_t units, bool backward) {
   }
 }
 
-// The forward walk's kernel (SsdArgs::fwd_variant). 4 (the default on sm_90 for P = 64 and an even
-// number of heads per group): variant 3 with y stored by TMA (one thread per consumer issues each
-// 64 x 64 tile) instead of the consumers' copy-out: 64K 2.67 ms against 2.91 for 3, 3.06 for 2 and
-// 4.06 for 11; 4K 0.217 against 0.233 (H100, one run: run14-2026-12-07/b-h100-forward-ab); where TMA
-// cannot describe y (base or row pitch not a multiple of 16 bytes) the launch runs 3. 3: the
+// The forward walk's kernel (SsdArgs::fwd_variant). 5 (the default on sm_90 for P = 64 and an even
+// number of heads per group): variant 4 with the producer's x, B and C tiles brought by TMA loads
+// (one thread issues a stage's boxes; 128-byte-swizzled tiles that the wgmma descriptors read
+// directly): 64K 2.50 ms against 2.69 for 4 and 4.09 for 11; 4K 0.200 against 0.217; 8 x 8K 1.95
+// against 2.22 (H100, one run: run15-2026-12-07/b-h100-forward-ab); where TMA cannot describe x, B
+// or C (a base or row pitch not a multiple of 16 bytes) the launch runs 4. 4: variant 3 with y
+// stored by TMA (one thread per consumer issues each 64 x 64 tile) instead of the consumers'
+// copy-out: 64K 2.67 ms against 2.91 for 3 (run14-2026-12-07/b-h100-forward-ab); where TMA cannot
+// describe y the launch runs 3. 3: the
 // warp-specialised wgmma walk (ssd_fwd_wg.cu; two heads and a
 // producer warpgroup per block) with its consumers' chunk reordered (Yo and the state update
 // issued together): 64K 2.90 ms against 3.01 for 2 and 4.06 for 11 (H100, one run:
@@ -268,16 +272,16 @@ void split_segments(SsdArgs* a, int64_t units, bool backward) {
 // P = 64): one warpgroup per head on wgmma; slower than 11 (64K: 4.69 ms in the same run). The
 // mma.sync walks (ssd_fwd.cu), used elsewhere: 11: one head per block, 2 blocks/SM - measured
 // fastest of the three on the H200 (64K: 5.25 ms vs 5.43 for 12, 6.22 for 21); 12: two heads of a
-// group on 16 warps sharing the B, C tiles; 21: both heads in each of 8 warps.
-// 5 (opt-in, sm_90, as 4): variant 4 with the producer's x, B and C tiles brought by TMA loads
-// (one thread issues a stage's boxes; 128-byte-swizzled tiles read by the wgmma descriptors
-// directly), where TMA can describe x, B and C; else 4. HLM_SSD_FWD_VARIANT picks among those that apply.
+// group on 16 warps sharing the B, C tiles; 21: both heads in each of 8 warps. (Variant 5 in
+// clusters of head-pair blocks sharing B and C by TMA multicast was slower: 64K 3.00 ms in
+// clusters of 2, 6.11 in clusters of 4, run15/b; its code is in ad566df.)
+// HLM_SSD_FWD_VARIANT picks among those that apply.
 int forward_variant(int64_t P, int64_t heads_per_group) {
   const bool wgmma = P == 64 && device_props().major == 9;
   const char* env = std::getenv("HLM_SSD_FWD_VARIANT");
-  const int v = env && *env ? std::atoi(env) : (wgmma && heads_per_group % 2 == 0 ? 4 : 11);
+  const int v = env && *env ? std::atoi(env) : (wgmma && heads_per_group % 2 == 0 ? 5 : 11);
   if (v == 1 && wgmma) return 1;
-  if (v >= 2 && v <= 6 && wgmma && heads_per_group % 2 == 0) return v;
+  if (v >= 2 && v <= 5 && wgmma && heads_per_group % 2 == 0) return v;
   if ((v == 12 || v == 21) && P <= 64 && heads_per_group % 2 == 0) return v;
   return 11;
 }

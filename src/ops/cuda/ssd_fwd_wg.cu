@@ -22,12 +22,12 @@
 // Correct but not faster than ssd_fwd.cu's walk on an H100 (64K: 4.92 vs 4.02 ms): opt-in as
 // variant 1; bench/cuda/NOTES-ssd.md (round 8) has the profile. Its warp-specialised form below
 // (variant 2; 64K 3.75 vs 4.02 ms for ssd_fwd.cu's walk, H100, round 12) and that with its
-// consumers' chunk reordered (variant 3: 2.90 ms, round 15), and that with y stored by TMA (variant
-// 4, the default on sm_90: 2.67 ms, round 16).
+// consumers' chunk reordered (variant 3: 2.90 ms, round 15), that with y stored by TMA (variant 4:
+// 2.67 ms, round 16), and that with x, B and C loaded by TMA (variant 5, the default on sm_90: 2.50
+// ms, round 17).
 #include <cstdio>
 #include <cstdlib>
 
-#include "ops/cuda/cluster.cuh"
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/cuda/ssd_wg.cuh"
 #include "ops/cuda/tma.cuh"
@@ -527,18 +527,11 @@ struct WsMaps {
 // .c; one thread issues a stage's 20 boxes, its full barrier counting their bytes) into TMA's
 // 128-byte swizzle, which the wgmma descriptors read directly; C's rows in token_of_row_blocks
 // order (8-row boxes), x w dt swizzled too.
-// kCl > 1 (variant 6; with kTmaLd): launched in clusters of kCl head-pair blocks of one group, which
-// load the group's B and C tiles once: each block's loading thread issues its share of the boxes
-// (box i by rank i % kCl) multicast to every block of the cluster, whose full barriers count them.
-// A stage is free once the consumers of every block released it: one lane per consumer warp
-// arrives on the empty barrier of each block; the loading thread waits for the last releases
-// before its block may exit (no arrival or multicast may reach an exited block).
-template <int N, bool kEarlyG, bool kPipe, bool kTmaY = false, bool kTmaLd = false, int kCl = 1>
+template <int N, bool kEarlyG, bool kPipe, bool kTmaY = false, bool kTmaLd = false>
 __global__ void __launch_bounds__(kWsThreads, 1)
     ssd_fwd_ws_kernel(const SsdArgs a, const __grid_constant__ WsMaps maps) {
   static_assert(!kTmaY || kPipe, "the TMA store of y is variant 3's");
   static_assert(!kTmaLd || kTmaY, "the TMA loads are variant 4's");
-  static_assert(kCl == 1 || (kTmaLd && kCl <= 8 && 9 * N / 64 >= kCl), "clusters share TMA-loaded B and C boxes");
   using L = std::conditional_t<kTmaLd, WsTmaLayout<N>, WsLayout<N, kTmaY>>;
   using TX = typename L::TX;
   using TN = typename L::TN;
@@ -560,15 +553,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     for (int s = 0; s < kStages; ++s) {
       mma::mbar_init(&full[s], kTmaLd ? 1 + 32 : kThreads);  // the producer warpgroup's threads (kTmaLd: the
                                                              // loading thread and the scan warp)
-      mma::mbar_init(&empty[s], kCl > 1 ? 8 * kCl : 2 * kThreads);  // every consumer thread (kCl > 1: one
-                                                                    // lane per consumer warp of each block)
+      mma::mbar_init(&empty[s], 2 * kThreads);     // every consumer thread
     }
-  if constexpr (kCl > 1) {  // every block's barriers initialised before any remote arrival or multicast
-    if (tid == 0) cluster::fence_mbarrier_init();
-    cluster::sync();
-  } else {
-    __syncthreads();
-  }
+  __syncthreads();
 
   if (warp >= 2 * kThreads / 32) {  // the producer warpgroup: warp pw fills its part of each stage
     wg::setmaxnreg_dec<kProducerRegs>();
@@ -620,7 +607,6 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     }
     if constexpr (kTmaLd) {  // lane 0 of warp 0 issues every load; warps 1 and 2 have nothing to do
       if (pw != 0 || lane != 0) return;
-      const int rank = kCl > 1 ? cluster::rank() : 0;
       for (int k = 0; k < nck; ++k) {
         const int c = c_begin + k, t0 = c * kQ;
         unsigned char* st = stage_of(k);
@@ -629,26 +615,15 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         tma::arrive_expect_tx(bar, L::kStageTx);
         tma::load_3d(&maps.x, st + L::st_x, bar, h0 * kP, t0, b);
         tma::load_3d(&maps.x, st + L::st_x + kSwAtom, bar, (h0 + 1) * kP, t0, b);
-        int box = 0;  // the group's B and C boxes (kCl > 1: this block's share, to every block)
-        auto load_bc = [&](const tma::Map* m, unsigned char* dst, int c0, int c1) {
-          if constexpr (kCl == 1)
-            tma::load_3d(m, dst, bar, c0, c1, b);
-          else if (box % kCl == rank)
-            tma::load_3d_multicast(m, dst, bar, c0, c1, b, static_cast<uint16_t>((1u << kCl) - 1));
-          ++box;
-        };
 #pragma unroll
         for (int at = 0; at < N / 64; ++at) {
-          load_bc(&maps.b, st + L::st_b + at * kSwAtom, g * N + 64 * at, t0);
+          tma::load_3d(&maps.b, st + L::st_b + at * kSwAtom, bar, g * N + 64 * at, t0, b);
 #pragma unroll
           for (int rb = 0; rb < 8; ++rb)
-            load_bc(&maps.c, st + L::st_c + at * kSwAtom + rb * 1024, g * N + 64 * at,
-                    t0 + 8 * token_block_of_row_block(rb));
+            tma::load_3d(&maps.c, st + L::st_c + at * kSwAtom + rb * 1024, bar, g * N + 64 * at,
+                         t0 + 8 * token_block_of_row_block(rb), b);
         }
       }
-      if constexpr (kCl > 1)  // every block's last releases in: nothing reaches this block after it exits
-        for (int k = max(0, nck - kStages); k < nck; ++k)
-          mma::mbar_wait(&empty[k % kStages], static_cast<unsigned>((k / kStages) & 1));
       return;  // the loads complete on the full barriers, which the consumers wait for
     }
     // Warps 0, 1, 2 of the producer: both heads' x tiles, B, C (rows permuted). Each hands a stage
@@ -791,13 +766,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       if constexpr (kTmaY) wg::fence_async_smem();  // Ys for the TMA store after (A)
       wg::wait<0>();  // the next G: nothing in flight across the loop's back edge
       wg::pin(gacc);
-      if constexpr (kCl > 1) {  // this chunk's stage: every read of the warp done, released in every block
-        __syncwarp();
-        if (lane == 0)
-          for (int r = 0; r < kCl; ++r) cluster::arrive(cluster::map_bar(&empty[k % kStages], r));
-      } else {
-        mma::mbar_arrive(&empty[k % kStages]);  // this chunk's stage: every read done
-      }
+      mma::mbar_arrive(&empty[k % kStages]);  // this chunk's stage: every read done
     } while (++k < nck);
     mma::bar_sync(bar, kThreads);
     copy_out_y(c_end - 1);
@@ -890,8 +859,10 @@ template void launch_fwd_wg<64>(const SsdArgs&);
 
 // HLM_SSD_WS_EARLY_G=0 turns off variant 2's early G (on by default; A/B knob);
 // HLM_SSD_WS_LATE_COPY=1 moves its y copy-out under the Yo product (opt-in; variant 3 does so too).
-// Variant 4 (the default on sm_90): variant 3 with y stored through TMA (a tensor map over y: columns H P, rows T, batch
-// B; box 64 x 64 x 1), where TMA can describe y (16-byte aligned base and row pitch); else 3.
+// Variant 4: variant 3 with y stored through TMA (a tensor map over y: columns H P, rows T, batch B;
+// box 64 x 64 x 1), where TMA can describe y (16-byte aligned base and row pitch); else 3. Variant 5
+// (the default on sm_90): 4 with x, B and C loaded by TMA too (maps of the same form; C's box 64 x 8
+// x 1), where TMA can describe them; else 4.
 template <int N>
 void launch_fwd_ws(const SsdArgs& a) {
   if (a.nseg > 1) launch_segment_states<kQ, kP, N>(a, 0, 1);
@@ -902,12 +873,6 @@ void launch_fwd_ws(const SsdArgs& a) {
   const bool early_g = !(env && std::atoi(env) == 0);
   WsMaps maps{};
   bool tma_y = false, tma_ld = false;
-  // Variant 6: clusters of HLM_SSD_FWD_CLUSTER (2, the default, or 4) head-pair blocks of one group.
-  int cl = 1;
-  if (a.fwd_variant == 6) {
-    const char* cenv = std::getenv("HLM_SSD_FWD_CLUSTER");
-    cl = cenv && std::atoi(cenv) == 4 ? 4 : 2;
-  }
   // A [B][T][cols] bf16 row view (row pitch ld elements) as a 3-d tensor map with box 64 x rows x 1.
   auto encode = [&](tma::Map& m, const void* base, int64_t cols, int64_t ld, uint32_t rows) {
     const uint64_t pitch = static_cast<uint64_t>(ld) * 2;
@@ -918,25 +883,21 @@ void launch_fwd_ws(const SsdArgs& a) {
   };
   if (a.fwd_variant >= 4) {
     tma_y = encode(maps.y, a.y, a.H * kP, a.ld_y, kQ);
-    tma_ld = a.fwd_variant >= 5 && tma_y && encode(maps.x, a.x, a.H * kP, a.ld_x, kQ) &&
+    tma_ld = a.fwd_variant == 5 && tma_y && encode(maps.x, a.x, a.H * kP, a.ld_x, kQ) &&
              encode(maps.b, a.Bm, a.G * N, a.ld_B, kQ) && encode(maps.c, a.Cm, a.G * N, a.ld_C, 8);
-    if (!tma_ld || (a.H / a.G / 2) % cl != 0) cl = 1;  // a cluster's head pairs in one group
     // Asked for by name: a once-per-process note, so that an A/B never times 3 as 4 (or 4 as 5) unseen.
     static bool warned = false;
-    const int ran = cl > 1 ? 6 : tma_ld ? 5 : tma_y ? 4 : 3;
-    const char* venv = ran == a.fwd_variant || warned ? nullptr : std::getenv("HLM_SSD_FWD_VARIANT");
+    const bool short_of = a.fwd_variant == 5 ? !tma_ld : !tma_y;
+    const char* venv = !short_of || warned ? nullptr : std::getenv("HLM_SSD_FWD_VARIANT");
     if (venv && std::atoi(venv) == a.fwd_variant) {
       warned = true;
       std::fprintf(stderr,
-                   "hybridlm: SSD forward variant %d: %s; using variant %d\n", a.fwd_variant,
-                   ran == 5 ? "heads per group not a multiple of twice the cluster size"
-                            : "TMA cannot describe x, y, B or C (a base or row pitch not a multiple of 16 bytes)",
-                   ran);
+                   "hybridlm: SSD forward variant %d: TMA cannot describe %s (a base or row pitch not a multiple "
+                   "of 16 bytes); using variant %d\n",
+                   a.fwd_variant, tma_y ? "x, B or C" : "y", tma_y ? 4 : 3);
     }
   }
-  auto kernel = cl == 4               ? ssd_fwd_ws_kernel<N, true, true, true, true, 4>
-                : cl == 2            ? ssd_fwd_ws_kernel<N, true, true, true, true, 2>
-                : tma_ld             ? ssd_fwd_ws_kernel<N, true, true, true, true>
+  auto kernel = tma_ld               ? ssd_fwd_ws_kernel<N, true, true, true, true>
                 : tma_y              ? ssd_fwd_ws_kernel<N, true, true, true>
                 : a.fwd_variant >= 3 ? ssd_fwd_ws_kernel<N, true, true>
                 : early_g            ? ssd_fwd_ws_kernel<N, true, false>
@@ -951,36 +912,13 @@ void launch_fwd_ws(const SsdArgs& a) {
                                           static_cast<int>(L::total)));
     HLM_CUDA_CHECK(cudaFuncSetAttribute(ssd_fwd_ws_kernel<N, true, true, true>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LT::total)));
-    for (auto kr : {ssd_fwd_ws_kernel<N, true, true, true, true>, ssd_fwd_ws_kernel<N, true, true, true, true, 2>,
-                    ssd_fwd_ws_kernel<N, true, true, true, true, 4>})
-      HLM_CUDA_CHECK(cudaFuncSetAttribute(kr, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(LL::total)));
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(ssd_fwd_ws_kernel<N, true, true, true, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LL::total)));
     return true;
   }();
   (void)attr_set;
   dim3 grid(static_cast<unsigned>(a.H / 2), static_cast<unsigned>(a.nseg), static_cast<unsigned>(a.B));
-  const size_t smem = tma_ld ? LL::total : tma_y ? LT::total : L::total;
-  if (cl > 1) {  // clusters of cl blocks along x (head pairs)
-#ifdef HLM_CUDA_EMU
-    ::emu::launch_cluster(kernel, grid, dim3(kWsThreads), smem, static_cast<unsigned>(cl), args, maps);
-#else
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(kWsThreads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream();
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = static_cast<unsigned>(cl);
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    HLM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args, maps));
-#endif
-  } else {
-    HLM_LAUNCH(kernel, grid, dim3(kWsThreads), smem, args, maps);
-  }
+  HLM_LAUNCH(kernel, grid, dim3(kWsThreads), tma_ld ? LL::total : tma_y ? LT::total : L::total, args, maps);
   HLM_CUDA_CHECK_LAUNCH();
 }
 

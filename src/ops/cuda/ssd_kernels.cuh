@@ -134,8 +134,8 @@ struct SsdArgs {
   int nseg = 1, seg_chunks = 0;
   int pps = 1, piece_chunks = 0;
   // Forward walk: 1 the wgmma walk (sm_90a, P = 64), 2 its warp-specialised form (also heads per
-  // group even), 3 that with the consumers' chunk reordered, 4 (the sm_90 default) 3 with y stored
-  // by TMA (ssd.cu's forward_variant); mma.sync block shapes (P <= 64 only; else
+  // group even), 3 that with the consumers' chunk reordered, 4 3 with y stored by TMA, 5 (the sm_90
+  // default) 4 with x, B and C loaded by TMA (ssd.cu's forward_variant); mma.sync block shapes (P <= 64 only; else
   // 11): 11 one head, 8 warps (2 blocks/SM); 21 two heads per warp, 8 warps; 12 one head per group
   // of 8 warps, 16 warps. Heads of one group.
   int fwd_variant = 11;

@@ -123,24 +123,6 @@ __device__ __forceinline__ void load_3d(const Map* m, void* smem, uint64_t* bar,
   __trap();  // TMA needs sm_90
 #endif
 }
-// load_3d into every block of the cluster in mask (bit r: rank r), at the same shared-memory
-// offsets of tile and barrier in each; each block's bar counts the box's bytes.
-__device__ __forceinline__ void load_3d_multicast(const Map* m, void* smem, uint64_t* bar, int c0, int c1, int c2,
-                                                  uint16_t mask) {
-#ifdef HLM_CUDA_EMU
-  const int c[3] = {c0, c1, c2};
-  ::emu::bulk_tensor_load_multicast(m->opaque, smem, bar, c, mask);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1, {%3, %4, %5}], [%2], %6;\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
-      "l"(reinterpret_cast<uint64_t>(m)), "r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar))), "r"(c0), "r"(c1),
-      "r"(c2), "h"(mask)
-      : "memory");
-#elif defined(__CUDA_ARCH__)
-  __trap();  // TMA needs sm_90
-#endif
-}
 // One of bar's arrivals, with the phase also waiting for `bytes` more of TMA loads to land.
 __device__ __forceinline__ void arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
 #ifdef HLM_CUDA_EMU
