@@ -2,7 +2,7 @@
 // update) at the Mamba-2-Hybrid 8B mixer shape next to the reference numbers of shared/gpu.md.
 // Each configuration is first checked against the CPU op at a small length (exit 1 on mismatch).
 //   bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only] [--profile L] [--forward-ab]
-// --forward-ab: the forward walks alone (variants 11, 3, 4, 5 at 4K, 16K, 64K and 8 x 8K, interleaved
+// --forward-ab: the forward walks alone (variants 11, 4, 5, 6 at 4K, 16K, 64K and 8 x 8K, interleaved
 // per length), each variant checked against the CPU first; for A/B runs across builds.
 #include <cuda_runtime.h>
 
@@ -477,7 +477,7 @@ int main(int argc, char** argv) {
     }
     if (forward_ab) {
       g_forward_only = true;
-      const auto variants = {"11", "3", "4", "5"};
+      const auto variants = {"11", "4", "5", "6"};
       if (!check_forward_variants(variants)) return 1;
       for (auto [B, len] : {std::pair<int64_t, int64_t>{1, 4096}, {1, 16384}, {1, 65536}, {8, 8192}})
         for (const char* v : variants) {

@@ -358,18 +358,19 @@ TEST(SsdCuda, PieceSplits) {
 // and 21, and the wgmma walks (sm_90: variant 1, one warpgroup per head; variant 2, two consumer
 // warpgroups and a producer warpgroup; variant 3, that with the consumers' chunk reordered; variant
 // 4, that with y stored by TMA: batch 2 and partial last chunks check its clipping; variant 5, that
-// with x, B and C loaded by TMA: partial chunks read as zeros, C's rows in 8-row blocks), also with
-// forced segment splits.
+// with x, B and C loaded by TMA: partial chunks read as zeros, C's rows in 8-row blocks; variant 6,
+// that with a scan warp per head), also with forced segment splits.
 TEST(SsdCuda, ForwardBlockShapes) {
   HLM_REQUIRE_GPU();
-  for (const char* v : {"1", "2", "3", "4", "5", "11", "12", "21"}) {
+  for (const char* v : {"1", "2", "3", "4", "5", "6", "11", "12", "21"}) {
     SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
     setenv("HLM_SSD_FWD_VARIANT", v, 1);
     check_forward({2, 1000, 8, 2, 64, 128});
     check_forward({1, 333, 16, 4, 64, 64});
   }
-  for (const char* v : {"1", "2", "3", "4", "5"}) {  // the wgmma walks: one warpgroup per head; warp-specialised
-                                                     // (3: reordered; 4: TMA y; 5: TMA loads too)
+  for (const char* v : {"1", "2", "3", "4", "5", "6"}) {  // the wgmma walks: one warpgroup per head; warp-
+                                                          // specialised (3: reordered; 4: TMA y; 5: TMA
+                                                          // loads too; 6: a scan warp per head)
     SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
     setenv("HLM_SSD_FWD_VARIANT", v, 1);
     {  // dt a bf16 column slice at an odd offset (the walk of variant 1 copies the words holding it)

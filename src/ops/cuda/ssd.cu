@@ -275,13 +275,14 @@ void split_segments(SsdArgs* a, int64_t units, bool backward) {
 // group on 16 warps sharing the B, C tiles; 21: both heads in each of 8 warps. (Variant 5 in
 // clusters of head-pair blocks sharing B and C by TMA multicast was slower: 64K 3.00 ms in
 // clusters of 2, 6.11 in clusters of 4, run15/b; its code is in ad566df.)
+// 6 (opt-in): 5 with each head's chunk scan on its own producer warp (where 5 runs).
 // HLM_SSD_FWD_VARIANT picks among those that apply.
 int forward_variant(int64_t P, int64_t heads_per_group) {
   const bool wgmma = P == 64 && device_props().major == 9;
   const char* env = std::getenv("HLM_SSD_FWD_VARIANT");
   const int v = env && *env ? std::atoi(env) : (wgmma && heads_per_group % 2 == 0 ? 5 : 11);
   if (v == 1 && wgmma) return 1;
-  if (v >= 2 && v <= 5 && wgmma && heads_per_group % 2 == 0) return v;
+  if (v >= 2 && v <= 6 && wgmma && heads_per_group % 2 == 0) return v;
   if ((v == 12 || v == 21) && P <= 64 && heads_per_group % 2 == 0) return v;
   return 11;
 }

@@ -486,7 +486,7 @@ struct WsLayout {
 // (kSwAtom-byte atom columns; C's 8-row blocks in token_block_of_row_block order), both heads'
 // scans; per consumer the bf16 state (core matrices), x w dt and y (both swizzled); then the
 // producer's scan scratch and the barriers.
-template <int N>
+template <int N, bool kScan2 = false>
 struct WsTmaLayout {
   using TX = wg::CoreTile<kQ, kP>;
   using TN = wg::CoreTile<kQ, N>;
@@ -505,7 +505,7 @@ struct WsTmaLayout {
   static constexpr size_t consumers = kStages * stage;
   static constexpr size_t raw = consumers + 2 * consumer;
   static constexpr size_t bnd = raw + 2 * kQ * 4;
-  static constexpr size_t bars = bnd + kQ * 4;
+  static constexpr size_t bars = bnd + (kScan2 ? 2 : 1) * kQ * 4;  // kScan2: boundary flags per scan warp
   static constexpr size_t total = bars + 2 * kStages * 8 + 1024;
   static_assert(N % 64 == 0 && consumer % 1024 == 0 && c_xw % 1024 == 0 && bars % 8 == 0, "aligned regions");
   static_assert(total <= 227 * 1024, "fits sm_90's shared memory per block");
@@ -527,12 +527,15 @@ struct WsMaps {
 // .c; one thread issues a stage's 20 boxes, its full barrier counting their bytes) into TMA's
 // 128-byte swizzle, which the wgmma descriptors read directly; C's rows in token_of_row_blocks
 // order (8-row boxes), x w dt swizzled too.
-template <int N, bool kEarlyG, bool kPipe, bool kTmaY = false, bool kTmaLd = false>
+// kScan2 (variant 6; with kTmaLd): each head's chunk scan on its own producer warp (warps 2 and 3),
+// not both on warp 3.
+template <int N, bool kEarlyG, bool kPipe, bool kTmaY = false, bool kTmaLd = false, bool kScan2 = false>
 __global__ void __launch_bounds__(kWsThreads, 1)
     ssd_fwd_ws_kernel(const SsdArgs a, const __grid_constant__ WsMaps maps) {
   static_assert(!kTmaY || kPipe, "the TMA store of y is variant 3's");
   static_assert(!kTmaLd || kTmaY, "the TMA loads are variant 4's");
-  using L = std::conditional_t<kTmaLd, WsTmaLayout<N>, WsLayout<N, kTmaY>>;
+  static_assert(!kScan2 || kTmaLd, "two scan warps need the TMA loads' free producer warps");
+  using L = std::conditional_t<kTmaLd, WsTmaLayout<N, kScan2>, WsLayout<N, kTmaY>>;
   using TX = typename L::TX;
   using TN = typename L::TN;
   using TH = typename L::TH;
@@ -551,7 +554,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   auto stage_of = [&](int k) { return sm + (k % kStages) * L::stage; };
   if (tid == 0)
     for (int s = 0; s < kStages; ++s) {
-      mma::mbar_init(&full[s], kTmaLd ? 1 + 32 : kThreads);  // the producer warpgroup's threads (kTmaLd: the
+      mma::mbar_init(&full[s], kTmaLd ? 1 + (kScan2 ? 64 : 32) : kThreads);  // the producer warpgroup's threads (kTmaLd: the
                                                              // loading thread and the scan warp)
       mma::mbar_init(&empty[s], 2 * kThreads);     // every consumer thread
     }
@@ -563,6 +566,41 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     auto wait_empty = [&](int k) {
       if (k >= kStages) mma::mbar_wait(&empty[k % kStages], static_cast<unsigned>((k / kStages - 1) & 1));
     };
+    if (kScan2 && pw >= 2) {  // head h0 + pw - 2's chunk scans (as below, for one head)
+      const int hj = pw - 2, hs = h0 + hj;
+      const float As = -expf(load_any(a.A_log, a.A_type, hs));
+      const float biass = a.dt_bias ? load_any(a.dt_bias, a.bias_type, hs) : 0.f;
+      auto* rawf = reinterpret_cast<float*>(sm + L::raw) + hj * kQ;
+      auto* bndf = reinterpret_cast<int*>(sm + L::bnd) + hj * kQ;
+      const int32_t* docr = a.doc ? a.doc + static_cast<int64_t>(b) * a.ld_doc : nullptr;
+      float dtv[2];
+      int bv[2];
+      auto fetch = [&](int c) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int t = c * kQ + lane + 32 * e, tc = min(t, T - 1);
+          dtv[e] = t < T ? load_any(a.dt, a.dt_type, (rowb + tc) * a.ld_dt + hs) : 0.f;
+          bv[e] = docr && t > 0 && t < T && docr[tc] != docr[tc - 1] ? 1 : 0;
+        }
+      };
+      fetch(c_begin);
+      for (int k = 0; k < nck; ++k) {
+        const int c = c_begin + k;
+        wait_empty(k);
+        __syncwarp();  // the previous chunk's scan finished reading rawf / bndf
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          rawf[lane + 32 * e] = dtv[e];
+          bndf[lane + 32 * e] = bv[e];
+        }
+        __syncwarp();
+        if (k + 1 < nck) fetch(c + 1);
+        auto* scans = reinterpret_cast<ChunkScan<kQ>*>(stage_of(k) + L::st_scan);
+        chunk_scan_warp<kQ, false>(scans[hj], rawf, bndf, min(kQ, T - c * kQ), As, biass, a.dt_min, a.dt_max);
+        mma::mbar_arrive(&full[k % kStages]);  // releases the scan's writes
+      }
+      return;
+    }
     if (pw == 3) {  // both heads' chunk scans
       const float A0 = -expf(load_any(a.A_log, a.A_type, h0)), A1 = -expf(load_any(a.A_log, a.A_type, h0 + 1));
       const float bias0 = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h0) : 0.f;
@@ -605,7 +643,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       }
       return;
     }
-    if constexpr (kTmaLd) {  // lane 0 of warp 0 issues every load; warps 1 and 2 have nothing to do
+    if constexpr (kTmaLd) {  // lane 0 of warp 0 issues every load; warps 1 and 2 (kScan2: 1) have nothing to do
       if (pw != 0 || lane != 0) return;
       for (int k = 0; k < nck; ++k) {
         const int c = c_begin + k, t0 = c * kQ;
@@ -869,6 +907,7 @@ void launch_fwd_ws(const SsdArgs& a) {
   using L = WsLayout<N>;
   using LT = WsLayout<N, true>;
   using LL = WsTmaLayout<N>;
+  using LS = WsTmaLayout<N, true>;
   const char* env = std::getenv("HLM_SSD_WS_EARLY_G");  // read per call, as the other SSD knobs
   const bool early_g = !(env && std::atoi(env) == 0);
   WsMaps maps{};
@@ -883,11 +922,11 @@ void launch_fwd_ws(const SsdArgs& a) {
   };
   if (a.fwd_variant >= 4) {
     tma_y = encode(maps.y, a.y, a.H * kP, a.ld_y, kQ);
-    tma_ld = a.fwd_variant == 5 && tma_y && encode(maps.x, a.x, a.H * kP, a.ld_x, kQ) &&
+    tma_ld = a.fwd_variant >= 5 && tma_y && encode(maps.x, a.x, a.H * kP, a.ld_x, kQ) &&
              encode(maps.b, a.Bm, a.G * N, a.ld_B, kQ) && encode(maps.c, a.Cm, a.G * N, a.ld_C, 8);
     // Asked for by name: a once-per-process note, so that an A/B never times 3 as 4 (or 4 as 5) unseen.
     static bool warned = false;
-    const bool short_of = a.fwd_variant == 5 ? !tma_ld : !tma_y;
+    const bool short_of = a.fwd_variant >= 5 ? !tma_ld : !tma_y;
     const char* venv = !short_of || warned ? nullptr : std::getenv("HLM_SSD_FWD_VARIANT");
     if (venv && std::atoi(venv) == a.fwd_variant) {
       warned = true;
@@ -897,7 +936,9 @@ void launch_fwd_ws(const SsdArgs& a) {
                    a.fwd_variant, tma_y ? "x, B or C" : "y", tma_y ? 4 : 3);
     }
   }
-  auto kernel = tma_ld               ? ssd_fwd_ws_kernel<N, true, true, true, true>
+  const bool scan2 = tma_ld && a.fwd_variant == 6;
+  auto kernel = scan2                ? ssd_fwd_ws_kernel<N, true, true, true, true, true>
+                : tma_ld             ? ssd_fwd_ws_kernel<N, true, true, true, true>
                 : tma_y              ? ssd_fwd_ws_kernel<N, true, true, true>
                 : a.fwd_variant >= 3 ? ssd_fwd_ws_kernel<N, true, true>
                 : early_g            ? ssd_fwd_ws_kernel<N, true, false>
@@ -914,11 +955,14 @@ void launch_fwd_ws(const SsdArgs& a) {
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LT::total)));
     HLM_CUDA_CHECK(cudaFuncSetAttribute(ssd_fwd_ws_kernel<N, true, true, true, true>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LL::total)));
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(ssd_fwd_ws_kernel<N, true, true, true, true, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LS::total)));
     return true;
   }();
   (void)attr_set;
   dim3 grid(static_cast<unsigned>(a.H / 2), static_cast<unsigned>(a.nseg), static_cast<unsigned>(a.B));
-  HLM_LAUNCH(kernel, grid, dim3(kWsThreads), tma_ld ? LL::total : tma_y ? LT::total : L::total, args, maps);
+  HLM_LAUNCH(kernel, grid, dim3(kWsThreads), scan2 ? LS::total : tma_ld ? LL::total : tma_y ? LT::total : L::total, args,
+             maps);
   HLM_CUDA_CHECK_LAUNCH();
 }
 
