@@ -287,14 +287,68 @@ void cp_wait(int pending) {
   }
 }
 
+namespace {
+// Every element n of a box at coords: f(shared-memory offset of element n from the dynamic base,
+// with the 128-byte swizzle applied to tile + n * elem_bytes; its byte offset in the tensor; whether it
+// lies inside the tensor's dims). Shared by the bulk stores and loads.
+template <class F>
+void for_each_box_element(const TmaDesc& d, uintptr_t tile, const int* coords, F&& f) {
+  const size_t eb = static_cast<size_t>(d.elem_bytes);
+  size_t total = 1;
+  for (int i = 0; i < d.rank; ++i) total *= d.box[i];
+  for (size_t n = 0; n < total; ++n) {
+    size_t rem = n;
+    bool inside = true;
+    size_t goff = 0;
+    for (int i = 0; i < d.rank; ++i) {
+      const uint32_t idx = static_cast<uint32_t>(rem % d.box[i]);
+      rem /= d.box[i];
+      const int64_t g = static_cast<int64_t>(coords[i]) + idx;
+      if (g < 0 || static_cast<uint64_t>(g) >= d.dims[i]) inside = false;
+      if (inside) goff += static_cast<size_t>(g) * d.strides[i];
+    }
+    uintptr_t s = tile + n * eb;
+    if (d.swizzle_bytes == 128) s ^= ((s >> 7) & 7) << 4;
+    f(s, goff, inside);
+  }
+}
+
+size_t box_bytes(const TmaDesc& d) {
+  size_t bytes = static_cast<size_t>(d.elem_bytes);
+  for (int i = 0; i < d.rank; ++i) bytes *= d.box[i];
+  return bytes;
+}
+
+// Elements outside the tensor are not written.
+void run_bulk_store(const BulkStore& st) {
+  const TmaDesc& d = st.desc;
+  const size_t eb = static_cast<size_t>(d.elem_bytes);
+  for_each_box_element(d, static_cast<uintptr_t>(st.smem - g_blk->smem), st.coords,
+                       [&](uintptr_t s, size_t goff, bool inside) {
+                         if (inside) std::memcpy(static_cast<unsigned char*>(d.base) + goff, g_blk->smem + s, eb);
+                       });
+}
+
+// Elements outside the tensor read as zero.
+void run_bulk_load(const BulkLoad& ld) {
+  const TmaDesc& d = ld.desc;
+  const size_t eb = static_cast<size_t>(d.elem_bytes);
+  for_each_box_element(d, static_cast<uintptr_t>(ld.smem - g_blk->smem), ld.coords,
+                       [&](uintptr_t s, size_t goff, bool inside) {
+                         if (inside)
+                           std::memcpy(g_blk->smem + s, static_cast<const unsigned char*>(d.base) + goff, eb);
+                         else
+                           std::memset(g_blk->smem + s, 0, eb);
+                       });
+}
+}  // namespace
+
 void bulk_tensor_store(const void* desc, const void* smem, const int* coords) {
   BulkStore st{};
   std::memcpy(&st.desc, desc, sizeof(TmaDesc));
   const TmaDesc& d = st.desc;
   if (d.rank < 1 || d.rank > 5 || d.base == nullptr) die("bulk tensor store: not an encoded tensor map");
-  size_t bytes = static_cast<size_t>(d.elem_bytes);
-  for (int i = 0; i < d.rank; ++i) bytes *= d.box[i];
-  check_smem(smem, bytes, "bulk tensor store");
+  check_smem(smem, box_bytes(d), "bulk tensor store");
   const uintptr_t off = static_cast<uintptr_t>(static_cast<const unsigned char*>(smem) - g_blk->smem);
   if (off % (d.swizzle_bytes == 128 ? 1024 : 128) != 0) die("bulk tensor store: misaligned shared tile");
   st.smem = static_cast<const unsigned char*>(smem);
@@ -307,64 +361,6 @@ void bulk_commit() {
   g_cur->bulk_open.clear();
 }
 
-namespace {
-void run_bulk_store(const BulkStore& st) {
-  const TmaDesc& d = st.desc;
-  const size_t eb = static_cast<size_t>(d.elem_bytes);
-  const uintptr_t tile = static_cast<uintptr_t>(st.smem - g_blk->smem);
-  uint32_t idx[5] = {0, 0, 0, 0, 0};
-  size_t total = 1;
-  for (int i = 0; i < d.rank; ++i) total *= d.box[i];
-  for (size_t n = 0; n < total; ++n) {
-    size_t rem = n;
-    bool inside = true;
-    size_t goff = 0;
-    for (int i = 0; i < d.rank; ++i) {
-      idx[i] = static_cast<uint32_t>(rem % d.box[i]);
-      rem /= d.box[i];
-      const int64_t g = static_cast<int64_t>(st.coords[i]) + idx[i];
-      if (g < 0 || static_cast<uint64_t>(g) >= d.dims[i]) inside = false;
-      goff += static_cast<size_t>(g) * d.strides[i];
-    }
-    uintptr_t s = tile + n * eb;
-    if (d.swizzle_bytes == 128) s ^= ((s >> 7) & 7) << 4;
-    if (inside) std::memcpy(static_cast<unsigned char*>(d.base) + goff, g_blk->smem + s, eb);
-  }
-}
-}  // namespace
-
-namespace {
-size_t box_bytes(const TmaDesc& d) {
-  size_t bytes = static_cast<size_t>(d.elem_bytes);
-  for (int i = 0; i < d.rank; ++i) bytes *= d.box[i];
-  return bytes;
-}
-void run_bulk_load(const BulkLoad& ld) {
-  const TmaDesc& d = ld.desc;
-  const size_t eb = static_cast<size_t>(d.elem_bytes);
-  const uintptr_t tile = static_cast<uintptr_t>(ld.smem - g_blk->smem);
-  size_t total = 1;
-  for (int i = 0; i < d.rank; ++i) total *= d.box[i];
-  for (size_t n = 0; n < total; ++n) {
-    size_t rem = n;
-    bool inside = true;
-    size_t goff = 0;
-    for (int i = 0; i < d.rank; ++i) {
-      const uint32_t idx = static_cast<uint32_t>(rem % d.box[i]);
-      rem /= d.box[i];
-      const int64_t g = static_cast<int64_t>(ld.coords[i]) + idx;
-      if (g < 0 || static_cast<uint64_t>(g) >= d.dims[i]) inside = false;
-      if (inside) goff += static_cast<size_t>(g) * d.strides[i];
-    }
-    uintptr_t s = tile + n * eb;
-    if (d.swizzle_bytes == 128) s ^= ((s >> 7) & 7) << 4;
-    if (inside)
-      std::memcpy(g_blk->smem + s, static_cast<const unsigned char*>(d.base) + goff, eb);
-    else
-      std::memset(g_blk->smem + s, 0, eb);
-  }
-}
-}  // namespace
 
 void bulk_wait(int pending) {
   while (static_cast<int>(g_cur->bulk_groups.size()) > pending) {

@@ -566,59 +566,30 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     auto wait_empty = [&](int k) {
       if (k >= kStages) mma::mbar_wait(&empty[k % kStages], static_cast<unsigned>((k / kStages - 1) & 1));
     };
-    if (kScan2 && pw >= 2) {  // head h0 + pw - 2's chunk scans (as below, for one head)
-      const int hj = pw - 2, hs = h0 + hj;
-      const float As = -expf(load_any(a.A_log, a.A_type, hs));
-      const float biass = a.dt_bias ? load_any(a.dt_bias, a.bias_type, hs) : 0.f;
-      auto* rawf = reinterpret_cast<float*>(sm + L::raw) + hj * kQ;
-      auto* bndf = reinterpret_cast<int*>(sm + L::bnd) + hj * kQ;
+    // The chunk scans: both heads on warp 3, or (kScan2) head h0 + pw - 2 on warps 2 and 3.
+    if (kScan2 ? pw >= 2 : pw == 3) {
+      constexpr int kH = kScan2 ? 1 : 2;     // heads per scan warp
+      const int hj0 = kScan2 ? pw - 2 : 0;  // its first head, h0 + hj0
+      float Av[kH], biasv[kH];
+#pragma unroll
+      for (int jj = 0; jj < kH; ++jj) Av[jj] = -expf(load_any(a.A_log, a.A_type, h0 + hj0 + jj));
+#pragma unroll
+      for (int jj = 0; jj < kH; ++jj) biasv[jj] = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h0 + hj0 + jj) : 0.f;
+      // this warp's scratch: raw dt of head jj at rawf + jj Q, the boundary flags at bndf
+      auto* rawf = reinterpret_cast<float*>(sm + L::raw) + hj0 * kQ;
+      auto* bndf = reinterpret_cast<int*>(sm + L::bnd) + hj0 * kQ;
       const int32_t* docr = a.doc ? a.doc + static_cast<int64_t>(b) * a.ld_doc : nullptr;
-      float dtv[2];
+      // Raw dt of the warp's heads and the boundary flags of chunk c, tokens lane and lane + 32:
+      // loaded one chunk ahead (the loads fly while this chunk is scanned).
+      float dtv[kH][2];
       int bv[2];
       auto fetch = [&](int c) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int t = c * kQ + lane + 32 * e, tc = min(t, T - 1);
-          dtv[e] = t < T ? load_any(a.dt, a.dt_type, (rowb + tc) * a.ld_dt + hs) : 0.f;
-          bv[e] = docr && t > 0 && t < T && docr[tc] != docr[tc - 1] ? 1 : 0;
-        }
-      };
-      fetch(c_begin);
-      for (int k = 0; k < nck; ++k) {
-        const int c = c_begin + k;
-        wait_empty(k);
-        __syncwarp();  // the previous chunk's scan finished reading rawf / bndf
+          const int64_t i = (rowb + tc) * a.ld_dt + h0 + hj0;
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          rawf[lane + 32 * e] = dtv[e];
-          bndf[lane + 32 * e] = bv[e];
-        }
-        __syncwarp();
-        if (k + 1 < nck) fetch(c + 1);
-        auto* scans = reinterpret_cast<ChunkScan<kQ>*>(stage_of(k) + L::st_scan);
-        chunk_scan_warp<kQ, false>(scans[hj], rawf, bndf, min(kQ, T - c * kQ), As, biass, a.dt_min, a.dt_max);
-        mma::mbar_arrive(&full[k % kStages]);  // releases the scan's writes
-      }
-      return;
-    }
-    if (pw == 3) {  // both heads' chunk scans
-      const float A0 = -expf(load_any(a.A_log, a.A_type, h0)), A1 = -expf(load_any(a.A_log, a.A_type, h0 + 1));
-      const float bias0 = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h0) : 0.f;
-      const float bias1 = a.dt_bias ? load_any(a.dt_bias, a.bias_type, h0 + 1) : 0.f;
-      auto* rawf = reinterpret_cast<float*>(sm + L::raw);
-      auto* bndf = reinterpret_cast<int*>(sm + L::bnd);
-      const int32_t* docr = a.doc ? a.doc + static_cast<int64_t>(b) * a.ld_doc : nullptr;
-      // Raw dt of both heads and the boundary flags of chunk c, tokens lane and lane + 32: loaded
-      // one chunk ahead (the loads fly while this chunk is scanned).
-      float dtv[2][2];
-      int bv[2];
-      auto fetch = [&](int c) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int t = c * kQ + lane + 32 * e, tc = min(t, T - 1);
-          const int64_t i = (rowb + tc) * a.ld_dt + h0;
-          dtv[0][e] = t < T ? load_any(a.dt, a.dt_type, i) : 0.f;
-          dtv[1][e] = t < T ? load_any(a.dt, a.dt_type, i + 1) : 0.f;
+          for (int jj = 0; jj < kH; ++jj) dtv[jj][e] = t < T ? load_any(a.dt, a.dt_type, i + jj) : 0.f;
           bv[e] = docr && t > 0 && t < T && docr[tc] != docr[tc - 1] ? 1 : 0;
         }
       };
@@ -629,16 +600,18 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         __syncwarp();  // the previous chunk's scans finished reading rawf / bndf
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          rawf[lane + 32 * e] = dtv[0][e];
-          rawf[kQ + lane + 32 * e] = dtv[1][e];
+#pragma unroll
+          for (int jj = 0; jj < kH; ++jj) rawf[jj * kQ + lane + 32 * e] = dtv[jj][e];
           bndf[lane + 32 * e] = bv[e];
         }
         __syncwarp();
         if (k + 1 < nck) fetch(c + 1);
         const int valid = min(kQ, T - c * kQ);
         auto* scans = reinterpret_cast<ChunkScan<kQ>*>(stage_of(k) + L::st_scan);
-        chunk_scan_warp<kQ, false>(scans[0], rawf, bndf, valid, A0, bias0, a.dt_min, a.dt_max);
-        chunk_scan_warp<kQ, false>(scans[1], rawf + kQ, bndf, valid, A1, bias1, a.dt_min, a.dt_max);
+#pragma unroll
+        for (int jj = 0; jj < kH; ++jj)
+          chunk_scan_warp<kQ, false>(scans[hj0 + jj], rawf + jj * kQ, bndf, valid, Av[jj], biasv[jj], a.dt_min,
+                                     a.dt_max);
         mma::mbar_arrive(&full[k % kStages]);  // releases the scans' writes
       }
       return;

@@ -93,50 +93,45 @@ __device__ __forceinline__ void arrive_when_landed(uint64_t* full) {
   mma::mbar_arrive(full);
 }
 
-// dst[r][:] = bf16(src[r][:] coef[token of row r]) for a CoreTile<64, 64> (rows permuted by
-// token_of_row() if kPermuted; the activation tiles x, dy), by kT threads (this one idx), 16
-// contiguous bytes per thread and step; src and dst share the layout. Rounded as every SSD kernel
-// rounds x w dt: bf16 of the bf16 element times the fp32 coefficient. The caller fences for the
-// async proxy.
-template <int kT, bool kPermuted>
-__device__ __forceinline__ void scale_rows_core(unsigned char* dst, const unsigned char* src, const float* coef,
-                                                int idx) {
-  using TX = wg::CoreTile<64, 64>;
-  constexpr int kSteps = TX::kBytes / 16 / kT;
-  uint4 u[kSteps];
-#pragma unroll
-  for (int k = 0; k < kSteps; ++k) u[k] = *reinterpret_cast<const uint4*>(src + (idx + k * kT) * 16);
-#pragma unroll
-  for (int k = 0; k < kSteps; ++k) {
-    const int off = (idx + k * kT) * 16;
-    // byte offset -> row: (r / 8) row groups, then (r % 8) 16-byte rows in a core matrix
-    const int r = off / TX::kRowGroup * 8 + (off % 128) / 16;
-    const float sc = coef[kPermuted ? token_of_row(r) : r];
-    uint32_t v[4] = {u[k].x, u[k].y, u[k].z, u[k].w};
-#pragma unroll
-    for (int e = 0; e < 4; ++e) v[e] = mma::pack_bf16x2(mma::bf16_lo(v[e]) * sc, mma::bf16_hi(v[e]) * sc);
-    *reinterpret_cast<uint4*>(dst + off) = make_uint4(v[0], v[1], v[2], v[3]);
-  }
-}
-
-// scale_rows_core for a [64][64] tile in TMA's 128-byte swizzle (tma::sw128_offset; src and dst
-// share it): the swizzle moves 16-byte chunks within their 128-byte row, so chunk i is row i / 8.
-template <int kT>
-__device__ __forceinline__ void scale_rows_sw128(unsigned char* dst, const unsigned char* src, const float* coef,
-                                                 int idx) {
+// dst = bf16(src coef[token of the row]) for a 64 x 64 bf16 tile of 8 KB, by kT threads (this one
+// idx), 16 contiguous bytes per thread and step; src and dst share the layout, and row_of(byte
+// offset) gives the token of the row holding it. Rounded as every SSD kernel rounds x w dt: bf16 of
+// the bf16 element times the fp32 coefficient. The caller fences for the async proxy.
+template <int kT, class RowOf>
+__device__ __forceinline__ void scale_rows(unsigned char* dst, const unsigned char* src, const float* coef, int idx,
+                                           RowOf row_of) {
   constexpr int kSteps = 64 * 64 * 2 / 16 / kT;
   uint4 u[kSteps];
 #pragma unroll
   for (int k = 0; k < kSteps; ++k) u[k] = *reinterpret_cast<const uint4*>(src + (idx + k * kT) * 16);
 #pragma unroll
   for (int k = 0; k < kSteps; ++k) {
-    const int i = idx + k * kT;
-    const float sc = coef[i >> 3];
+    const int off = (idx + k * kT) * 16;
+    const float sc = coef[row_of(off)];
     uint32_t v[4] = {u[k].x, u[k].y, u[k].z, u[k].w};
 #pragma unroll
     for (int e = 0; e < 4; ++e) v[e] = mma::pack_bf16x2(mma::bf16_lo(v[e]) * sc, mma::bf16_hi(v[e]) * sc);
-    *reinterpret_cast<uint4*>(dst + i * 16) = make_uint4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<uint4*>(dst + off) = make_uint4(v[0], v[1], v[2], v[3]);
   }
+}
+// For a CoreTile<64, 64> (rows permuted by token_of_row() if kPermuted; the activation tiles x, dy).
+template <int kT, bool kPermuted>
+__device__ __forceinline__ void scale_rows_core(unsigned char* dst, const unsigned char* src, const float* coef,
+                                                int idx) {
+  scale_rows<kT>(dst, src, coef, idx, [](int off) {
+    using TX = wg::CoreTile<64, 64>;
+    // byte offset -> row: (r / 8) row groups, then (r % 8) 16-byte rows in a core matrix
+    const int r = off / TX::kRowGroup * 8 + (off % 128) / 16;
+    return kPermuted ? token_of_row(r) : r;
+  });
+}
+
+// For a [64][64] tile in TMA's 128-byte swizzle (tma::sw128_offset): the swizzle moves 16-byte
+// chunks within their 128-byte row, so the byte at off is in row off / 128.
+template <int kT>
+__device__ __forceinline__ void scale_rows_sw128(unsigned char* dst, const unsigned char* src, const float* coef,
+                                                 int idx) {
+  scale_rows<kT>(dst, src, coef, idx, [](int off) { return off >> 7; });
 }
 
 }  // namespace hlm::cuda::ssd
