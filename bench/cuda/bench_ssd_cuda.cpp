@@ -2,8 +2,9 @@
 // update) at the Mamba-2-Hybrid 8B mixer shape next to the reference numbers of shared/gpu.md.
 // Each configuration is first checked against the CPU op at a small length (exit 1 on mismatch).
 //   bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only] [--profile L] [--forward-ab]
-// --forward-ab: the forward walks alone (variants 11, 4, 5, 6 at 4K, 16K, 64K and 8 x 8K, interleaved
-// per length), each variant checked against the CPU first; for A/B runs across builds.
+// --forward-ab: the forward walks alone (variants 11, 4, 5, 6, 7 at 4K, 16K, 64K and 8 x 8K,
+// interleaved per length; then 5, 6, 7 at 4K and 64K with Mamba-2's initial dt and A), each variant
+// checked against the CPU first; for A/B runs across builds.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -80,6 +81,12 @@ struct DevBuf {
 };
 
 // One set of SSD inputs and outputs at [B, L].
+// --forward-ab's second pass: dt and A as Mamba-2 initialises them (per head dt_bias the inverse
+// softplus of a log-uniform dt in [0.001, 0.1], A = -U[1, 16], raw dt ~ N(0, 0.5)) instead of the
+// default data's stronger decays (dt ~ 0.3, A ~ -2.7: about e^-50 per 64-token chunk). The
+// forward's variant 7 takes its fast path by chunk decay, so its time depends on them.
+bool g_init_dist = false;
+
 struct SsdSet {
   DevBuf x, dt, Bm, Cm, A_log, D, bias, y, dy, dx, ddt, dB, dC, dA, dD, dbias;
   SsdParams p;
@@ -98,6 +105,18 @@ struct SsdSet {
     fill_random(A_log.t.data, DType::F32, H, seed + 6, 0.5, 1.0);
     fill_random(D.t.data, DType::F32, H, seed + 7, 1.0);
     fill_random(bias.t.data, DType::F32, H, seed + 8, 0.3, -0.5);
+    if (g_init_dist) {
+      std::vector<float> al(static_cast<size_t>(H)), bi(static_cast<size_t>(H));
+      Rng rng(seed + 9, 5);
+      for (size_t h = 0; h < al.size(); ++h) {
+        al[h] = std::log(1.0f + 15.0f * rng.uniform());
+        const double dt0 = std::exp(std::log(0.001) + rng.uniform() * std::log(100.0));
+        bi[h] = static_cast<float>(dt0 + std::log(-std::expm1(-dt0)));  // softplus(bias) = dt0
+      }
+      CK(cudaMemcpy(A_log.t.data, al.data(), al.size() * 4, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(bias.t.data, bi.data(), bi.size() * 4, cudaMemcpyHostToDevice));
+      fill_random(dt.t.data, DType::BF16, dt.t.numel(), seed + 2, 0.5);
+    }
     CK(cudaMemset(dA.t.data, 0, H * 4));
     CK(cudaMemset(dD.t.data, 0, H * 4));
     CK(cudaMemset(dbias.t.data, 0, H * 4));
@@ -477,7 +496,7 @@ int main(int argc, char** argv) {
     }
     if (forward_ab) {
       g_forward_only = true;
-      const auto variants = {"11", "4", "5", "6"};
+      const auto variants = {"11", "4", "5", "6", "7"};
       if (!check_forward_variants(variants)) return 1;
       for (auto [B, len] : {std::pair<int64_t, int64_t>{1, 4096}, {1, 16384}, {1, 65536}, {8, 8192}})
         for (const char* v : variants) {
@@ -485,6 +504,14 @@ int main(int argc, char** argv) {
           bench_ssd(B, len, NAN, NAN, len == 4096 ? 0.15 : len == 65536 ? 1.7 : NAN, NAN, true);
           g_rows.back().name += std::string(" variant ") + v;
         }
+      g_init_dist = true;  // the same at 4K and 64K with Mamba-2's initial dt and A
+      for (int64_t len : {4096, 65536})
+        for (const char* v : {"5", "6", "7"}) {
+          setenv("HLM_SSD_FWD_VARIANT", v, 1);
+          bench_ssd(1, len, NAN, NAN, len == 4096 ? 0.15 : 1.7, NAN, true);
+          g_rows.back().name += std::string(" variant ") + v + ", initial dt and A";
+        }
+      g_init_dist = false;
       unsetenv("HLM_SSD_FWD_VARIANT");
     }
     bool ok = forward_ab || (check_ssd(1, 512) && check_ssd(2, 333) && check_conv(700, 10240) && check_conv_train(2100) &&

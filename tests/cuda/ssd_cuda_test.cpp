@@ -63,6 +63,7 @@ struct Case {
   bool doc = true, h0 = true, slice = false;
   double tol = 1e-2;
   uint64_t seed = 1;
+  float dt_max = 0.5f;  // the dt clamp's upper end (lower: chunks of mild decay)
 };
 
 // Inputs as F32 host tensors holding values exactly representable in the activation dtype.
@@ -95,6 +96,7 @@ HostTensor raw_dt(std::vector<int64_t> shape, uint64_t seed) {
 
 Inputs make_inputs(const Case& c) {
   Inputs in;
+  in.dt_max = c.dt_max;
   const uint64_t s = c.seed * 100;
   in.x = rounded(c.act, {c.B, c.T, c.H, c.P}, s + 1, 1.0);
   in.Bm = rounded(c.act, {c.B, c.T, c.G, c.N}, s + 2, 1.0 / std::sqrt(double(c.N)));
@@ -362,15 +364,16 @@ TEST(SsdCuda, PieceSplits) {
 // that with a scan warp per head), also with forced segment splits.
 TEST(SsdCuda, ForwardBlockShapes) {
   HLM_REQUIRE_GPU();
-  for (const char* v : {"1", "2", "3", "4", "5", "6", "11", "12", "21"}) {
+  for (const char* v : {"1", "2", "3", "4", "5", "6", "7", "11", "12", "21"}) {
     SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
     setenv("HLM_SSD_FWD_VARIANT", v, 1);
     check_forward({2, 1000, 8, 2, 64, 128});
     check_forward({1, 333, 16, 4, 64, 64});
   }
-  for (const char* v : {"1", "2", "3", "4", "5", "6"}) {  // the wgmma walks: one warpgroup per head; warp-
-                                                          // specialised (3: reordered; 4: TMA y; 5: TMA
-                                                          // loads too; 6: a scan warp per head)
+  for (const char* v : {"1", "2", "3", "4", "5", "6", "7"}) {  // the wgmma walks: one warpgroup per head;
+                                                               // warp-specialised (3: reordered; 4: TMA y;
+                                                               // 5: TMA loads too; 6: a scan warp per
+                                                               // head; 7: 6 with factored scans)
     SCOPED_TRACE(std::string("HLM_SSD_FWD_VARIANT=") + v);
     setenv("HLM_SSD_FWD_VARIANT", v, 1);
     {  // dt a bf16 column slice at an odd offset (the walk of variant 1 copies the words holding it)
@@ -397,6 +400,33 @@ TEST(SsdCuda, ForwardBlockShapes) {
   check_forward({1, 333, 16, 4, 64, 64});
   ScopedEnv segs("HLM_SSD_SEG_CHUNKS", "3");
   check_forward({2, 1000, 8, 2, 64, 128});
+}
+
+// Forward variant 7 (factored scans) where its fast chunks and the state's rescales happen: dt
+// clamped low (every chunk without a boundary fast; the state's scale reaches its floor within a
+// segment) and in between (chunks fast or exact by their decay), documents or none, one segment or
+// several, the 8B shape.
+TEST(SsdCuda, ForwardFactoredScans) {
+  HLM_REQUIRE_GPU();
+  ScopedEnv variant("HLM_SSD_FWD_VARIANT", "7");
+  for (float dmax : {0.02f, 0.1f}) {
+    SCOPED_TRACE(dmax);
+    for (const char* segs : {"0", "1", "5"}) {
+      SCOPED_TRACE(std::string("HLM_SSD_SEG_CHUNKS=") + segs);
+      ScopedEnv seg("HLM_SSD_SEG_CHUNKS", segs);
+      Case n{1, 3000, 4, 1, 64, 128};
+      n.doc = false;
+      n.dt_max = dmax;
+      check_forward(n);
+      Case d{2, 1000, 8, 2, 64, 64};
+      d.dt_max = dmax;
+      check_forward(d);
+    }
+  }
+  Case e{1, 4096, 128, 8, 64, 128};
+  e.doc = false;
+  e.dt_max = 0.05f;
+  check_forward(e);
 }
 
 // The chunk-gradient kernels of the backward (HLM_SSD_BWD_VARIANT: 1 the wgmma kernel, the default

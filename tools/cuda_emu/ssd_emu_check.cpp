@@ -37,11 +37,14 @@ double round_to(double v, DType t) {
   return static_cast<float>(v);
 }
 
+double g_dt_max = 0.6;  // the dt clamp's upper end (the factor group lowers it: chunks of mild decay)
+int g_doc_gap = 90;     // documents' lengths up to this (the factor group: longer, chunks without a boundary)
+
 Problem make_problem(int B, int T, int H, int G, int P, int N, bool doc, bool h0, DType act, unsigned seed) {
   Problem pr{};
   pr.B = B; pr.T = T; pr.H = H; pr.G = G; pr.P = P; pr.N = N;
   pr.use_doc = doc; pr.use_h0 = h0; pr.use_D = true; pr.use_bias = true;
-  pr.dt_min = 0.002f; pr.dt_max = 0.6f;
+  pr.dt_min = 0.002f; pr.dt_max = static_cast<float>(g_dt_max);
   std::mt19937 rng(seed);
   std::normal_distribution<double> nd(0.0, 1.0);
   std::uniform_real_distribution<double> ud(0.0, 1.0);
@@ -68,7 +71,7 @@ Problem make_problem(int B, int T, int H, int G, int P, int N, bool doc, bool h0
       for (int t = 0; t < T; ++t) {
         if (t == t_next || t == 64) {  // one boundary exactly at a chunk start
           ++id;
-          t_next = t + 1 + int(ud(rng) * 90);
+          t_next = t + 1 + int(ud(rng) * g_doc_gap);
         }
         pr.doc[size_t(b) * T + t] = id % 2;  // ids repeat: boundaries, not ids, separate documents
       }
@@ -332,7 +335,7 @@ int main(int argc, char** argv) {
   // name contains it ("fast": the fast* groups).
   const std::vector<std::string> groups = {"fd",       "generic",   "fast64x128", "segments", "pieces",   "variants",
                                            "ws",       "bwdwg",     "bwdpipe",    "rowmajor", "bwdws",    "fastexact",
-                                           "fast64x64", "fast128x128", "heads",   "step"};
+                                           "fast64x64", "fast128x128", "heads",   "step",     "factor"};
   const bool exact = std::find(groups.begin(), groups.end(), filter) != groups.end();
   auto want = [&](const char* n) {
     if (std::find(groups.begin(), groups.end(), n) == groups.end()) {
@@ -398,6 +401,24 @@ int main(int argc, char** argv) {
     setenv("HLM_SSD_WS_EARLY_G", "0", 1);
     run_case("ws-late-g", 1, 600, 4, 1, 64, 128, true, true, DType::BF16, 1e-2, false);
     unsetenv("HLM_SSD_WS_EARLY_G");
+    unsetenv("HLM_SSD_SEG_CHUNKS");
+    unsetenv("HLM_SSD_FWD_VARIANT");
+  }
+  if (want("factor")) {  // variant 7 (factored scans) where its fast chunks and rescales happen: dt
+                         // clamped to 0.02 (every chunk without a boundary fast; the state's scale
+                         // reaches its floor within a segment for the larger decays) and to 0.1
+                         // (chunks fast and exact by their decay), with and without documents
+    setenv("HLM_SSD_FWD_VARIANT", "7", 0);
+    setenv("HLM_SSD_SEG_CHUNKS", "8", 1);
+    for (double dmax : {0.02, 0.1}) {
+      g_dt_max = dmax;
+      std::printf("dt_max=%g\n", dmax);
+      run_case("factor-nodoc", 1, 1100, 4, 1, 64, 128, false, true, DType::BF16, 1e-2, false);
+      g_doc_gap = 400;
+      run_case("factor-doc", 2, 700, 4, 2, 64, 64, true, false, DType::BF16, 1e-2, false);
+      g_doc_gap = 90;
+    }
+    g_dt_max = 0.6;
     unsetenv("HLM_SSD_SEG_CHUNKS");
     unsetenv("HLM_SSD_FWD_VARIANT");
   }

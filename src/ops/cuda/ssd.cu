@@ -282,7 +282,7 @@ int forward_variant(int64_t P, int64_t heads_per_group) {
   const char* env = std::getenv("HLM_SSD_FWD_VARIANT");
   const int v = env && *env ? std::atoi(env) : (wgmma && heads_per_group % 2 == 0 ? 5 : 11);
   if (v == 1 && wgmma) return 1;
-  if (v >= 2 && v <= 6 && wgmma && heads_per_group % 2 == 0) return v;
+  if (v >= 2 && v <= 7 && wgmma && heads_per_group % 2 == 0) return v;
   if ((v == 12 || v == 21) && P <= 64 && heads_per_group % 2 == 0) return v;
   return 11;
 }

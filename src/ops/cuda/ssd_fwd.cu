@@ -261,7 +261,7 @@ template <int Q, int P, int N>
 void launch_fwd_fast(const SsdArgs& a) {
   if constexpr (Q == 64 && P == 64) {
     if (a.fwd_variant == 1) return launch_fwd_wg<N>(a);
-    if (a.fwd_variant >= 2 && a.fwd_variant <= 6) return launch_fwd_ws<N>(a);
+    if (a.fwd_variant >= 2 && a.fwd_variant <= 7) return launch_fwd_ws<N>(a);
   }
   if (a.nseg > 1) launch_segment_states<Q, P, N>(a, 0, 1);
   if constexpr (P <= 64) {

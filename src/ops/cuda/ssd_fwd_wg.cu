@@ -71,9 +71,9 @@ __device__ __forceinline__ void load_core_tile_block(unsigned char* S, const bf1
 // are zero is known at compile time: straight-line code the compiler can interleave (with W a
 // run-time value the skips were branches, and the profile showed the math as short dependent runs,
 // round 15).
-template <int W>
-__device__ __forceinline__ void m_fragments_w(uint32_t (&mf)[4][4], const float (&gacc)[32], const ChunkScan<kQ>& S,
-                                              int qq, const int (&t_h)[2]) {
+template <int W, class Scan>
+__device__ __forceinline__ void m_fragments_w(uint32_t (&mf)[4][4], const float (&gacc)[32], const Scan& S, int qq,
+                                              const int (&t_h)[2]) {
   constexpr int kTMax0 = 8 * W + 7, kTMax1 = 63 - 8 * W;  // last token of each half in this warp
   const float cum_t[2] = {S.cum[t_h[0]], S.cum[t_h[1]]};
   const int seg_t[2] = {S.seg[t_h[0]], S.seg[t_h[1]]};
@@ -106,13 +106,59 @@ __device__ __forceinline__ void m_fragments_w(uint32_t (&mf)[4][4], const float 
       }
     }
 }
-__device__ __forceinline__ void m_fragments(uint32_t (&mf)[4][4], const float (&gacc)[32], const ChunkScan<kQ>& S,
-                                            int w, int qq, const int (&t_h)[2]) {
+template <class Scan>
+__device__ __forceinline__ void m_fragments(uint32_t (&mf)[4][4], const float (&gacc)[32], const Scan& S, int w,
+                                            int qq, const int (&t_h)[2]) {
   switch (w) {  // warp-uniform
     case 0: m_fragments_w<0>(mf, gacc, S, qq, t_h); break;
     case 1: m_fragments_w<1>(mf, gacc, S, qq, t_h); break;
     case 2: m_fragments_w<2>(mf, gacc, S, qq, t_h); break;
     default: m_fragments_w<3>(mf, gacc, S, qq, t_h); break;
+  }
+}
+
+// Variant 7's fast chunks (FactoredScan): M[t, s] = G[t, s] fcol[s] for s <= t (the row factor
+// pre[t] is applied to y after the product), rows in token_of_row_blocks order: half 0 of warp W
+// holds token block W, half 1 block 7 - W, so the blocks left of a half's diagonal block are whole
+// (no compare), its diagonal block compares s <= t, and the blocks right of it are zero — all known
+// at compile time but the diagonal's compare.
+template <int W>
+__device__ __forceinline__ void m_fragments_factored_w(uint32_t (&mf)[4][4], const float (&gacc)[32],
+                                                       const float* fcol, int qq, const int (&t_h)[2]) {
+  constexpr int kDiag[2] = {W, 7 - W};
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+    for (int jj = 0; jj < 2; ++jj) {
+      const int j = 2 * ks + jj, s = 8 * j + 2 * qq;
+      if (j > kDiag[0] && j > kDiag[1]) {
+        mf[ks][2 * jj] = mf[ks][2 * jj + 1] = 0u;
+        continue;
+      }
+      const float2 f = *reinterpret_cast<const float2*>(fcol + s);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        if (j > kDiag[half]) {
+          mf[ks][2 * jj + half] = 0u;
+          continue;
+        }
+        float m0 = gacc[4 * j + 2 * half] * f.x, m1 = gacc[4 * j + 2 * half + 1] * f.y;
+        if (j == kDiag[half]) {
+          const int t = t_h[half];
+          m0 = s <= t ? m0 : 0.f;
+          m1 = s + 1 <= t ? m1 : 0.f;
+        }
+        mf[ks][2 * jj + half] = mma::pack_bf16x2(m0, m1);
+      }
+    }
+}
+__device__ __forceinline__ void m_fragments_factored(uint32_t (&mf)[4][4], const float (&gacc)[32], const float* fcol,
+                                                     int w, int qq, const int (&t_h)[2]) {
+  switch (w) {  // warp-uniform
+    case 0: m_fragments_factored_w<0>(mf, gacc, fcol, qq, t_h); break;
+    case 1: m_fragments_factored_w<1>(mf, gacc, fcol, qq, t_h); break;
+    case 2: m_fragments_factored_w<2>(mf, gacc, fcol, qq, t_h); break;
+    default: m_fragments_factored_w<3>(mf, gacc, fcol, qq, t_h); break;
   }
 }
 
@@ -185,13 +231,19 @@ struct WalkThread {
   // The same with the x tile behind desc_x (MN-major), k steps of step_x bytes.
   __device__ __forceinline__ void issue_y_desc(float (&yacc)[32], const uint32_t (&mf)[4][4], const ChunkScan<kQ>& S,
                                                uint64_t desc_x, uint32_t step_x) const {
-    const float e0 = S.eoff[t_h[0]], e1 = S.eoff[t_h[1]];
+    issue_y_rows(yacc, mf, S.eoff[t_h[0]], S.eoff[t_h[1]], true, desc_x, step_x);
+  }
+  // The same with the rows' coefficients given (e0, e1: this thread's two rows), applied when scale.
+  __device__ __forceinline__ void issue_y_rows(float (&yacc)[32], const uint32_t (&mf)[4][4], float e0, float e1,
+                                               bool scale, uint64_t desc_x, uint32_t step_x) const {
+    if (scale) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      yacc[4 * j] *= e0;
-      yacc[4 * j + 1] *= e0;
-      yacc[4 * j + 2] *= e1;
-      yacc[4 * j + 3] *= e1;
+      for (int j = 0; j < 8; ++j) {
+        yacc[4 * j] *= e0;
+        yacc[4 * j + 1] *= e0;
+        yacc[4 * j + 2] *= e1;
+        yacc[4 * j + 3] *= e1;
+      }
     }
     wg::fence();
 #pragma unroll
@@ -204,11 +256,15 @@ struct WalkThread {
     issue_state_update_desc(hacc, gamma, desc_xw, TX::kMnMajorStep,
                             wg::make_desc(wg::smem_addr(Bt), TN::kMnMajorLbo, TN::kMnMajorSbo), TN::kMnMajorStep);
   }
-  // The same with the B tile behind desc_bm (MN-major); k steps of step_xw and step_b bytes.
+  // The same with the B tile behind desc_bm (MN-major); k steps of step_xw and step_b bytes; H
+  // scaled by gamma only when scale (variant 7: when its scan rescales the state).
   __device__ __forceinline__ static void issue_state_update_desc(float (&hacc)[N / 2], float gamma, uint64_t desc_xw,
-                                                                 uint32_t step_xw, uint64_t desc_bm, uint32_t step_b) {
+                                                                 uint32_t step_xw, uint64_t desc_bm, uint32_t step_b,
+                                                                 bool scale = true) {
+    if (scale) {
 #pragma unroll
-    for (int i = 0; i < N / 2; ++i) hacc[i] *= gamma;
+      for (int i = 0; i < N / 2; ++i) hacc[i] *= gamma;
+    }
     wg::fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
@@ -228,6 +284,12 @@ struct WalkThread {
   template <bool kSwY = false, bool kSwX = false>
   __device__ __forceinline__ void y_plus_dx(unsigned char* Y, const unsigned char* X, const float (&yacc)[32],
                                             float Dh) const {
+    y_plus_dx_rows<kSwY, kSwX, false>(Y, X, yacc, Dh, 1.f, 1.f);
+  }
+  // Y = r y + D x, r = r0, r1 for this thread's two rows where kRows (variant 7's fast chunks).
+  template <bool kSwY, bool kSwX, bool kRows>
+  __device__ __forceinline__ void y_plus_dx_rows(unsigned char* Y, const unsigned char* X, const float (&yacc)[32],
+                                                 float Dh, float r0, float r1) const {
     uint32_t xv[16];
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -239,8 +301,11 @@ struct WalkThread {
     for (int j = 0; j < 8; ++j)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const float v0 = yacc[4 * j + 2 * half] + Dh * mma::bf16_lo(xv[2 * j + half]);
-        const float v1 = yacc[4 * j + 2 * half + 1] + Dh * mma::bf16_hi(xv[2 * j + half]);
+        const float r = half ? r1 : r0;
+        const float a0 = kRows ? r * yacc[4 * j + 2 * half] : yacc[4 * j + 2 * half];
+        const float a1 = kRows ? r * yacc[4 * j + 2 * half + 1] : yacc[4 * j + 2 * half + 1];
+        const float v0 = a0 + Dh * mma::bf16_lo(xv[2 * j + half]);
+        const float v1 = a1 + Dh * mma::bf16_hi(xv[2 * j + half]);
         const int off = kSwY ? tma::sw128_offset(t_h[half], 8 * j + 2 * qq) : TX::offset(t_h[half], 8 * j + 2 * qq);
         *reinterpret_cast<uint32_t*>(Y + off) = mma::pack_bf16x2(v0, v1);
       }
@@ -486,7 +551,7 @@ struct WsLayout {
 // (kSwAtom-byte atom columns; C's 8-row blocks in token_block_of_row_block order), both heads'
 // scans; per consumer the bf16 state (core matrices), x w dt and y (both swizzled); then the
 // producer's scan scratch and the barriers.
-template <int N, bool kScan2 = false>
+template <int N, bool kScan2 = false, class Scan = ChunkScan<kQ>>
 struct WsTmaLayout {
   using TX = wg::CoreTile<kQ, kP>;
   using TN = wg::CoreTile<kQ, N>;
@@ -496,7 +561,7 @@ struct WsTmaLayout {
   static constexpr size_t st_b = st_x + 2 * kSwAtom;
   static constexpr size_t st_c = st_b + kBcBytes;
   static constexpr size_t st_scan = st_c + kBcBytes;
-  static constexpr size_t stage = (st_scan + 2 * sizeof(ChunkScan<kQ>) + 1023) / 1024 * 1024;
+  static constexpr size_t stage = (st_scan + 2 * sizeof(Scan) + 1023) / 1024 * 1024;
   static constexpr uint32_t kStageTx = 2 * kSwAtom + 2 * kBcBytes;  // bytes the loads of a stage bring
   static constexpr size_t c_h = 0;
   static constexpr size_t c_xw = c_h + TH::kBytes;
@@ -529,13 +594,20 @@ struct WsMaps {
 // order (8-row boxes), x w dt swizzled too.
 // kScan2 (variant 6; with kTmaLd): each head's chunk scan on its own producer warp (warps 2 and 3),
 // not both on warp 3.
-template <int N, bool kEarlyG, bool kPipe, bool kTmaY = false, bool kTmaLd = false, bool kScan2 = false>
+// kFactor (variant 7; with kScan2): the scans in factored form (FactoredScan): the state kept
+// scaled, rescaled only when its scale runs low or at a boundary; in chunks without a boundary
+// and of moderate decay, M = G ∘ fcol (one multiplication per element, no exponential) and y's
+// row factors applied in the epilogue.
+template <int N, bool kEarlyG, bool kPipe, bool kTmaY = false, bool kTmaLd = false, bool kScan2 = false,
+          bool kFactor = false>
 __global__ void __launch_bounds__(kWsThreads, 1)
     ssd_fwd_ws_kernel(const SsdArgs a, const __grid_constant__ WsMaps maps) {
   static_assert(!kTmaY || kPipe, "the TMA store of y is variant 3's");
   static_assert(!kTmaLd || kTmaY, "the TMA loads are variant 4's");
   static_assert(!kScan2 || kTmaLd, "two scan warps need the TMA loads' free producer warps");
-  using L = std::conditional_t<kTmaLd, WsTmaLayout<N, kScan2>, WsLayout<N, kTmaY>>;
+  static_assert(!kFactor || kScan2, "the factored scans run on variant 6's scan warps");
+  using Scan = std::conditional_t<kFactor, FactoredScan<kQ>, ChunkScan<kQ>>;
+  using L = std::conditional_t<kTmaLd, WsTmaLayout<N, kScan2, Scan>, WsLayout<N, kTmaY>>;
   using TX = typename L::TX;
   using TN = typename L::TN;
   using TH = typename L::TH;
@@ -594,6 +666,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         }
       };
       fetch(c_begin);
+      float gam = 1.f;  // kFactor: the state's scale entering the chunk (FactoredScan)
       for (int k = 0; k < nck; ++k) {
         const int c = c_begin + k;
         wait_empty(k);
@@ -607,11 +680,14 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         __syncwarp();
         if (k + 1 < nck) fetch(c + 1);
         const int valid = min(kQ, T - c * kQ);
-        auto* scans = reinterpret_cast<ChunkScan<kQ>*>(stage_of(k) + L::st_scan);
+        auto* scans = reinterpret_cast<Scan*>(stage_of(k) + L::st_scan);
+        if constexpr (kFactor)
+          chunk_scan_factored_warp<kQ>(scans[hj0], rawf, bndf, valid, Av[0], biasv[0], a.dt_min, a.dt_max, gam);
+        else
 #pragma unroll
-        for (int jj = 0; jj < kH; ++jj)
-          chunk_scan_warp<kQ, false>(scans[hj0 + jj], rawf + jj * kQ, bndf, valid, Av[jj], biasv[jj], a.dt_min,
-                                     a.dt_max);
+          for (int jj = 0; jj < kH; ++jj)
+            chunk_scan_warp<kQ, false>(scans[hj0 + jj], rawf + jj * kQ, bndf, valid, Av[jj], biasv[jj], a.dt_min,
+                                       a.dt_max);
         mma::mbar_arrive(&full[k % kStages]);  // releases the scans' writes
       }
       return;
@@ -723,7 +799,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     // M math, copy-out and epilogue no longer sit between a wait and the next issue.
     auto scale_xw = [&](int kk) {  // x w dt of chunk kk (its stage full) into Xw
       unsigned char* stk = stage_of(kk);
-      const ChunkScan<kQ>& Sk = reinterpret_cast<const ChunkScan<kQ>*>(stk + L::st_scan)[j];
+      const Scan& Sk = reinterpret_cast<const Scan*>(stk + L::st_scan)[j];
       if constexpr (kTmaLd)
         scale_rows_sw128<kThreads>(Xw, stk + L::st_x + j * kSwAtom, Sk.wdt, th.lt);
       else
@@ -735,29 +811,53 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     issue_g(0);
     wg::wait<0>();
     wg::pin(gacc);
+    float gam = 1.f;  // kFactor: the scale of the state in hacc (the last chunk's Gam_out)
     int k = 0;
     do {  // at least one chunk per block, as below
       const int c = c_begin + k;
       unsigned char* st = stage_of(k);
       mma::bar_sync(bar, kThreads);  // (A): Hs, Xw and Ys (the previous chunk's y) written by all four warps
-      const ChunkScan<kQ>& S = reinterpret_cast<const ChunkScan<kQ>*>(st + L::st_scan)[j];
+      const Scan& S = reinterpret_cast<const Scan*>(st + L::st_scan)[j];
       const unsigned char* X = st + L::st_x + j * (kTmaLd ? kSwAtom : TX::kBytes);
       float yacc[32];
       th.template issue_c_product<kTmaLd, false>(yacc, c_desc(st), desc_h, TH::kKMajorStep);
-      if constexpr (kTmaLd)  // B MN-major: atom columns of 64 states kSwAtom apart, 8-row groups 1024
+      // kFactor: the chunk's kind and row factors (FactoredScan); r0, r1 y's factors in the epilogue
+      bool fast = false;
+      float r0 = 1.f, r1 = 1.f;
+      if constexpr (kFactor) {
+        fast = S.fast != 0;
+        gam = S.gam;
+        const float rho = S.rho;
+        th.issue_state_update_desc(hacc, rho, desc_xw, kStepXw,
+                                   wg::make_desc_sw128(wg::smem_addr(st + L::st_b), kSwAtom, 1024), 2048, rho != 1.f);
+        r0 = S.pre[th.t_h[0]];
+        r1 = S.pre[th.t_h[1]];
+      } else if constexpr (kTmaLd) {  // B MN-major: atom columns of 64 states kSwAtom apart, 8-row groups 1024
         th.issue_state_update_desc(hacc, S.gamma, desc_xw, kStepXw,
                                    wg::make_desc_sw128(wg::smem_addr(st + L::st_b), kSwAtom, 1024), 2048);
-      else
+      } else {
         th.issue_state_update(hacc, S.gamma, desc_xw, st + L::st_b);
+      }
       if (k > 0) copy_out_y(c - 1);
       uint32_t mf[4][4];
-      m_fragments(mf, gacc, S, th.w, th.qq, th.t_h);  // G of this chunk completed in the previous one
+      if constexpr (kFactor) {  // G of this chunk completed in the previous one
+        if (fast)
+          m_fragments_factored(mf, gacc, S.fcol, th.w, th.qq, th.t_h);
+        else
+          m_fragments(mf, gacc, S, th.w, th.qq, th.t_h);
+      } else {
+        m_fragments(mf, gacc, S, th.w, th.qq, th.t_h);
+      }
       wg::wait<1>();
       wg::pin(yacc);
-      if constexpr (kTmaLd)  // x MN-major: one atom column, 8-row groups 1024 bytes apart
+      if constexpr (kFactor) {  // fast: y's rows scaled in the epilogue; else Yo's rows here
+        th.issue_y_rows(yacc, mf, r0, r1, !fast, wg::make_desc_sw128(wg::smem_addr(X), kSwAtom, 1024), 2048);
+        if (!fast) r0 = r1 = 1.f;
+      } else if constexpr (kTmaLd) {  // x MN-major: one atom column, 8-row groups 1024 bytes apart
         th.issue_y_desc(yacc, mf, S, wg::make_desc_sw128(wg::smem_addr(X), kSwAtom, 1024), 2048);
-      else
+      } else {
         th.issue_y(yacc, mf, S, X);
+      }
       wg::wait<1>();  // the state update (y may still run)
       wg::pin(hacc);
       if constexpr (kTmaY)
@@ -773,7 +873,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       }
       wg::wait<1>();  // y
       wg::pin(yacc);
-      th.template y_plus_dx<kTmaY, kTmaLd>(Ys, X, yacc, Dh);
+      th.template y_plus_dx_rows<kTmaY, kTmaLd, kFactor>(Ys, X, yacc, Dh, r0, r1);
       if constexpr (kTmaY) wg::fence_async_smem();  // Ys for the TMA store after (A)
       wg::wait<0>();  // the next G: nothing in flight across the loop's back edge
       wg::pin(gacc);
@@ -783,7 +883,12 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     copy_out_y(c_end - 1);
     if constexpr (kTmaY)
       if (th.lt == 0) tma::wait<0, false>();  // y written before the block's shared memory goes
-    if (seg == a.nseg - 1 && a.h_final) th.store_state(a.h_final + state_off, hacc);
+    if (seg == a.nseg - 1 && a.h_final) {
+      if constexpr (kFactor)  // the state is hacc times its scale
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) hacc[i] *= gam;
+      th.store_state(a.h_final + state_off, hacc);
+    }
     return;
   }
   if (kEarlyG) {
@@ -873,7 +978,8 @@ template void launch_fwd_wg<64>(const SsdArgs&);
 // Variant 4: variant 3 with y stored through TMA (a tensor map over y: columns H P, rows T, batch B;
 // box 64 x 64 x 1), where TMA can describe y (16-byte aligned base and row pitch); else 3. Variant 5
 // (the default on sm_90): 4 with x, B and C loaded by TMA too (maps of the same form; C's box 64 x 8
-// x 1), where TMA can describe them; else 4.
+// x 1), where TMA can describe them; else 4. Variants 6 (a scan warp per head) and 7 (6 with the
+// factored scans) fall back to 4 as 5 does.
 template <int N>
 void launch_fwd_ws(const SsdArgs& a) {
   if (a.nseg > 1) launch_segment_states<kQ, kP, N>(a, 0, 1);
@@ -881,6 +987,7 @@ void launch_fwd_ws(const SsdArgs& a) {
   using LT = WsLayout<N, true>;
   using LL = WsTmaLayout<N>;
   using LS = WsTmaLayout<N, true>;
+  using LF = WsTmaLayout<N, true, FactoredScan<kQ>>;
   const char* env = std::getenv("HLM_SSD_WS_EARLY_G");  // read per call, as the other SSD knobs
   const bool early_g = !(env && std::atoi(env) == 0);
   WsMaps maps{};
@@ -909,8 +1016,10 @@ void launch_fwd_ws(const SsdArgs& a) {
                    a.fwd_variant, tma_y ? "x, B or C" : "y", tma_y ? 4 : 3);
     }
   }
+  const bool factor = tma_ld && a.fwd_variant == 7;
   const bool scan2 = tma_ld && a.fwd_variant == 6;
-  auto kernel = scan2                ? ssd_fwd_ws_kernel<N, true, true, true, true, true>
+  auto kernel = factor               ? ssd_fwd_ws_kernel<N, true, true, true, true, true, true>
+                : scan2              ? ssd_fwd_ws_kernel<N, true, true, true, true, true>
                 : tma_ld             ? ssd_fwd_ws_kernel<N, true, true, true, true>
                 : tma_y              ? ssd_fwd_ws_kernel<N, true, true, true>
                 : a.fwd_variant >= 3 ? ssd_fwd_ws_kernel<N, true, true>
@@ -930,12 +1039,14 @@ void launch_fwd_ws(const SsdArgs& a) {
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LL::total)));
     HLM_CUDA_CHECK(cudaFuncSetAttribute(ssd_fwd_ws_kernel<N, true, true, true, true, true>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LS::total)));
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(ssd_fwd_ws_kernel<N, true, true, true, true, true, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LF::total)));
     return true;
   }();
   (void)attr_set;
   dim3 grid(static_cast<unsigned>(a.H / 2), static_cast<unsigned>(a.nseg), static_cast<unsigned>(a.B));
-  HLM_LAUNCH(kernel, grid, dim3(kWsThreads), scan2 ? LS::total : tma_ld ? LL::total : tma_y ? LT::total : L::total, args,
-             maps);
+  const size_t smem = factor ? LF::total : scan2 ? LS::total : tma_ld ? LL::total : tma_y ? LT::total : L::total;
+  HLM_LAUNCH(kernel, grid, dim3(kWsThreads), smem, args, maps);
   HLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -193,32 +193,39 @@ struct ChunkScan {
   float pad_[3];
 };
 
-// kGrad = false (forward, sweeps): d dt / d raw is not needed (left unwritten) and the decays use
-// the fast exponential (arguments <= 0, results in [0, 1]: absolute error ~1e-7).
-template <int Q, bool kGrad = true>
-__device__ __forceinline__ void chunk_scan_warp(ChunkScan<Q>& s, const float* raw, const int* bnd,
-                                                int len, float A, float bias, float dt_min,
-                                                float dt_max) {
+// One warp's scan of a head's chunk, in registers: lane l holds tokens E l .. E l + E - 1 (E = Q /
+// 32) — dt (and d dt / d raw), cum and seg as ChunkScan defines them — and every lane the chunk's
+// totals cend = cum[Q - 1], send = seg[Q - 1].
+template <int Q>
+struct ScanLanes {
+  static constexpr int E = Q / 32;
+  float dt[E], dsp[E], cum[E];
+  int sg[E];
+  float cend;
+  int send;
+};
+template <int Q>
+__device__ __forceinline__ ScanLanes<Q> chunk_scan_lanes(const float* raw, const int* bnd, int len, float A,
+                                                         float bias, float dt_min, float dt_max) {
   static_assert(Q % 32 == 0, "chunk must be a multiple of 32");
   constexpr int E = Q / 32;
   const int lane = mma::lane_id();
-  float dt[E], dsp[E], cum[E];
-  int sg[E];
+  ScanLanes<Q> l;
   float run = 0.f;
   int srun = 0;
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     int t = lane * E + e;
     if (t < len) {
-      dt_from_raw(raw[t], bias, dt_min, dt_max, &dt[e], &dsp[e]);
+      dt_from_raw(raw[t], bias, dt_min, dt_max, &l.dt[e], &l.dsp[e]);
       srun += bnd[t];
     } else {
-      dt[e] = 0.f;
-      dsp[e] = 0.f;
+      l.dt[e] = 0.f;
+      l.dsp[e] = 0.f;
     }
-    run += dt[e] * A;
-    cum[e] = run;
-    sg[e] = srun;
+    run += l.dt[e] * A;
+    l.cum[e] = run;
+    l.sg[e] = srun;
   }
   float inc = run;
   int sinc = srun;
@@ -239,24 +246,97 @@ __device__ __forceinline__ void chunk_scan_warp(ChunkScan<Q>& s, const float* ra
   }
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    cum[e] += excl;
-    sg[e] += sexcl;
+    l.cum[e] += excl;
+    l.sg[e] += sexcl;
   }
-  const float cend = __shfl_sync(0xffffffffu, cum[E - 1], 31);
-  const int send = __shfl_sync(0xffffffffu, sg[E - 1], 31);
+  l.cend = __shfl_sync(0xffffffffu, l.cum[E - 1], 31);
+  l.send = __shfl_sync(0xffffffffu, l.sg[E - 1], 31);
+  return l;
+}
+
+// kGrad = false (forward, sweeps): d dt / d raw is not needed (left unwritten) and the decays use
+// the fast exponential (arguments <= 0, results in [0, 1]: absolute error ~1e-7).
+template <int Q, bool kGrad = true>
+__device__ __forceinline__ void chunk_scan_warp(ChunkScan<Q>& s, const float* raw, const int* bnd,
+                                                int len, float A, float bias, float dt_min,
+                                                float dt_max) {
+  constexpr int E = Q / 32;
+  const int lane = mma::lane_id();
+  const ScanLanes<Q> l = chunk_scan_lanes<Q>(raw, bnd, len, A, bias, dt_min, dt_max);
+  const float cend = l.cend;
+  const int send = l.send;
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     int t = lane * E + e;
-    s.dt[t] = dt[e];
-    if constexpr (kGrad) s.dsp[t] = dsp[e];
-    s.cum[t] = cum[e];
-    s.seg[t] = sg[e];
-    const float w = sg[e] == send ? (kGrad ? expf(fminf(cend - cum[e], 0.f)) : __expf(fminf(cend - cum[e], 0.f))) : 0.f;
+    s.dt[t] = l.dt[e];
+    if constexpr (kGrad) s.dsp[t] = l.dsp[e];
+    s.cum[t] = l.cum[e];
+    s.seg[t] = l.sg[e];
+    const float w = l.sg[e] == send ? (kGrad ? expf(fminf(cend - l.cum[e], 0.f)) : __expf(fminf(cend - l.cum[e], 0.f)))
+                                    : 0.f;
     s.w[t] = w;
-    s.wdt[t] = w * dt[e];
-    s.eoff[t] = sg[e] == 0 ? (kGrad ? expf(fminf(cum[e], 0.f)) : __expf(fminf(cum[e], 0.f))) : 0.f;
+    s.wdt[t] = w * l.dt[e];
+    s.eoff[t] = l.sg[e] == 0 ? (kGrad ? expf(fminf(l.cum[e], 0.f)) : __expf(fminf(l.cum[e], 0.f))) : 0.f;
   }
   if (lane == 0) s.gamma = send == 0 ? (kGrad ? expf(fminf(cend, 0.f)) : __expf(fminf(cend, 0.f))) : 0.f;
+}
+
+// The forward walk's scan in factored form (variant 7), one head per warp, chunks in order. The
+// walk keeps its state scaled: the accumulators hold H / Gam, Gam the product of the chunks' decays
+// since the last rescale (`gam`, carried by the caller from chunk to chunk, 1 at a segment start),
+// so a chunk whose decay only lowers Gam needs no pass over the accumulators. Per chunk c (Gam_in
+// entering it, Gam_out leaving it):
+//   H/Gam_out = rho H/Gam_in + (x wdt)ᵀ B:  rho = 1 and Gam_out = Gam_in gamma while that stays >=
+//             kFactorGamFloor in a fast chunk; else rho = Gam_in gamma (0 across a boundary) and
+//             Gam_out = 1. wdt[t] = w[t] dt[t] / Gam_out.
+//   fast chunks (no document boundary, Gam_in gamma >= kFactorFastFloor): M[t, s] = exp(cum_t -
+//             cum_s) dt_s G[t, s] = pre[t] fcol[s] G[t, s], with pre[t] = exp(cum_t) Gam_in and
+//             fcol[s] = exp(-cum_s) dt_s / Gam_in, so y[t] = pre[t] (C_t (H/Gam_in) + sum_s
+//             fcol[s] G[t, s] x[s]): one multiplication per element of M and no exponential.
+//   other chunks: M as ChunkScan's (dt, cum, seg) and y[t] = pre[t] C_t (H/Gam_in) + (M x)[t],
+//             with pre[t] = eoff[t] Gam_in.
+// The floor keeps the factors normal floats: pre >= e^-75, fcol <= e^75 dt. A chunk after a
+// rescale (Gam_in = 1) is fast if its own decay is at least e^-75 (cum_end >= -75).
+constexpr float kFactorFastFloor = 0x1p-108f;  // ~e^-75
+constexpr float kFactorGamFloor = 0x1p-40f;
+template <int Q>
+struct FactoredScan {
+  float dt[Q], cum[Q], pre[Q], wdt[Q], fcol[Q];
+  int seg[Q];
+  float rho, gam;  // the accumulators' factor before this chunk's update (1: none); Gam_out
+  int fast;
+  float pad_;
+};
+template <int Q>
+__device__ __forceinline__ void chunk_scan_factored_warp(FactoredScan<Q>& s, const float* raw, const int* bnd, int len,
+                                                         float A, float bias, float dt_min, float dt_max, float& gam) {
+  constexpr int E = Q / 32;
+  const int lane = mma::lane_id();
+  const ScanLanes<Q> l = chunk_scan_lanes<Q>(raw, bnd, len, A, bias, dt_min, dt_max);
+  const float gamma = l.send == 0 ? __expf(fminf(l.cend, 0.f)) : 0.f;
+  const float g_in = gam, gg = g_in * gamma;
+  const bool fast = l.send == 0 && gg >= kFactorFastFloor;
+  const bool keep = fast && gg >= kFactorGamFloor;
+  const float rho = keep ? 1.f : gg, g_out = keep ? gg : 1.f;
+  const float inv_in = 1.f / g_in, inv_out = 1.f / g_out;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int t = lane * E + e;
+    const float cum = l.cum[e], dt = l.dt[e];
+    s.dt[t] = dt;
+    s.cum[t] = cum;
+    s.seg[t] = l.sg[e];
+    const float w = l.sg[e] == l.send ? __expf(fminf(l.cend - cum, 0.f)) : 0.f;
+    s.wdt[t] = w * dt * inv_out;
+    s.pre[t] = (l.sg[e] == 0 ? __expf(fminf(cum, 0.f)) : 0.f) * g_in;
+    s.fcol[t] = fast ? __expf(-cum) * dt * inv_in : 0.f;
+  }
+  if (lane == 0) {
+    s.rho = rho;
+    s.gam = g_out;
+    s.fast = fast ? 1 : 0;
+  }
+  gam = g_out;
 }
 
 // Raw dt and document-boundary flag of position t of row b (zero past the row end).
