@@ -606,6 +606,32 @@ void ldmatrix(uint32_t* out, int nmat, bool trans, const void* row_ptr) {
   warp_done();
 }
 
+void stmatrix(void* row_ptr, int nmat, const uint32_t* in) {
+  struct Mine {
+    unsigned char* row;
+    uint32_t r[4];
+  } mine{static_cast<unsigned char*>(row_ptr), {0, 0, 0, 0}};
+  if (nmat < 1 || nmat > 4) die("stmatrix: 1, 2 or 4 matrices");
+  for (int m = 0; m < nmat; ++m) mine.r[m] = in[m];
+  const int l = lane();
+  if (l < 8 * nmat) {
+    check_smem(mine.row, 16, "stmatrix");
+    if (reinterpret_cast<uintptr_t>(mine.row) % 16 != 0) die("stmatrix: row address not 16-byte aligned");
+  }
+  const unsigned char* slots = warp_publish(&mine, sizeof(mine));
+  if (l < 8 * nmat) {  // row r of matrix m: lanes 4 r .. 4 r + 3, two elements each
+    const int m = l / 8, r = l % 8;
+    uint32_t row[4];
+    for (int q = 0; q < 4; ++q) {
+      Mine other;
+      std::memcpy(&other, slots + (4 * r + q) * 64, sizeof(other));
+      row[q] = other.r[m];
+    }
+    std::memcpy(mine.row, row, 16);
+  }
+  warp_done();
+}
+
 namespace {
 float bf16_lo(uint32_t r) {
   uint32_t u = r << 16;

@@ -62,6 +62,8 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args..
 
 // Warp-collective operations behind ops/cuda/warp_mma.cuh.
 void ldmatrix(uint32_t* out, int nmat, bool trans, const void* row_ptr);
+// stmatrix (no .trans): lane l < 8 nmat stores row l % 8 of matrix l / 8 (16 bytes) at row_ptr.
+void stmatrix(void* row_ptr, int nmat, const uint32_t* in);
 void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]);
 
 // Warpgroup MMA (ops/cuda/wgmma.cuh): m64nNk16 bf16 -> fp32, A from the shared-memory descriptor

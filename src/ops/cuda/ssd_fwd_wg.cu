@@ -208,6 +208,23 @@ struct WalkThread {
     });
     wg::fence_async_smem();
   }
+  // The same by stmatrix (variant 7): 8 stores of four 8 x 8 core matrices instead of 32 of 4 bytes.
+  // Matrix m of store j2 is rows 16 w + 8 (m % 2) .., columns 8 (2 j2 + m / 2) ..; lane l gives the
+  // address of row l % 8 of matrix l / 8.
+  __device__ __forceinline__ void store_state_bf16_stsm(unsigned char* Hs, const float (&hacc)[N / 2]) const {
+    const int lane = lt & 31, m = lane >> 3, p = 16 * w + 8 * (m & 1) + (lane & 7);
+#pragma unroll
+    for (int j2 = 0; j2 < N / 16; ++j2) {
+      uint32_t v[4];
+#pragma unroll
+      for (int mm = 0; mm < 4; ++mm) {
+        const int i = 4 * (2 * j2 + (mm >> 1)) + 2 * (mm & 1);
+        v[mm] = mma::pack_bf16x2(hacc[i], hacc[i + 1]);
+      }
+      mma::stsm_x4(Hs + TH::offset(p, 8 * (2 * j2 + (m >> 1))), v);
+    }
+    wg::fence_async_smem();
+  }
   // acc = C Vᵀ over N, one commit group: G with V the B tile (desc_v K-major, step TN's), Yo with V
   // the bf16 state (step TH's). kSwC / kSwV: that operand a 128-byte-swizzled tile (K steps of 32
   // bytes within an atom column, kSwAtom between them; step_v unused).
@@ -284,12 +301,6 @@ struct WalkThread {
   template <bool kSwY = false, bool kSwX = false>
   __device__ __forceinline__ void y_plus_dx(unsigned char* Y, const unsigned char* X, const float (&yacc)[32],
                                             float Dh) const {
-    y_plus_dx_rows<kSwY, kSwX, false>(Y, X, yacc, Dh, 1.f, 1.f);
-  }
-  // Y = r y + D x, r = r0, r1 for this thread's two rows where kRows (variant 7's fast chunks).
-  template <bool kSwY, bool kSwX, bool kRows>
-  __device__ __forceinline__ void y_plus_dx_rows(unsigned char* Y, const unsigned char* X, const float (&yacc)[32],
-                                                 float Dh, float r0, float r1) const {
     uint32_t xv[16];
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -301,14 +312,35 @@ struct WalkThread {
     for (int j = 0; j < 8; ++j)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const float r = half ? r1 : r0;
-        const float a0 = kRows ? r * yacc[4 * j + 2 * half] : yacc[4 * j + 2 * half];
-        const float a1 = kRows ? r * yacc[4 * j + 2 * half + 1] : yacc[4 * j + 2 * half + 1];
-        const float v0 = a0 + Dh * mma::bf16_lo(xv[2 * j + half]);
-        const float v1 = a1 + Dh * mma::bf16_hi(xv[2 * j + half]);
+        const float v0 = yacc[4 * j + 2 * half] + Dh * mma::bf16_lo(xv[2 * j + half]);
+        const float v1 = yacc[4 * j + 2 * half + 1] + Dh * mma::bf16_hi(xv[2 * j + half]);
         const int off = kSwY ? tma::sw128_offset(t_h[half], 8 * j + 2 * qq) : TX::offset(t_h[half], 8 * j + 2 * qq);
         *reinterpret_cast<uint32_t*>(Y + off) = mma::pack_bf16x2(v0, v1);
       }
+  }
+  // Y = r y + D x with X and Y in TMA's 128-byte swizzle and rows in token_of_row_blocks order
+  // (variant 7): x by 4 ldmatrix, Y by 4 stmatrix of four 8 x 8 blocks each (was 16 loads and 16
+  // stores of 4 bytes). Matrix m of step jq is this thread's half m % 2 (token block rows),
+  // columns 8 (2 jq + m / 2) ..; lane l gives the address of row l % 8 of matrix l / 8. Y is not X.
+  __device__ __forceinline__ void y_plus_dx_ldsm(unsigned char* Y, const unsigned char* X, const float (&yacc)[32],
+                                                 float Dh, float r0, float r1) const {
+    static_assert(kBlockOrder, "the TMA tiles' row order");
+    const int lane = lt & 31, m = lane >> 3, tok = token_of_row_blocks(16 * w + 8 * (m & 1) + (lane & 7));
+    uint32_t xv[4][4];
+#pragma unroll
+    for (int jq = 0; jq < 4; ++jq) mma::ldsm_x4(xv[jq], X + tma::sw128_offset(tok, 8 * (2 * jq + (m >> 1))));
+#pragma unroll
+    for (int jq = 0; jq < 4; ++jq) {
+      uint32_t v[4];
+#pragma unroll
+      for (int mm = 0; mm < 4; ++mm) {
+        const int half = mm & 1, i = 4 * (2 * jq + (mm >> 1)) + 2 * half;
+        const float r = half ? r1 : r0;
+        v[mm] = mma::pack_bf16x2(r * yacc[i] + Dh * mma::bf16_lo(xv[jq][mm]),
+                                 r * yacc[i + 1] + Dh * mma::bf16_hi(xv[jq][mm]));
+      }
+      mma::stsm_x4(Y + tma::sw128_offset(tok, 8 * (2 * jq + (m >> 1))), v);
+    }
   }
   // The first len rows of the y tile Y to dst (row pitch ld): 16 bytes per thread and step (whole
   // 32-byte sectors; the accumulator layout would store 4 bytes per thread, half sectors). All of
@@ -868,12 +900,18 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       if (k + 1 < nck) wait_full(k + 1);
       issue_g(min(k + 1, nck - 1));
       if (k + 1 < nck) {
-        th.store_state_bf16(Hs, hacc);
+        if constexpr (kFactor)
+          th.store_state_bf16_stsm(Hs, hacc);
+        else
+          th.store_state_bf16(Hs, hacc);
         scale_xw(k + 1);
       }
       wg::wait<1>();  // y
       wg::pin(yacc);
-      th.template y_plus_dx_rows<kTmaY, kTmaLd, kFactor>(Ys, X, yacc, Dh, r0, r1);
+      if constexpr (kFactor)
+        th.y_plus_dx_ldsm(Ys, X, yacc, Dh, r0, r1);
+      else
+        th.template y_plus_dx<kTmaY, kTmaLd>(Ys, X, yacc, Dh);
       if constexpr (kTmaY) wg::fence_async_smem();  // Ys for the TMA store after (A)
       wg::wait<0>();  // the next G: nothing in flight across the loop's back edge
       wg::pin(gacc);

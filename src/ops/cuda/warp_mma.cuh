@@ -69,6 +69,18 @@ __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void* row) {
                : "r"(a));
 #endif
 }
+// stmatrix: lane l stores row l % 8 of matrix l / 8 at row (16 bytes); r[m] holds this thread's two
+// elements of matrix m in the C fragment's layout (row g, columns 2q, 2q + 1), as ldsm_x4 gives them.
+__device__ __forceinline__ void stsm_x4(void* row, const uint32_t (&r)[4]) {
+#ifdef HLM_CUDA_EMU
+  ::emu::stmatrix(row, 4, r);
+#else
+  unsigned a = smem_u32(row);
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(a), "r"(r[0]), "r"(r[1]),
+               "r"(r[2]), "r"(r[3])
+               : "memory");
+#endif
+}
 __device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void* row) {
 #ifdef HLM_CUDA_EMU
   ::emu::ldmatrix(r, 4, true, row);
