@@ -210,7 +210,8 @@ struct WalkThread {
   }
   // The same by stmatrix (variant 7): 8 stores of four 8 x 8 core matrices instead of 32 of 4 bytes.
   // Matrix m of store j2 is rows 16 w + 8 (m % 2) .., columns 8 (2 j2 + m / 2) ..; lane l gives the
-  // address of row l % 8 of matrix l / 8.
+  // address of row l % 8 of matrix l / 8. Not fenced for the async proxy: the caller's next fence
+  // (after x w dt) covers both.
   __device__ __forceinline__ void store_state_bf16_stsm(unsigned char* Hs, const float (&hacc)[N / 2]) const {
     const int lane = lt & 31, m = lane >> 3, p = 16 * w + 8 * (m & 1) + (lane & 7);
 #pragma unroll
@@ -223,7 +224,6 @@ struct WalkThread {
       }
       mma::stsm_x4(Hs + TH::offset(p, 8 * (2 * j2 + (m >> 1))), v);
     }
-    wg::fence_async_smem();
   }
   // acc = C Vᵀ over N, one commit group: G with V the B tile (desc_v K-major, step TN's), Yo with V
   // the bf16 state (step TH's). kSwC / kSwV: that operand a 128-byte-swizzled tile (K steps of 32
@@ -901,7 +901,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       issue_g(min(k + 1, nck - 1));
       if (k + 1 < nck) {
         if constexpr (kFactor)
-          th.store_state_bf16_stsm(Hs, hacc);
+          th.store_state_bf16_stsm(Hs, hacc);  // fenced with x w dt
         else
           th.store_state_bf16(Hs, hacc);
         scale_xw(k + 1);
