@@ -275,7 +275,10 @@ void split_segments(SsdArgs* a, int64_t units, bool backward) {
 // group on 16 warps sharing the B, C tiles; 21: both heads in each of 8 warps. (Variant 5 in
 // clusters of head-pair blocks sharing B and C by TMA multicast was slower: 64K 3.00 ms in
 // clusters of 2, 6.11 in clusters of 4, run15/b; its code is in ad566df.)
-// 6 (opt-in): 5 with each head's chunk scan on its own producer warp (where 5 runs).
+// 6 (opt-in): 5 with each head's chunk scan on its own producer warp (where 5 runs). 7 (opt-in):
+// 6 with the scans in factored form (ssd_kernels.cuh, FactoredScan): the state kept scaled and
+// rescaled only when its scale runs low, and in chunks without a boundary and of moderate decay
+// M = G ∘ fcol (no exponential); its time depends on the decays (dt, A) of the data.
 // HLM_SSD_FWD_VARIANT picks among those that apply.
 int forward_variant(int64_t P, int64_t heads_per_group) {
   const bool wgmma = P == 64 && device_props().major == 9;

@@ -588,7 +588,7 @@ void launch_fwd_fast(const SsdArgs& a);
 // The forward walk on wgmma (sm_90a, Q = P = 64; ssd_fwd_wg.cu), after the segment states.
 template <int N>
 void launch_fwd_wg(const SsdArgs& a);
-// The warp-specialised wgmma walk (variants 2-5, SsdArgs::fwd_variant: two heads of a group
+// The warp-specialised wgmma walk (variants 2-7, SsdArgs::fwd_variant: two heads of a group
 // and a producer warpgroup per block; heads per group even), after the segment states.
 template <int N>
 void launch_fwd_ws(const SsdArgs& a);
