@@ -64,6 +64,7 @@ struct Case {
   double tol = 1e-2;
   uint64_t seed = 1;
   float dt_max = 0.5f;  // the dt clamp's upper end (lower: chunks of mild decay)
+  bool zero_D = false;  // D = 0: y is the scan's alone (D x would dominate it and hide the scan's errors)
 };
 
 // Inputs as F32 host tensors holding values exactly representable in the activation dtype.
@@ -106,7 +107,7 @@ Inputs make_inputs(const Case& c) {
   in.A_log = HostTensor(DType::F32, {c.H});
   test::fill_uniform(in.A_log, s + 6, 0.0, 2.5);
   in.D = HostTensor(DType::F32, {c.H});
-  test::fill_normal(in.D, s + 7, 1.0);
+  test::fill_normal(in.D, s + 7, c.zero_D ? 0.0 : 1.0);
   in.bias = HostTensor(DType::F32, {c.H});
   test::fill_uniform(in.bias, s + 8, -1.0, 0.5);
   if (c.h0) {
@@ -405,7 +406,7 @@ TEST(SsdCuda, ForwardBlockShapes) {
 // Forward variant 7 (factored scans) where its fast chunks and the state's rescales happen: dt
 // clamped low (every chunk without a boundary fast; the state's scale reaches its floor within a
 // segment) and in between (chunks fast or exact by their decay), documents or none, one segment or
-// several, the 8B shape.
+// several, the 8B shape; D = 0, so that y is the scan's alone.
 TEST(SsdCuda, ForwardFactoredScans) {
   HLM_REQUIRE_GPU();
   ScopedEnv variant("HLM_SSD_FWD_VARIANT", "7");
@@ -417,15 +418,18 @@ TEST(SsdCuda, ForwardFactoredScans) {
       Case n{1, 3000, 4, 1, 64, 128};
       n.doc = false;
       n.dt_max = dmax;
+      n.zero_D = true;
       check_forward(n);
       Case d{2, 1000, 8, 2, 64, 64};
       d.dt_max = dmax;
+      d.zero_D = true;
       check_forward(d);
     }
   }
   Case e{1, 4096, 128, 8, 64, 128};
   e.doc = false;
   e.dt_max = 0.05f;
+  e.zero_D = true;
   check_forward(e);
 }
 

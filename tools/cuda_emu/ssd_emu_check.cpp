@@ -39,6 +39,7 @@ double round_to(double v, DType t) {
 
 double g_dt_max = 0.6;  // the dt clamp's upper end (the factor group lowers it: chunks of mild decay)
 int g_doc_gap = 90;     // documents' lengths up to this (the factor group: longer, chunks without a boundary)
+double g_d_scale = 1.0;  // D's scale (the factor group: 0, so y is the scan's alone and its errors show)
 
 Problem make_problem(int B, int T, int H, int G, int P, int N, bool doc, bool h0, DType act, unsigned seed) {
   Problem pr{};
@@ -60,7 +61,7 @@ Problem make_problem(int B, int T, int H, int G, int P, int N, bool doc, bool h0
   for (auto& e : pr.dt) e = static_cast<float>(-3.0 + 4.5 * ud(rng));  // softplus spans the clamps
   pr.A_log.resize(H);
   for (auto& e : pr.A_log) e = static_cast<float>(std::log(0.5 + 8.0 * ud(rng)));
-  fill(pr.D, H, 1.0, DType::F32);
+  fill(pr.D, H, g_d_scale, DType::F32);
   fill(pr.bias, H, 0.5, DType::F32);
   if (h0) fill(pr.h0, size_t(B) * H * P * N, 0.5, DType::F32);
   fill(pr.dhf, size_t(B) * H * P * N, 0.3, DType::F32);
@@ -410,15 +411,19 @@ int main(int argc, char** argv) {
                          // (chunks fast and exact by their decay), with and without documents
     setenv("HLM_SSD_FWD_VARIANT", "7", 0);
     setenv("HLM_SSD_SEG_CHUNKS", "8", 1);
+    g_d_scale = 0.0;
     for (double dmax : {0.02, 0.1}) {
       g_dt_max = dmax;
       std::printf("dt_max=%g\n", dmax);
       run_case("factor-nodoc", 1, 1100, 4, 1, 64, 128, false, true, DType::BF16, 1e-2, false);
       g_doc_gap = 400;
       run_case("factor-doc", 2, 700, 4, 2, 64, 64, true, false, DType::BF16, 1e-2, false);
+      g_doc_gap = 130;  // most chunks hold a boundary: fast ones masked by document
+      run_case("factor-doc-short", 1, 900, 4, 1, 64, 128, true, true, DType::BF16, 1e-2, false);
       g_doc_gap = 90;
     }
     g_dt_max = 0.6;
+    g_d_scale = 1.0;
     unsetenv("HLM_SSD_SEG_CHUNKS");
     unsetenv("HLM_SSD_FWD_VARIANT");
   }

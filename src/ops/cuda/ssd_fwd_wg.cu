@@ -121,11 +121,18 @@ __device__ __forceinline__ void m_fragments(uint32_t (&mf)[4][4], const float (&
 // pre[t] is applied to y after the product), rows in token_of_row_blocks order: half 0 of warp W
 // holds token block W, half 1 block 7 - W, so the blocks left of a half's diagonal block are whole
 // (no compare), its diagonal block compares s <= t, and the blocks right of it are zero — all known
-// at compile time but the diagonal's compare.
-template <int W>
+// at compile time but the diagonal's compare. kSeg (a boundary in the chunk): s and t also in one
+// document.
+template <int W, bool kSeg>
 __device__ __forceinline__ void m_fragments_factored_w(uint32_t (&mf)[4][4], const float (&gacc)[32],
-                                                       const float* fcol, int qq, const int (&t_h)[2]) {
+                                                       const FactoredScan<kQ>& S, int qq, const int (&t_h)[2]) {
   constexpr int kDiag[2] = {W, 7 - W};
+  const float* fcol = S.fcol;
+  int seg_t[2] = {0, 0};
+  if constexpr (kSeg) {
+    seg_t[0] = S.seg[t_h[0]];
+    seg_t[1] = S.seg[t_h[1]];
+  }
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks)
 #pragma unroll
@@ -148,17 +155,23 @@ __device__ __forceinline__ void m_fragments_factored_w(uint32_t (&mf)[4][4], con
           m0 = s <= t ? m0 : 0.f;
           m1 = s + 1 <= t ? m1 : 0.f;
         }
+        if constexpr (kSeg) {
+          const int2 ss = *reinterpret_cast<const int2*>(S.seg + s);
+          m0 = ss.x == seg_t[half] ? m0 : 0.f;
+          m1 = ss.y == seg_t[half] ? m1 : 0.f;
+        }
         mf[ks][2 * jj + half] = mma::pack_bf16x2(m0, m1);
       }
     }
 }
-__device__ __forceinline__ void m_fragments_factored(uint32_t (&mf)[4][4], const float (&gacc)[32], const float* fcol,
-                                                     int w, int qq, const int (&t_h)[2]) {
+template <bool kSeg>
+__device__ __forceinline__ void m_fragments_factored(uint32_t (&mf)[4][4], const float (&gacc)[32],
+                                                     const FactoredScan<kQ>& S, int w, int qq, const int (&t_h)[2]) {
   switch (w) {  // warp-uniform
-    case 0: m_fragments_factored_w<0>(mf, gacc, fcol, qq, t_h); break;
-    case 1: m_fragments_factored_w<1>(mf, gacc, fcol, qq, t_h); break;
-    case 2: m_fragments_factored_w<2>(mf, gacc, fcol, qq, t_h); break;
-    default: m_fragments_factored_w<3>(mf, gacc, fcol, qq, t_h); break;
+    case 0: m_fragments_factored_w<0, kSeg>(mf, gacc, S, qq, t_h); break;
+    case 1: m_fragments_factored_w<1, kSeg>(mf, gacc, S, qq, t_h); break;
+    case 2: m_fragments_factored_w<2, kSeg>(mf, gacc, S, qq, t_h); break;
+    default: m_fragments_factored_w<3, kSeg>(mf, gacc, S, qq, t_h); break;
   }
 }
 
@@ -853,11 +866,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       const unsigned char* X = st + L::st_x + j * (kTmaLd ? kSwAtom : TX::kBytes);
       float yacc[32];
       th.template issue_c_product<kTmaLd, false>(yacc, c_desc(st), desc_h, TH::kKMajorStep);
-      // kFactor: the chunk's kind and row factors (FactoredScan); r0, r1 y's factors in the epilogue
-      bool fast = false;
+      // kFactor: the chunk's kind (FactoredScan::fast) and row factors; r0, r1 y's in the epilogue
+      int kind = 0;
       float r0 = 1.f, r1 = 1.f;
       if constexpr (kFactor) {
-        fast = S.fast != 0;
+        kind = S.fast;
         gam = S.gam;
         const float rho = S.rho;
         th.issue_state_update_desc(hacc, rho, desc_xw, kStepXw,
@@ -873,8 +886,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       if (k > 0) copy_out_y(c - 1);
       uint32_t mf[4][4];
       if constexpr (kFactor) {  // G of this chunk completed in the previous one
-        if (fast)
-          m_fragments_factored(mf, gacc, S.fcol, th.w, th.qq, th.t_h);
+        if (kind == 1)
+          m_fragments_factored<false>(mf, gacc, S, th.w, th.qq, th.t_h);
+        else if (kind == 2)
+          m_fragments_factored<true>(mf, gacc, S, th.w, th.qq, th.t_h);
         else
           m_fragments(mf, gacc, S, th.w, th.qq, th.t_h);
       } else {
@@ -882,9 +897,12 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       }
       wg::wait<1>();
       wg::pin(yacc);
-      if constexpr (kFactor) {  // fast: y's rows scaled in the epilogue; else Yo's rows here
-        th.issue_y_rows(yacc, mf, r0, r1, !fast, wg::make_desc_sw128(wg::smem_addr(X), kSwAtom, 1024), 2048);
-        if (!fast) r0 = r1 = 1.f;
+      if constexpr (kFactor) {  // fast: y's rows scaled in the epilogue (Yo's masked to the first
+                                // document where the chunk has a boundary); else Yo's rows here
+        const float e0 = kind == 2 ? (S.seg[th.t_h[0]] == 0 ? 1.f : 0.f) : r0;
+        const float e1 = kind == 2 ? (S.seg[th.t_h[1]] == 0 ? 1.f : 0.f) : r1;
+        th.issue_y_rows(yacc, mf, e0, e1, kind != 1, wg::make_desc_sw128(wg::smem_addr(X), kSwAtom, 1024), 2048);
+        if (kind == 0) r0 = r1 = 1.f;
       } else if constexpr (kTmaLd) {  // x MN-major: one atom column, 8-row groups 1024 bytes apart
         th.issue_y_desc(yacc, mf, S, wg::make_desc_sw128(wg::smem_addr(X), kSwAtom, 1024), 2048);
       } else {

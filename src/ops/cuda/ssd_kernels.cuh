@@ -289,14 +289,17 @@ __device__ __forceinline__ void chunk_scan_warp(ChunkScan<Q>& s, const float* ra
 //   H/Gam_out = rho H/Gam_in + (x wdt)ᵀ B:  rho = 1 and Gam_out = Gam_in gamma while that stays >=
 //             kFactorGamFloor in a fast chunk; else rho = Gam_in gamma (0 across a boundary) and
 //             Gam_out = 1. wdt[t] = w[t] dt[t] / Gam_out.
-//   fast chunks (no document boundary, Gam_in gamma >= kFactorFastFloor): M[t, s] = exp(cum_t -
-//             cum_s) dt_s G[t, s] = pre[t] fcol[s] G[t, s], with pre[t] = exp(cum_t) Gam_in and
-//             fcol[s] = exp(-cum_s) dt_s / Gam_in, so y[t] = pre[t] (C_t (H/Gam_in) + sum_s
-//             fcol[s] G[t, s] x[s]): one multiplication per element of M and no exponential.
-//   other chunks: M as ChunkScan's (dt, cum, seg) and y[t] = pre[t] C_t (H/Gam_in) + (M x)[t],
-//             with pre[t] = eoff[t] Gam_in.
+//   fast chunks (Gam_in exp(cum_end) >= kFactorFastFloor; fast = 1): M[t, s] = exp(cum_t - cum_s)
+//             dt_s G[t, s] = pre[t] fcol[s] G[t, s], with pre[t] = exp(cum_t) Gam_in and fcol[s] =
+//             exp(-cum_s) dt_s / Gam_in, so y[t] = pre[t] (C_t (H/Gam_in) + sum_s fcol[s] G[t, s]
+//             x[s]): one multiplication per element of M and no exponential. With a document
+//             boundary in the chunk (fast = 2; cum runs on across it, as ChunkScan's) the same,
+//             with M masked to s and t in one document (seg) and C_t (H/Gam_in) to the rows t of
+//             the first (seg[t] = 0).
+//   other chunks (fast = 0): M as ChunkScan's (dt, cum, seg) and y[t] = pre[t] C_t (H/Gam_in) +
+//             (M x)[t], with pre[t] = eoff[t] Gam_in.
 // The floor keeps the factors normal floats: pre >= e^-75, fcol <= e^75 dt. A chunk after a
-// rescale (Gam_in = 1) is fast if its own decay is at least e^-75 (cum_end >= -75).
+// rescale (Gam_in = 1, as after every boundary) is fast if exp(cum_end) >= e^-75.
 constexpr float kFactorFastFloor = 0x1p-108f;  // ~e^-75
 constexpr float kFactorGamFloor = 0x1p-40f;
 template <int Q>
@@ -313,10 +316,11 @@ __device__ __forceinline__ void chunk_scan_factored_warp(FactoredScan<Q>& s, con
   constexpr int E = Q / 32;
   const int lane = mma::lane_id();
   const ScanLanes<Q> l = chunk_scan_lanes<Q>(raw, bnd, len, A, bias, dt_min, dt_max);
-  const float gamma = l.send == 0 ? __expf(fminf(l.cend, 0.f)) : 0.f;
+  const float decay = __expf(fminf(l.cend, 0.f));  // over the chunk, across boundaries
+  const float gamma = l.send == 0 ? decay : 0.f;
   const float g_in = gam, gg = g_in * gamma;
-  const bool fast = l.send == 0 && gg >= kFactorFastFloor;
-  const bool keep = fast && gg >= kFactorGamFloor;
+  const bool fast = g_in * decay >= kFactorFastFloor;
+  const bool keep = fast && gg >= kFactorGamFloor;  // gg = 0 across a boundary
   const float rho = keep ? 1.f : gg, g_out = keep ? gg : 1.f;
   const float inv_in = 1.f / g_in, inv_out = 1.f / g_out;
 #pragma unroll
@@ -328,13 +332,13 @@ __device__ __forceinline__ void chunk_scan_factored_warp(FactoredScan<Q>& s, con
     s.seg[t] = l.sg[e];
     const float w = l.sg[e] == l.send ? __expf(fminf(l.cend - cum, 0.f)) : 0.f;
     s.wdt[t] = w * dt * inv_out;
-    s.pre[t] = (l.sg[e] == 0 ? __expf(fminf(cum, 0.f)) : 0.f) * g_in;
+    s.pre[t] = (fast || l.sg[e] == 0 ? __expf(fminf(cum, 0.f)) : 0.f) * g_in;
     s.fcol[t] = fast ? __expf(-cum) * dt * inv_in : 0.f;
   }
   if (lane == 0) {
     s.rho = rho;
     s.gam = g_out;
-    s.fast = fast ? 1 : 0;
+    s.fast = fast ? (l.send == 0 ? 1 : 2) : 0;
   }
   gam = g_out;
 }
