@@ -384,6 +384,10 @@ TEST(SsdCuda, ForwardBlockShapes) {
       Case n{1, 256, 4, 1, 64, 128};
       n.doc = n.h0 = false;
       check_forward(n);
+      Case z{2, 700, 8, 2, 64, 128};  // D = 0: y is the scan's alone, its errors not hidden by D x
+      z.zero_D = true;
+      z.dt_max = 0.1f;
+      check_forward(z);
     }
     for (const char* segs : {"1", "3"}) {
       SCOPED_TRACE(std::string("HLM_SSD_SEG_CHUNKS=") + segs);
