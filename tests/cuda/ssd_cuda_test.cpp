@@ -414,7 +414,7 @@ TEST(SsdCuda, ForwardBlockShapes) {
 TEST(SsdCuda, ForwardFactoredScans) {
   HLM_REQUIRE_GPU();
   ScopedEnv variant("HLM_SSD_FWD_VARIANT", "7");
-  for (float dmax : {0.02f, 0.1f}) {
+  for (float dmax : {0.02f, 0.1f, 0.3f}) {  // 0.3: steep chunks, about the middle or exact
     SCOPED_TRACE(dmax);
     for (const char* segs : {"0", "1", "5"}) {
       SCOPED_TRACE(std::string("HLM_SSD_SEG_CHUNKS=") + segs);

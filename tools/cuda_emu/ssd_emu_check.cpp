@@ -407,12 +407,13 @@ int main(int argc, char** argv) {
   }
   if (want("factor")) {  // variant 7 (factored scans) where its fast chunks and rescales happen: dt
                          // clamped to 0.02 (every chunk without a boundary fast; the state's scale
-                         // reaches its floor within a segment for the larger decays) and to 0.1
-                         // (chunks fast and exact by their decay), with and without documents
+                         // reaches its floor within a segment for the larger decays), to 0.1 (fast
+                         // or exact by the decay) and to 0.3 (steep: fast about the middle or
+                         // exact), with and without documents; D = 0
     setenv("HLM_SSD_FWD_VARIANT", "7", 0);
     setenv("HLM_SSD_SEG_CHUNKS", "8", 1);
     g_d_scale = 0.0;
-    for (double dmax : {0.02, 0.1}) {
+    for (double dmax : {0.02, 0.1, 0.3}) {
       g_dt_max = dmax;
       std::printf("dt_max=%g\n", dmax);
       run_case("factor-nodoc", 1, 1100, 4, 1, 64, 128, false, true, DType::BF16, 1e-2, false);

@@ -886,7 +886,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       if (k > 0) copy_out_y(c - 1);
       uint32_t mf[4][4];
       if constexpr (kFactor) {  // G of this chunk completed in the previous one
-        if (kind == 1)
+        if (kind == 1 || kind == 3)
           m_fragments_factored<false>(mf, gacc, S, th.w, th.qq, th.t_h);
         else if (kind == 2)
           m_fragments_factored<true>(mf, gacc, S, th.w, th.qq, th.t_h);
@@ -898,9 +898,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       wg::wait<1>();
       wg::pin(yacc);
       if constexpr (kFactor) {  // fast: y's rows scaled in the epilogue (Yo's masked to the first
-                                // document where the chunk has a boundary); else Yo's rows here
-        const float e0 = kind == 2 ? (S.seg[th.t_h[0]] == 0 ? 1.f : 0.f) : r0;
-        const float e1 = kind == 2 ? (S.seg[th.t_h[1]] == 0 ? 1.f : 0.f) : r1;
+                                // document where the chunk has a boundary, scaled by sigma about
+                                // the middle); else Yo's rows here
+        const float sigma = S.sigma;
+        const float e0 = kind == 2 ? (S.seg[th.t_h[0]] == 0 ? 1.f : 0.f) : kind == 3 ? sigma : r0;
+        const float e1 = kind == 2 ? (S.seg[th.t_h[1]] == 0 ? 1.f : 0.f) : kind == 3 ? sigma : r1;
         th.issue_y_rows(yacc, mf, e0, e1, kind != 1, wg::make_desc_sw128(wg::smem_addr(X), kSwAtom, 1024), 2048);
         if (kind == 0) r0 = r1 = 1.f;
       } else if constexpr (kTmaLd) {  // x MN-major: one atom column, 8-row groups 1024 bytes apart

@@ -296,19 +296,26 @@ __device__ __forceinline__ void chunk_scan_warp(ChunkScan<Q>& s, const float* ra
 //             boundary in the chunk (fast = 2; cum runs on across it, as ChunkScan's) the same,
 //             with M masked to s and t in one document (seg) and C_t (H/Gam_in) to the rows t of
 //             the first (seg[t] = 0).
+//   steep chunks without a boundary (fast = 3: too steep for the above, cum_end >= -150 and
+//             sigma = exp(cum_end / 2) Gam_in >= kFactorSigmaFloor): the factors taken about the
+//             chunk's middle, pre[t] = exp(cum_t - cum_end / 2), fcol[s] = exp(cum_end / 2 -
+//             cum_s) dt_s, and Yo's rows scaled by sigma before the y product: y[t] = pre[t]
+//             (sigma C_t (H/Gam_in) + sum_s fcol[s] G[t, s] x[s]).
 //   other chunks (fast = 0): M as ChunkScan's (dt, cum, seg) and y[t] = pre[t] C_t (H/Gam_in) +
 //             (M x)[t], with pre[t] = eoff[t] Gam_in.
-// The floor keeps the factors normal floats: pre >= e^-75, fcol <= e^75 dt. A chunk after a
-// rescale (Gam_in = 1, as after every boundary) is fast if exp(cum_end) >= e^-75.
-constexpr float kFactorFastFloor = 0x1p-108f;  // ~e^-75
+// The floors keep the factors normal floats: pre >= e^-75, fcol <= e^75 dt. A chunk after a
+// rescale (Gam_in = 1, as after every boundary) is fast if exp(cum_end) >= e^-75, and fast = 3
+// down to e^-150.
+constexpr float kFactorFastFloor = 0x1p-108f;   // ~e^-75
+constexpr float kFactorSigmaFloor = 0x1p-100f;  // ~e^-69
 constexpr float kFactorGamFloor = 0x1p-40f;
 template <int Q>
 struct FactoredScan {
   float dt[Q], cum[Q], pre[Q], wdt[Q], fcol[Q];
   int seg[Q];
   float rho, gam;  // the accumulators' factor before this chunk's update (1: none); Gam_out
-  int fast;
-  float pad_;
+  int fast;        // 0 exact, 1 fast, 2 fast with a boundary, 3 fast about the middle
+  float sigma;     // fast = 3: Yo's factor
 };
 template <int Q>
 __device__ __forceinline__ void chunk_scan_factored_warp(FactoredScan<Q>& s, const float* raw, const int* bnd, int len,
@@ -320,6 +327,9 @@ __device__ __forceinline__ void chunk_scan_factored_warp(FactoredScan<Q>& s, con
   const float gamma = l.send == 0 ? decay : 0.f;
   const float g_in = gam, gg = g_in * gamma;
   const bool fast = g_in * decay >= kFactorFastFloor;
+  const float half_cend = 0.5f * fmaxf(l.cend, -150.f);
+  const float sigma = __expf(half_cend) * g_in;
+  const bool mid = !fast && l.send == 0 && l.cend >= -150.f && sigma >= kFactorSigmaFloor;
   const bool keep = fast && gg >= kFactorGamFloor;  // gg = 0 across a boundary
   const float rho = keep ? 1.f : gg, g_out = keep ? gg : 1.f;
   const float inv_in = 1.f / g_in, inv_out = 1.f / g_out;
@@ -332,13 +342,14 @@ __device__ __forceinline__ void chunk_scan_factored_warp(FactoredScan<Q>& s, con
     s.seg[t] = l.sg[e];
     const float w = l.sg[e] == l.send ? __expf(fminf(l.cend - cum, 0.f)) : 0.f;
     s.wdt[t] = w * dt * inv_out;
-    s.pre[t] = (fast || l.sg[e] == 0 ? __expf(fminf(cum, 0.f)) : 0.f) * g_in;
-    s.fcol[t] = fast ? __expf(-cum) * dt * inv_in : 0.f;
+    s.pre[t] = mid ? __expf(cum - half_cend) : (fast || l.sg[e] == 0 ? __expf(fminf(cum, 0.f)) : 0.f) * g_in;
+    s.fcol[t] = mid ? __expf(half_cend - cum) * dt : fast ? __expf(-cum) * dt * inv_in : 0.f;
   }
   if (lane == 0) {
     s.rho = rho;
     s.gam = g_out;
-    s.fast = fast ? (l.send == 0 ? 1 : 2) : 0;
+    s.fast = mid ? 3 : fast ? (l.send == 0 ? 1 : 2) : 0;
+    s.sigma = sigma;
   }
   gam = g_out;
 }
