@@ -27,6 +27,7 @@
 // ms, round 17).
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 
 #include "ops/cuda/ssd_kernels.cuh"
 #include "ops/cuda/ssd_wg.cuh"
@@ -106,15 +107,21 @@ __device__ __forceinline__ void m_fragments_w(uint32_t (&mf)[4][4], const float 
       }
     }
 }
+// f(std::integral_constant<int, w>()) for the warp index w (0..3, warp-uniform) of a warpgroup:
+// the M builders are instantiated per warp, so that their causal skips are compile-time.
+template <class F>
+__device__ __forceinline__ void with_warp_index(int w, F&& f) {
+  switch (w) {
+    case 0: f(std::integral_constant<int, 0>()); break;
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    default: f(std::integral_constant<int, 3>()); break;
+  }
+}
 template <class Scan>
 __device__ __forceinline__ void m_fragments(uint32_t (&mf)[4][4], const float (&gacc)[32], const Scan& S, int w,
                                             int qq, const int (&t_h)[2]) {
-  switch (w) {  // warp-uniform
-    case 0: m_fragments_w<0>(mf, gacc, S, qq, t_h); break;
-    case 1: m_fragments_w<1>(mf, gacc, S, qq, t_h); break;
-    case 2: m_fragments_w<2>(mf, gacc, S, qq, t_h); break;
-    default: m_fragments_w<3>(mf, gacc, S, qq, t_h); break;
-  }
+  with_warp_index(w, [&](auto W) { m_fragments_w<W.value>(mf, gacc, S, qq, t_h); });
 }
 
 // Variant 7's fast chunks (FactoredScan): M[t, s] = G[t, s] fcol[s] for s <= t (the row factor
@@ -167,12 +174,7 @@ __device__ __forceinline__ void m_fragments_factored_w(uint32_t (&mf)[4][4], con
 template <bool kSeg>
 __device__ __forceinline__ void m_fragments_factored(uint32_t (&mf)[4][4], const float (&gacc)[32],
                                                      const FactoredScan<kQ>& S, int w, int qq, const int (&t_h)[2]) {
-  switch (w) {  // warp-uniform
-    case 0: m_fragments_factored_w<0, kSeg>(mf, gacc, S, qq, t_h); break;
-    case 1: m_fragments_factored_w<1, kSeg>(mf, gacc, S, qq, t_h); break;
-    case 2: m_fragments_factored_w<2, kSeg>(mf, gacc, S, qq, t_h); break;
-    default: m_fragments_factored_w<3, kSeg>(mf, gacc, S, qq, t_h); break;
-  }
+  with_warp_index(w, [&](auto W) { m_fragments_factored_w<W.value, kSeg>(mf, gacc, S, qq, t_h); });
 }
 
 // One thread's share of a consumer warpgroup's per-chunk work, common to both walks: lt is the
@@ -866,29 +868,32 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       const unsigned char* X = st + L::st_x + j * (kTmaLd ? kSwAtom : TX::kBytes);
       float yacc[32];
       th.template issue_c_product<kTmaLd, false>(yacc, c_desc(st), desc_h, TH::kKMajorStep);
-      // kFactor: the chunk's kind (FactoredScan::fast) and row factors; r0, r1 y's in the epilogue
-      int kind = 0;
-      float r0 = 1.f, r1 = 1.f;
+      // kFactor: the chunk's kind and row factors (FactoredScan); r0, r1 y's in the epilogue; the
+      // state scaled by rho only where the scan rescales it
+      int kind = kExactChunk;
+      float r0 = 1.f, r1 = 1.f, decay;
+      bool scale_h = true;
       if constexpr (kFactor) {
         kind = S.fast;
         gam = S.gam;
-        const float rho = S.rho;
-        th.issue_state_update_desc(hacc, rho, desc_xw, kStepXw,
-                                   wg::make_desc_sw128(wg::smem_addr(st + L::st_b), kSwAtom, 1024), 2048, rho != 1.f);
+        decay = S.rho;
+        scale_h = decay != 1.f;
         r0 = S.pre[th.t_h[0]];
         r1 = S.pre[th.t_h[1]];
-      } else if constexpr (kTmaLd) {  // B MN-major: atom columns of 64 states kSwAtom apart, 8-row groups 1024
-        th.issue_state_update_desc(hacc, S.gamma, desc_xw, kStepXw,
-                                   wg::make_desc_sw128(wg::smem_addr(st + L::st_b), kSwAtom, 1024), 2048);
       } else {
-        th.issue_state_update(hacc, S.gamma, desc_xw, st + L::st_b);
+        decay = S.gamma;
       }
+      if constexpr (kTmaLd)  // B MN-major: atom columns of 64 states kSwAtom apart, 8-row groups 1024
+        th.issue_state_update_desc(hacc, decay, desc_xw, kStepXw,
+                                   wg::make_desc_sw128(wg::smem_addr(st + L::st_b), kSwAtom, 1024), 2048, scale_h);
+      else
+        th.issue_state_update(hacc, decay, desc_xw, st + L::st_b);
       if (k > 0) copy_out_y(c - 1);
       uint32_t mf[4][4];
       if constexpr (kFactor) {  // G of this chunk completed in the previous one
-        if (kind == 1 || kind == 3)
+        if (kind == kFastChunk || kind == kFastMidChunk)
           m_fragments_factored<false>(mf, gacc, S, th.w, th.qq, th.t_h);
-        else if (kind == 2)
+        else if (kind == kFastDocChunk)
           m_fragments_factored<true>(mf, gacc, S, th.w, th.qq, th.t_h);
         else
           m_fragments(mf, gacc, S, th.w, th.qq, th.t_h);
@@ -901,10 +906,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
                                 // document where the chunk has a boundary, scaled by sigma about
                                 // the middle); else Yo's rows here
         const float sigma = S.sigma;
-        const float e0 = kind == 2 ? (S.seg[th.t_h[0]] == 0 ? 1.f : 0.f) : kind == 3 ? sigma : r0;
-        const float e1 = kind == 2 ? (S.seg[th.t_h[1]] == 0 ? 1.f : 0.f) : kind == 3 ? sigma : r1;
-        th.issue_y_rows(yacc, mf, e0, e1, kind != 1, wg::make_desc_sw128(wg::smem_addr(X), kSwAtom, 1024), 2048);
-        if (kind == 0) r0 = r1 = 1.f;
+        const float e0 = kind == kFastDocChunk ? (S.seg[th.t_h[0]] == 0 ? 1.f : 0.f) : kind == kFastMidChunk ? sigma : r0;
+        const float e1 = kind == kFastDocChunk ? (S.seg[th.t_h[1]] == 0 ? 1.f : 0.f) : kind == kFastMidChunk ? sigma : r1;
+        th.issue_y_rows(yacc, mf, e0, e1, kind != kFastChunk, wg::make_desc_sw128(wg::smem_addr(X), kSwAtom, 1024),
+                        2048);
+        if (kind == kExactChunk) r0 = r1 = 1.f;
       } else if constexpr (kTmaLd) {  // x MN-major: one atom column, 8-row groups 1024 bytes apart
         th.issue_y_desc(yacc, mf, S, wg::make_desc_sw128(wg::smem_addr(X), kSwAtom, 1024), 2048);
       } else {
@@ -1038,6 +1044,21 @@ template void launch_fwd_wg<64>(const SsdArgs&);
 // (the default on sm_90): 4 with x, B and C loaded by TMA too (maps of the same form; C's box 64 x 8
 // x 1), where TMA can describe them; else 4. Variants 6 (a scan warp per head) and 7 (6 with the
 // factored scans) fall back to 4 as 5 does.
+// One warp-specialised kernel's launch, its shared-memory limit raised once per instantiation (on
+// its first launch: host work stays off the hot path).
+template <auto kKernel, class Layout>
+void launch_ws_kernel(const SsdArgs& args, const WsMaps& maps) {
+  static const bool attr_set = [] {
+    HLM_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(Layout::total)));
+    return true;
+  }();
+  (void)attr_set;
+  dim3 grid(static_cast<unsigned>(args.H / 2), static_cast<unsigned>(args.nseg), static_cast<unsigned>(args.B));
+  HLM_LAUNCH(kKernel, grid, dim3(kWsThreads), Layout::total, args, maps);
+  HLM_CUDA_CHECK_LAUNCH();
+}
+
 template <int N>
 void launch_fwd_ws(const SsdArgs& a) {
   if (a.nseg > 1) launch_segment_states<kQ, kP, N>(a, 0, 1);
@@ -1074,38 +1095,23 @@ void launch_fwd_ws(const SsdArgs& a) {
                    a.fwd_variant, tma_y ? "x, B or C" : "y", tma_y ? 4 : 3);
     }
   }
-  const bool factor = tma_ld && a.fwd_variant == 7;
-  const bool scan2 = tma_ld && a.fwd_variant == 6;
-  auto kernel = factor               ? ssd_fwd_ws_kernel<N, true, true, true, true, true, true>
-                : scan2              ? ssd_fwd_ws_kernel<N, true, true, true, true, true>
-                : tma_ld             ? ssd_fwd_ws_kernel<N, true, true, true, true>
-                : tma_y              ? ssd_fwd_ws_kernel<N, true, true, true>
-                : a.fwd_variant >= 3 ? ssd_fwd_ws_kernel<N, true, true>
-                : early_g            ? ssd_fwd_ws_kernel<N, true, false>
-                                     : ssd_fwd_ws_kernel<N, false, false>;
   const char* late_env = std::getenv("HLM_SSD_WS_LATE_COPY");
   SsdArgs args = a;
   args.ws_late_copy = late_env && std::atoi(late_env) == 1;
-  static const bool attr_set = [&] {
-    for (auto kr : {ssd_fwd_ws_kernel<N, true, false>, ssd_fwd_ws_kernel<N, false, false>,
-                    ssd_fwd_ws_kernel<N, true, true>})
-      HLM_CUDA_CHECK(cudaFuncSetAttribute(kr, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(L::total)));
-    HLM_CUDA_CHECK(cudaFuncSetAttribute(ssd_fwd_ws_kernel<N, true, true, true>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LT::total)));
-    HLM_CUDA_CHECK(cudaFuncSetAttribute(ssd_fwd_ws_kernel<N, true, true, true, true>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LL::total)));
-    HLM_CUDA_CHECK(cudaFuncSetAttribute(ssd_fwd_ws_kernel<N, true, true, true, true, true>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LS::total)));
-    HLM_CUDA_CHECK(cudaFuncSetAttribute(ssd_fwd_ws_kernel<N, true, true, true, true, true, true>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(LF::total)));
-    return true;
-  }();
-  (void)attr_set;
-  dim3 grid(static_cast<unsigned>(a.H / 2), static_cast<unsigned>(a.nseg), static_cast<unsigned>(a.B));
-  const size_t smem = factor ? LF::total : scan2 ? LS::total : tma_ld ? LL::total : tma_y ? LT::total : L::total;
-  HLM_LAUNCH(kernel, grid, dim3(kWsThreads), smem, args, maps);
-  HLM_CUDA_CHECK_LAUNCH();
+  if (tma_ld && a.fwd_variant == 7)
+    launch_ws_kernel<ssd_fwd_ws_kernel<N, true, true, true, true, true, true>, LF>(args, maps);
+  else if (tma_ld && a.fwd_variant == 6)
+    launch_ws_kernel<ssd_fwd_ws_kernel<N, true, true, true, true, true>, LS>(args, maps);
+  else if (tma_ld)
+    launch_ws_kernel<ssd_fwd_ws_kernel<N, true, true, true, true>, LL>(args, maps);
+  else if (tma_y)
+    launch_ws_kernel<ssd_fwd_ws_kernel<N, true, true, true>, LT>(args, maps);
+  else if (a.fwd_variant >= 3)
+    launch_ws_kernel<ssd_fwd_ws_kernel<N, true, true>, L>(args, maps);
+  else if (early_g)
+    launch_ws_kernel<ssd_fwd_ws_kernel<N, true, false>, L>(args, maps);
+  else
+    launch_ws_kernel<ssd_fwd_ws_kernel<N, false, false>, L>(args, maps);
 }
 
 template void launch_fwd_ws<128>(const SsdArgs&);

@@ -289,33 +289,34 @@ __device__ __forceinline__ void chunk_scan_warp(ChunkScan<Q>& s, const float* ra
 //   H/Gam_out = rho H/Gam_in + (x wdt)ᵀ B:  rho = 1 and Gam_out = Gam_in gamma while that stays >=
 //             kFactorGamFloor in a fast chunk; else rho = Gam_in gamma (0 across a boundary) and
 //             Gam_out = 1. wdt[t] = w[t] dt[t] / Gam_out.
-//   fast chunks (Gam_in exp(cum_end) >= kFactorFastFloor; fast = 1): M[t, s] = exp(cum_t - cum_s)
+//   fast chunks (Gam_in exp(cum_end) >= kFactorFastFloor; kFastChunk): M[t, s] = exp(cum_t - cum_s)
 //             dt_s G[t, s] = pre[t] fcol[s] G[t, s], with pre[t] = exp(cum_t) Gam_in and fcol[s] =
 //             exp(-cum_s) dt_s / Gam_in, so y[t] = pre[t] (C_t (H/Gam_in) + sum_s fcol[s] G[t, s]
 //             x[s]): one multiplication per element of M and no exponential. With a document
-//             boundary in the chunk (fast = 2; cum runs on across it, as ChunkScan's) the same,
+//             boundary in the chunk (kFastDocChunk; cum runs on across it, as ChunkScan's) the same,
 //             with M masked to s and t in one document (seg) and C_t (H/Gam_in) to the rows t of
 //             the first (seg[t] = 0).
-//   steep chunks without a boundary (fast = 3: too steep for the above, cum_end >= -150 and
+//   steep chunks without a boundary (kFastMidChunk: too steep for the above, cum_end >= -150 and
 //             sigma = exp(cum_end / 2) Gam_in >= kFactorSigmaFloor): the factors taken about the
 //             chunk's middle, pre[t] = exp(cum_t - cum_end / 2), fcol[s] = exp(cum_end / 2 -
 //             cum_s) dt_s, and Yo's rows scaled by sigma before the y product: y[t] = pre[t]
 //             (sigma C_t (H/Gam_in) + sum_s fcol[s] G[t, s] x[s]).
-//   other chunks (fast = 0): M as ChunkScan's (dt, cum, seg) and y[t] = pre[t] C_t (H/Gam_in) +
+//   other chunks (kExactChunk): M as ChunkScan's (dt, cum, seg) and y[t] = pre[t] C_t (H/Gam_in) +
 //             (M x)[t], with pre[t] = eoff[t] Gam_in.
 // The floors keep the factors normal floats: pre >= e^-75, fcol <= e^75 dt. A chunk after a
-// rescale (Gam_in = 1, as after every boundary) is fast if exp(cum_end) >= e^-75, and fast = 3
+// rescale (Gam_in = 1, as after every boundary) is fast if exp(cum_end) >= e^-75, and kFastMidChunk
 // down to e^-150.
 constexpr float kFactorFastFloor = 0x1p-108f;   // ~e^-75
 constexpr float kFactorSigmaFloor = 0x1p-100f;  // ~e^-69
 constexpr float kFactorGamFloor = 0x1p-40f;
+enum FactoredChunk : int { kExactChunk = 0, kFastChunk = 1, kFastDocChunk = 2, kFastMidChunk = 3 };
 template <int Q>
 struct FactoredScan {
   float dt[Q], cum[Q], pre[Q], wdt[Q], fcol[Q];
   int seg[Q];
   float rho, gam;  // the accumulators' factor before this chunk's update (1: none); Gam_out
-  int fast;        // 0 exact, 1 fast, 2 fast with a boundary, 3 fast about the middle
-  float sigma;     // fast = 3: Yo's factor
+  int fast;        // the chunk's kind: kExactChunk, kFastChunk, kFastDocChunk, kFastMidChunk
+  float sigma;     // kFastMidChunk: Yo's factor
 };
 template <int Q>
 __device__ __forceinline__ void chunk_scan_factored_warp(FactoredScan<Q>& s, const float* raw, const int* bnd, int len,
@@ -348,7 +349,7 @@ __device__ __forceinline__ void chunk_scan_factored_warp(FactoredScan<Q>& s, con
   if (lane == 0) {
     s.rho = rho;
     s.gam = g_out;
-    s.fast = mid ? 3 : fast ? (l.send == 0 ? 1 : 2) : 0;
+    s.fast = mid ? kFastMidChunk : fast ? (l.send == 0 ? kFastChunk : kFastDocChunk) : kExactChunk;
     s.sigma = sigma;
   }
   gam = g_out;
