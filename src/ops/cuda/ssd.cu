@@ -173,6 +173,11 @@ constexpr double kWgWalkSeconds = 8.5e-6;
 // same two heads per SM): 6.2e-6 measured on an H100 (64K, one segment: 6.38 ms for 1,024 chunks
 // per block; run11-2026-12-07/a-h100).
 constexpr double kWsWalkSeconds = 6.2e-6;
+// Variants 4-7 (y by TMA store; 5-7 with TMA loads): variant 5 takes 2.48 ms at 64K on an H200 for
+// 512 chunks per block in one wave, segment states included (run15-2026-12-07/f), so <= 4.9e-6
+// (variant 4: 2.69 ms, 5.3e-6). At gpu.md's shapes (8B: 2K-256K, 8 x 8K; the 1.43B's 64 heads at
+// 8K-128K) any value from 3.7e-6 to 7.5e-6 picks the same segments; other shapes may differ.
+constexpr double kTmaWalkSeconds = 4.9e-6;
 
 const FastShape* fast_shape(const SsdArgs& a) {
   for (const FastShape& s : kFastShapes)
@@ -232,6 +237,8 @@ void split_segments(SsdArgs* a, int64_t units, bool backward) {
     main_s = kWgWalkSeconds;
   else if (a->fwd_variant == 2 || a->fwd_variant == 3)
     main_s = kWsWalkSeconds;
+  else if (a->fwd_variant >= 4 && a->fwd_variant <= 7)
+    main_s = kTmaWalkSeconds;
   constexpr double local_s = 0.8e-6;
   a->seg_chunks = choose_seg_chunks(a->nchunks, units, slots, static_cast<int64_t>(a->P) * a->N, main_s, local_s);
   a->nseg = (a->nchunks + a->seg_chunks - 1) / a->seg_chunks;
