@@ -2,9 +2,10 @@
 // update) at the Mamba-2-Hybrid 8B mixer shape next to the reference numbers of shared/gpu.md.
 // Each configuration is first checked against the CPU op at a small length (exit 1 on mismatch).
 //   bench_ssd_cuda [--json FILE] [--iters N] [--quick] [--step-only] [--profile L] [--forward-ab]
-// --forward-ab: the forward walks alone (variants 11, 4, 5, 6, 7 at 4K, 16K, 64K and 8 x 8K,
-// interleaved per length; then 5, 6, 7 at 4K and 64K with Mamba-2's initial dt and A), each variant
-// checked against the CPU first; for A/B runs across builds.
+// --forward-ab: the forward walks alone (variants 11, 4, 5, 6, 7, or those HLM_SSD_AB_VARIANTS
+// lists, at 4K, 16K, 64K and 8 x 8K, interleaved per length; then 5, 6, 7 at 4K and 64K with
+// Mamba-2's initial dt and A), each variant checked against the CPU first; for A/B runs across
+// builds.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -13,7 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <initializer_list>
+#include <sstream>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -233,7 +234,7 @@ bool check_ssd(int64_t B, int64_t L) {
 
 // check_ssd at B 1 and 2 under each forward variant (HLM_SSD_FWD_VARIANT, left set to the last);
 // false, with the failing variant named on stderr, at the first mismatch.
-bool check_forward_variants(std::initializer_list<const char*> variants) {
+bool check_forward_variants(const std::vector<const char*>& variants) {
   for (const char* v : variants) {
     setenv("HLM_SSD_FWD_VARIANT", v, 1);
     if (!(check_ssd(1, 512) && check_ssd(2, 333))) {
@@ -496,8 +497,17 @@ int main(int argc, char** argv) {
     }
     if (forward_ab) {
       g_forward_only = true;
-      const auto variants = {"11", "4", "5", "6", "7"};
-      if (!check_forward_variants(variants)) return 1;
+      // HLM_SSD_AB_VARIANTS="5 6 7" narrows the first pass (a short device call); the second
+      // pass times 5, 6 and 7 always
+      std::vector<std::string> names = {"11", "4", "5", "6", "7"};
+      if (const char* env = std::getenv("HLM_SSD_AB_VARIANTS")) {
+        names.clear();
+        std::istringstream in(env);
+        for (std::string v; in >> v;) names.push_back(v);
+      }
+      std::vector<const char*> variants;
+      for (const std::string& v : names) variants.push_back(v.c_str());
+      if (variants.empty() || !check_forward_variants(variants)) return 1;
       for (auto [B, len] : {std::pair<int64_t, int64_t>{1, 4096}, {1, 16384}, {1, 65536}, {8, 8192}})
         for (const char* v : variants) {
           setenv("HLM_SSD_FWD_VARIANT", v, 1);
