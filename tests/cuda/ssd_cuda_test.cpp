@@ -209,15 +209,17 @@ void expect_close(const char* what, const HostTensor& got, const HostTensor& ref
 // y's scan part alone (y - D x) against the reference's, relative to that part, the output's own
 // rounding to the activation dtype (the reference's, |round(y_ref) - y_ref|) taken out in
 // quadrature: with D ~ N(0, 1) D x dominates y, and y's own error hides the scan's (the emulator: a
-// dropped document mask gave y 6.2e-3, its scan part 7.0e-2).
-void expect_scan_close(const Inputs& in, const Case& c, const HostTensor& y, const HostTensor& y_ref) {
+// dropped document mask gave y 6.2e-3, its scan part 7.0e-2). The same for dx, whose D dy term
+// dominates it alike: `lin` is the input D multiplies (x or dy).
+void expect_scan_close(const char* what, const HostTensor& lin, const Inputs& in, const Case& c, const HostTensor& y,
+                       const HostTensor& y_ref) {
   HostTensor r(c.act, {y_ref.t.numel()});
   double e2 = 0, r2 = 0, s2 = 0;
   for (int64_t i = 0; i < y_ref.t.numel(); ++i) {
     r.set(i, y_ref.get(i));
-    const double ref = y_ref.get(i), got = y.get(i), dx = in.D.get((i / c.P) % c.H) * in.x.get(i);
+    const double ref = y_ref.get(i), got = y.get(i), dx = in.D.get((i / c.P) % c.H) * lin.get(i);
     if (!std::isfinite(got)) {
-      ADD_FAILURE() << "y - D x: non-finite output at " << i;
+      ADD_FAILURE() << what << ": non-finite output at " << i;
       return;
     }
     e2 += (got - ref) * (got - ref);
@@ -225,7 +227,7 @@ void expect_scan_close(const Inputs& in, const Case& c, const HostTensor& y, con
     s2 += (ref - dx) * (ref - dx);
   }
   const double e = std::sqrt(std::max(e2 - r2, 0.0)) / std::max(std::sqrt(s2), 1e-30);
-  EXPECT_LE(e, c.tol) << "y - D x (the scan's part): ‖out − ref‖/‖ref‖ = " << e;
+  EXPECT_LE(e, c.tol) << what << " (the scan's part): ‖out − ref‖/‖ref‖ = " << e;
 }
 
 void check_forward(const Case& c) {
@@ -237,7 +239,7 @@ void check_forward(const Case& c) {
   ssd_forward(d.p, y.t, hf.t);
   HostTensor y1 = download(y.t), hf1 = download(hf.t);
   expect_close("y", y1, y_ref, c.tol);
-  if (!c.zero_D) expect_scan_close(in, c, y1, y_ref);
+  if (!c.zero_D) expect_scan_close("y - D x", in.x, in, c, y1, y_ref);
   expect_close("h_final", hf1, hf_ref, c.tol);
   // determinism: poison and run again
   device_memset(y.buf.data(), Device::CUDA, 0xFF, y.buf.size());
@@ -279,7 +281,9 @@ void check_backward(const Case& c) {
     return o;
   };
   auto o1 = run();
-  expect_close("dx", download(o1.dx.t), gx, c.tol);
+  const HostTensor dx1 = download(o1.dx.t);
+  expect_close("dx", dx1, gx, c.tol);
+  if (!c.zero_D) expect_scan_close("dx - D dy", in.dy, in, c, dx1, gx);
   expect_close("ddt", download(o1.ddt.t), gdt, c.tol);
   expect_close("dBm", download(o1.dB.t), gB, c.tol);
   expect_close("dCm", download(o1.dC.t), gC, c.tol);
