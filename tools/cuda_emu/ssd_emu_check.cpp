@@ -259,7 +259,8 @@ double scan_rel_err(const Problem& pr, const std::vector<double>& in, const std:
     if (!std::isfinite(y[i])) return INFINITY;
     const double dx = pr.D[(i % HP) / pr.P] * in[i];
     e2 += (y[i] - yr[i]) * (y[i] - yr[i]);
-    r2 += (round_to(yr[i], act) - yr[i]) * (round_to(yr[i], act) - yr[i]);
+    const double r = round_to(yr[i], act) - yr[i];
+    r2 += r * r;
     s2 += (yr[i] - dx) * (yr[i] - dx);
   }
   return std::sqrt(std::max(e2 - r2, 0.0)) / std::max(std::sqrt(s2), 1e-30);
